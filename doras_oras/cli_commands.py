@@ -1,0 +1,3 @@
+"""Imports every subcommand module so that it registers itself with :mod:`doras_oras.cli`."""
+
+from __future__ import annotations

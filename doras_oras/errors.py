@@ -1,0 +1,203 @@
+"""The exceptions of doras-oras, all in one tree.
+
+Every error the library raises derives from :class:`DorasOrasError`; lower
+level exceptions (``requests``, ``OSError``, ``zstandard``, ``bz2``) are
+translated at the module boundary that meets them, with the original kept as
+``__cause__``::
+
+    DorasOrasError
+    ├── InvalidReferenceError          (also ValueError) bad "registry/repo[:tag][@digest]"
+    ├── InvalidDigestError             (also ValueError) not "sha256:<64 lowercase hex>"
+    ├── VerificationError              content differs from its descriptor
+    │   ├── DigestMismatchError
+    │   └── SizeMismatchError
+    ├── DocumentError                  a JSON document is unusable
+    │   ├── SchemaValidationError      fails the JSON schema (names the field)
+    │   ├── MediaTypeMismatchError     manifest mediaType != Content-Type
+    │   └── DeltaManifestError         a delta manifest that is a dummy, for other images, ...
+    ├── LimitExceededError             a cap was hit
+    │   ├── BodyTooLargeError          a body over its cap (JSON 4 MiB, errors 64 KiB)
+    │   ├── ArtifactTooLargeError      the artifact declares more than max_size
+    │   └── BudgetExceededError        the download budget of the period is spent
+    ├── CodecError                     a delta or compressed stream cannot be decoded
+    │   ├── CorruptDeltaError          malformed or hostile patch / stream
+    │   └── UnsupportedAlgorithmError  a delta kind this client cannot apply
+    ├── LayoutError                    the local OCI image layout
+    │   ├── LayoutLockedError          another process holds the layout lock
+    │   ├── CorruptLayoutError         index.json / oci-layout unreadable or invalid
+    │   └── ImageNotFoundError         no such image in the layout
+    ├── TransportError                 HTTP transfer failed
+    │   ├── ConnectError               cannot connect / connection reset
+    │   ├── TransferTimeoutError       connect/read timeout, stall, overall deadline
+    │   ├── InsecureTransportError     would send credentials in clear, bad redirect, ...
+    │   └── RegistryError              the registry answered an HTTP error (status)
+    │       └── RegistryAuthError      401/403 from the registry
+    ├── DorasServerError               the Doras server answered an error (status, message, context)
+    │   ├── BadRequestError            400
+    │   ├── UnauthorizedError          401
+    │   ├── NotFoundError              404
+    │   ├── IncompatibleArtifactsError message "artifacts are not compatible" (any status; 406 too)
+    │   └── ServerError                5xx and any other status
+    ├── ImagesIdenticalError           204: from and to are the same image
+    └── BackoffExhausted               a polling loop ran out of attempts or time
+"""
+
+from __future__ import annotations
+
+
+class DorasOrasError(Exception):
+    """Base class of every error raised by doras-oras."""
+
+
+class InvalidReferenceError(DorasOrasError, ValueError):
+    """An image reference does not parse."""
+
+
+class InvalidDigestError(DorasOrasError, ValueError):
+    """A digest is not ``algorithm:hex`` with a supported algorithm and exact lowercase hex."""
+
+
+class VerificationError(DorasOrasError):
+    """Content does not match the descriptor that announced it."""
+
+
+class DigestMismatchError(VerificationError):
+    """The content hashes to another digest than expected."""
+
+
+class SizeMismatchError(VerificationError):
+    """The content is shorter or longer than expected."""
+
+
+class DocumentError(DorasOrasError):
+    """A JSON document (manifest, index, API body) is unusable."""
+
+
+class SchemaValidationError(DocumentError):
+    """A document fails its JSON schema; the message names the field."""
+
+
+class MediaTypeMismatchError(DocumentError):
+    """A manifest's ``mediaType`` differs from the Content-Type it was served with."""
+
+
+class DeltaManifestError(DocumentError):
+    """A delta manifest cannot be used (placeholder, other images, wrong shape)."""
+
+
+class LimitExceededError(DorasOrasError):
+    """A configured or built-in cap was exceeded."""
+
+
+class BodyTooLargeError(LimitExceededError):
+    """A response body is larger than its cap."""
+
+
+class ArtifactTooLargeError(LimitExceededError):
+    """An artifact declares more bytes than the caller's ``max_size``."""
+
+
+class BudgetExceededError(LimitExceededError):
+    """A pull would exceed the download budget of the current period."""
+
+
+class CodecError(DorasOrasError):
+    """A delta or a compressed stream cannot be decoded."""
+
+
+class CorruptDeltaError(CodecError):
+    """A patch or compressed stream is malformed, truncated or hostile."""
+
+
+class UnsupportedAlgorithmError(CodecError):
+    """A delta algorithm or compression this client cannot apply."""
+
+
+class LayoutError(DorasOrasError):
+    """A problem with the local OCI image layout."""
+
+
+class LayoutLockedError(LayoutError):
+    """Another process holds the layout's lock."""
+
+
+class CorruptLayoutError(LayoutError):
+    """``index.json`` or ``oci-layout`` is unreadable or invalid."""
+
+
+class ImageNotFoundError(LayoutError):
+    """The layout holds no image for the given reference."""
+
+
+class TransportError(DorasOrasError):
+    """An HTTP transfer failed."""
+
+
+class ConnectError(TransportError):
+    """The peer cannot be reached or reset the connection."""
+
+
+class TransferTimeoutError(TransportError):
+    """A connect/read timeout, a stalled transfer, or an overall deadline."""
+
+
+class InsecureTransportError(TransportError):
+    """A request would leak credentials or follow an unsafe redirect."""
+
+
+class RegistryError(TransportError):
+    """The registry answered with an HTTP error status."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused the credentials (401/403)."""
+
+
+class DorasServerError(DorasOrasError):
+    """The Doras server answered with an error.
+
+    ``status`` is the HTTP status, ``message`` and ``context`` come from the
+    body (``{"error": {"code", "message", "context"}}`` or RFC 9457 problem
+    details) when it could be parsed.
+    """
+
+    def __init__(self, status: int, message: str, context: str | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.context = context
+        text = f"Doras server answered {status}: {message}"
+        if context:
+            text += f" ({context})"
+        super().__init__(text)
+
+
+class BadRequestError(DorasServerError):
+    """400: the request was malformed (e.g. ``from`` not a digest reference)."""
+
+
+class UnauthorizedError(DorasServerError):
+    """401: the server requires client credentials."""
+
+
+class NotFoundError(DorasServerError):
+    """404: an image could not be resolved."""
+
+
+class IncompatibleArtifactsError(DorasServerError):
+    """The artifacts cannot be diffed; do a full pull instead."""
+
+
+class ServerError(DorasServerError):
+    """5xx or any unexpected status."""
+
+
+class ImagesIdenticalError(DorasOrasError):
+    """204: ``from`` and ``to`` are the same image; nothing to do."""
+
+
+class BackoffExhausted(DorasOrasError):
+    """A polling loop ran out of attempts or time."""
