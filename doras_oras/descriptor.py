@@ -42,6 +42,14 @@ ANNOTATION_DELTA_FROM = "com.unbasical.doras.delta.from"
 ANNOTATION_DELTA_TO = "com.unbasical.doras.delta.to"
 ANNOTATION_DELTA_DUMMY = "com.unbasical.doras.delta.dummy"
 
+# doras-oras's own annotations on index.json entries of the layout (docs/layout.md):
+# the source repository ("registry/repository") an image was pulled from, and the
+# digest of the registry manifest the entry stands for (differs from the entry's own
+# digest when a tar-diff result was stored as an uncompressed tar).
+ANNOTATION_PREFIX = "io.doras-oras."
+ANNOTATION_SOURCE_REPOSITORY = ANNOTATION_PREFIX + "source.repository"
+ANNOTATION_SOURCE_DIGEST = ANNOTATION_PREFIX + "source.digest"
+
 # The empty descriptor of the image spec: ``{}``.
 EMPTY_JSON = b"{}"
 EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
