@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import gzip
 import hashlib
@@ -345,7 +346,7 @@ class DorasServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self._requested_port), Handler)
         self._httpd.daemon_threads = True
-        self._serve_thread = threading.Thread(target=self._httpd.serve_forever,
+        self._serve_thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                               name="doras-testbed-http", daemon=True)
         self._serve_thread.start()
         log.info("Doras test server on %s for registry %s", self.url, self.registry_host)
@@ -411,10 +412,10 @@ class DorasServer:
             if self.require_client_auth:
                 return unauthorized
 
-        try:
+        from_ref: Reference | None = None
+        to_ref: Reference | None = None
+        with contextlib.suppress(InvalidReferenceError):
             from_ref, to_ref = Reference.parse(from_text), Reference.parse(to_text)
-        except InvalidReferenceError:
-            from_ref = to_ref = None
         if from_ref is None or to_ref is None or from_ref.name != to_ref.name:
             return _json_answer(400, error_body(400, "bad request", "images are not in the same repository"))
         if from_ref.digest is None:

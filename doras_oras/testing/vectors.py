@@ -44,16 +44,16 @@ def localize(text: str, host: str) -> str:
 
 def _put_blob(session: requests.Session, base: str, repository: str, data: bytes) -> None:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    head = session.head(f"{base}/v2/{repository}/blobs/{digest}", timeout=30)
+    head = session.head(f"{base}/v2/{repository}/blobs/{digest}", timeout=30, verify=session.verify)
     if head.status_code == 200:
         return
-    start = session.post(f"{base}/v2/{repository}/blobs/uploads/", timeout=30)
+    start = session.post(f"{base}/v2/{repository}/blobs/uploads/", timeout=30, verify=session.verify)
     start.raise_for_status()
     location = start.headers["Location"]
     if location.startswith("/"):
         location = base + location
     sep = "&" if "?" in location else "?"
-    put = session.put(f"{location}{sep}digest={digest}", data=data, timeout=60,
+    put = session.put(f"{location}{sep}digest={digest}", data=data, timeout=60, verify=session.verify,
                       headers={"Content-Type": "application/octet-stream"})
     put.raise_for_status()
 
@@ -63,6 +63,7 @@ def push_manifest_bytes(session: requests.Session, base: str, repository: str, r
     """PUT exact manifest bytes; return their digest."""
     media_type = json.loads(body)["mediaType"]
     response = session.put(f"{base}/v2/{repository}/manifests/{ref}", data=body, timeout=30,
+                           verify=session.verify,
                            headers={"Content-Type": media_type})
     response.raise_for_status()
     return "sha256:" + hashlib.sha256(body).hexdigest()
@@ -73,7 +74,8 @@ def push_recorded(registry_url: str, case: Path, repository: str, *, to_tag: str
     """Upload ``case``'s from/to artifacts to ``repository`` (tags ``v1``/``v2``).
 
     Returns ``{"from_digest", "to_digest"}`` (the recorded manifest digests).
-    ``session`` may carry auth or a CA bundle.
+    ``session`` may carry auth or a CA bundle (``session.verify`` is passed on
+    each request, so ``REQUESTS_CA_BUNDLE`` does not override it).
     """
     http = session or requests.Session()
     base = registry_url.rstrip("/")
