@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -135,3 +137,25 @@ def test_unknown_path_is_404(doras_server: DorasServer) -> None:
     response = requests.get(doras_server.url + "/api/v2/whatever", timeout=10)
     assert response.status_code == 404
     assert response.text == "404 page not found"
+
+
+def test_multi_layer_artifacts_are_not_compatible(doras_server: DorasServer, oci_registry: RegistryServer,
+                                                  oras_cli: str, tmp_path: Path) -> None:
+    """Only single-layer artifacts are supported: two files per artifact cannot be diffed."""
+    repo = unique_repo("multi")
+    ref = f"{oci_registry.host}/{repo}"
+    for tag in ("v1", "v2"):
+        (tmp_path / "a.txt").write_text(f"a {tag}\n")
+        (tmp_path / "b.txt").write_text(f"b {tag}\n")
+        subprocess.run([oras_cli, "push", "--plain-http", f"{ref}:{tag}", "a.txt", "b.txt"],
+                       cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    head = requests.head(f"{oci_registry.url}/v2/{repo}/manifests/v1", timeout=10,
+                         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    query = [("from_digest", f"{ref}@{head.headers['Docker-Content-Digest']}"), ("to_tag", f"{ref}:v2")]
+    response = ask(doras_server.url, query)
+    assert response.status_code == 406
+    assert response.text == ('{"error":{"code":406,"message":"artifacts are not compatible",'
+                             '"context":"cannot build a delta from images"}}')
+    # Nothing was stored under any delta tag.
+    tags = requests.get(f"{oci_registry.url}/v2/{repo}/tags/list", timeout=10).json()["tags"]
+    assert sorted(tags) == ["v1", "v2"]
