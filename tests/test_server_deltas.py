@@ -270,3 +270,18 @@ def test_registry_with_tls(doras_server_factory: DorasServerFactory, oci_registr
     query = replay_query(exchange("gzip-layer-bsdiff+zstd")["request"], oci_registry_tls.host, repo)
     response, _ = ask_until_ready(server.url, query)
     assert response.status_code == 200 and server.builds == 1
+
+
+def test_concurrent_first_requests_build_once(doras_server_factory: DorasServerFactory,
+                                              oci_registry: RegistryServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = doras_server_factory(build_delay_s=0.5)
+    _, query = _push_file_case(oci_registry)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(lambda _: ask(server.url, query).status_code, range(6)))
+    assert statuses == [202] * 6
+    response, _ = ask_until_ready(server.url, query)
+    assert response.status_code == 200
+    server.wait_idle()
+    assert server.builds == 1 and not server.build_errors

@@ -21,12 +21,14 @@ Fixtures:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .registry import RegistryServer, find_tool
-from .server import DorasServer
+
+if TYPE_CHECKING:
+    from .server import DorasServer
 
 REGISTRY_USER = "doras"
 REGISTRY_PASSWORD = "s3cret"
@@ -55,12 +57,14 @@ def oras_cli() -> str:
     return find_tool("oras")
 
 
-DorasServerFactory = Callable[..., DorasServer]
+DorasServerFactory = Callable[..., "DorasServer"]
 
 
 @pytest.fixture
 def doras_server_factory(oci_registry: RegistryServer) -> Iterator[DorasServerFactory]:
     started: list[DorasServer] = []
+
+    from .server import DorasServer  # imported here: the plugin must load without bsdiff4
 
     def make(registry: RegistryServer | None = None, **options: Any) -> DorasServer:
         target = registry or oci_registry
