@@ -285,3 +285,27 @@ def test_concurrent_first_requests_build_once(doras_server_factory: DorasServerF
     assert response.status_code == 200
     server.wait_idle()
     assert server.builds == 1 and not server.build_errors
+
+
+def test_tamper_delta_stores_a_delta_that_does_not_give_the_target(
+    doras_server_factory: DorasServerFactory, oci_registry: RegistryServer, tmp_path: Path
+) -> None:
+    def flip_last_byte(delta: bytes) -> bytes:
+        return delta[:-1] + bytes([delta[-1] ^ 0xFF])
+
+    server = doras_server_factory(tamper_delta=flip_last_byte)
+    repo = unique_repo("tamper")
+    push_recorded(oci_registry.url, case_dir("bsdiff"), repo)
+    query = replay_query(exchange("bsdiff")["request"], oci_registry.host, repo)
+    response, _ = ask_until_ready(server.url, query)
+    manifest = json.loads(get_manifest(oci_registry.url, repo, response.json()["delta_image"].split("@")[1]))
+    layer = manifest["layers"][0]
+    delta = get_blob(oci_registry.url, repo, layer["digest"])
+    assert _sha256(delta) == layer["digest"]  # consistent with its descriptor...
+    from_layer = (case_dir("bsdiff") / "from.layer").read_bytes()
+    to_layer = (case_dir("bsdiff") / "to.layer").read_bytes()
+    try:
+        result = _apply(layer["mediaType"], delta, from_layer, tmp_path)
+    except subprocess.CalledProcessError:
+        return  # bspatch refused it
+    assert result != to_layer  # ...but not the target

@@ -20,7 +20,9 @@ Knobs for tests: ``build_delay_s`` (the worker waits before building, so
 clients see 202s), ``fail_builds`` (the worker fails after the dummy is
 pushed: the dummy stays and clients keep getting 202 until it expires, as
 with the Go server), ``incompatible_status`` (status of "artifacts are not
-compatible"). ``builds`` counts finished builds, ``build_errors`` keeps the
+compatible"), ``tamper_delta`` (a function applied to each delta blob before
+it is stored: a delta that does not give the target, stored and announced as
+a good one). ``builds`` counts finished builds, ``build_errors`` keeps the
 worker failures.
 """
 
@@ -39,7 +41,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -300,6 +302,7 @@ class DorasServer:
         fail_builds: bool = False,
         incompatible_status: int = 406,
         dummy_ttl_s: float = 300.0,
+        tamper_delta: Callable[[bytes], bytes] | None = None,
         port: int = 0,
     ) -> None:
         text = registry_url_or_host.rstrip("/")
@@ -315,6 +318,7 @@ class DorasServer:
         self.fail_builds = fail_builds
         self.incompatible_status = incompatible_status
         self.dummy_ttl_s = dummy_ttl_s
+        self.tamper_delta = tamper_delta
         self.builds = 0
         self.build_errors: list[str] = []
         self._requested_port = port
@@ -506,6 +510,8 @@ class DorasServer:
             old = client.fetch_blob(build.repository, build.from_layer["digest"], build.from_layer["size"])
             new = client.fetch_blob(build.repository, build.to_layer["digest"], build.to_layer["size"])
             delta = make_delta(old, new, build.algorithm)
+            if self.tamper_delta is not None:
+                delta = self.tamper_delta(delta)
             stub = client.push_blob(build.repository, delta)
             layer = {"mediaType": build.algorithm.media_type, "digest": stub["digest"],
                      "size": stub["size"], "annotations": {ANNOTATION_TITLE: build.algorithm.title}}
