@@ -362,7 +362,8 @@ class OCILayout:
         With ``resume``, ``stream`` continues the partial file (it yields bytes
         from :meth:`partial_size` on). Reading stops at ``size``; a longer or
         shorter stream or a wrong digest raises and stores nothing. A failure
-        reading ``stream`` keeps the partial file for a later resume.
+        reading ``stream`` (an exception from ``read``, e.g. a dropped link) keeps the
+        partial file for a later resume; any other failure removes it.
         """
         self._require_lock()
         final = self.blob_path(descriptor.digest)
@@ -384,7 +385,12 @@ class OCILayout:
             if resume:
                 count = self._hash_existing(partial, hasher, descriptor)
             while count < descriptor.size:
-                chunk = stream.read(min(CHUNK, descriptor.size - count))  # errors here keep the partial
+                try:
+                    chunk = stream.read(min(CHUNK, descriptor.size - count))
+                except VerificationError:  # the source itself found a lie: nothing to resume
+                    handle.close()
+                    partial.unlink(missing_ok=True)
+                    raise
                 if not chunk:
                     break
                 hasher.update(chunk)
@@ -398,16 +404,15 @@ class OCILayout:
             problem: VerificationError | None = None
             if count < descriptor.size:
                 problem = SizeMismatchError(f"blob {descriptor.digest}: got {count} bytes, expected {descriptor.size}")
-            elif stream.read(1):
+            elif self._read_probe(stream, partial, handle):
                 problem = SizeMismatchError(f"blob {descriptor.digest}: more than the expected {descriptor.size} bytes")
             elif hasher.hexdigest() != descriptor.hex:
                 problem = DigestMismatchError(
                     f"blob: expected {descriptor.digest}, got {descriptor.algorithm}:{hasher.hexdigest()}"
                 )
-            if problem is not None:
+            if problem is not None:  # the stream ended or lied: nothing worth resuming
                 handle.close()
-                if count >= descriptor.size:  # wrong content: useless to resume
-                    partial.unlink(missing_ok=True)
+                partial.unlink(missing_ok=True)
                 raise problem
             try:
                 handle.flush()
@@ -418,6 +423,15 @@ class OCILayout:
                 raise _disk_error(f"blob {descriptor.digest}", exc) from exc
         self._place(partial, final, descriptor.digest)
         return final
+
+    @staticmethod
+    def _read_probe(stream: Readable, partial: Path, handle: IO[bytes]) -> bool:
+        try:
+            return bool(stream.read(1))
+        except VerificationError:
+            handle.close()
+            partial.unlink(missing_ok=True)
+            raise
 
     def _hash_existing(self, partial: Path, hasher: Any, descriptor: Descriptor) -> int:
         count = 0
@@ -660,6 +674,24 @@ class OCILayout:
         )
         self.ingest_bytes(manifest, body)
         return self.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest)
+
+    def discard_unreferenced(self, digests: Sequence[str]) -> list[str]:
+        """Remove those of ``digests`` that no image of ``index.json`` reaches (a rollback helper)."""
+        self._require_lock()
+        live: set[str] = set()
+        for image in self.images():
+            live.update(d.digest for d in self._closure(image.descriptor, verify=False))
+        removed = []
+        for digest in digests:
+            if digest in live:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                self.blob_path(digest).unlink()
+                removed.append(digest)
+            self._verified.discard(digest)
+        if removed:
+            _fsync_dir(self.root / "blobs" / "sha256")
+        return removed
 
     # --- checks, recovery, gc ----------------------------------------------------
     def verify(self) -> list[ImageEntry]:

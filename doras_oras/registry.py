@@ -18,6 +18,7 @@ Everything of :class:`oras.provider.Registry` keeps working (``push``,
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import platform as _platform
@@ -389,23 +390,33 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         )
         fetched = reused = 0
         with layout.lock(timeout=lock_timeout):
-            for blob in blobs:
-                if layout.has_blob(blob):
-                    reused += 1
-                    continue
-                if blob.digest == EMPTY_DIGEST and blob.data is None:
-                    # The empty descriptor: its content is known, no need to ask.
-                    blob = Descriptor(blob.media_type, blob.digest, blob.size, data=b"{}")
-                if blob.data is not None:
-                    layout.ingest_bytes(blob, blob.data)
-                else:
-                    with self.open_blob(ref, blob) as stream:
-                        layout.ingest(blob, stream)
-                fetched += 1
-            layout.ingest_bytes(own, manifest.body)
-            image = layout.commit_image(
-                own, repository=ref.name, tag=ref.tag, source_digest=own.digest, annotations=notes
-            )
+            placed: list[str] = []
+            try:
+                for blob in [*blobs, own]:
+                    if layout.has_blob(blob):
+                        reused += blob is not own
+                        continue
+                    placed.append(blob.digest)
+                    if blob is own:
+                        layout.ingest_bytes(own, manifest.body)
+                        continue
+                    if blob.digest == EMPTY_DIGEST and blob.data is None:
+                        # The empty descriptor: its content is known, no need to ask.
+                        blob = Descriptor(blob.media_type, blob.digest, blob.size, data=b"{}")
+                    if blob.data is not None:
+                        layout.ingest_bytes(blob, blob.data)
+                    else:
+                        with self.open_blob(ref, blob) as stream:
+                            layout.ingest(blob, stream)
+                    fetched += 1
+                image = layout.commit_image(
+                    own, repository=ref.name, tag=ref.tag, source_digest=own.digest, annotations=notes
+                )
+            except BaseException:
+                # Nothing of a failed pull stays in blobs/ (partials of dropped links stay in ingest/).
+                with contextlib.suppress(Exception):
+                    layout.discard_unreferenced(placed)
+                raise
         received = self.bytes_received - start
         log.info("pulled %s (%s): %d blob(s) fetched, %d reused, %d bytes", ref, own.digest, fetched, reused, received)
         return FullPullResult(

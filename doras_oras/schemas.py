@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ def _registry() -> Registry:
     return registry
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(kind: str) -> Any:
     if kind not in KINDS:
         raise ValueError(f"unknown schema kind {kind!r}; known: {', '.join(sorted(KINDS))}")

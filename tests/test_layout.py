@@ -275,7 +275,7 @@ def test_corrupt_index_reported_and_rebuilt(tmp_path: Path) -> None:
     index = tmp_path / "L" / "index.json"
     for damage in (b'{"schemaVersion": 2, "manifests": [', b'{"schemaVersion": 2, "manifests": [{"digest": 1}]}', b""):
         index.write_bytes(damage)
-        with pytest.raises(CorruptLayoutError, match="index.json"):
+        with pytest.raises(CorruptLayoutError, match=r"index\.json"):
             layout.images()
     # a lost layer makes its image unrecoverable; the other one comes back
     (tmp_path / "L" / "blobs" / "sha256" / blob(b"one").hex).unlink()
