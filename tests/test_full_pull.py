@@ -201,3 +201,33 @@ def test_cli_pull_and_gc(oci_registry: RegistryServer, tmp_path: Path) -> None:
     assert gc["removed_blobs"] == 2
     assert layout_problems(layout_dir) == []
     assert [i.tag for i in OCILayout.open(layout_dir).images()] == ["v1"]
+
+
+def test_cli_credentials_and_tls_flags(
+    oci_registry_auth: RegistryServer, oci_registry_tls: RegistryServer, tmp_path: Path
+) -> None:
+    (tmp_path / "f.txt").write_text("cli auth\n")
+    run(find_tool("oras"), "push", "--plain-http", "-u", REGISTRY_USER, "-p", REGISTRY_PASSWORD,
+        f"{oci_registry_auth.host}/cliauth/art:v1", "f.txt", cwd=tmp_path)
+    ref = f"{oci_registry_auth.host}/cliauth/art:v1"
+    base = ["pull", ref, "--oci-layout", str(tmp_path / "A"), "--plain-http", "-u", REGISTRY_USER,
+            "--password-stdin", "--json"]
+    proc = cli(*base, input_text=REGISTRY_PASSWORD + "\n")
+    assert proc.returncode == 1 and "plain HTTP" in proc.stderr
+    proc = cli(*base, "--allow-insecure-auth", input_text=REGISTRY_PASSWORD + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["digest"].startswith("sha256:")
+    proc = cli("pull", ref, "--oci-layout", str(tmp_path / "A"), "--plain-http", "-u", REGISTRY_USER)
+    assert proc.returncode == 2 and "password" in proc.stderr
+
+    assert oci_registry_tls.ca_file is not None
+    run(find_tool("oras"), "push", "--ca-file", str(oci_registry_tls.ca_file),
+        f"{oci_registry_tls.host}/clitls/art:v1", "f.txt", cwd=tmp_path)
+    tls_ref = f"{oci_registry_tls.host}/clitls/art:v1"
+    proc = cli("pull", tls_ref, "--oci-layout", str(tmp_path / "T"))
+    assert proc.returncode == 1 and "TLS" in proc.stderr
+    proc = cli("pull", tls_ref, "--oci-layout", str(tmp_path / "T"), "--ca-file", str(oci_registry_tls.ca_file))
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("pull", tls_ref, "--oci-layout", str(tmp_path / "T2"), "--insecure")
+    assert proc.returncode == 0, proc.stderr
+    assert layout_problems(tmp_path / "T") == [] and layout_problems(tmp_path / "A") == []
