@@ -253,7 +253,11 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
 
     # --- manifests ---------------------------------------------------------------
     def resolve(self, ref: Reference | str) -> Descriptor:
-        """The descriptor (media type, digest, size) of the manifest ``ref`` names."""
+        """The descriptor (media type, digest, size) of the manifest ``ref`` names.
+
+        Taken from the HEAD headers when they are complete (the bytes are verified
+        against it when fetched), else from the hashed body of a GET.
+        """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         self.auth.load_configs(self.get_container(str(ref)))
         url = self._url(ref, "manifests", ref.reference)
