@@ -549,7 +549,16 @@ class Transport:
             if counter.resumed_from is None:
                 counter.resumed_from = partial.offset
         counter.requests += 1
-        response = self._attempt(url, send, budget, authenticate=True)
+        try:
+            response = self._attempt(url, send, budget, authenticate=True)
+        except RegistryError as exc:
+            if exc.status == 416 and partial.offset > 0:
+                partial.discard()
+                raise SizeMismatchError(
+                    f"blob {partial.digest}: the server has nothing past byte {partial.offset}, "
+                    f"the descriptor says {size} bytes"
+                ) from exc
+            raise
         try:
             encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ("", "identity"):
@@ -729,17 +738,18 @@ class _PartialFile:
     def finish(self) -> None:
         """Verify digest and size, fsync, drop the sidecar; remove the file on mismatch."""
         if self.offset != self.size:
-            self._discard()
+            self.discard()
             raise SizeMismatchError(f"blob {self.digest}: got {self.offset} bytes, expected {self.size}")
         if not self._matches():
             algorithm = self.digest.split(":", 1)[0]
             actual = f"{algorithm}:{self._hasher.hexdigest()}"
-            self._discard()
+            self.discard()
             raise DigestMismatchError(f"blob: expected {self.digest}, got {actual}")
         os.fsync(self._fd)
         self.meta.unlink(missing_ok=True)
 
-    def _discard(self) -> None:
+    def discard(self) -> None:
+        """Remove the partial file and its sidecar."""
         self.path.unlink(missing_ok=True)
         self.meta.unlink(missing_ok=True)
 
