@@ -61,6 +61,7 @@ def test_plain_download_is_verified_and_fsynced(proxy: FaultProxy, blob: Blob, t
     assert oct(result.stat().st_mode & 0o777) == "0o644"
     assert not partial.with_name("blob.partial.meta").exists()
     assert counter.received == blob.size and counter.requests == 1 and counter.resumed_from is None
+    proxy.wait_idle()
     assert proxy.bytes_sent(blob.path) == blob.size
 
 
@@ -76,6 +77,7 @@ def test_connection_losses_resume_without_refetching(
     assert counter.requests == 4
     # Everything received was kept: at most one chunk per loss is fetched twice.
     assert blob.size <= counter.received <= blob.size + 3 * CHUNK
+    proxy.wait_idle()
     if kind == "drop":
         assert proxy.bytes_sent(blob.path) <= blob.size + 3 * CHUNK
     else:
@@ -106,6 +108,7 @@ def interrupted(proxy: FaultProxy, blob: Blob, partial: Path, after: int) -> Non
     with pytest.raises(ConnectError):
         download(proxy, blob, partial, ByteCounter(), max_attempts=1)
     assert fault.applied == 1 and partial.stat().st_size == after
+    proxy.wait_idle()
     proxy.reset_counters()
 
 

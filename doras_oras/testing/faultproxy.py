@@ -98,6 +98,7 @@ class RequestRecord:
     fault: str | None
     status: int | None = None
     body_bytes: int = 0
+    done: bool = False
 
 
 class _Server(ThreadingHTTPServer):
@@ -192,6 +193,17 @@ class FaultProxy:
         with self._lock:
             return sum(n for p, n in self.bytes_by_path.items() if rx.search(p))
 
+    def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until every request seen so far has been fully handled (counts are final)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if all(r.done for r in self.log):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError("faultproxy: requests still in progress")
+            time.sleep(0.01)
+
     def requests(self, pattern: str = ".*") -> list[RequestRecord]:
         """The recorded requests whose path matches ``pattern``."""
         rx = re.compile(pattern)
@@ -251,6 +263,14 @@ class FaultProxy:
         with self._lock:
             self.log.append(record)
             self.requests_by_path[path.split("?", 1)[0]] += 1
+        try:
+            self._serve(handler, record, fault)
+        finally:
+            with self._lock:
+                record.done = True
+
+    def _serve(self, handler: _Handler, record: RequestRecord, fault: Fault | None) -> None:
+        method, path, headers = record.method, record.path, record.headers
         handler.close_connection = True
         length = int(headers.get("Content-Length", "0") or 0)
         body = handler.rfile.read(length) if length else b""
