@@ -25,6 +25,7 @@ import os
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,13 +391,42 @@ class Transport:
                 self._after_failure(budget, failure)
                 continue
             try:
-                body = _read_capped(response, max_bytes, url)
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                body = self._read_capped(response, max_bytes, url, budget)
+            except _Stalled:
+                self._after_failure(budget, _Retryable(TransferTimeoutError(
+                    f"GET {safe_url(url)}: slower than {self.policy.min_bytes_per_s:g} B/s over "
+                    f"{self.policy.throughput_window_s:g} s"
+                )))
+                continue
+            except (
+                requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError
+            ) as exc:
                 self._after_failure(budget, _Retryable(_translate(exc, url)))
                 continue
             finally:
                 response.close()
             return body, response
+
+    def _read_capped(self, response: requests.Response, limit: int, url: str, budget: _Budget) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLargeError(
+                f"GET {safe_url(url)}: body of {declared} bytes is over the {limit} byte cap"
+            )
+        guard = _ThroughputGuard(self.policy, self._clock)
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            budget.check_deadline(safe_url(url))
+            chunk = response.raw.read1(64 * 1024, decode_content=True)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise BodyTooLargeError(f"GET {safe_url(url)}: body is over the {limit} byte cap")
+            parts.append(chunk)
+            guard.add(len(chunk))
+        return b"".join(parts)
 
     def _after_failure(self, budget: _Budget, failure: _Retryable) -> None:
         budget.failures += 1
@@ -470,7 +500,12 @@ class Transport:
                 continue
             if status == 401 and authenticate and self.auth is not None and same_origin and auth_rounds == 0:
                 auth_rounds += 1
-                if self.auth.on_unauthorized(current, response, self):
+                try:
+                    retry = self.auth.on_unauthorized(current, response, self)
+                except BaseException:
+                    response.close()
+                    raise
+                if retry:
                     response.close()
                     continue
             if 200 <= status < 300:
@@ -606,9 +641,7 @@ class Transport:
     ) -> None:
         policy = self.policy
         raw = response.raw
-        window: list[tuple[float, int]] = [(self._clock(), 0)]
-        needed = policy.min_bytes_per_s * policy.throughput_window_s
-        since = 0
+        guard = _ThroughputGuard(policy, self._clock)
         try:
             while partial.offset < partial.size:
                 budget.check_deadline(safe_url(url))
@@ -622,15 +655,7 @@ class Transport:
                     )
                 partial.write(chunk)
                 counter.add(len(chunk))
-                since += len(chunk)
-                if needed > 0:
-                    now = self._clock()
-                    window.append((now, since))
-                    while len(window) > 1 and now - window[1][0] >= policy.throughput_window_s:
-                        window.pop(0)
-                    first_time, first_count = window[0]
-                    if now - first_time >= policy.throughput_window_s and since - first_count < needed:
-                        raise _Stalled()
+                guard.add(len(chunk))
         except _Stalled:
             raise _Retryable(
                 TransferTimeoutError(
@@ -645,6 +670,31 @@ class Transport:
             OSError,
         ) as exc:
             raise _Retryable(_translate(exc, url, at=partial.offset)) from exc
+
+
+class _ThroughputGuard:
+    """Raises :class:`_Stalled` when a body is slower than the policy's minimum over its window."""
+
+    def __init__(self, policy: TransferPolicy, clock: Callable[[], float]) -> None:
+        self.window_s = policy.throughput_window_s
+        self.needed = policy.min_bytes_per_s * policy.throughput_window_s
+        self.clock = clock
+        self.total = 0
+        self.samples: deque[tuple[float, int]] = deque([(clock(), 0)])
+
+    def add(self, n: int) -> None:
+        if self.needed <= 0:
+            return
+        now = self.clock()
+        self.total += n
+        if now - self.samples[-1][0] >= self.window_s / 16:
+            self.samples.append((now, self.total))
+        # samples[0] stays the newest sample at least one window old.
+        while len(self.samples) > 1 and now - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+        first_time, first_total = self.samples[0]
+        if now - first_time >= self.window_s and self.total - first_total < self.needed:
+            raise _Stalled()
 
 
 class _PartialFile:
@@ -774,20 +824,6 @@ def _translate(exc: BaseException, url: str, *, at: int | None = None) -> Transp
     if isinstance(exc, timeouts):
         return TransferTimeoutError(f"GET {where}: timed out ({exc.__class__.__name__})")
     return ConnectError(f"GET {where}: connection failed ({exc.__class__.__name__}: {redact(str(exc))[:200]})")
-
-
-def _read_capped(response: requests.Response, limit: int, url: str) -> bytes:
-    declared = response.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(f"GET {safe_url(url)}: body of {declared} bytes is over the {limit} byte cap")
-    parts: list[bytes] = []
-    total = 0
-    for chunk in response.iter_content(64 * 1024):
-        total += len(chunk)
-        if total > limit:
-            raise BodyTooLargeError(f"GET {safe_url(url)}: body is over the {limit} byte cap")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _error_body(response: requests.Response) -> str:

@@ -264,3 +264,22 @@ def test_credentials_go_only_to_the_registry_they_belong_to(
         # Same transport, another server (e.g. the Doras server): no registry credentials.
         assert transport.get(proxy.url + blob.path).content == blob.data
     assert all("Authorization" not in r.headers for r in proxy.requests())
+
+
+@pytest.mark.timeout(30)
+def test_get_bytes_abandons_a_trickling_body(proxy: FaultProxy, blob: Blob) -> None:
+    proxy.add("trickle", blob.path, interval_s=0.05)
+    policy = quick_policy(min_bytes_per_s=1000.0, throughput_window_s=0.5, max_attempts=2)
+    started = time.monotonic()
+    with Transport(policy=policy) as transport, pytest.raises(TransferTimeoutError, match="slower than"):
+        transport.get_bytes(proxy.url + blob.path, max_bytes=SIZE)
+    assert time.monotonic() - started < 5
+    assert len(proxy.requests(blob.path)) == 2
+
+
+@pytest.mark.timeout(30)
+def test_get_bytes_retries_a_cut_body(proxy: FaultProxy, blob: Blob) -> None:
+    proxy.add("drop", blob.path, after_bytes=1000, times=1)
+    with Transport(policy=quick_policy()) as transport:
+        body, _ = transport.get_bytes(proxy.url + blob.path, max_bytes=SIZE)
+    assert body == blob.data and len(proxy.requests(blob.path)) == 2

@@ -104,3 +104,21 @@ def test_origin_normalises_default_ports() -> None:
     assert origin("https://Reg.Example/v2/") == ("https", "reg.example", 443)
     assert origin("https://reg.example:443/") == origin("https://reg.example/")
     assert origin("http://reg.example:8080/") != origin("http://reg.example/")
+
+
+def test_throughput_guard_trips_only_below_the_minimum_over_a_full_window() -> None:
+    from doras_oras.transport import _Stalled, _ThroughputGuard
+
+    now = [0.0]
+    policy = TransferPolicy(min_bytes_per_s=100.0, throughput_window_s=10.0)
+    guard = _ThroughputGuard(policy, lambda: now[0])
+    for _ in range(30):  # 1000 bytes every 5 s = 200 B/s: fine
+        now[0] += 5.0
+        guard.add(1000)
+    slow = _ThroughputGuard(policy, lambda: now[0])
+    now[0] += 5.0
+    slow.add(400)  # not yet a full window: no verdict
+    with pytest.raises(_Stalled):
+        for _ in range(3):  # 80 B/s from here on
+            now[0] += 5.0
+            slow.add(400)
