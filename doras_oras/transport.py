@@ -444,8 +444,33 @@ class Transport:
         log.info("attempt %d failed (%s); retrying in %.2f s", budget.failures, failure.error, wait)
         self._sleep(wait)
 
+    def head(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        authenticate: bool = True,
+        deadline: float | None = None,
+    ) -> requests.Response:
+        """HEAD ``url`` (e.g. resolve a tag via ``Docker-Content-Digest``), like :meth:`get`."""
+        budget = self._budget(deadline)
+        while True:
+            try:
+                response = self._attempt(url, headers or {}, budget, authenticate=authenticate, method="HEAD")
+            except _Retryable as failure:
+                self._after_failure(budget, failure)
+                continue
+            response.close()
+            return response
+
     def _attempt(
-        self, url: str, headers: Mapping[str, str], budget: _Budget, *, authenticate: bool
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        budget: _Budget,
+        *,
+        authenticate: bool,
+        method: str = "GET",
     ) -> requests.Response:
         """One attempt: the request plus its redirects and at most one auth round."""
         start = url
@@ -466,7 +491,8 @@ class Transport:
             if authenticate and same_origin and self.auth is not None:
                 send.update(self.auth.headers_for(current))
             try:
-                response = self.session.get(
+                response = self.session.request(
+                    method,
                     current,
                     headers=send,
                     stream=True,
@@ -511,7 +537,7 @@ class Transport:
             if 200 <= status < 300:
                 return response
             body = _error_body(response)
-            message = f"GET {safe_url(current)} answered {status}"
+            message = f"{method} {safe_url(current)} answered {status}"
             if body:
                 message += f": {body[:300]}"
             if status in (401, 403):

@@ -283,3 +283,16 @@ def test_get_bytes_retries_a_cut_body(proxy: FaultProxy, blob: Blob) -> None:
     with Transport(policy=quick_policy()) as transport:
         body, _ = transport.get_bytes(proxy.url + blob.path, max_bytes=SIZE)
     assert body == blob.data and len(proxy.requests(blob.path)) == 2
+
+
+@pytest.mark.timeout(30)
+def test_head_resolves_a_blob_and_retries(proxy: FaultProxy, blob: Blob) -> None:
+    proxy.add("status", blob.path, status=503, times=1)
+    with Transport(policy=quick_policy()) as transport:
+        response = transport.head(proxy.url + blob.path)
+        assert response.headers["Docker-Content-Digest"] == blob.digest
+        assert int(response.headers["Content-Length"]) == blob.size
+        with pytest.raises(RegistryError) as caught:
+            transport.head(proxy.url + blob.path.replace(blob.digest, "sha256:" + "1" * 64))
+        assert caught.value.status == 404
+    assert [(r.method, r.status) for r in proxy.requests(blob.path)] == [("HEAD", 503), ("HEAD", 200)]
