@@ -35,11 +35,13 @@ def push_blob(
     data: bytes,
     *,
     auth: tuple[str, str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Blob:
     """Upload ``data`` monolithically (POST + PUT ?digest=) and return it as a :class:`Blob`."""
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     verify: bool | str = str(registry.ca_file) if registry.ca_file else True
-    start = requests.post(f"{registry.url}/v2/{repo}/blobs/uploads/", auth=auth, timeout=30, verify=verify)
+    start = requests.post(f"{registry.url}/v2/{repo}/blobs/uploads/", auth=auth, timeout=30, verify=verify,
+                          headers=headers)
     assert start.status_code == 202, start.text
     location = start.headers["Location"]
     if location.startswith("/"):
@@ -47,7 +49,7 @@ def push_blob(
     sep = "&" if "?" in location else "?"
     done = requests.put(
         f"{location}{sep}digest={digest}", data=data, auth=auth, timeout=60, verify=verify,
-        headers={"Content-Type": "application/octet-stream"},
+        headers={"Content-Type": "application/octet-stream", **(headers or {})},
     )
     assert done.status_code == 201, done.text
     return Blob(repo, data, digest)
