@@ -114,6 +114,10 @@ class RegistryAuth:
     def has_credentials(self) -> bool:
         return self.username is not None
 
+    def serves(self, url: str) -> bool:
+        """Whether ``url`` is on this registry's origin (the only one credentials go to)."""
+        return self._is_registry(url)
+
     def _is_registry(self, url: str) -> bool:
         parts = urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)[-1].lower()

@@ -71,6 +71,8 @@ INGEST_DIR = "ingest"
 LOCK_FILE = "lock"
 TEMP_SUFFIX = ".tmp"
 PARTIAL_SUFFIX = ".partial"
+META_SUFFIX = ".meta"
+"""Sidecar of a partial download: which digest and size its bytes belong to (written by the transport)."""
 STALE_PARTIAL_SECONDS = 7 * 24 * 3600
 CHUNK = 1 << 20
 
@@ -144,10 +146,14 @@ def _json_bytes(document: Any) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _disk_error(what: str, exc: OSError) -> LayoutError:
+def disk_error(what: str, exc: OSError) -> LayoutError:
+    """A :class:`LayoutError` for a failed write of ``what`` (names a full disk as such)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return LayoutError(f"no space left on the device writing {what}")
     return LayoutError(f"cannot write {what}: {exc}")
+
+
+_disk_error = disk_error
 
 
 class OCILayout:
@@ -260,12 +266,20 @@ class OCILayout:
             raise LayoutError("writing to the layout needs its lock (use `with layout.lock():`)")
 
     def clean(self, *, stale_after: float = STALE_PARTIAL_SECONDS) -> list[Path]:
-        """Remove temp files of killed runs and partials that are stale or already complete."""
+        """Remove leftovers of killed runs in ``ingest/``; keep what a next pull can resume.
+
+        Removed: temp files (``*.tmp``); partial downloads that are stale (untouched
+        for ``stale_after`` seconds), already complete in ``blobs/`` or badly named,
+        with their ``.meta`` sidecars; sidecars whose partial file is gone. Kept: fresh
+        partials and their sidecars (:meth:`doras_oras.transport.Transport.download`
+        resumes them).
+        """
         self._require_lock()
         removed: list[Path] = []
         ingest = self.root / INGEST_DIR
         now = time.time()
-        for entry in ingest.iterdir() if ingest.is_dir() else ():
+        entries = sorted(ingest.iterdir()) if ingest.is_dir() else []
+        for entry in entries:
             name = entry.name
             remove = False
             if name.endswith(TEMP_SUFFIX):
@@ -278,7 +292,24 @@ class OCILayout:
                     remove = done or now - entry.stat().st_mtime > stale_after
                 except (ValueError, OSError):
                     remove = True
+                if remove:
+                    sidecar = entry.with_name(name + META_SUFFIX)
+                    if sidecar.exists():
+                        with contextlib.suppress(FileNotFoundError):
+                            sidecar.unlink()
+                        removed.append(sidecar)
             if remove:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                removed.append(entry)
+        for entry in entries:
+            name = entry.name
+            orphan = (
+                name.endswith(PARTIAL_SUFFIX + META_SUFFIX)
+                and entry not in removed
+                and not entry.with_name(name[: -len(META_SUFFIX)]).exists()
+            )
+            if orphan:
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
                 removed.append(entry)
@@ -472,6 +503,32 @@ class OCILayout:
             path.unlink(missing_ok=True)
             raise DigestMismatchError(f"blob: expected {descriptor.digest}, got {descriptor.algorithm}:{hasher.hexdigest()}")
         os.chmod(path, 0o644)
+        self._place(path, final, descriptor.digest)
+        return final
+
+    def adopt_partial(self, descriptor: Descriptor, path: Path) -> Path:
+        """Move a downloaded partial file, already verified while written, into ``blobs/``.
+
+        For files that :meth:`doras_oras.transport.Transport.download` returned (it
+        checked digest and size as the bytes arrived and fsynced them): the size is
+        checked again, the file fsynced, made 0644, renamed into place and the
+        directory fsynced. Anything else goes through :meth:`ingest_file`, which hashes.
+        """
+        self._require_lock()
+        final = self.blob_path(descriptor.digest)
+        if self.has_blob(descriptor):
+            path.unlink(missing_ok=True)
+            return final
+        try:
+            with path.open("rb") as handle:
+                length = os.fstat(handle.fileno()).st_size
+                if length == descriptor.size:
+                    os.fsync(handle.fileno())
+        except OSError as exc:
+            raise _disk_error(f"blob {descriptor.digest}", exc) from exc
+        if length != descriptor.size:
+            path.unlink(missing_ok=True)
+            raise SizeMismatchError(f"blob {descriptor.digest}: file has {length} bytes, expected {descriptor.size}")
         self._place(path, final, descriptor.digest)
         return final
 

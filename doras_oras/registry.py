@@ -1,42 +1,56 @@
-"""``DeltaRegistry``: oras-py's ``Registry`` with verified fetches and a verified full pull.
+"""``DeltaRegistry``: oras-py's ``Registry`` with verified, resilient fetches and a verified full pull.
 
 Everything of :class:`oras.provider.Registry` keeps working (``push``,
 ``pull``, ``get_tags``, auth backends, ``insecure`` = plain HTTP,
 ``tls_verify`` = bool or CA bundle path). Added here:
 
-- :meth:`DeltaRegistry.resolve`: reference -> manifest descriptor;
-- :meth:`DeltaRegistry.fetch_manifest`: the manifest bytes and media type,
-  capped at 4 MiB, verified against the digest of the reference, schema-checked;
+- :meth:`DeltaRegistry.resolve`: reference -> manifest descriptor (HEAD);
+- :meth:`DeltaRegistry.fetch_manifest` / :meth:`DeltaRegistry.fetch_parsed`:
+  the manifest bytes and media type, capped at 4 MiB, verified against the
+  digest of the reference, schema-checked;
 - :meth:`DeltaRegistry.open_blob`: a stream that checks size and digest and
   stops at ``size``;
+- :meth:`DeltaRegistry.download_blob` / :meth:`DeltaRegistry.download_to`:
+  resumable verified blob downloads (into the layout's ``blobs/``, or into a
+  file of the caller's);
 - :meth:`DeltaRegistry.pull_full`: manifest, config and layers into an
   :class:`~doras_oras.layout.OCILayout`, ``index.json`` last.
 
-``fetch_manifest`` and ``open_blob`` have the signatures of the edge client's
-``ContentFetcher`` protocol. All blob HTTP goes through :meth:`DeltaRegistry._blob_response`.
+All HTTP of these goes through one :class:`~doras_oras.transport.Transport`
+(timeouts, throughput floor, retries of 429/5xx with ``Retry-After``, safe
+redirects, resume) under one :class:`~doras_oras.transport.TransferPolicy`,
+with :class:`~doras_oras.auth.RegistryAuth` answering the registry's
+challenges. ``fetch_manifest`` and ``open_blob`` have the signatures of the
+edge client's ``ContentFetcher`` protocol. See ``docs/network.md``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import io
 import logging
+import os
 import platform as _platform
-import urllib.parse
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import oras.provider
 import requests
 
 from . import schemas
+from .auth import RegistryAuth
 from .descriptor import (
     ANNOTATION_PREFIX,
     EMPTY_DIGEST,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     Descriptor,
+    new_hasher,
     validate_digest,
 )
 from .errors import (
@@ -51,8 +65,9 @@ from .errors import (
     TransferTimeoutError,
     TransportError,
 )
-from .layout import ImageEntry, OCILayout
+from .layout import ImageEntry, OCILayout, disk_error
 from .reference import Reference
+from .transport import ByteCounter, TransferPolicy, Transport, origin, safe_url
 from .verify import VerifyingReader
 
 log = logging.getLogger(__name__)
@@ -61,8 +76,6 @@ ANNOTATION_SOURCE_INDEX = ANNOTATION_PREFIX + "source.index"
 """On an ``index.json`` entry: the registry image index the platform manifest was chosen from."""
 
 ACCEPT_MANIFESTS = ", ".join((*MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES))
-MAX_REDIRECTS = 5
-DEFAULT_TIMEOUT = (10.0, 60.0)
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm"}
 
@@ -137,21 +150,56 @@ class _BlobReader(VerifyingReader):
 
 def _translate(exc: BaseException, url: str) -> TransportError:
     text = str(exc)
-    if isinstance(exc, requests.exceptions.SSLError):
-        return TransportError(f"TLS verification failed for {url}: {text}")
     if isinstance(exc, requests.exceptions.Timeout) or "timed out" in text.lower():
-        return TransferTimeoutError(f"timeout talking to {url}: {text}")
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return ConnectError(f"cannot reach {url}: {text}")
-    return TransportError(f"transfer from {url} failed: {text}")
+        return TransferTimeoutError(f"timeout reading from {safe_url(url)}: {exc.__class__.__name__}")
+    return ConnectError(f"transfer from {safe_url(url)} failed: {exc.__class__.__name__}")
+
+
+class _AuthHook:
+    """The transport's :class:`~doras_oras.transport.AuthHook`: one :class:`RegistryAuth` per registry.
+
+    Refuses to answer a challenge with credentials over plain HTTP unless the
+    registry client allows it (``allow_insecure_auth``).
+    """
+
+    def __init__(self, owner: DeltaRegistry) -> None:
+        self._owner = owner
+
+    def _auth_for(self, url: str) -> RegistryAuth | None:
+        for auth in self._owner._auths.values():
+            if auth.serves(url):
+                return auth
+        return None
+
+    def headers_for(self, url: str) -> Mapping[str, str]:
+        auth = self._auth_for(url)
+        return auth.headers_for(url) if auth is not None else {}
+
+    def on_unauthorized(self, url: str, response: requests.Response, transport: Transport) -> bool:
+        auth = self._auth_for(url)
+        if auth is None:
+            return False
+        if origin(url)[0] == "http" and auth.has_credentials and not self._owner.allow_insecure_auth:
+            raise InsecureTransportError(
+                f"{safe_url(url)} asks for credentials over plain HTTP; refused "
+                "(allow_insecure_auth / --allow-insecure-auth permits it)"
+            )
+        return auth.on_unauthorized(url, response, transport)
 
 
 class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
-    """An oras-py registry client with verified manifest/blob fetches and a verified full pull.
+    """An oras-py registry client with verified, resumable fetches and a verified full pull.
 
     ``insecure`` speaks plain HTTP; credentials (basic or token) are then sent
-    only with ``allow_insecure_auth=True``. Redirects are followed only to the
-    same host and scheme. ``timeout`` is requests' ``(connect, read)`` in seconds.
+    only with ``allow_insecure_auth=True``. ``tls_verify`` is True, False or a
+    CA bundle path. ``policy`` bounds every transfer (default
+    :class:`TransferPolicy`); ``timeout`` (``(connect, read)`` seconds)
+    overrides its two timeouts. Credentials: those set on the oras-py auth
+    backend (``registry.auth.set_basic_auth``), else the docker ``config.json``
+    files in ``registry_configs`` (plus ``~/.docker/config.json``) and their
+    credential helpers. ``allowed_realm_hosts``: other hosts whose token
+    realms are trusted. Redirects to other hosts (blob storage) are followed
+    without credentials; never from https to http.
     """
 
     def __init__(
@@ -162,94 +210,80 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         auth_backend: str = "token",
         *,
         allow_insecure_auth: bool = False,
-        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        timeout: tuple[float, float] | None = None,
+        policy: TransferPolicy | None = None,
+        registry_configs: Sequence[str | os.PathLike[str]] = (),
+        allowed_realm_hosts: Iterable[str] = (),
     ) -> None:
         super().__init__(hostname=hostname, insecure=insecure, tls_verify=tls_verify, auth_backend=auth_backend)
+        base = policy if policy is not None else TransferPolicy()
+        if timeout is not None:
+            base = dataclasses.replace(base, connect_timeout_s=float(timeout[0]), read_timeout_s=float(timeout[1]))
+        self.policy = dataclasses.replace(base, allow_http=bool(insecure))
         self.allow_insecure_auth = allow_insecure_auth
-        self.timeout = timeout
+        self.registry_configs = [str(c) for c in registry_configs]
+        for config in self.registry_configs:
+            if not os.path.isfile(config):
+                raise FileNotFoundError(f"registry config {config} does not exist")
+        self.allowed_realm_hosts = tuple(allowed_realm_hosts)
+        self._auths: dict[str, RegistryAuth] = {}
+        self._auth_sources: dict[str, str | None] = {}
+        self.transport = Transport(self.session, self.policy, verify=tls_verify, auth=_AuthHook(self))
         self.bytes_received = 0
+        """Body bytes of manifests and blobs received so far (exact; retries and restarts included)."""
+        self._deadline: float | None = None
 
-    # --- HTTP ------------------------------------------------------------------
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """``(connect, read)`` timeouts in seconds."""
+        return self.policy.connect_timeout_s, self.policy.read_timeout_s
+
+    # --- deadline and credentials ------------------------------------------------------
+    @contextlib.contextmanager
+    def pull_deadline(self, seconds: float | None = None) -> Iterator[float | None]:
+        """Share one overall deadline among every request made inside the block.
+
+        ``seconds`` defaults to ``policy.deadline_s``; nested blocks keep the
+        outer deadline. Yields the :func:`time.monotonic` instant (None: none).
+        Outside such a block each request gets ``policy.deadline_s`` of its own.
+        """
+        if self._deadline is not None:
+            yield self._deadline
+            return
+        limit = seconds if seconds is not None else self.policy.deadline_s
+        self._deadline = None if limit is None else time.monotonic() + limit
+        try:
+            yield self._deadline
+        finally:
+            self._deadline = None
+
+    def _explicit_basic(self) -> str | None:
+        basic = getattr(self.auth, "_basic_auth", None)
+        return basic if isinstance(basic, str) and basic else None
+
+    def _prepare(self, ref: Reference) -> None:
+        """Make sure credentials for ``ref``'s registry are known to the transport."""
+        host = ref.registry
+        basic = self._explicit_basic()
+        if host in self._auths and self._auth_sources.get(host) == basic:
+            return
+        if basic is not None:
+            user, _, password = base64.b64decode(basic).decode("utf-8", "replace").partition(":")
+            auth = RegistryAuth(host, username=user, password=password, allowed_realm_hosts=self.allowed_realm_hosts)
+        else:
+            auth = RegistryAuth.from_docker_config(
+                host, configs=self.registry_configs, allowed_realm_hosts=self.allowed_realm_hosts
+            )
+        self._auths[host] = auth
+        self._auth_sources[host] = basic
+
     def _url(self, ref: Reference, kind: str, what: str) -> str:
         return f"{self.prefix}://{ref.registry}/v2/{ref.repository}/{kind}/{what}"
 
-    def _auth_headers(self) -> dict[str, str]:
-        token = getattr(self.auth, "token", None)
-        if token:
-            return {"Authorization": f"Bearer {token}"}
-        return {}
-
-    def _answer_challenge(self, response: requests.Response, headers: dict[str, str]) -> bool:
-        challenge = response.headers.get("Www-Authenticate", "")
-        basic = getattr(self.auth, "_basic_auth", None)
-        if challenge.lower().startswith("basic"):
-            if not basic:
-                return False
-            headers["Authorization"] = f"Basic {basic}"
-            return True
-        if self.prefix == "http" and basic and not self.allow_insecure_auth:
-            raise InsecureTransportError(
-                f"{response.url} asks for credentials over plain HTTP; refused (allow_insecure_auth)"
-            )
-        try:
-            new_headers, changed = self.auth.authenticate_request(response, dict(headers))
-        except requests.RequestException as exc:
-            raise _translate(exc, response.url) from exc
-        if changed:
-            headers.update(new_headers)
-        return bool(changed)
-
-    def _send(self, method: str, url: str, headers: Mapping[str, str], *, stream: bool = False) -> requests.Response:
-        """One request with auth, safe redirects and translated errors; the caller checks the status."""
-        request_headers = {**self.headers, **dict(headers), **self._auth_headers()}
-        origin = urllib.parse.urlsplit(url)
-        authenticated = False
-        for _ in range(MAX_REDIRECTS + 1):
-            if self.prefix == "http" and "Authorization" in request_headers and not self.allow_insecure_auth:
-                raise InsecureTransportError(f"refusing to send credentials over plain HTTP to {url}")
-            try:
-                response: requests.Response = self.session.request(
-                    method, url, headers=request_headers, stream=stream, verify=self._tls_verify,
-                    timeout=self.timeout, allow_redirects=False,
-                )
-            except requests.RequestException as exc:
-                raise _translate(exc, url) from exc
-            if response.status_code in (401, 403) and not authenticated:
-                authenticated = True
-                response.close()
-                if self._answer_challenge(response, request_headers):
-                    continue
-                raise RegistryAuthError(f"{method} {url}: {response.status_code} (no usable credentials)",
-                                        status=response.status_code)
-            if response.status_code in (301, 302, 303, 307, 308):
-                location = response.headers.get("Location", "")
-                response.close()
-                target = urllib.parse.urlsplit(urllib.parse.urljoin(url, location))
-                if target.scheme != origin.scheme or target.netloc != origin.netloc:
-                    raise InsecureTransportError(
-                        f"{url} redirects to {target.scheme}://{target.netloc}: another host or scheme, refused"
-                    )
-                url = target.geturl()
-                continue
-            return response
-        raise TransportError(f"too many redirects from {origin.geturl()}")
-
-    @staticmethod
-    def _check_status(response: requests.Response, what: str) -> None:
-        if response.status_code == 200:
-            return
-        status = response.status_code
-        detail = ""
-        try:
-            detail = response.raw.read(4096, decode_content=True).decode("utf-8", "replace").strip()
-        except Exception:  # the error body is informative only
-            detail = ""
-        response.close()
-        cls = RegistryAuthError if status in (401, 403) else RegistryError
-        text = f"{what}: registry answered {status}"
-        if detail:
-            text += f": {detail[:300]}"
-        raise cls(text, status=status)
+    def _headers(self, extra: Mapping[str, str]) -> dict[str, str]:
+        base = {k: v for k, v in dict(getattr(self, "headers", {}) or {}).items() if k.lower() != "authorization"}
+        base.update(extra)
+        return base
 
     # --- manifests ---------------------------------------------------------------
     def resolve(self, ref: Reference | str) -> Descriptor:
@@ -259,47 +293,45 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         against it when fetched), else from the hashed body of a GET.
         """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
-        self.auth.load_configs(self.get_container(str(ref)))
+        self._prepare(ref)
         url = self._url(ref, "manifests", ref.reference)
-        response = self._send("HEAD", url, {"Accept": ACCEPT_MANIFESTS})
-        response.close()
-        if response.status_code == 200:
-            digest = response.headers.get("Docker-Content-Digest", "")
-            media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
-            length = response.headers.get("Content-Length", "")
-            try:
-                validate_digest(digest)
-                size = int(length)
-            except ValueError:
-                size = -1
-            if size >= 0 and media_type in (*MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES):
-                if ref.digest and digest != ref.digest:
-                    raise DigestMismatchError(f"{ref}: registry says {digest}")
-                if size > schemas.MAX_MANIFEST_BYTES:
-                    raise BodyTooLargeError(f"manifest {ref}: {size} bytes, over the cap")
-                return Descriptor(media_type=media_type, digest=digest, size=size)
-        parsed = self.fetch_parsed(ref)
-        return parsed.descriptor
+        try:
+            response = self.transport.head(url, headers=self._headers({"Accept": ACCEPT_MANIFESTS}),
+                                           deadline=self._deadline)
+        except RegistryAuthError:
+            raise
+        except RegistryError as exc:
+            log.debug("HEAD %s answered %s; asking with GET", safe_url(url), exc.status)
+            return self.fetch_parsed(ref).descriptor
+        digest = response.headers.get("Docker-Content-Digest", "")
+        media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+        length = response.headers.get("Content-Length", "")
+        try:
+            validate_digest(digest)
+            size = int(length)
+        except ValueError:
+            size = -1
+        if size >= 0 and media_type in (*MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES):
+            if ref.digest and digest != ref.digest:
+                raise DigestMismatchError(f"{ref}: registry says {digest}")
+            if size > schemas.MAX_MANIFEST_BYTES:
+                raise BodyTooLargeError(f"manifest {ref}: {size} bytes, over the cap")
+            return Descriptor(media_type=media_type, digest=digest, size=size)
+        return self.fetch_parsed(ref).descriptor
 
     def fetch_parsed(self, ref: Reference | str, *, expected: Descriptor | None = None) -> schemas.ParsedManifest:
-        """GET a manifest or index, checked by :func:`doras_oras.schemas.parse_manifest`."""
+        """GET a manifest or index (at most 4 MiB), checked by :func:`doras_oras.schemas.parse_manifest`."""
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
-        self.auth.load_configs(self.get_container(str(ref)))
+        self._prepare(ref)
         target = expected.digest if expected is not None else ref.reference
         url = self._url(ref, "manifests", target)
-        response = self._send("GET", url, {"Accept": ACCEPT_MANIFESTS}, stream=True)
-        self._check_status(response, f"manifest {ref}")
-        with response:
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > schemas.MAX_MANIFEST_BYTES:
-                raise BodyTooLargeError(f"manifest {ref}: {length} bytes, over the {schemas.MAX_MANIFEST_BYTES}-byte cap")
-            try:
-                body = response.raw.read(schemas.MAX_MANIFEST_BYTES + 1, decode_content=True)
-            except Exception as exc:
-                raise _translate(exc, url) from exc
-            self.bytes_received += len(body)
+        body, response = self.transport.get_bytes(
+            url, max_bytes=schemas.MAX_MANIFEST_BYTES, headers=self._headers({"Accept": ACCEPT_MANIFESTS}),
+            deadline=self._deadline,
+        )
+        self.bytes_received += len(body)
         content_type = response.headers.get("Content-Type", "")
-        if expected is None and ref.digest and len(body) <= schemas.MAX_MANIFEST_BYTES:
+        if expected is None and ref.digest:
             media_type = content_type.split(";", 1)[0].strip()
             expected = Descriptor(media_type=media_type, digest=ref.digest, size=len(body))
         parsed = schemas.parse_manifest(body, content_type, expected=expected, what=f"manifest {ref}")
@@ -316,24 +348,20 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         return parsed.body, parsed.descriptor.media_type
 
     # --- blobs -----------------------------------------------------------------------
-    def _blob_response(self, ref: Reference, descriptor: Descriptor, headers: Mapping[str, str]) -> requests.Response:
-        """The (streamed, status 200/206) response for a blob: the one place blob HTTP happens."""
-        self.auth.load_configs(self.get_container(str(ref)))
-        url = self._url(ref, "blobs", descriptor.digest)
-        response = self._send("GET", url, headers, stream=True)
-        if response.status_code == 206:
-            return response
-        self._check_status(response, f"blob {descriptor.digest}")
-        return response
-
     def open_blob(self, ref: Reference, descriptor: Descriptor) -> BinaryIO:
-        """A stream of the blob that yields at most ``size`` bytes and fails on a wrong size or digest."""
+        """A stream of the blob that yields at most ``size`` bytes and fails on a wrong size or digest.
+
+        Not resumable (use :meth:`download_blob` / :meth:`download_to` for that).
+        """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         validate_digest(descriptor.digest)
         if descriptor.data is not None:
             return io.BufferedReader(VerifyingReader(io.BytesIO(descriptor.data), descriptor.digest,
                                                      descriptor.size, what="inline blob"))
-        response = self._blob_response(ref, descriptor, {})
+        self._prepare(ref)
+        url = self._url(ref, "blobs", descriptor.digest)
+        response = self.transport.get(url, headers=self._headers({"Accept-Encoding": "identity"}), stream=True,
+                                      deadline=self._deadline)
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) != descriptor.size:
             response.close()
@@ -342,6 +370,54 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
             )
         raw = _ResponseStream(response, self)
         return io.BufferedReader(_BlobReader(raw, descriptor.digest, descriptor.size, what="blob"))
+
+    def download_to(self, ref: Reference | str, descriptor: Descriptor, path_partial: Path) -> Path:
+        """Download the blob into ``path_partial`` (resuming what is there); return it verified and fsynced.
+
+        ``path_partial`` and its ``.meta`` sidecar belong to this call (see
+        :meth:`Transport.download`): a drop, stall or kill leaves them for the
+        next call to resume; a digest or size mismatch removes them. For blobs
+        that must not go into ``blobs/`` (a delta blob, kept in ``ingest/``
+        until applied): pass ``layout.partial_path(descriptor)``.
+        """
+        ref = Reference.parse(ref) if isinstance(ref, str) else ref
+        validate_digest(descriptor.digest)
+        path_partial = Path(path_partial)
+        if descriptor.data is not None or (descriptor.digest == EMPTY_DIGEST and descriptor.size == 2):
+            return _write_inline(descriptor, path_partial)
+        self._prepare(ref)
+        url = self._url(ref, "blobs", descriptor.digest)
+        counter = ByteCounter()
+        try:
+            return self.transport.download(
+                url, digest=descriptor.digest, size=descriptor.size, partial_path=path_partial,
+                headers=self._headers({}), counter=counter, deadline=self._deadline, exact_length=True,
+            )
+        except OSError as exc:
+            raise disk_error(f"blob {descriptor.digest}", exc) from exc
+        except TransportError:
+            _drop_if_empty(path_partial)
+            raise
+        finally:
+            self.bytes_received += counter.received
+
+    def download_blob(self, ref: Any, descriptor: Any, layout: Any) -> Any:
+        """Download a verified blob into ``layout``'s ``blobs/`` (resumable); return its path.
+
+        The bytes go to ``layout.partial_path(descriptor)`` first (kept across
+        drops and restarts), then are moved into ``blobs/`` (fsync, rename,
+        directory fsync, 0644). Takes the layout lock (re-entrant). A blob
+        already in the layout is not fetched. Called with oras-py's arguments
+        ``(container, digest, outfile)`` it is oras-py's own ``download_blob``.
+        """
+        if not (isinstance(descriptor, Descriptor) and isinstance(layout, OCILayout)):
+            return super().download_blob(ref, descriptor, layout)
+        ref = Reference.parse(ref) if isinstance(ref, str) else ref
+        with layout.lock():
+            if layout.has_blob(descriptor):
+                return layout.blob_path(descriptor.digest)
+            path = self.download_to(ref, descriptor, layout.partial_path(descriptor))
+            return layout.adopt_partial(descriptor, path)
 
     # --- full pull -------------------------------------------------------------------
     def _choose_platform(self, ref: Reference, parsed: schemas.ParsedManifest, wanted: str) -> Descriptor:
@@ -370,11 +446,19 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         """Verified full pull of ``ref`` into ``layout``; ``index.json`` is written last.
 
         An image index is resolved to the manifest of ``platform`` (``os/arch[/variant]``,
-        default: this machine). Blobs already in the layout (and verified) are not fetched.
+        default: this machine). Blobs already in the layout (and verified) are not fetched;
+        a blob interrupted by a previous run is resumed from its partial file. All requests
+        share one deadline (``policy.deadline_s``, or the enclosing :meth:`pull_deadline`).
         """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         if platform is not None:
             _parse_platform(platform)
+        with self.pull_deadline():
+            return self._pull_full(ref, layout, platform=platform, lock_timeout=lock_timeout)
+
+    def _pull_full(
+        self, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout: float
+    ) -> FullPullResult:
         start = self.bytes_received
         top = self.fetch_parsed(ref)
         resolved = top.descriptor
@@ -410,8 +494,7 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
                     if blob.data is not None:
                         layout.ingest_bytes(blob, blob.data)
                     else:
-                        with self.open_blob(ref, blob) as stream:
-                            layout.ingest(blob, stream)
+                        self.download_blob(ref, blob, layout)
                     fetched += 1
                 image = layout.commit_image(
                     own, repository=ref.name, tag=ref.tag, source_digest=own.digest, annotations=notes
@@ -427,6 +510,33 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
             reference=ref, resolved=resolved, manifest=own, image=image,
             bytes_received=received, blobs_fetched=fetched, blobs_reused=reused,
         )
+
+
+def _write_inline(descriptor: Descriptor, path: Path) -> Path:
+    """Write a blob whose bytes are known (inline data, the empty JSON) to ``path``, verified and fsynced."""
+    data = descriptor.data if descriptor.data is not None else b"{}"
+    hasher = new_hasher(descriptor.digest)
+    hasher.update(data)
+    if len(data) != descriptor.size or f"{descriptor.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != descriptor.digest:
+        raise DigestMismatchError(f"inline blob: does not match {descriptor.digest} ({descriptor.size} bytes)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise disk_error(f"blob {descriptor.digest}", exc) from exc
+    return path
+
+
+def _drop_if_empty(path: Path) -> None:
+    """Remove a partial file (and its sidecar) that holds nothing worth resuming."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            path.unlink()
+            path.with_name(path.name + ".meta").unlink(missing_ok=True)
 
 
 def set_credentials(registry: DeltaRegistry, username: str, password: str) -> None:

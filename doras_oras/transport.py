@@ -259,6 +259,22 @@ class _Retryable(Exception):
         self.retry_after_s = retry_after_s
 
 
+class _WriteFailed(Exception):
+    """Internal: writing the partial file failed (disk full, I/O error); not a network fault."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _probe(raw: Any) -> bool:
+    """Whether a body that should have ended yields one more byte (a read failure counts as no)."""
+    try:
+        return bool(raw.read1(1, decode_content=False))
+    except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError):
+        return False
+
+
 class _Stalled(Exception):
     """Internal: the body came slower than the policy's minimum throughput."""
 
@@ -559,6 +575,7 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         counter: ByteCounter | None = None,
         deadline: float | None = None,
+        exact_length: bool = False,
     ) -> Path:
         """Fetch ``url`` (a blob of ``digest``/``size``) into ``partial_path``, resumably.
 
@@ -568,6 +585,14 @@ class Transport:
         removed on success. On a digest or size mismatch the partial file is
         removed and :class:`DigestMismatchError`/:class:`SizeMismatchError` is
         raised. Transfer failures leave the partial file for the next call.
+        A local write failure (disk full) removes the partial file and raises
+        the :class:`OSError`, not retried.
+
+        With ``exact_length`` the server must agree with the descriptor: a
+        ``Content-Length`` other than the bytes still missing, or a body
+        without ``Content-Length`` that ends before ``size`` or runs past it,
+        is a :class:`SizeMismatchError` (not retried; partial removed).
+        Without it, the descriptor alone decides where the body ends.
         """
         validate_digest(digest)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -576,22 +601,23 @@ class Transport:
         counter = counter if counter is not None else ByteCounter()
         budget = self._budget(deadline)
         with _PartialFile(partial_path, digest, size) as partial:
-            if partial.offset == size:
-                partial.finish()
-                return partial_path
             while True:
-                progressed = False
+                if partial.offset == size:
+                    partial.finish()
+                    return partial_path
                 try:
-                    progressed = self._download_attempt(url, headers or {}, partial, budget, counter)
+                    self._download_attempt(url, headers or {}, partial, budget, counter, exact_length=exact_length)
+                except _WriteFailed as failure:
+                    partial.discard()
+                    raise failure.error from None
+                except (DigestMismatchError, SizeMismatchError):
+                    partial.discard()
+                    raise
                 except _Retryable as failure:
                     stalled = isinstance(failure.error, TransferTimeoutError)
                     if partial.offset > partial.attempt_start and not stalled:
                         budget.failures = 0
                     self._after_failure(budget, failure)
-                    continue
-                if progressed and partial.offset == size:
-                    partial.finish()
-                    return partial_path
 
     def _download_attempt(
         self,
@@ -600,6 +626,8 @@ class Transport:
         partial: _PartialFile,
         budget: _Budget,
         counter: ByteCounter,
+        *,
+        exact_length: bool = False,
     ) -> bool:
         size = partial.size
         partial.attempt_start = partial.offset
@@ -652,10 +680,27 @@ class Transport:
                     partial.restart()
             else:
                 raise RegistryError(f"GET {safe_url(url)} answered {status} to a blob download", status=status)
-            self._copy_body(response, partial, budget, counter, url)
+            if exact_length:
+                self._check_length(response, partial, url)
+            self._copy_body(response, partial, budget, counter, url, exact_length=exact_length)
         finally:
             response.close()
         return True
+
+    @staticmethod
+    def _check_length(response: requests.Response, partial: _PartialFile, url: str) -> None:
+        """With ``exact_length``: a ``Content-Length`` must announce exactly the missing bytes."""
+        declared = response.headers.get("Content-Length")
+        if declared is None:
+            return
+        missing = partial.size - partial.offset
+        if declared.strip().isdigit() and int(declared) == missing:
+            return
+        where = f" from byte {partial.offset}" if partial.offset else ""
+        raise SizeMismatchError(
+            f"blob {partial.digest}: {safe_url(url)} announces {declared.strip()!r} bytes{where}, "
+            f"the descriptor says {partial.size} bytes in all"
+        )
 
     def _copy_body(
         self,
@@ -664,15 +709,23 @@ class Transport:
         budget: _Budget,
         counter: ByteCounter,
         url: str,
+        *,
+        exact_length: bool = False,
     ) -> None:
         policy = self.policy
         raw = response.raw
         guard = _ThroughputGuard(policy, self._clock)
+        delimited = "Content-Length" not in response.headers
         try:
             while partial.offset < partial.size:
                 budget.check_deadline(safe_url(url))
                 want = min(policy.chunk_size, partial.size - partial.offset)
                 chunk = raw.read1(want, decode_content=False)
+                if not chunk and exact_length and delimited:
+                    # The body is complete by HTTP's rules (no length announced): the blob is short.
+                                raise SizeMismatchError(
+                        f"blob {partial.digest}: got {partial.offset} bytes, expected {partial.size}"
+                    )
                 if not chunk:
                     raise _Retryable(
                         ConnectError(
@@ -682,6 +735,10 @@ class Transport:
                 partial.write(chunk)
                 counter.add(len(chunk))
                 guard.add(len(chunk))
+            if exact_length and delimited and raw.read1(1, decode_content=False):
+                        raise SizeMismatchError(
+                    f"blob {partial.digest}: more than the expected {partial.size} bytes"
+                )
         except _Stalled:
             raise _Retryable(
                 TransferTimeoutError(
@@ -803,11 +860,14 @@ class _PartialFile:
         self._hasher = new_hasher(self.digest)
 
     def write(self, chunk: bytes) -> None:
-        os.lseek(self._fd, self.offset, os.SEEK_SET)
-        view = memoryview(chunk)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            os.lseek(self._fd, self.offset, os.SEEK_SET)
+            view = memoryview(chunk)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise _WriteFailed(exc) from exc
         self._hasher.update(chunk)
         self.offset += len(chunk)
 

@@ -73,9 +73,12 @@ CASES: dict[str, tuple[Case, type[DorasOrasError], str]] = {
                        SchemaValidationError, r"layers[0].digest"),
     "header-digest-lie": (Case(manifest_with(), manifest_headers={"Docker-Content-Digest": sha256(b"other")}),
                           DigestMismatchError, "registry says"),
-    "redirect-elsewhere": (Case(manifest_with(), blob_status=307,
-                                blob_headers={"Location": "http://203.0.113.9/steal"}),
-                           InsecureTransportError, "another host"),
+    # Redirects to other hosts are followed without credentials (blob storage); these are not.
+    "redirect-to-file": (Case(manifest_with(), blob_status=307, blob_headers={"Location": "file:///etc/passwd"}),
+                         InsecureTransportError, "unsupported URL scheme"),
+    "redirect-loop": (Case(manifest_with(), blob_status=307,
+                           blob_headers={"Location": f"/v2/lie/redirect-loop/blobs/{sha256(GOOD_LAYER)}"}),
+                      InsecureTransportError, "more than 10 redirects"),
 }
 
 
