@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from typing import Any
 
@@ -16,10 +18,22 @@ from .cli import EXIT_OK, EXIT_USAGE, command
 from .layout import OCILayout
 from .reference import Reference
 from .registry import DeltaRegistry, FullPullResult
+from .transport import TransferPolicy
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def add_registry_options(parser: argparse.ArgumentParser) -> None:
-    """The flags that say how to talk to the registry."""
+    """The flags that say how to talk to the registry (and bound every transfer)."""
     parser.add_argument("--plain-http", action="store_true", help="talk plain HTTP to the registry")
     parser.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
     parser.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify the registry's certificate")
@@ -27,29 +41,63 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--password", help="registry password (prefer --password-stdin)")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     parser.add_argument(
+        "--registry-config", metavar="FILE", action="append", default=[],
+        help="docker config.json with registry credentials (repeatable; ~/.docker/config.json is read too)",
+    )
+    parser.add_argument(
         "--allow-insecure-auth", action="store_true",
         help="allow sending credentials over plain HTTP (with --plain-http)",
     )
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="read timeout in seconds")
+    defaults = TransferPolicy()
+    parser.add_argument("--connect-timeout", type=_seconds, default=defaults.connect_timeout_s, metavar="S",
+                        help=f"TCP/TLS connect timeout per request (default {defaults.connect_timeout_s:g})")
+    parser.add_argument("--read-timeout", "--timeout", dest="read_timeout", type=_seconds,
+                        default=defaults.read_timeout_s, metavar="S",
+                        help=f"give up an attempt after S seconds without a byte (default {defaults.read_timeout_s:g})")
+    parser.add_argument("--deadline", type=_seconds, default=defaults.deadline_s, metavar="S",
+                        help=f"overall time bound of the whole pull, retries included (default {defaults.deadline_s:g})")
+
+
+def policy_from_args(args: argparse.Namespace) -> TransferPolicy:
+    """The :class:`TransferPolicy` of :func:`add_registry_options` flags."""
+    return TransferPolicy(
+        connect_timeout_s=float(args.connect_timeout),
+        read_timeout_s=float(args.read_timeout),
+        deadline_s=float(args.deadline),
+        allow_http=bool(args.plain_http),
+    )
 
 
 def registry_from_args(args: argparse.Namespace) -> DeltaRegistry:
-    """A :class:`DeltaRegistry` configured from :func:`add_registry_options` flags."""
+    """A :class:`DeltaRegistry` configured from :func:`add_registry_options` flags.
+
+    Raises :class:`ValueError` (a usage error) for contradicting or unusable flags.
+    """
+    if args.insecure and args.ca_file:
+        raise ValueError("--insecure and --ca-file contradict each other")
     tls_verify: bool | str = True
     if args.insecure:
         tls_verify = False
     elif args.ca_file:
+        if not os.path.isfile(args.ca_file):
+            raise ValueError(f"--ca-file {args.ca_file}: no such file")
         tls_verify = str(args.ca_file)
-    registry = DeltaRegistry(
-        insecure=bool(args.plain_http), tls_verify=tls_verify,
-        allow_insecure_auth=bool(args.allow_insecure_auth), timeout=(10.0, float(args.timeout)),
-    )
+    for config in args.registry_config:
+        if not os.path.isfile(config):
+            raise ValueError(f"--registry-config {config}: no such file")
     password = args.password
     if args.password_stdin:
+        if args.password:
+            raise ValueError("-p/--password and --password-stdin contradict each other")
         password = sys.stdin.readline().rstrip("\r\n")
-    if args.username or password:
-        if not (args.username and password):
-            raise ValueError("-u/--username and a password go together")
+    if (args.username or password) and not (args.username and password):
+        raise ValueError("-u/--username and a password go together")
+    registry = DeltaRegistry(
+        insecure=bool(args.plain_http), tls_verify=tls_verify,
+        allow_insecure_auth=bool(args.allow_insecure_auth), policy=policy_from_args(args),
+        registry_configs=list(args.registry_config),
+    )
+    if args.username:
         registry.auth.set_basic_auth(args.username, password)
     return registry
 
