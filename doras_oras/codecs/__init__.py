@@ -21,6 +21,7 @@ import enum
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -126,12 +127,10 @@ class _HashingWriter:
         return self._fh.write(data)
 
 
-def _is_plain_file(stream: object) -> bool:
+def _is_plain_file(stream: Any) -> bool:
+    """True for a regular file positioned at its start (read with pread as is)."""
     try:
-        fd = stream.fileno()  # type: ignore[attr-defined]
-        import stat
-
-        return stat.S_ISREG(os.fstat(fd).st_mode) and stream.tell() == 0  # type: ignore[attr-defined,no-any-return]
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and stream.tell() == 0
     except (AttributeError, OSError, ValueError):
         return False
 

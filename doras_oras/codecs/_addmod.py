@@ -46,7 +46,8 @@ def _numpy_adder() -> AddFn | None:
     def add_numpy(a: bytes, b: bytes) -> bytes:
         if len(a) != len(b):
             raise ValueError("operands differ in length")
-        return (np.frombuffer(a, u8) + np.frombuffer(b, u8)).tobytes()  # type: ignore[no-any-return]
+        result: bytes = (np.frombuffer(a, u8) + np.frombuffer(b, u8)).tobytes()
+        return result
 
     return add_numpy
 

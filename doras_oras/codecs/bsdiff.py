@@ -33,6 +33,7 @@ are added (see :mod:`._addmod`).
 from __future__ import annotations
 
 import bz2
+import contextlib
 import logging
 import os
 import queue
@@ -228,7 +229,7 @@ def _combine(old: bytes, diff: bytes, add: _Adder) -> bytes:
 
 def _read_old(fd: int, old_size: int, pos: int, n: int) -> bytes:
     """``n`` old bytes at ``pos``; positions outside the file read as zero."""
-    if 0 <= pos and pos + n <= old_size:
+    if pos >= 0 and pos + n <= old_size:
         data = os.pread(fd, n, pos)
         if len(data) != n:
             raise CorruptDeltaError(f"old file shrank while reading at {pos}")
@@ -327,10 +328,8 @@ def _run_threaded(
         except _Stop:
             pass
         except BaseException as exc:  # handed to the consumer
-            try:
+            with contextlib.suppress(_Stop):
                 put(exc)
-            except _Stop:
-                pass
 
     thread = threading.Thread(target=producer, name="bsdiff-decode", daemon=True)
     thread.start()

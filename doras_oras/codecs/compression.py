@@ -19,7 +19,8 @@ from __future__ import annotations
 import enum
 import zlib
 from collections import deque
-from typing import Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from ..errors import CorruptDeltaError
 
@@ -192,7 +193,7 @@ class _ZstdReader(_CappedReader):
         del self._buf[:n]
         return data
 
-    def _walk(self):  # type: ignore[no-untyped-def]
+    def _walk(self) -> Iterator[bytes]:
         """Generator yielding decompressed pieces, frame by frame."""
         zstd = self._zstd
         while True:
@@ -219,7 +220,7 @@ class _ZstdReader(_CappedReader):
             self._frames += 1
             dec = self._dctx.decompressobj()
 
-            def feed(data: bytes, dec=dec) -> bytes:  # type: ignore[no-untyped-def]
+            def feed(data: bytes, dec: Any = dec) -> bytes:
                 try:
                     return dec.decompress(data)  # type: ignore[no-any-return]
                 except zstd.ZstdError as exc:
