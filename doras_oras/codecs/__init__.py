@@ -119,7 +119,7 @@ class _HashingWriter:
         self.size = 0
         self._limit = limit
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | bytearray, /) -> int:
         self.size += len(data)
         if self._limit is not None and self.size > self._limit:
             raise SizeMismatchError(f"delta output exceeds the expected {self._limit} bytes")

@@ -52,12 +52,12 @@ log = logging.getLogger(__name__)
 MAGIC = b"BSDIFF40"
 HEADER_SIZE = 32
 #: Largest piece of diff or extra data handled at once.
-CHUNK = 1 << 19
+CHUNK = 1 << 17
 #: Consecutive control triples with x == y == 0 tolerated.
 MAX_IDLE_TRIPLES = 1 << 16
 _SUB = 1 << 12  # granularity of the zero test in diff chunks
 _IN_CHUNK = 1 << 16
-_QUEUE_DEPTH = 4
+_QUEUE_DEPTH = 8
 _NUMPY_AFTER = 4 << 20  # bytes added with big integers before numpy is tried
 _ZERO_CHUNK = bytes(CHUNK)
 _ZERO_SUB = bytes(_SUB)
@@ -66,7 +66,7 @@ _ZERO_SUB = bytes(_SUB)
 class Writable(Protocol):
     """Anything with ``write(bytes)``."""
 
-    def write(self, data: bytes, /) -> object: ...
+    def write(self, data: bytes | bytearray, /) -> object: ...
 
 
 def _offtin(raw: bytes) -> int:
@@ -214,7 +214,7 @@ class _Adder:
         return self._fn(a, b)
 
 
-def _combine(old: bytes, diff: bytes, add: _Adder) -> bytes:
+def _combine(old: bytes, diff: bytes, add: _Adder) -> bytes | bytearray:
     """``old + diff`` byte-wise, skipping zero sub-blocks of ``diff``."""
     n = len(diff)
     if diff == (_ZERO_CHUNK if n == CHUNK else bytes(n)):
@@ -224,7 +224,7 @@ def _combine(old: bytes, diff: bytes, add: _Adder) -> bytes:
         d = diff[i : i + _SUB]
         if d != (_ZERO_SUB if len(d) == _SUB else bytes(len(d))):
             out[i : i + len(d)] = add(old[i : i + len(d)], d)
-    return bytes(out)
+    return out
 
 
 def _read_old(fd: int, old_size: int, pos: int, n: int) -> bytes:
@@ -289,10 +289,11 @@ def apply_bsdiff(
         def consume(item: tuple[int, bytes, int]) -> None:
             nonlocal written
             kind, data, oldpos = item
+            result: bytes | bytearray = data
             if kind == _ADD:
-                data = _combine(_read_old(old_fd, old_size, oldpos, len(data)), data, add)
-            out.write(data)
-            written += len(data)
+                result = _combine(_read_old(old_fd, old_size, oldpos, len(data)), data, add)
+            out.write(result)
+            written += len(result)
 
         if threaded:
             _run_threaded(fd, header, patch_size, consume)
