@@ -11,7 +11,6 @@ import pytest
 
 from doras_oras.codecs import DeltaAlgorithm, apply_delta
 from doras_oras.descriptor import ANNOTATION_CONTENT_DIGEST
-
 from tests._codec_support import vectors_dir
 
 VECTORS = vectors_dir()

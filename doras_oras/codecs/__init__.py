@@ -137,8 +137,8 @@ def _is_plain_file(stream: Any) -> bool:
 
 def _bsdiff_patch_cap(expected_size: int | None) -> int | None:
     # A bzip2 patch is at most ~1% larger than the data it carries plus its
-    # control block; twice the output plus 16 MiB is a generous bound.
-    return None if expected_size is None else 2 * expected_size + (16 << 20)
+    # control block; twice the output plus 1 MiB is a generous bound.
+    return None if expected_size is None else 2 * expected_size + (1 << 20)
 
 
 def apply_delta(

@@ -233,7 +233,7 @@ def apply_tardiff(
         head += piece
     if head != MAGIC:
         raise CorruptDeltaError(f"not a tar-diff delta: header {head!r}, expected {MAGIC!r}")
-    ops_cap = None if expected_size is None else 2 * expected_size + (16 << 20)
+    ops_cap = None if expected_size is None else 2 * expected_size + (1 << 20)
     stream = open_decompressed(delta, Compression.ZSTD, max_output=ops_cap,
                                what="tar-diff operations", max_window_size=max_window_size)
     reader = _OpReader(stream)
