@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from ..errors import CorruptDeltaError
-from ._addmod import AddFn, add_bytes_int, select_adder
+from ._addmod import AdaptiveAdder
 
 __all__ = ["CHUNK", "HEADER_SIZE", "MAGIC", "BsdiffHeader", "Writable", "apply_bsdiff", "read_header"]
 
@@ -58,7 +58,6 @@ MAX_IDLE_TRIPLES = 1 << 16
 _SUB = 1 << 12  # granularity of the zero test in diff chunks
 _IN_CHUNK = 1 << 16
 _QUEUE_DEPTH = 8
-_NUMPY_AFTER = 4 << 20  # bytes added with big integers before numpy is tried
 _ZERO_CHUNK = bytes(CHUNK)
 _ZERO_SUB = bytes(_SUB)
 
@@ -196,25 +195,7 @@ def _produce(
         oldpos += z
 
 
-class _Adder:
-    """Big-integer adds first; numpy (if allowed) once enough bytes were added."""
-
-    def __init__(self, use_numpy: bool | None) -> None:
-        self._use_numpy = use_numpy
-        self._fn: AddFn = add_bytes_int
-        self._added = 0
-        self._switched = use_numpy is False
-
-    def __call__(self, a: bytes, b: bytes) -> bytes:
-        if not self._switched:
-            self._added += len(a)
-            if self._added > _NUMPY_AFTER or self._use_numpy:
-                self._fn = select_adder(self._use_numpy)
-                self._switched = True
-        return self._fn(a, b)
-
-
-def _combine(old: bytes, diff: bytes, add: _Adder) -> bytes | bytearray:
+def _combine(old: bytes, diff: bytes, add: AdaptiveAdder) -> bytes | bytearray:
     """``old + diff`` byte-wise, skipping zero sub-blocks of ``diff``."""
     n = len(diff)
     if diff == (_ZERO_CHUNK if n == CHUNK else bytes(n)):
@@ -283,7 +264,7 @@ def apply_bsdiff(
     with open(Path(old), "rb") as old_fh:
         old_fd = old_fh.fileno()
         old_size = os.fstat(old_fd).st_size
-        add = _Adder(use_numpy)
+        add = AdaptiveAdder(use_numpy)
         written = 0
 
         def consume(item: tuple[int, bytes, int]) -> None:

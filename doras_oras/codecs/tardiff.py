@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CodecError, CorruptDeltaError
-from ._addmod import select_adder
+from ._addmod import AdaptiveAdder
 from .bsdiff import Writable
 from .compression import (
     DEFAULT_MAX_WINDOW_SIZE,
@@ -218,7 +218,7 @@ def apply_tardiff(
     expected_size: int | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
     max_window_size: int = DEFAULT_MAX_WINDOW_SIZE,
-    use_numpy: bool | None = False,
+    use_numpy: bool | None = None,
 ) -> int:
     """Apply the tar-diff ``delta`` (a stream starting with the magic) to the tar ``base``.
 
@@ -237,7 +237,7 @@ def apply_tardiff(
     stream = open_decompressed(delta, Compression.ZSTD, max_output=ops_cap,
                                what="tar-diff operations", max_window_size=max_window_size)
     reader = _OpReader(stream)
-    add = select_adder(use_numpy)
+    add = AdaptiveAdder(use_numpy)
     limit = _MAX_SIZE if expected_size is None else expected_size
     written = 0
     with ExitStack() as stack:
