@@ -11,11 +11,13 @@ times, each in a child process whose peak RSS is read with ``wait4``:
 
 * ``libbz2``: decoding the diff block only (the floor of a sequential applier);
 * ``ours``: ``doras_oras.codecs.apply_delta`` (verifying sha256), numpy off;
-* ``ours+numpy``: the same, numpy allowed from the start;
+* ``ours-auto``: the default (numpy once 4 MiB were added; dense case only);
+* ``ours+numpy``: numpy from the first add;
 * ``bsdiff4``: ``bsdiff4.file_patch`` (64 MiB only: it holds the whole file);
 * ``bspatch``: Debian's ``bspatch`` program.
 
-and a tar-diff apply of a tar of many files with edits (made by the
+A "dense" case (``--dense`` MiB, every byte changed: a random diff block)
+compares the adders where adding is real work. Then a tar-diff apply of a tar of many files with edits (made by the
 project's own simple encoder in this script: Open/Copy/Data ops).
 """
 
@@ -45,10 +47,14 @@ def _offtout(x: int) -> bytes:
     return bytes(raw)
 
 
-def make_case(work: Path, size: int, edits: int, seed: int = 1) -> tuple[Path, Path, Path, str]:
-    """old, patch, diff-block (bz2) files and the sha256 of the new file."""
+def make_case(work: Path, size: int, edits: int, seed: int = 1,
+              dense: bool = False) -> tuple[Path, Path, Path, str]:
+    """old, patch, diff-block (bz2) files and the sha256 of the new file.
+
+    ``dense``: every byte is changed (a random diff block) instead of ``edits`` bytes.
+    """
     rng = random.Random(seed)
-    positions = sorted(rng.randrange(size) for _ in range(edits))
+    positions = [] if dense else sorted(rng.randrange(size) for _ in range(edits))
     old_path, patch_path, diffblock = work / "old", work / "patch", work / "diff.bz2"
     new_hash = hashlib.sha256()
     comp = bz2.BZ2Compressor(9)
@@ -59,8 +65,10 @@ def make_case(work: Path, size: int, edits: int, seed: int = 1) -> tuple[Path, P
             n = min(chunk, size - start)
             data = rng.randbytes(n)
             old.write(data)
-            diff = bytearray(n)
+            diff = bytearray(rng.randbytes(n) if dense else bytes(n))
             new = bytearray(data)
+            if dense:
+                new = bytearray((a + b) & 0xFF for a, b in zip(data, diff, strict=True))
             while pi < len(positions) and positions[pi] < start + n:
                 off = positions[pi] - start
                 delta = rng.randrange(1, 256)
@@ -124,13 +132,14 @@ def child(mode: str, args: list[str]) -> None:
                 else:
                     data = b""
                 dec.decompress(data, 1 << 19)
-    elif mode in ("ours", "ours+numpy"):
+    elif mode in ("ours", "ours-auto", "ours+numpy"):
         from doras_oras.codecs import DeltaAlgorithm, apply_delta
 
         old, patch, out, digest = args
+        use_numpy = {"ours": False, "ours-auto": None, "ours+numpy": True}[mode]
         with open(patch, "rb") as fh:
             apply_delta(DeltaAlgorithm.BSDIFF, old, fh, out, expected_digest=digest,
-                        use_numpy=(mode == "ours+numpy") or False)
+                        use_numpy=use_numpy)
     elif mode == "bsdiff4":
         import bsdiff4
 
@@ -213,6 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="64,1024", help="output sizes in MiB (comma-separated)")
     parser.add_argument("--edits", type=int, default=2000, help="scattered one-byte edits")
+    parser.add_argument("--dense", type=int, default=32, help="size of the dense case in MiB (0: none)")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -226,10 +236,14 @@ def main() -> None:
         wall, rss = run_child(["true"], env)
         print(f"# launcher floor: peak RSS {rss / MiB:.1f} MiB")
         print(f"{'case':<22}{'tool':<12}{'wall s':>8}{'MiB/s':>9}{'peak RSS MiB':>14}{'x libbz2 time':>15}")
-        for size_mib in (int(s) for s in args.sizes.split(",")):
+        plan = [(int(s), False) for s in args.sizes.split(",")]
+        if args.dense:
+            plan.append((args.dense, True))
+        for size_mib, dense in plan:
             size = size_mib * MiB
+            label = f"bsdiff {size_mib} MiB" + (" dense" if dense else "")
             t0 = time.perf_counter()
-            old, patch, diffblock, digest = make_case(work, size, args.edits)
+            old, patch, diffblock, digest = make_case(work, size, args.edits, dense=dense)
             print(f"# {size_mib} MiB case built in {time.perf_counter() - t0:.1f} s, patch "
                   f"{patch.stat().st_size} bytes", flush=True)
             out = work / "new"
@@ -237,10 +251,12 @@ def main() -> None:
             runs: list[tuple[str, list[str]]] = [
                 ("libbz2", [*me, "libbz2", str(diffblock)]),
                 ("ours", [*me, "ours", str(old), str(patch), str(out), digest]),
+                *([("ours-auto", [*me, "ours-auto", str(old), str(patch), str(out), digest])]
+                  if dense else []),
                 ("ours+numpy", [*me, "ours+numpy", str(old), str(patch), str(out), digest]),
                 ("bspatch", ["bspatch", str(old), str(out), str(patch)]),
             ]
-            if size_mib <= 256:
+            if size_mib <= 256 and not dense:
                 runs.append(("bsdiff4", [*me, "bsdiff4", str(old), str(patch), str(out)]))
             floor = None
             for name, argv in runs:
@@ -249,7 +265,7 @@ def main() -> None:
                 if name != "libbz2" and _sha256_file(out) != digest:
                     raise SystemExit(f"{name} produced a wrong result")
                 floor = floor or wall
-                print(f"{f'bsdiff {size_mib} MiB':<22}{name:<12}{wall:8.2f}{size / MiB / wall:9.0f}"
+                print(f"{label:<22}{name:<12}{wall:8.2f}{size / MiB / wall:9.0f}"
                       f"{rss / MiB:14.1f}{wall / floor:15.2f}", flush=True)
             for p in (old, patch, diffblock, out):
                 p.unlink(missing_ok=True)

@@ -166,3 +166,11 @@ def test_cli_apply_failures_leave_nothing(tmp_path: Path) -> None:
                "--output", str(tmp_path / "out"))
     assert res.returncode == 1 and "missing" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "good", "old"]
+
+
+def test_magic_constants_agree() -> None:
+    from doras_oras.codecs import TARDIFF_MAGIC
+    from doras_oras.codecs.tardiff import MAGIC
+
+    assert TARDIFF_MAGIC == MAGIC == b"tardf1\n\x00"
+    assert DeltaAlgorithm.detect(MAGIC + b"\x28\xb5\x2f\xfd") is DeltaAlgorithm.TARDIFF

@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..descriptor import validate_digest
 from ..errors import (
     CorruptDeltaError,
     DigestMismatchError,
@@ -34,7 +33,6 @@ from ..errors import (
     UnsupportedAlgorithmError,
 )
 from . import bsdiff as _bsdiff
-from . import tardiff as _tardiff
 from .compression import DEFAULT_MAX_WINDOW_SIZE, Compression, Readable, open_decompressed
 
 __all__ = [
@@ -47,6 +45,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SPOOL_CHUNK = 1 << 20
+TARDIFF_MAGIC = b"tardf1\n\x00"
 
 
 class DeltaAlgorithm(enum.Enum):
@@ -100,7 +99,7 @@ class DeltaAlgorithm(enum.Enum):
         """
         if head.startswith(_bsdiff.MAGIC):
             return cls.BSDIFF
-        if head.startswith(_tardiff.MAGIC):
+        if head.startswith(TARDIFF_MAGIC):
             return cls.TARDIFF
         compression = Compression.detect(head)
         if compression is Compression.GZIP:
@@ -168,6 +167,8 @@ def apply_delta(
     """
     hash_name = "sha256"
     if expected_digest is not None:
+        from ..descriptor import validate_digest  # lazy: keeps start-up lean
+
         hash_name, _hex = validate_digest(expected_digest)
     if expected_size is not None and expected_size < 0:
         raise ValueError("expected_size must be >= 0")
@@ -180,7 +181,9 @@ def apply_delta(
             out_fh = stack.enter_context(os.fdopen(fd, "wb", buffering=0))
             writer = _HashingWriter(out_fh, hash_name, expected_size)
             if algorithm is DeltaAlgorithm.TARDIFF:
-                _tardiff.apply_tardiff(base_path, delta_stream, writer, expected_size=expected_size,
+                from .tardiff import apply_tardiff  # lazy: tarfile is a heavy import
+
+                apply_tardiff(base_path, delta_stream, writer, expected_size=expected_size,
                                        tmp_dir=work_dir, max_window_size=max_window_size,
                                        use_numpy=use_numpy)
             else:
