@@ -107,7 +107,8 @@ class TarIndex:
         self.members: dict[str, TarMember] = {}
         try:
             with tarfile.open(self.path, "r:", encoding="utf-8", errors="surrogateescape") as tf:
-                for info in tf:
+                while (info := tf.next()) is not None:
+                    tf.members.clear()  # keep only this index in memory, not every TarInfo
                     name = normalize_path(info.name)
                     if name is None:
                         log.debug("tar-diff base: entry %r cannot be referenced", info.name)
