@@ -108,7 +108,7 @@ class TarIndex:
         try:
             with tarfile.open(self.path, "r:", encoding="utf-8", errors="surrogateescape") as tf:
                 while (info := tf.next()) is not None:
-                    tf.members.clear()  # keep only this index in memory, not every TarInfo
+                    tf.members.clear()  # type: ignore[attr-defined]  # keep only our index
                     name = normalize_path(info.name)
                     if name is None:
                         log.debug("tar-diff base: entry %r cannot be referenced", info.name)
