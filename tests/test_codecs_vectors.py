@@ -80,3 +80,18 @@ def test_doras_server_vectors(case: Path, tmp_path: Path) -> None:
             if case.name == "tardiff-oras-dir":
                 assert content_digest == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("case", TARDIFF_GO[::3], ids=lambda p: p.name)
+def test_test_server_tardiff_encoder_round_trips(case: Path, tmp_path: Path) -> None:
+    """Deltas of the project's test server (its own encoder) apply to the exact new tar."""
+    from doras_oras.testing.tardiff_encoder import encode
+
+    new_tar = gzip.decompress((case / "new.tar.gz").read_bytes())
+    delta = encode((case / "old.tar.gz").read_bytes(), new_tar, level=3)
+    (tmp_path / "delta").write_bytes(delta)
+    with open(tmp_path / "delta", "rb") as fh:
+        result = apply_delta(DeltaAlgorithm.TARDIFF, case / "old.tar.gz", fh, tmp_path / "out",
+                             expected_digest=_sha256(new_tar), expected_size=len(new_tar))
+    assert (tmp_path / "out").read_bytes() == new_tar
+    assert result == (_sha256(new_tar), len(new_tar))
