@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-from . import cli_pull  # noqa: F401  (pull, gc)
+from . import (
+    cli_apply,  # noqa: F401  (apply)
+    cli_pull,  # noqa: F401  (pull, gc)
+)
