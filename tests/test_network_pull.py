@@ -12,17 +12,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from transport_helpers import quick_policy
+import requests
+from test_transport_token_registry import JWTIssuer, TokenRegistry
+from transport_helpers import push_blob, quick_policy
 
-from doras_oras.errors import RegistryError, TransferTimeoutError
+from doras_oras.descriptor import Descriptor
+from doras_oras.errors import ConnectError, RegistryError, TransferTimeoutError
 from doras_oras.layout import OCILayout
+from doras_oras.reference import Reference
 from doras_oras.registry import DeltaRegistry
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER
-from doras_oras.testing.registry import RegistryServer, find_tool
+from doras_oras.testing.registry import RegistryServer, find_tool, make_tls
 from tests.layout_support import REPO_ROOT, cli, layout_problems, oras_push_file, run, sha256
 
 MiB = 1 << 20
@@ -31,10 +36,10 @@ CHUNK = 64 * 1024
 
 def pushed(registry: RegistryServer, ref: str, tmp_path: Path, payload: bytes, name: str = "data.bin") -> tuple[str, int]:
     """Push ``payload`` as a one-file artifact with the oras CLI; return (blob path suffix, manifest size)."""
-    work = tmp_path / f"push-{abs(hash(ref))}"
+    work = tmp_path / ("push-" + ref.replace("/", "-").replace(":", "-"))
     work.mkdir(exist_ok=True)
     oras_push_file(registry.host, ref, work, name, payload)
-    repo, _, tag = ref.rpartition(":")
+    repo = ref.rpartition(":")[0]
     manifest = DeltaRegistry(insecure=True).fetch_parsed(f"{registry.host}/{ref}")
     return f"/v2/{repo}/blobs/{sha256(payload)}", manifest.descriptor.size
 
@@ -154,7 +159,7 @@ def test_429_and_503_storms_are_waited_out_with_retry_after(oci_registry: Regist
         # a storm that does not end: a clear error after max_attempts, nothing written
         proxy.add("status", "/v2/net/storm/manifests/", status=503, retry_after="0")
         other = OCILayout.open(tmp_path / "M")
-        with pytest.raises(RegistryError, match="503.*gave up after 3 attempts") as info:
+        with pytest.raises(RegistryError, match=r"503.*gave up after 3 attempts") as info:
             client.pull_full(f"{proxy.host}/net/storm:v1", other)
         assert info.value.status == 503
         assert other.images() == [] and only_lock(tmp_path / "M") == ["lock"]
@@ -272,3 +277,101 @@ def test_cli_tls_flags_are_checked(oci_registry_tls: RegistryServer, tmp_path: P
                "--connect-timeout", "5", "--read-timeout", "5", "--deadline", "60", "--json")
     assert proc.returncode == 0, proc.stderr
     assert layout_problems(tmp_path / "L") == []
+
+
+# --- token auth (the real registry with ``auth: token``) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenRegistry]:
+    keys = make_tls(tmp_path_factory.mktemp("jwt"))
+    issuer = JWTIssuer(keys)
+    issuer.start()
+    try:
+        with TokenRegistry(issuer) as registry:
+            yield registry
+    finally:
+        issuer.server.shutdown()
+        issuer.server.server_close()
+
+
+def push_with_token(registry: TokenRegistry, repo: str, tag: str, layer: bytes) -> str:
+    """Push a one-layer artifact with a push token; return the manifest digest."""
+    headers = {"Authorization": f"Bearer {registry.issuer.sign('alice', [f'repository:{repo}:pull,push'])}"}
+    push_blob(registry, repo, layer, headers=headers)
+    push_blob(registry, repo, b"{}", headers=headers)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example+type",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(layer),
+                    "size": len(layer), "annotations": {"org.opencontainers.image.title": "t.bin"}}],
+    }).encode()
+    response = requests.put(f"{registry.url}/v2/{repo}/manifests/{tag}", data=manifest, timeout=30,
+                            headers={**headers, "Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert response.status_code == 201, response.text
+    return sha256(manifest)
+
+
+@pytest.mark.timeout(90)
+def test_token_auth_registry_library_and_cli(token_registry: TokenRegistry, tmp_path: Path) -> None:
+    layer = os.urandom(3 * MiB)
+    digest = push_with_token(token_registry, "net/token", "v1", layer)
+    ref = f"{token_registry.host}/net/token:v1"
+    issuer = token_registry.issuer
+    before = len(issuer.requests)
+    client = DeltaRegistry(insecure=True, allow_insecure_auth=True, policy=quick_policy())
+    client.auth.set_basic_auth("alice", "wonderland")
+    layout = OCILayout.open(tmp_path / "L")
+    result = client.pull_full(ref, layout)
+    assert result.manifest.digest == digest
+    assert layout.blob_path(sha256(layer)).read_bytes() == layer
+    assert layout_problems(tmp_path / "L") == []
+    asked = issuer.requests[before:]
+    assert asked and all((auth or "").startswith("Basic ") for _path, auth in asked)
+    assert all("scope=repository%3Anet%2Ftoken%3Apull" in path for path, _auth in asked)
+    assert len(asked) == 1  # one token serves the whole pull
+
+    # the CLI: --password-stdin, and the refusal of credentials over plain HTTP without the flag
+    base = ["pull", ref, "--oci-layout", str(tmp_path / "C"), "--plain-http", "-u", "alice", "--password-stdin",
+            "--json"]
+    proc = cli(*base, input_text="wonderland\n", timeout=60)
+    assert proc.returncode == 1 and "plain HTTP" in proc.stderr
+    proc = cli(*base, "--allow-insecure-auth", input_text="wonderland\n", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["digest"] == digest
+    proc = cli("pull", ref, "--oci-layout", str(tmp_path / "W"), "--plain-http", "--allow-insecure-auth",
+               "-u", "alice", "--password-stdin", input_text="wrong\n", timeout=60)
+    assert proc.returncode == 1 and "refused the credentials" in proc.stderr
+    assert layout_problems(tmp_path / "C") == []
+
+
+@pytest.mark.timeout(60)
+def test_download_to_keeps_a_blob_out_of_blobs_and_resumes(oci_registry: RegistryServer, tmp_path: Path) -> None:
+    payload = os.urandom(2 * MiB)
+    blob_path, _ = pushed(oci_registry, "net/delta:v1", tmp_path, payload)
+    descriptor = Descriptor(media_type="application/bsdiff+zstd", digest=sha256(payload), size=len(payload))
+    layout = OCILayout.open(tmp_path / "L")
+    target = layout.partial_path(descriptor)
+    with FaultProxy(oci_registry.url) as proxy:
+        proxy.add("drop", blob_path, after_bytes=700_000, times=1)
+        ref = Reference.parse(f"{proxy.host}/net/delta:v1")
+        cut = DeltaRegistry(insecure=True, policy=quick_policy(max_attempts=1))
+        with pytest.raises(ConnectError):
+            cut.download_to(ref, descriptor, target)
+        assert target.stat().st_size == 700_000 and cut.bytes_received == 700_000
+        client = DeltaRegistry(insecure=True, policy=quick_policy())
+        assert client.download_to(ref, descriptor, target) == target
+        proxy.wait_idle()
+        assert ranges(proxy, blob_path) == [None, "bytes=700000-"]
+        assert client.bytes_received == len(payload) - 700_000
+    assert target.read_bytes() == payload
+    assert not layout.blob_path(descriptor.digest).exists()
+    assert not target.with_name(target.name + ".meta").exists()
+    with layout.lock():  # a complete download is kept until used (it is not in blobs/)
+        pass
+    assert target.exists()
+    # and the layout variant puts it into blobs/
+    with layout.lock():
+        assert client.download_blob(ref, descriptor, layout) == layout.blob_path(descriptor.digest)
+    assert not target.exists() and layout.blob_path(descriptor.digest).read_bytes() == payload

@@ -1,0 +1,73 @@
+"""Partial downloads in ``ingest/``: what ``clean`` keeps and drops, and ``adopt_partial``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from doras_oras.descriptor import OCI_LAYER_TAR, Descriptor
+from doras_oras.errors import LayoutError, SizeMismatchError
+from doras_oras.layout import OCILayout
+from tests.layout_support import sha256
+
+
+def desc(data: bytes) -> Descriptor:
+    return Descriptor(media_type=OCI_LAYER_TAR, digest=sha256(data), size=len(data))
+
+
+def test_clean_keeps_fresh_partials_with_their_sidecars_and_drops_the_rest(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    ingest = tmp_path / "L" / "ingest"
+    fresh = layout.partial_path(desc(b"fresh"))
+    fresh.write_bytes(b"fre")
+    fresh.with_name(fresh.name + ".meta").write_text('{"digest": "x", "size": 5}')
+    lone_fresh = layout.partial_path(desc(b"no sidecar yet"))
+    lone_fresh.write_bytes(b"no")
+    stale = layout.partial_path(desc(b"stale"))
+    stale.write_bytes(b"st")
+    stale_meta = stale.with_name(stale.name + ".meta")
+    stale_meta.write_text("{}")
+    for path in (stale, stale_meta):
+        os.utime(path, (time.time() - 8 * 86400,) * 2)
+    orphan = layout.partial_path(desc(b"orphan")).with_name(layout.partial_path(desc(b"orphan")).name + ".meta")
+    orphan.write_text("{}")
+    done_data = b"done already"
+    with layout.lock():
+        layout.ingest_bytes(desc(done_data), done_data)
+    done = layout.partial_path(desc(done_data))
+    done.write_bytes(b"done")
+    done.with_name(done.name + ".meta").write_text("{}")
+    (ingest / "x.partial.meta.tmp").write_text("{}")
+    with layout.lock():
+        pass
+    assert sorted(p.name for p in ingest.iterdir()) == sorted(
+        ["lock", fresh.name, fresh.name + ".meta", lone_fresh.name]
+    )
+
+
+def test_adopt_partial_moves_a_verified_download_into_blobs(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    data = os.urandom(100_000)
+    d = desc(data)
+    partial = layout.partial_path(d)
+    partial.write_bytes(data)
+    os.chmod(partial, 0o600)
+    with pytest.raises(LayoutError, match="lock"):
+        layout.adopt_partial(d, partial)
+    with layout.lock():
+        final = layout.adopt_partial(d, partial)
+        assert final == layout.blob_path(d.digest) and final.read_bytes() == data
+        assert oct(final.stat().st_mode & 0o777) == oct(0o644)
+        assert not partial.exists()
+        assert layout.has_blob(d)
+        short = layout.partial_path(desc(b"abcdef"))
+        short.write_bytes(b"abc")
+        with pytest.raises(SizeMismatchError, match="3 bytes, expected 6"):
+            layout.adopt_partial(desc(b"abcdef"), short)
+        assert not short.exists() and not layout.blob_path(sha256(b"abcdef")).exists()
+        again = layout.partial_path(d)
+        again.write_bytes(data)
+        assert layout.adopt_partial(d, again) == final and not again.exists()
