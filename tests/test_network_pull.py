@@ -120,6 +120,7 @@ def test_cli_killed_mid_blob_resumes_with_range(oci_registry: RegistryServer, tm
         first_sent = proxy.bytes_sent(blob_path)
         # what the killed process had received but not written: at most what was in flight
         assert kept <= first_sent <= kept + 2 * MiB
+        print(f"killed at {kept} bytes on disk; the proxy had sent {first_sent} ({first_sent - kept} in flight)")
 
         proxy.reset_counters()
         proc = cli(*args, timeout=120)
