@@ -88,11 +88,12 @@ class TokenGate:
             h.send_header(key, value)
         h.send_header("Content-Length", str(len(body)))
         h.send_header("Connection", "close")
+        # Recorded before the body goes out: a client that has the body sees the record.
+        with self._lock:
+            self.seen.append(Seen(h.path, h.headers.get("Authorization"), status))
         h.end_headers()
         h.wfile.write(body)
         h.close_connection = True
-        with self._lock:
-            self.seen.append(Seen(h.path, h.headers.get("Authorization"), status))
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         auth = h.headers.get("Authorization")
