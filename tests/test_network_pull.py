@@ -119,7 +119,7 @@ def test_cli_killed_mid_blob_resumes_with_range(oci_registry: RegistryServer, tm
         proxy.wait_idle()
         first_sent = proxy.bytes_sent(blob_path)
         # what the killed process had received but not written: at most what was in flight
-        assert kept <= first_sent <= kept + 2 * MiB
+        assert kept <= first_sent <= kept + 4 * MiB
         print(f"killed at {kept} bytes on disk; the proxy had sent {first_sent} ({first_sent - kept} in flight)")
 
         proxy.reset_counters()
@@ -324,6 +324,7 @@ def test_token_auth_registry_library_and_cli(token_registry: TokenRegistry, tmp_
     client = DeltaRegistry(insecure=True, allow_insecure_auth=True, policy=quick_policy())
     client.auth.set_basic_auth("alice", "wonderland")
     layout = OCILayout.open(tmp_path / "L")
+    assert client.resolve(ref).digest == digest  # HEAD through the token dance
     result = client.pull_full(ref, layout)
     assert result.manifest.digest == digest
     assert layout.blob_path(sha256(layer)).read_bytes() == layer
