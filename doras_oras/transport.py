@@ -68,7 +68,10 @@ class TransferPolicy:
     one :meth:`Transport.get` or :meth:`Transport.download` call, retries and
     waits included (``None``: no deadline). ``max_attempts`` counts
     consecutive failed attempts; an attempt of a download that advanced the
-    file resets the count.
+    file resets the count. ``retry_statuses`` are the HTTP statuses worth
+    another attempt. With ``cross_host_redirects`` off, a redirect to another
+    host or port is refused (:class:`InsecureTransportError`) instead of being
+    followed without credentials.
     """
 
     connect_timeout_s: float = 10.0
@@ -83,6 +86,8 @@ class TransferPolicy:
     max_redirects: int = 10
     allow_http: bool = False
     chunk_size: int = 64 * 1024
+    retry_statuses: frozenset[int] = RETRY_STATUSES
+    cross_host_redirects: bool = True
 
     def __post_init__(self) -> None:
         positive = {
@@ -112,6 +117,9 @@ class TransferPolicy:
             raise ValueError(f"TransferPolicy.max_redirects must be an integer >= 0, not {self.max_redirects!r}")
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"TransferPolicy.chunk_size must be an integer >= 1, not {self.chunk_size!r}")
+        statuses = self.retry_statuses
+        if not (isinstance(statuses, frozenset) and all(isinstance(x, int) and 400 <= x <= 599 for x in statuses)):
+            raise ValueError(f"TransferPolicy.retry_statuses must be a frozenset of 4xx/5xx codes, not {statuses!r}")
 
 
 @dataclass
@@ -253,10 +261,16 @@ _NO_NETRC = _NoNetrc()
 class _Retryable(Exception):
     """Internal: an attempt failed in a way worth another attempt."""
 
-    def __init__(self, error: TransportError, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        error: TransportError,
+        retry_after_s: float | None = None,
+        response: requests.Response | None = None,
+    ) -> None:
         super().__init__(str(error))
         self.error = error
         self.retry_after_s = retry_after_s
+        self.response = response  # an unread error answer to hand over when giving up
 
 
 class _WriteFailed(Exception):
@@ -363,6 +377,7 @@ class Transport:
         stream: bool = False,
         authenticate: bool = True,
         deadline: float | None = None,
+        raise_for_status: bool = True,
     ) -> requests.Response:
         """GET ``url`` and return the final 2xx response (redirects followed, retried).
 
@@ -371,14 +386,26 @@ class Transport:
         statuses, after retries for 429/5xx), :class:`ConnectError`,
         :class:`TransferTimeoutError`, :class:`InsecureTransportError`.
         ``deadline`` is a :func:`time.monotonic` instant that overrides the
-        policy's ``deadline_s``.
+        policy's ``deadline_s``. With ``raise_for_status=False`` an error
+        status is returned instead of raised (body unread): a status of
+        ``policy.retry_statuses`` after its retries, when attempts or time
+        run out; any other at once. Redirects and 401 challenges are handled
+        as always.
         """
         budget = self._budget(deadline)
         while True:
             try:
-                response = self._attempt(url, headers or {}, budget, authenticate=authenticate)
+                response = self._attempt(url, headers or {}, budget, authenticate=authenticate,
+                                         raise_for_status=raise_for_status)
             except _Retryable as failure:
-                self._after_failure(budget, failure)
+                if failure.response is None:
+                    self._after_failure(budget, failure)
+                    continue
+                try:
+                    self._after_failure(budget, failure)
+                except TransportError:
+                    return failure.response  # out of attempts or time: the caller reads the answer
+                failure.response.close()
                 continue
             if not stream:
                 try:
@@ -487,6 +514,7 @@ class Transport:
         *,
         authenticate: bool,
         method: str = "GET",
+        raise_for_status: bool = True,
     ) -> requests.Response:
         """One attempt: the request plus its redirects and at most one auth round."""
         start = url
@@ -535,7 +563,11 @@ class Transport:
                 target = urljoin(current, response.headers["Location"])
                 if scheme == "https" and urlsplit(target).scheme.lower() != "https":
                     raise InsecureTransportError(
-                        f"refusing redirect from https to {safe_url(target)} (from {safe_url(current)})"
+                        f"refusing redirect from https to plain http: {safe_url(target)} (from {safe_url(current)})"
+                    )
+                if not self.policy.cross_host_redirects and origin(target)[1:] != origin(current)[1:]:
+                    raise InsecureTransportError(
+                        f"refusing redirect to another host: {safe_url(current)} -> {safe_url(target)}"
                     )
                 log.debug("redirect %d: %s -> %s", redirects, safe_url(current), safe_url(target))
                 current = target
@@ -552,13 +584,19 @@ class Transport:
                     continue
             if 200 <= status < 300:
                 return response
+            if not raise_for_status:
+                if status in self.policy.retry_statuses:
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    error = RegistryError(f"{method} {safe_url(current)} answered {status}", status=status)
+                    raise _Retryable(error, retry_after, response)
+                return response
             body = _error_body(response)
             message = f"{method} {safe_url(current)} answered {status}"
             if body:
                 message += f": {body[:300]}"
             if status in (401, 403):
                 raise RegistryAuthError(message, status=status)
-            if status in RETRY_STATUSES:
+            if status in self.policy.retry_statuses:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 raise _Retryable(RegistryError(message, status=status), retry_after)
             raise RegistryError(message, status=status)
