@@ -1,3 +1,5 @@
 """Imports every subcommand module so that it registers itself with :mod:`doras_oras.cli`."""
 
 from __future__ import annotations
+
+from . import cli_delta  # noqa: F401
