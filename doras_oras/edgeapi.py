@@ -488,7 +488,11 @@ class EdgeClient:
         accepted_algorithms: Iterable[str] | None,
     ) -> tuple[ReadDeltaResponse | None, float | None]:
         query, from_ref, _to_ref = self._query(from_image, to_image, accepted_algorithms)
-        header = self.auth.authorization(from_ref.registry) if self.auth else None
+        return self._send_query(query, from_ref.registry)
+
+    def _send_query(self, query: Query, registry: str) -> tuple[ReadDeltaResponse | None, float | None]:
+        """Send a delta request with these query parameters as they are (no local checks)."""
+        header = self.auth.authorization(registry) if self.auth else None
         url = self._url(query)
         log.debug("GET %s", url)
         resp = self._get(url, header)
@@ -505,7 +509,9 @@ class EdgeClient:
                          f", retry after {retry_after:g} s" if retry_after is not None else "")
                 return None, retry_after
             if status == 204:
-                raise ImagesIdenticalError(f"{from_ref} and {query[1][1]} are the same image")
+                names = dict(query)
+                to_name = names.get("to_tag") or names.get("to_digest")
+                raise ImagesIdenticalError(f"{names.get('from_digest')} and {to_name} are the same image")
             raise _error_from_response(resp, secrets=_secrets(header))
 
     def read_delta(
