@@ -180,13 +180,14 @@ class RequestsFetcher:
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.session.auth = auth
-        self.session.verify = verify
+        self.verify = verify  # per request: requests lets REQUESTS_CA_BUNDLE override session.verify
         self.fetched: list[Reference] = []
 
     def fetch_manifest(self, ref: Reference) -> tuple[bytes, str]:
         self.fetched.append(ref)
         url = f"{self.base_url}/v2/{ref.repository}/manifests/{ref.reference}"
-        with self.session.get(url, headers={"Accept": MANIFEST_ACCEPT}, stream=True, timeout=10) as resp:
+        with self.session.get(url, headers={"Accept": MANIFEST_ACCEPT}, stream=True, timeout=10,
+                              verify=self.verify) as resp:
             resp.raise_for_status()
             body = resp.raw.read(4 << 20, decode_content=True)
             content_type = resp.headers.get("Content-Type", "")
@@ -196,7 +197,7 @@ class RequestsFetcher:
 
     def open_blob(self, ref: Reference, descriptor: Descriptor) -> BinaryIO:
         url = f"{self.base_url}/v2/{ref.repository}/blobs/{descriptor.digest}"
-        resp = self.session.get(url, stream=True, timeout=10)
+        resp = self.session.get(url, stream=True, timeout=10, verify=self.verify)
         resp.raise_for_status()
         resp.raw.decode_content = True
         raw: BinaryIO = resp.raw
