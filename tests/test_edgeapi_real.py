@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from doras_oras.testing.server import DorasServer
 
 from doras_oras.backoff import ExponentialBackoffWithJitter
 from doras_oras.descriptor import digest_of
 from doras_oras.edgeapi import BasicAuth, BearerAuth, Compression, EdgeClient, Patch
 from doras_oras.errors import (
-    BadRequestError,
     BackoffExhausted,
+    BadRequestError,
     ImagesIdenticalError,
     InvalidReferenceError,
     NotFoundError,
@@ -27,7 +28,6 @@ from doras_oras.errors import (
 from doras_oras.reference import Reference
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER, DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
-from doras_oras.testing.server import DorasServer
 from tests.edgeapi_helpers import RequestsFetcher
 
 
