@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import enum
+import io
 import json
 import logging
 import os
@@ -73,7 +74,7 @@ from .errors import (
     UnsupportedAlgorithmError,
 )
 from .reference import Reference
-from .verify import verifying_reader
+from .verify import VerifyingReader
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +416,8 @@ class EdgeClient:
         self.backoff = backoff
         self.session = session if session is not None else requests.Session()
         self.verify: bool | str = False if insecure else (os.fspath(ca_file) if ca_file else True)
+        if insecure:
+            log.warning("TLS certificates of %s are not verified (insecure)", self.server_url)
         self.timeout_s = timeout_s
 
     def __enter__(self) -> EdgeClient:
@@ -570,9 +573,9 @@ class EdgeClient:
         body, content_type = fetcher.fetch_manifest(response.delta_image)
         descriptor, algorithm = check_delta_manifest(body, content_type, response, from_ref)
         log.info("delta %s: %s, %d bytes", response.delta_image, algorithm, descriptor.size)
-        stream = fetcher.open_blob(response.delta_image, descriptor)
-        return descriptor, algorithm, verifying_reader(stream, descriptor.digest, descriptor.size,
-                                                       what="delta layer")
+        source = fetcher.open_blob(response.delta_image, descriptor)
+        reader = _ClosingVerifyingReader(source, descriptor.digest, descriptor.size, what="delta layer")
+        return descriptor, algorithm, io.BufferedReader(reader, buffer_size=1 << 16)
 
     # --- transport --------------------------------------------------------
 
@@ -607,6 +610,21 @@ class EdgeClient:
             )
         except requests.RequestException as exc:
             raise _transport_error(exc, url) from exc
+
+
+class _ClosingVerifyingReader(VerifyingReader):
+    """A :class:`VerifyingReader` that also closes its source (the blob's HTTP stream)."""
+
+    def __init__(self, source: BinaryIO, digest: str, size: int, *, what: str) -> None:
+        super().__init__(source, digest, size, what=what)
+        self._closable = source
+
+    def close(self) -> None:
+        try:
+            if not self.closed:
+                self._closable.close()
+        finally:
+            super().close()
 
 
 def check_response(response: ReadDeltaResponse, from_ref: Reference, to_ref: Reference) -> None:

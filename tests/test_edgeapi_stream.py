@@ -9,7 +9,9 @@ bytes no registry would store (served by a hand-made registry).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections.abc import Iterable
 
 import pytest
 
@@ -37,6 +39,7 @@ from tests.edgeapi_helpers import (
     Reply,
     RequestsFetcher,
     Seen,
+    chunks,
     doras_vectors,
     push_blob,
     push_image,
@@ -191,7 +194,7 @@ def test_answer_outside_the_repository_or_for_another_target(oci_registry: Regis
 # --- bytes no registry stores: a hand-made registry ----------------------------------------------
 
 
-def fake_registry(manifest: bytes, blob: bytes, content_type: str) -> FaultServer:
+def fake_registry(manifest: bytes, blob: bytes | Iterable[bytes], content_type: str) -> FaultServer:
     def handler(seen: Seen) -> Reply:
         if "/manifests/" in seen.path:
             return Reply(200, manifest, content_type=content_type)
@@ -262,3 +265,25 @@ def test_push_helper_keeps_digests(oci_registry: RegistryServer) -> None:
                         {digest_of(case["from.layer"]): case["from.layer"]})
     assert digest == exchange["from_manifest_digest"]
     assert push_manifest(oci_registry.url, "keep-digests", case["from.manifest.json"], "v1") == digest
+
+
+def test_closing_the_stream_closes_the_blob_stream() -> None:
+    case, _manifest, answer = recorded()
+    opened = []
+
+    class Recording(RequestsFetcher):
+        def open_blob(self, ref, descriptor):  # type: ignore[no-untyped-def]
+            stream = super().open_blob(ref, descriptor)
+            opened.append(stream)
+            return stream
+
+    endless = itertools.chain([case["delta.layer"]], chunks(1 << 30))  # a source far from its end
+    with fake_registry(case["delta.manifest.json"], endless,
+                       "application/vnd.oci.image.manifest.v1+json") as reg, \
+            doras_answering(json.dumps(answer).encode()) as doras:
+        _d, _a, stream = EdgeClient(doras.url, allow_http=True).read_delta_as_stream(
+            FROM, TO_TAG, None, Recording(reg.url))
+        assert stream.read(10) == case["delta.layer"][:10]
+        assert not opened[0].closed
+        stream.close()
+    assert opened[0].closed
