@@ -149,7 +149,7 @@ def default_backoff() -> ExponentialBackoffWithJitter:
     """A fresh strategy with the device defaults: base 0.5 s, cap 30 s, 20 retries.
 
     The Go client uses 50 ms, 1 min and 10 retries (about 50 s in total);
-    these defaults wait about 7 minutes in total before giving up, fit for
+    these defaults wait about 7.5 minutes in total before giving up, fit for
     large deltas built on a busy server, and never wait more than 30 s
     between two requests.
     """
