@@ -414,6 +414,7 @@ class EdgeClient:
         self.allow_http = allow_http
         self.auth = _as_provider(auth)
         self.backoff = backoff
+        self._own_session = session is None
         self.session = session if session is not None else requests.Session()
         self.verify: bool | str = False if insecure else (os.fspath(ca_file) if ca_file else True)
         if insecure:
@@ -427,8 +428,9 @@ class EdgeClient:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP session."""
-        self.session.close()
+        """Close the HTTP session if the client made it (a caller's session stays open)."""
+        if self._own_session:
+            self.session.close()
 
     # --- requests -------------------------------------------------------
 

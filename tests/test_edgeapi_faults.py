@@ -508,3 +508,20 @@ def test_error_hierarchy_of_server_errors() -> None:
     for cls in (BadRequestError, UnauthorizedError, NotFoundError, IncompatibleArtifactsError, ServerError):
         assert issubclass(cls, DorasServerError)
     assert issubclass(SchemaValidationError, DocumentError)
+
+
+def test_a_callers_session_is_used_and_left_open() -> None:
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = "Bearer stray"  # never sent: only the client's auth counts
+    with FaultServer(always(Reply(200, READY))) as srv:
+        with client(srv, session=session) as edge:
+            edge.read_delta_async(FROM, TO_TAG)
+        pools = session.get_adapter(srv.url).poolmanager.pools  # type: ignore[attr-defined]
+        assert len(pools) == 1  # the client's close() did not clear the caller's pools
+        own = client(srv)
+        own.read_delta_async(FROM, TO_TAG)
+        own.close()
+        assert len(own.session.get_adapter(srv.url).poolmanager.pools) == 0  # type: ignore[attr-defined]
+    assert "authorization" not in srv.seen[0].headers
