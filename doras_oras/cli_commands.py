@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
-from . import cli_delta  # noqa: F401
+from . import cli_delta  # noqa: F401  (delta)
+from . import cli_pull  # noqa: F401  (pull, gc)

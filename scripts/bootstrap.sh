@@ -25,7 +25,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 mkdir -p .tools/bin
-if [ ! -x .tools/bin/oras ] || ! .tools/bin/oras version 2>/dev/null | grep -q 'Version: *1.3.6'; then
+if [ ! -x .tools/bin/oras ] || ! .tools/bin/oras version 2>/dev/null | grep 'Version: *1.3.6' >/dev/null; then
   log "go install oras.land/oras/cmd/oras@v1.3.6"
   GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod go install oras.land/oras/cmd/oras@v1.3.6 >&2
 fi

@@ -78,7 +78,8 @@ class RegistryServer:
 
     ``host`` is ``127.0.0.1:PORT``; ``url`` is its base URL. With
     ``username``/``password`` it requires htpasswd basic auth; with ``tls`` it
-    serves HTTPS with a fresh CA in ``ca_file``.
+    serves HTTPS with a fresh CA in ``ca_file``. ``port`` picks the port (a free
+    one by default).
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class RegistryServer:
         tls: bool = False,
         workdir: Path | None = None,
         delete_enabled: bool = True,
+        port: int | None = None,
     ) -> None:
         self.username = username
         self.password = password
@@ -96,7 +98,7 @@ class RegistryServer:
         self.delete_enabled = delete_enabled
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="doras-oras-registry-"))
-        self.port = free_port()
+        self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.ca_file: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,97 @@
+"""Download limits of a device, as the Go client's validators define them.
+
+- ``max_size``: refuse, before downloading, an artifact whose manifest declares
+  more bytes (manifest + config + layers) than the limit.
+- a download budget: at most ``limit_bytes`` received per ``period_s``,
+  counted across runs in a small ledger file kept beside the layout's blobs
+  (``<layout>/.doras-oras/downloads.json``). A pull checks what it is about to
+  download against what is left, and records what it received.
+
+The ledger is replaced atomically (temp file, fsync, rename); records older
+than the period are dropped when it is rewritten. Callers hold the layout
+lock while they use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ArtifactTooLargeError, BudgetExceededError
+
+LEDGER_DIR = ".doras-oras"
+LEDGER_FILE = "downloads.json"
+
+
+def check_max_size(declared: int, max_size: int | None, *, what: str) -> None:
+    """Raise :class:`ArtifactTooLargeError` when ``declared`` exceeds ``max_size``."""
+    if max_size is not None and declared > max_size:
+        raise ArtifactTooLargeError(
+            f"{what} declares {declared} bytes, more than the limit of {max_size} bytes"
+        )
+
+
+@dataclass
+class DownloadBudget:
+    """At most ``limit_bytes`` downloaded per ``period_s``, recorded in ``layout_dir``."""
+
+    layout_dir: Path
+    limit_bytes: int
+    period_s: float
+    clock: Callable[[], float] = field(default=time.time)
+
+    @property
+    def ledger(self) -> Path:
+        return Path(self.layout_dir) / LEDGER_DIR / LEDGER_FILE
+
+    def _records(self) -> list[tuple[float, int]]:
+        try:
+            raw = json.loads(self.ledger.read_text())
+            records = [(float(t), int(n)) for t, n in raw.get("records", [])]
+        except FileNotFoundError:
+            return []
+        except (ValueError, TypeError, AttributeError):
+            # A damaged ledger must not block updates forever: start a new period.
+            return []
+        horizon = self.clock() - self.period_s
+        return [(t, n) for t, n in records if t > horizon and n >= 0]
+
+    def consumed(self) -> int:
+        """Bytes received within the current period."""
+        return sum(n for _t, n in self._records())
+
+    def remaining(self) -> int:
+        return max(0, self.limit_bytes - self.consumed())
+
+    def check(self, about_to_download: int, *, what: str) -> None:
+        """Raise :class:`BudgetExceededError` when the download would exceed the budget."""
+        used = self.consumed()
+        if used + about_to_download > self.limit_bytes:
+            raise BudgetExceededError(
+                f"{what} needs {about_to_download} bytes; {used} of the budget of "
+                f"{self.limit_bytes} bytes per {self.period_s:g} s are already used"
+            )
+
+    def record(self, received: int) -> None:
+        """Add ``received`` bytes at the current time to the ledger."""
+        if received <= 0:
+            return
+        records = self._records()
+        records.append((self.clock(), received))
+        self.ledger.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.ledger.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"records": records}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.ledger)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,149 @@
+"""Planning a delta-aware pull. Pure: no I/O.
+
+Given what the layout holds for the repository (the *base*) and the target
+manifest, decide which delta algorithms can be applied **and verified**
+(DESIGN.md §3–§4), and what a delta result must be checked against:
+
+============================  ===============================  ==========================
+base layer stored as          accepted algorithms              result checked against
+============================  ===============================  ==========================
+the exact registry blob       bsdiff (+zstd, +gzip); tardiff   bsdiff: target layer
+                              too when the target layer has    digest and size; tardiff:
+                              ``io.deis.oras.content.digest``  that annotation
+an uncompressed tar (result   tardiff only                     the annotation; without
+of an earlier tar-diff)                                        it no check is possible:
+                                                               full pull unless the caller
+                                                               allows unverified content
+============================  ===============================  ==========================
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .descriptor import (
+    ANNOTATION_CONTENT_DIGEST,
+    ANNOTATION_UNPACK,
+    OCI_LAYER_TAR,
+    Descriptor,
+    validate_digest,
+)
+from .errors import InvalidDigestError
+
+BSDIFF = "bsdiff"
+TARDIFF = "tardiff"
+GZIP = "gzip"
+ZSTD = "zstd"
+ALL_ALGORITHMS = (BSDIFF, TARDIFF, GZIP, ZSTD)
+
+# What the Go server assumes when the request names none.
+SERVER_DEFAULT_ALGORITHMS = (BSDIFF, TARDIFF, ZSTD)
+
+
+class Mode(enum.Enum):
+    """What a pull does."""
+
+    DELTA = "delta"
+    FULL = "full"
+    UP_TO_DATE = "up-to-date"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the applied delta must hash to. ``digest`` None: nothing to check against."""
+
+    digest: str | None
+    size: int | None
+    # The result is the exact registry layer blob (bsdiff) rather than an uncompressed tar.
+    is_registry_blob: bool
+
+
+@dataclass(frozen=True)
+class DeltaPlan:
+    """The outcome of planning: the mode, and for a delta what to ask and to expect."""
+
+    mode: Mode
+    reason: str
+    accepted: tuple[str, ...] = ()
+
+
+def layer_is_uncompressed_result(stored_layer: Descriptor, registry_layer: Descriptor) -> bool:
+    """Whether the stored base layer is the uncompressed tar a tar-diff produced.
+
+    True when the layout's layer differs from the registry manifest's layer
+    (the layout rewrote the manifest for the tar).
+    """
+    return stored_layer.digest != registry_layer.digest
+
+
+def content_digest(layer: Descriptor) -> str | None:
+    """The ``io.deis.oras.content.digest`` annotation when it is a valid digest."""
+    value = layer.annotations.get(ANNOTATION_CONTENT_DIGEST)
+    if value is None:
+        return None
+    try:
+        validate_digest(value)
+    except InvalidDigestError:
+        return None
+    return value
+
+
+def choose_accepted(
+    *,
+    base_is_registry_blob: bool,
+    target_layer: Descriptor,
+    allow_unverified: bool,
+    requested: Sequence[str] | None = None,
+) -> DeltaPlan:
+    """The algorithms to accept for a delta from the stored base to ``target_layer``.
+
+    ``requested`` (the caller's list) narrows the result; it never widens it to
+    something unverifiable unless ``allow_unverified``.
+    """
+    if requested is not None:
+        unknown = [a for a in requested if a not in ALL_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"unknown algorithm(s) {', '.join(unknown)}; known: {', '.join(ALL_ALGORITHMS)}")
+    verifiable_tardiff = content_digest(target_layer) is not None
+    target_unpackable = target_layer.annotations.get(ANNOTATION_UNPACK) == "true"
+    if base_is_registry_blob:
+        accepted = [BSDIFF, ZSTD, GZIP]
+        if target_unpackable and (verifiable_tardiff or allow_unverified):
+            accepted.insert(0, TARDIFF)
+    else:
+        if not (verifiable_tardiff or allow_unverified):
+            return DeltaPlan(
+                Mode.FULL,
+                "the stored base is an uncompressed tar (an earlier tar-diff result) and the "
+                f"target layer has no {ANNOTATION_CONTENT_DIGEST} annotation: a tar-diff result "
+                "could not be verified",
+            )
+        accepted = [TARDIFF]
+    if requested is not None:
+        accepted = [a for a in accepted if a in requested]
+        if not any(a in (BSDIFF, TARDIFF) for a in accepted):
+            return DeltaPlan(
+                Mode.FULL,
+                "none of the requested algorithms can be applied and verified for this base",
+            )
+    return DeltaPlan(Mode.DELTA, "delta possible", tuple(accepted))
+
+
+def expected_result(patch: str, target_layer: Descriptor) -> Expected:
+    """What the result of a ``patch`` (``bsdiff`` / ``tardiff``) delta must match."""
+    if patch == BSDIFF:
+        return Expected(target_layer.digest, target_layer.size, is_registry_blob=True)
+    return Expected(content_digest(target_layer), None, is_registry_blob=False)
+
+
+def uncompressed_layer(target_layer: Descriptor, digest: str, size: int) -> Descriptor:
+    """The layer descriptor of a tar-diff result stored as an uncompressed tar."""
+    return Descriptor(
+        media_type=OCI_LAYER_TAR,
+        digest=digest,
+        size=size,
+        annotations=dict(target_layer.annotations),
+        artifact_type=target_layer.artifact_type,
+    )

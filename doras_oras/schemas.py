@@ -1,0 +1,195 @@
+"""JSON Schemas of the documents doras-oras reads and writes, and their validation.
+
+The schemas live in ``schemas/*.json`` at the top of the repository (the
+source); ``doras_oras/_schemas`` is a symbolic link to it so that the files
+ship inside the installed package. Kinds:
+
+``descriptor``, ``manifest``, ``index``, ``oci-layout``,
+``delta-response`` (Doras 200 body), ``doras-error`` (Doras error bodies).
+
+:func:`validate` raises :class:`SchemaValidationError` naming the field
+(``layers[0].digest``). :func:`parse_manifest` is the one gate every manifest
+or index from the network passes: size cap, digest/size against the expected
+descriptor, ``mediaType`` against Content-Type, schema, manifest XOR index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from referencing import Registry, Resource
+
+from .descriptor import (
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    Descriptor,
+    validate_digest,
+)
+from .errors import (
+    BodyTooLargeError,
+    DigestMismatchError,
+    MediaTypeMismatchError,
+    SchemaValidationError,
+    SizeMismatchError,
+)
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+"""Cap of a manifest, index or any JSON body (DESIGN.md §5)."""
+
+KINDS: dict[str, str] = {
+    "descriptor": "descriptor.json",
+    "manifest": "image-manifest.json",
+    "index": "image-index.json",
+    "oci-layout": "oci-layout.json",
+    "delta-response": "doras-delta-response.json",
+    "doras-error": "doras-error.json",
+}
+
+_BASE_URI = "https://doras-oras.invalid/schemas/"
+
+
+def schema_dir() -> Path:
+    """The directory the schemas are loaded from (packaged copy first, then the checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_schemas", here.parent / "schemas"):
+        if (candidate / "descriptor.json").is_file():
+            return candidate
+    raise FileNotFoundError("doras-oras schemas not found (expected doras_oras/_schemas/*.json)")
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Registry:
+    resources = []
+    directory = schema_dir()
+    for name in sorted(set(KINDS.values())):
+        contents = json.loads((directory / name).read_text(encoding="utf-8"))
+        resources.append((_BASE_URI + name, Resource.from_contents(contents)))
+    registry: Registry = Registry().with_resources(resources)
+    return registry
+
+
+@cache
+def _validator(kind: str) -> Any:
+    if kind not in KINDS:
+        raise ValueError(f"unknown schema kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    schema = _registry().contents(_BASE_URI + KINDS[kind])
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, registry=_registry(), format_checker=None)
+
+
+def schema(kind: str) -> Mapping[str, Any]:
+    """The schema document of ``kind``."""
+    return _validator(kind).schema  # type: ignore[no-any-return]
+
+
+def field_path(parts: Iterable[str | int]) -> str:
+    """``["layers", 0, "digest"]`` -> ``layers[0].digest``; empty -> ``(document)``."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "(document)"
+
+
+def _deepest(error: Any) -> Any:
+    # For oneOf/anyOf failures, point at the most specific sub-error.
+    best = jsonschema.exceptions.best_match([error])
+    while best.context:
+        nxt = jsonschema.exceptions.best_match(best.context)
+        if nxt is None or len(nxt.absolute_path) < len(best.absolute_path):
+            break
+        best = nxt
+    return best
+
+
+def validate(document: Any, kind: str) -> None:
+    """Raise :class:`SchemaValidationError` (naming the field) unless ``document`` is a valid ``kind``."""
+    validator = _validator(kind)
+    errors = sorted(validator.iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if not errors:
+        return
+    error = _deepest(errors[0])
+    path = field_path(error.absolute_path)
+    message = error.message
+    if len(message) > 300:
+        message = message[:300] + "..."
+    raise SchemaValidationError(f"invalid {kind}: {path}: {message}")
+
+
+@dataclass(frozen=True)
+class ParsedManifest:
+    """A manifest or index that passed :func:`parse_manifest`."""
+
+    descriptor: Descriptor
+    """Its own descriptor: media type, digest and size of the exact bytes."""
+    document: Mapping[str, Any]
+    body: bytes
+
+    @property
+    def is_index(self) -> bool:
+        """Whether this is an image index (or Docker manifest list)."""
+        return self.descriptor.media_type in INDEX_MEDIA_TYPES
+
+
+def _media_type_of(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def parse_manifest(
+    body: bytes,
+    content_type: str,
+    *,
+    expected: Descriptor | None = None,
+    what: str = "manifest",
+) -> ParsedManifest:
+    """Check and parse a manifest or index served with ``content_type``.
+
+    Refuses (with a message naming the problem): a body over 4 MiB, a digest
+    or size that differs from ``expected``, a body that is not a JSON object,
+    a ``mediaType`` that differs from the Content-Type, an unknown media type,
+    a document with both ``layers`` and ``manifests``, a schema violation.
+    """
+    if len(body) > MAX_MANIFEST_BYTES:
+        raise BodyTooLargeError(f"{what}: {len(body)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap")
+    if expected is not None:
+        algorithm, hexpart = validate_digest(expected.digest)
+        if expected.size > MAX_MANIFEST_BYTES:
+            raise BodyTooLargeError(
+                f"{what} {expected.digest}: declared size {expected.size} over the {MAX_MANIFEST_BYTES}-byte cap"
+            )
+        if len(body) != expected.size:
+            raise SizeMismatchError(f"{what} {expected.digest}: got {len(body)} bytes, expected {expected.size}")
+        actual = hashlib.new(algorithm, body).hexdigest()
+        if actual != hexpart:
+            raise DigestMismatchError(f"{what}: expected {expected.digest}, got {algorithm}:{actual}")
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaValidationError(f"invalid {what}: not JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise SchemaValidationError(f"invalid {what}: (document): not a JSON object")
+    if "layers" in document and "manifests" in document:
+        raise SchemaValidationError(f"invalid {what}: has both 'layers' and 'manifests' (ambiguous)")
+    served = _media_type_of(content_type)
+    declared = document.get("mediaType")
+    if declared is not None and declared != served:
+        raise MediaTypeMismatchError(f"{what}: mediaType {str(declared)[:100]!r} but Content-Type {served!r}")
+    if served in MANIFEST_MEDIA_TYPES:
+        validate(document, "manifest")
+    elif served in INDEX_MEDIA_TYPES:
+        validate(document, "index")
+    else:
+        raise MediaTypeMismatchError(f"{what}: Content-Type {served!r} is neither a manifest nor an index")
+    digest = expected.digest if expected is not None else "sha256:" + hashlib.sha256(body).hexdigest()
+    own = Descriptor(media_type=served, digest=digest, size=len(body))
+    return ParsedManifest(descriptor=own, document=document, body=body)

@@ -1,0 +1,187 @@
+"""``python -m doras_oras.testing``: run the test bed by hand.
+
+- ``serve``: start a registry (docker-registry) and the Doras-compatible
+  server on loopback, print their addresses as one JSON object on stdout,
+  run until Ctrl-C (or SIGTERM).
+- ``demo``: start both, push two versions of a file with the oras CLI,
+  request the delta (202 while it is built, then 200), print the server's
+  answer and the delta manifest.
+
+This is a command-line module: results go to stdout, logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import requests
+
+from .registry import RegistryServer, find_tool
+from .server import DorasServer
+
+log = logging.getLogger("doras_oras.testing")
+
+DEMO_USER = "doras"
+DEMO_PASSWORD = "s3cret"
+
+
+def _registry(args: argparse.Namespace) -> RegistryServer:
+    auth = getattr(args, "auth", False)
+    return RegistryServer(
+        username=DEMO_USER if auth else None,
+        password=DEMO_PASSWORD if auth else None,
+        tls=getattr(args, "tls", False),
+        port=getattr(args, "registry_port", None),
+    )
+
+
+def _server(args: argparse.Namespace, registry: RegistryServer) -> DorasServer:
+    return DorasServer(
+        registry.url,
+        ca_file=registry.ca_file,
+        require_client_auth=getattr(args, "require_client_auth", False),
+        build_delay_s=args.build_delay,
+        registry_auth=(DEMO_USER, DEMO_PASSWORD) if getattr(args, "auth", False) else None,
+        port=getattr(args, "port", 0) or 0,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start the pair and wait for Ctrl-C."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with _registry(args) as registry, _server(args, registry) as server:
+        info: dict[str, Any] = {
+            "registry": registry.url,
+            "registry_host": registry.host,
+            "doras": server.url,
+            "ca_file": str(registry.ca_file) if registry.ca_file else None,
+            "username": registry.username,
+            "password": registry.password,
+            "require_client_auth": server.require_client_auth,
+        }
+        print(json.dumps(info), flush=True)
+        log.info("running; Ctrl-C to stop")
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+def _demo_files(workdir: Path) -> tuple[Path, Path]:
+    rng = random.Random(20261126)
+    v1 = bytearray(rng.randbytes(256 * 1024))
+    v2 = bytearray(v1)
+    for offset in range(0, len(v2), 32 * 1024):
+        v2[offset : offset + 16] = b"version 2 edit!!"
+    v2 += b"appended in version 2\n"
+    paths = []
+    for name, data in (("v1", v1), ("v2", v2)):
+        folder = workdir / name
+        folder.mkdir()
+        (folder / "payload.bin").write_bytes(bytes(data))
+        paths.append(folder)
+    return paths[0], paths[1]
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Push v1 and v2 with the oras CLI, ask for the delta, print the answer and its manifest."""
+    oras = find_tool("oras")
+    with tempfile.TemporaryDirectory(prefix="doras-oras-demo-") as tmp, \
+            RegistryServer() as registry, _server(args, registry) as server:
+        v1_dir, v2_dir = _demo_files(Path(tmp))
+        repo = f"{registry.host}/demo/payload"
+        digests = {}
+        for tag, folder in (("v1", v1_dir), ("v2", v2_dir)):
+            subprocess.run([oras, "push", "--plain-http", f"{repo}:{tag}", "payload.bin"],
+                           cwd=folder, check=True, capture_output=True, timeout=60)
+            head = requests.head(f"{registry.url}/v2/demo/payload/manifests/{tag}", timeout=10,
+                                 headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            head.raise_for_status()
+            digests[tag] = head.headers["Docker-Content-Digest"]
+            print(f"pushed {repo}:{tag} -> {digests[tag]}")
+        query = [("from_digest", f"{repo}@{digests['v1']}"), ("to_tag", f"{repo}:v2")]
+        query += [("accepted_algorithm", name) for name in args.accept]
+        print(f"asking {server.url}/api/v1/delta/ for {query[0][1]} -> {query[1][1]}")
+        deadline = time.monotonic() + args.timeout
+        while True:
+            response = requests.get(server.url + "/api/v1/delta/", params=query, timeout=30)
+            print(f"  {response.status_code} {response.text}")
+            if response.status_code != 202:
+                break
+            if time.monotonic() > deadline:
+                print("the delta was not ready in time", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        if response.status_code != 200:
+            return 1
+        answer = response.json()
+        delta_digest = answer["delta_image"].split("@", 1)[1]
+        manifest = requests.get(f"{registry.url}/v2/demo/payload/manifests/{delta_digest}", timeout=10,
+                                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        manifest.raise_for_status()
+        print("server answer:")
+        print(json.dumps(answer, indent=2))
+        print("delta manifest:")
+        print(json.dumps(manifest.json(), indent=2))
+        layer = manifest.json()["layers"][0]
+        full = (v2_dir / "payload.bin").stat().st_size
+        print(f"delta {layer['mediaType']}: {layer['size']} bytes for a {full}-byte target")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m doras_oras.testing",
+                                     description="The doras-oras test bed: a registry and a Doras server.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run a registry and a Doras server until Ctrl-C")
+    p_serve.add_argument("--auth", action="store_true",
+                         help=f"registry with htpasswd basic auth ({DEMO_USER}/{DEMO_PASSWORD}); "
+                              "the server uses these credentials when a client sends none")
+    p_serve.add_argument("--tls", action="store_true", help="registry over HTTPS with a fresh CA")
+    p_serve.add_argument("--require-client-auth", action="store_true",
+                         help="answer 401 to delta requests without an Authorization header")
+    p_serve.add_argument("--port", type=int, default=0, help="port of the Doras server (default: free)")
+    p_serve.add_argument("--registry-port", type=int, default=None,
+                         help="port of the registry (default: free)")
+    p_serve.add_argument("--build-delay", type=float, default=0.0, metavar="SECONDS",
+                         help="wait this long before building each delta")
+    p_serve.set_defaults(run=serve)
+    p_demo = sub.add_parser("demo", help="push two versions and request their delta")
+    p_demo.add_argument("--accept", action="append", default=[], metavar="ALGO",
+                        help="accepted algorithm (bsdiff, tardiff, gzip, zstd); repeatable")
+    p_demo.add_argument("--build-delay", type=float, default=0.5, metavar="SECONDS",
+                        help="server build delay, to show the 202s (default 0.5)")
+    p_demo.add_argument("--timeout", type=float, default=120.0, help="give up after SECONDS")
+    p_demo.set_defaults(run=demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="doras-testbed: %(levelname)s: %(message)s")
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""The OCI layout store on its own: ingest, verify, commit, lock, clean, rebuild, gc."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from doras_oras.descriptor import (
+    ANNOTATION_REF_NAME,
+    ANNOTATION_SOURCE_DIGEST,
+    ANNOTATION_SOURCE_REPOSITORY,
+    OCI_LAYER_TAR,
+    OCI_LAYER_TAR_GZIP,
+    OCI_MANIFEST,
+    Descriptor,
+)
+from doras_oras.errors import (
+    CorruptLayoutError,
+    DigestMismatchError,
+    InvalidDigestError,
+    LayoutError,
+    LayoutLockedError,
+    SizeMismatchError,
+)
+from doras_oras.layout import OCILayout
+from tests.layout_support import layout_problems, sha256
+
+REPO = "registry.example:5000/team/app"
+
+
+def blob(data: bytes, media_type: str = OCI_LAYER_TAR) -> Descriptor:
+    return Descriptor(media_type, sha256(data), len(data))
+
+
+def store_image(layout: OCILayout, payload: bytes, tag: str | None, *, repo: str = REPO) -> Descriptor:
+    """Ingest a config, one layer and a manifest; commit; return the manifest descriptor."""
+    config = blob(b"{}", "application/vnd.oci.empty.v1+json")
+    layer = blob(payload)
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": config.to_json(), "layers": [layer.to_json()],
+    }).encode()
+    manifest = blob(body, OCI_MANIFEST)
+    with layout.lock():
+        layout.ingest_bytes(config, b"{}")
+        layout.ingest_bytes(layer, payload)
+        layout.ingest_bytes(manifest, body)
+        layout.commit_image(manifest, repository=repo, tag=tag)
+    return manifest
+
+
+def all_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "lock"}
+
+
+def test_create_open_and_refuse_foreign_directories(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    assert layout.images() == []
+    assert layout_problems(tmp_path / "new") == []
+    assert OCILayout.open(tmp_path / "new", create=False).images() == []
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(LayoutError, match=r"not an OCI image layout.*notes\.txt"):
+        OCILayout.open(tmp_path / "other")
+    assert sorted(os.listdir(tmp_path / "other")) == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LayoutError, match="not a directory"):
+        OCILayout.open(tmp_path / "file")
+    with pytest.raises(LayoutError):
+        OCILayout.open(tmp_path / "absent", create=False)
+    bad = tmp_path / "bad"
+    OCILayout.open(bad)
+    (bad / "oci-layout").write_text('{"imageLayoutVersion": "9"}')
+    with pytest.raises(CorruptLayoutError, match="oci-layout"):
+        OCILayout.open(bad)
+
+
+def test_ingest_verifies_and_publishes_0644(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    desc = blob(data)
+    with layout.lock():
+        path = layout.ingest(desc, io.BytesIO(data))
+    assert path.read_bytes() == data
+    assert path == tmp_path / "L" / "blobs" / "sha256" / desc.hex
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert layout.has_blob(desc)
+    with layout.open_blob(desc) as reader:
+        assert reader.read() == data
+    assert list((tmp_path / "L" / "ingest").iterdir()) == [tmp_path / "L" / "ingest" / "lock"]
+
+
+@pytest.mark.parametrize(
+    ("stream", "error"),
+    [
+        (b"hello world", DigestMismatchError),  # right size, other bytes
+        (b"hello", SizeMismatchError),  # short
+        (b"hello worlds and more", SizeMismatchError),  # longer than announced
+    ],
+)
+def test_ingest_refuses_bad_content_and_writes_nothing(tmp_path: Path, stream: bytes, error: type[Exception]) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    before = all_files(tmp_path / "L")
+    desc = blob(b"hello there")
+    with layout.lock(), pytest.raises(error):
+        layout.ingest(desc, io.BytesIO(stream))
+    assert not layout.has_blob(desc)
+    after = all_files(tmp_path / "L") - before
+    # only a short stream may leave a partial file for resuming, and never in blobs/
+    assert all(name.startswith("ingest/") for name in after)
+    if error is not SizeMismatchError or len(stream) >= desc.size:
+        assert after == set()
+
+
+def test_ingest_reads_no_more_than_size_plus_probe(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    data = b"x" * 1000
+    source = io.BytesIO(data + b"y" * 10_000_000)
+    with layout.lock(), pytest.raises(SizeMismatchError, match="more than"):
+        layout.ingest(blob(data), source)
+    assert source.tell() == 1001
+
+
+@pytest.mark.parametrize("digest", ["sha256:../../x", "sha256:" + "A" * 64, "sha256:" + "a" * 63, "md5:abc"])
+def test_bad_digest_refused_before_any_path(tmp_path: Path, digest: str) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    with pytest.raises((InvalidDigestError, ValueError)):
+        layout.blob_path(digest)
+    with pytest.raises((InvalidDigestError, ValueError)):
+        Descriptor(OCI_LAYER_TAR, digest, 1)
+
+
+def test_partial_download_resumes(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    data = os.urandom(200_000)
+    desc = blob(data)
+
+    class Broken(io.RawIOBase):
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            if self.sent >= 120_000:
+                raise ConnectionResetError("link dropped")
+            n = min(len(buffer), 120_000 - self.sent, 50_000)
+            buffer[:n] = data[self.sent : self.sent + n]
+            self.sent += n
+            return n
+
+    with layout.lock(), pytest.raises(ConnectionResetError):
+        layout.ingest(desc, Broken())
+    assert layout.partial_size(desc) == 120_000
+    assert layout.partial_path(desc).parent.name == "ingest"
+    with layout.lock():  # taking the lock again keeps the (fresh) partial
+        assert layout.partial_size(desc) == 120_000
+        layout.ingest(desc, io.BytesIO(data[120_000:]), resume=True)
+    assert layout.has_blob(desc)
+    assert not layout.partial_path(desc).exists()
+    # a resume whose content is wrong is refused and the partial dropped
+    other = os.urandom(1000)
+    odesc = blob(other)
+    layout.partial_path(odesc).write_bytes(b"z" * 400)
+    with layout.lock(), pytest.raises(DigestMismatchError):
+        layout.ingest(odesc, io.BytesIO(other[400:]), resume=True)
+    assert not layout.partial_path(odesc).exists()
+
+
+def test_existing_blob_checked_once_and_corrupt_one_replaced(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    data = b"payload" * 100
+    desc = blob(data)
+    with layout.lock():
+        path = layout.ingest_bytes(desc, data)
+    path.chmod(0o644)
+    path.write_bytes(b"rotten" + data[6:])  # same size, other bytes
+    layout2 = OCILayout.open(tmp_path / "L")
+    with layout2.lock():
+        assert not layout2.has_blob(desc)
+        layout2.ingest_bytes(desc, data)
+        assert path.read_bytes() == data
+
+
+def test_commit_replaces_same_tag_and_records_annotations(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    m1 = store_image(layout, b"one", "v1")
+    m2 = store_image(layout, b"two", "v1")
+    m3 = store_image(layout, b"three", "v2")
+    store_image(layout, b"other", "v1", repo="registry.example:5000/team/other")
+    images = layout.images()
+    assert [(i.repository, i.tag, i.descriptor.digest) for i in images[:2]] == [(REPO, "v1", m2.digest), (REPO, "v2", m3.digest)]
+    assert m1.digest not in {i.descriptor.digest for i in images}
+    entry = json.loads((tmp_path / "L" / "index.json").read_text())["manifests"][0]
+    assert entry["annotations"][ANNOTATION_REF_NAME] == "v1"
+    assert entry["annotations"][ANNOTATION_SOURCE_REPOSITORY] == REPO
+    assert entry["annotations"][ANNOTATION_SOURCE_DIGEST] == m2.digest
+    assert layout.find_image(REPO).descriptor.digest == m3.digest  # type: ignore[union-attr]
+    assert layout.find_image(REPO, "v1").descriptor.digest == m2.digest  # type: ignore[union-attr]
+    assert layout.find_image("x/y") is None
+    assert layout_problems(tmp_path / "L") == []
+    assert len(layout.verify()) == 3
+
+
+def test_commit_refuses_missing_blobs_and_needs_the_lock(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    layer = blob(b"never stored")
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": blob(b"{}").to_json(), "layers": [layer.to_json()]}).encode()
+    manifest = blob(body, OCI_MANIFEST)
+    with pytest.raises(LayoutError, match="lock"):
+        layout.ingest_bytes(manifest, body)
+    with layout.lock():
+        layout.ingest_bytes(manifest, body)
+        with pytest.raises(CorruptLayoutError, match="missing"):
+            layout.commit_image(manifest, repository=REPO, tag="v1")
+    assert layout.images() == []
+
+
+def test_leftovers_cleaned_when_the_lock_is_taken(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    desc = store_image(layout, b"done", "v1")
+    ingest = tmp_path / "L" / "ingest"
+    (ingest / "write-abc.tmp").write_bytes(b"half an index")
+    done_partial = ingest / f"sha256-{blob(b'done').hex}.partial"
+    done_partial.write_bytes(b"do")
+    stale = ingest / f"sha256-{'b' * 64}.partial"
+    stale.write_bytes(b"old")
+    os.utime(stale, (time.time() - 30 * 86400,) * 2)
+    fresh = ingest / f"sha256-{'c' * 64}.partial"
+    fresh.write_bytes(b"new")
+    (ingest / "sha256-XYZ.partial").write_bytes(b"not a digest")
+    with layout.lock():
+        pass
+    assert sorted(p.name for p in ingest.iterdir()) == sorted(["lock", fresh.name])
+    assert layout.find_image(REPO, "v1").descriptor == Descriptor(  # type: ignore[union-attr]
+        desc.media_type, desc.digest, desc.size, annotations=layout.find_image(REPO, "v1").descriptor.annotations  # type: ignore[union-attr]
+    )
+
+
+def test_lock_excludes_another_process(tmp_path: Path) -> None:
+    OCILayout.open(tmp_path / "L")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys,time; from doras_oras.layout import OCILayout\n"
+         f"L=OCILayout.open({str(tmp_path / 'L')!r})\n"
+         "with L.lock():\n print('held', flush=True); time.sleep(3)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        layout = OCILayout.open(tmp_path / "L")
+        start = time.monotonic()
+        with pytest.raises(LayoutLockedError, match="locked"), layout.lock(timeout=0.5):
+            pass
+        assert 0.4 < time.monotonic() - start < 2
+        with layout.lock(timeout=20):  # granted once the holder lets go, about 3 s after it took it
+            assert time.monotonic() - start > 1.5
+        assert holder.wait(timeout=10) == 0
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+def test_corrupt_index_reported_and_rebuilt(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    m1 = store_image(layout, b"one", "v1")
+    m2 = store_image(layout, b"two", "v2")
+    index = tmp_path / "L" / "index.json"
+    for damage in (b'{"schemaVersion": 2, "manifests": [', b'{"schemaVersion": 2, "manifests": [{"digest": 1}]}', b""):
+        index.write_bytes(damage)
+        with pytest.raises(CorruptLayoutError, match=r"index\.json"):
+            layout.images()
+    # a lost layer makes its image unrecoverable; the other one comes back
+    (tmp_path / "L" / "blobs" / "sha256" / blob(b"one").hex).unlink()
+    with layout.lock():
+        recovered = layout.rebuild_index()
+    assert [r.descriptor.digest for r in recovered] == [m2.digest]
+    assert recovered[0].tag == f"recovered-{m2.hex[:12]}"
+    assert m1.digest not in {r.descriptor.digest for r in recovered}
+    assert layout_problems(tmp_path / "L") == []
+
+
+def test_gc_keeps_newest_per_repository(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    for n in range(4):
+        store_image(layout, f"app-{n}".encode(), f"v{n}")
+    store_image(layout, b"lib-0", "v0", repo="r.example/lib")
+    before = {p.name for p in (tmp_path / "L" / "blobs" / "sha256").iterdir()}
+    with layout.lock():
+        result = layout.gc(keep=2)
+    assert sorted(i.tag for i in result.removed_images if i.tag) == ["v0", "v1"]
+    left = [(i.repository, i.tag) for i in layout.images()]
+    assert left == [(REPO, "v2"), (REPO, "v3"), ("r.example/lib", "v0")]
+    after = {p.name for p in (tmp_path / "L" / "blobs" / "sha256").iterdir()}
+    assert before - after == {d.split(":")[1] for d in result.removed_blobs}
+    assert len(result.removed_blobs) == 4  # two layers + two manifests; the shared config stays
+    assert result.freed_bytes > 0
+    assert layout_problems(tmp_path / "L") == []
+
+
+def test_commit_rewritten_records_the_registry_digest(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    gz = b"\x1f\x8b compressed"
+    config = blob(b"{}", "application/vnd.oci.empty.v1+json")
+    original = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_json(),
+        "layers": [Descriptor(OCI_LAYER_TAR_GZIP, sha256(gz), len(gz),
+                              annotations={"io.deis.oras.content.unpack": "true",
+                                           "org.opencontainers.image.title": "dir"}).to_json()],
+    }, indent=2).encode()
+    tar = b"uncompressed tar bytes"
+    with layout.lock():
+        layout.ingest_bytes(config, b"{}")
+        layout.ingest_bytes(blob(tar), tar)
+        with pytest.raises(DigestMismatchError):
+            layout.commit_rewritten(original, 0, blob(tar), repository=REPO, tag="v1", source_digest=sha256(b"x"))
+        image = layout.commit_rewritten(original, 0, blob(tar), repository=REPO, tag="v1",
+                                        source_digest=sha256(original))
+    assert image.rewritten and image.source_digest == sha256(original)
+    stored = json.loads(layout.read_blob(image.descriptor))
+    assert stored["layers"][0]["mediaType"] == OCI_LAYER_TAR
+    assert stored["layers"][0]["digest"] == sha256(tar)
+    assert stored["layers"][0]["annotations"]["io.deis.oras.content.unpack"] == "true"
+    assert layout_problems(tmp_path / "L") == []

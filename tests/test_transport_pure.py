@@ -1,0 +1,124 @@
+"""The pure parts of the transport: policy checks, waits, header parsing, redaction."""
+
+from __future__ import annotations
+
+import email.utils
+
+import pytest
+
+from doras_oras.transport import (
+    TransferPolicy,
+    origin,
+    parse_content_range,
+    parse_retry_after,
+    redact,
+    retry_wait_s,
+    safe_url,
+)
+
+
+def test_policy_defaults_are_safe() -> None:
+    policy = TransferPolicy()
+    assert policy.allow_http is False and policy.max_redirects == 10
+    assert policy.max_attempts >= 1 and policy.deadline_s is not None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"connect_timeout_s": 0},
+        {"read_timeout_s": -1},
+        {"read_timeout_s": float("inf")},
+        {"min_bytes_per_s": -1},
+        {"max_attempts": 0},
+        {"max_redirects": -1},
+        {"deadline_s": 0},
+        {"chunk_size": 0},
+    ],
+)
+def test_bad_policy_values_are_refused_by_name(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TransferPolicy(**bad)  # type: ignore[arg-type]
+
+
+def test_policy_is_keyword_only_and_frozen() -> None:
+    with pytest.raises(TypeError):
+        TransferPolicy(1.0)  # type: ignore[misc]
+    policy = TransferPolicy()
+    with pytest.raises(AttributeError):
+        policy.max_attempts = 3  # type: ignore[misc]
+
+
+def test_retry_wait_grows_exponentially_with_jitter_and_caps() -> None:
+    policy = TransferPolicy(wait_initial_s=1.0, wait_max_s=8.0, retry_after_max_s=20.0)
+    top = [retry_wait_s(n, policy, rand=lambda: 1.0) for n in range(1, 7)]
+    assert top == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    low = [retry_wait_s(n, policy, rand=lambda: 0.0) for n in range(1, 4)]
+    assert low == [0.5, 1.0, 2.0]
+    assert retry_wait_s(1000, policy, rand=lambda: 1.0) == 8.0
+
+
+def test_retry_after_wins_when_longer_but_is_capped() -> None:
+    policy = TransferPolicy(wait_initial_s=1.0, wait_max_s=8.0, retry_after_max_s=20.0)
+    assert retry_wait_s(1, policy, retry_after_s=5.0, rand=lambda: 1.0) == 5.0
+    assert retry_wait_s(1, policy, retry_after_s=3600.0, rand=lambda: 1.0) == 20.0
+    assert retry_wait_s(4, policy, retry_after_s=0.0, rand=lambda: 1.0) == 8.0
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after(date, now=now) == pytest.approx(30.0)
+    past = email.utils.formatdate(now - 30, usegmt=True)
+    assert parse_retry_after(past, now=now) == 0.0
+
+
+def test_parse_content_range() -> None:
+    assert parse_content_range("bytes 100-199/1000") == (100, 199, 1000)
+    assert parse_content_range("bytes 0-0/*") == (0, 0, None)
+    assert parse_content_range("bytes */1000") is None
+    assert parse_content_range("items 1-2/3") is None
+    assert parse_content_range(None) is None
+
+
+def test_redact_masks_credentials() -> None:
+    text = (
+        'Authorization: Bearer eyJhbGciOi.xyz Basic dXNlcjpwYXNz {"token": "abc", "password":"p"} '
+        "https://user:pw@host/path?X-Amz-Signature=deadbeef&x=1"
+    )
+    out = redact(text)
+    for secret in ("eyJhbGciOi", "dXNlcjpwYXNz", '"abc"', '"p"', "user:pw", "deadbeef"):
+        assert secret not in out
+    assert "x=1" in out
+
+
+def test_safe_url_drops_userinfo_and_query() -> None:
+    assert safe_url("https://u:p@store.example:8443/b/c?sig=1") == "https://store.example:8443/b/c?…"
+    assert safe_url("http://h/x") == "http://h/x"
+
+
+def test_origin_normalises_default_ports() -> None:
+    assert origin("https://Reg.Example/v2/") == ("https", "reg.example", 443)
+    assert origin("https://reg.example:443/") == origin("https://reg.example/")
+    assert origin("http://reg.example:8080/") != origin("http://reg.example/")
+
+
+def test_throughput_guard_trips_only_below_the_minimum_over_a_full_window() -> None:
+    from doras_oras.transport import _Stalled, _ThroughputGuard
+
+    now = [0.0]
+    policy = TransferPolicy(min_bytes_per_s=100.0, throughput_window_s=10.0)
+    guard = _ThroughputGuard(policy, lambda: now[0])
+    for _ in range(30):  # 1000 bytes every 5 s = 200 B/s: fine
+        now[0] += 5.0
+        guard.add(1000)
+    slow = _ThroughputGuard(policy, lambda: now[0])
+    now[0] += 5.0
+    slow.add(400)  # not yet a full window: no verdict
+    with pytest.raises(_Stalled):
+        for _ in range(3):  # 80 B/s from here on
+            now[0] += 5.0
+            slow.add(400)
