@@ -2,5 +2,7 @@
 
 from __future__ import annotations
 
-from . import cli_delta  # noqa: F401  (delta)
-from . import cli_pull  # noqa: F401  (pull, gc)
+from . import (
+    cli_delta,  # noqa: F401  (delta)
+    cli_pull,  # noqa: F401  (pull, gc)
+)

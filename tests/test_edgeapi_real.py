@@ -3,6 +3,7 @@ with artifacts pushed by the real oras CLI."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import subprocess
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from doras_oras.testing.server import DorasServer
 
 from doras_oras.backoff import ExponentialBackoffWithJitter
 from doras_oras.descriptor import digest_of
@@ -28,6 +28,7 @@ from doras_oras.errors import (
 from doras_oras.reference import Reference
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER, DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
+from doras_oras.testing.server import DorasServer
 from tests.edgeapi_helpers import RequestsFetcher
 
 
@@ -242,3 +243,16 @@ def test_cli_against_the_server(doras_server: DorasServer, oci_registry: Registr
     assert out["status"] == "ready" and Reference.parse(out["target_image"]).digest == pushed.to_digest
     assert main(["delta", "--from", str(pushed.from_ref), "--to", str(pushed.from_ref), "--server",
                  doras_server.url, "--plain-http"]) == 3
+
+
+def test_the_registry_layer_as_the_content_fetcher(doras_server: DorasServer, oci_registry: RegistryServer,
+                                                   oras_cli: str, tmp_path: Path) -> None:
+    from doras_oras.registry import DeltaRegistry
+
+    pushed = push_two_versions(oci_registry, oras_cli, tmp_path)
+    registry = DeltaRegistry(insecure=True)
+    descriptor, algorithm, stream = client_for(doras_server).read_delta_as_stream(
+        pushed.from_ref, pushed.to_tag, ["bsdiff", "gzip"], registry, deadline_s=60)
+    assert algorithm.media_type == "application/bsdiff+gzip"
+    assert bspatch(pushed.from_layer, gzip.decompress(stream.read()), tmp_path) == pushed.to_layer
+    assert registry.bytes_received >= descriptor.size
