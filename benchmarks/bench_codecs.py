@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Benchmark of the delta appliers (one run, figures as ratios).
+
+    python benchmarks/bench_codecs.py [--sizes 64,1024] [--edits 2000] [--dir DIR]
+
+For each output size (MiB) it builds an old file of random bytes, a new file
+with scattered edits, and a BSDIFF40 patch shaped like the Go server's: one
+control triple ``(size, 0, 0)``, a diff block of zeros holding the edits, an
+empty extra block (built directly: bsdiff4 is too slow at 1 GiB). It then
+times, each in a child process whose peak RSS is read with ``wait4``:
+
+* ``libbz2``: decoding the diff block only (the floor of a sequential applier);
+* ``ours``: ``doras_oras.codecs.apply_delta`` (verifying sha256), numpy off;
+* ``ours-auto``: the default (numpy once 4 MiB were added; dense case only);
+* ``ours+numpy``: numpy from the first add;
+* ``bsdiff4``: ``bsdiff4.file_patch`` (64 MiB only: it holds the whole file);
+* ``bspatch``: Debian's ``bspatch`` program.
+
+A "dense" case (``--dense`` MiB, every byte changed: a random diff block)
+compares the adders where adding is real work. Then a tar-diff apply of a tar of many files with edits (made by the
+project's own simple encoder in this script: Open/Copy/Data ops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import hashlib
+import io
+import os
+import random
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+
+
+def _offtout(x: int) -> bytes:
+    raw = bytearray(abs(x).to_bytes(8, "little"))
+    if x < 0:
+        raw[7] |= 0x80
+    return bytes(raw)
+
+
+def make_case(work: Path, size: int, edits: int, seed: int = 1,
+              dense: bool = False) -> tuple[Path, Path, Path, str]:
+    """old, patch, diff-block (bz2) files and the sha256 of the new file.
+
+    ``dense``: every byte is changed (a random diff block) instead of ``edits`` bytes.
+    """
+    rng = random.Random(seed)
+    positions = [] if dense else sorted(rng.randrange(size) for _ in range(edits))
+    old_path, patch_path, diffblock = work / "old", work / "patch", work / "diff.bz2"
+    new_hash = hashlib.sha256()
+    comp = bz2.BZ2Compressor(9)
+    chunk = 4 * MiB
+    with open(old_path, "wb") as old, open(diffblock, "wb") as dblk:
+        pi = 0
+        for start in range(0, size, chunk):
+            n = min(chunk, size - start)
+            data = rng.randbytes(n)
+            old.write(data)
+            diff = bytearray(rng.randbytes(n) if dense else bytes(n))
+            new = bytearray(data)
+            if dense:
+                new = bytearray((a + b) & 0xFF for a, b in zip(data, diff, strict=True))
+            while pi < len(positions) and positions[pi] < start + n:
+                off = positions[pi] - start
+                delta = rng.randrange(1, 256)
+                diff[off] = delta
+                new[off] = (new[off] + delta) & 0xFF
+                pi += 1
+            new_hash.update(new)
+            dblk.write(comp.compress(bytes(diff)))
+        dblk.write(comp.flush())
+    ctrl = bz2.compress(_offtout(size) + _offtout(0) + _offtout(0))
+    extra = bz2.compress(b"")
+    dlen = diffblock.stat().st_size
+    with open(patch_path, "wb") as p, open(diffblock, "rb") as dblk:
+        p.write(b"BSDIFF40" + _offtout(len(ctrl)) + _offtout(dlen) + _offtout(size))
+        p.write(ctrl)
+        while block := dblk.read(chunk):
+            p.write(block)
+        p.write(extra)
+    return old_path, patch_path, diffblock, "sha256:" + new_hash.hexdigest()
+
+
+# A tiny launcher: the measured program is forked from a small Python process,
+# because a child spawned (vfork) straight from this big process would inherit
+# its peak RSS in ru_maxrss. Floor of the method: the launcher's own ~8 MiB.
+_LAUNCH = """
+import os, sys, time
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 1)
+    try:
+        os.execvp(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), time.perf_counter() - t, usage.ru_maxrss * 1024)
+"""
+
+
+def run_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of a child process; raises on failure."""
+    res = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, *argv], env=env, check=True,
+                         capture_output=True, text=True, timeout=3600)
+    code, wall, rss = res.stdout.split()
+    if int(code) != 0:
+        raise RuntimeError(f"{argv[:3]} failed with {code}: {res.stderr[-2000:]}")
+    return float(wall), int(rss)
+
+
+def child(mode: str, args: list[str]) -> None:
+    if mode == "libbz2":
+        dec = bz2.BZ2Decompressor()
+        with open(args[0], "rb") as fh:
+            data = b""
+            while not dec.eof:
+                if dec.needs_input:
+                    data = fh.read(1 << 16)
+                    if not data:
+                        break
+                else:
+                    data = b""
+                dec.decompress(data, 1 << 19)
+    elif mode in ("ours", "ours-auto", "ours+numpy"):
+        from doras_oras.codecs import DeltaAlgorithm, apply_delta
+
+        old, patch, out, digest = args
+        use_numpy = {"ours": False, "ours-auto": None, "ours+numpy": True}[mode]
+        with open(patch, "rb") as fh:
+            apply_delta(DeltaAlgorithm.BSDIFF, old, fh, out, expected_digest=digest,
+                        use_numpy=use_numpy)
+    elif mode == "bsdiff4":
+        import bsdiff4
+
+        bsdiff4.file_patch(args[0], args[2], args[1])
+    elif mode == "tardiff":
+        from doras_oras.codecs import DeltaAlgorithm, apply_delta
+
+        base, delta, out, digest = args
+        with open(delta, "rb") as fh:
+            apply_delta(DeltaAlgorithm.TARDIFF, base, fh, out, expected_digest=digest)
+    else:
+        raise SystemExit(f"unknown child mode {mode}")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(MiB):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def make_tardiff_case(work: Path, files: int, file_size: int) -> tuple[Path, Path, str, int]:
+    """A base tar, a tar-diff delta (Open + Copy/Data per file) and the new tar's digest."""
+    import zstandard
+
+    rng = random.Random(2)
+    base, new = work / "base.tar", work / "new.tar"
+    contents = [rng.randbytes(file_size) for _ in range(files)]
+    with tarfile.open(base, "w", format=tarfile.PAX_FORMAT) as tf:
+        for i, data in enumerate(contents):
+            info = tarfile.TarInfo(f"dir/f{i:05d}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    # new tar: same headers, one edited byte in the middle of each file
+    edited = []
+    for data in contents:
+        mid = len(data) // 2
+        edited.append(data[:mid] + bytes([(data[mid] + 1) & 0xFF]) + data[mid + 1 :])
+    with tarfile.open(new, "w", format=tarfile.PAX_FORMAT) as tf:
+        for i, data in enumerate(edited):
+            info = tarfile.TarInfo(f"dir/f{i:05d}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    # encode: walk the new tar; file bodies as Open/Copy/Data/Seek/Copy, the rest as Data
+    new_bytes = new.read_bytes()
+    ops = bytearray()
+    pos = 0
+    with tarfile.open(new, "r:") as tf:
+        for info in tf:
+            if pos < info.offset_data:
+                chunk = new_bytes[pos : info.offset_data]
+                ops += b"\x00" + _uvarint(len(chunk)) + chunk
+            name = info.name.encode()
+            mid = info.size // 2
+            ops += b"\x01" + _uvarint(len(name)) + name
+            ops += b"\x02" + _uvarint(mid)
+            edit = new_bytes[info.offset_data + mid : info.offset_data + mid + 1]
+            ops += b"\x00" + _uvarint(1) + edit
+            ops += b"\x04" + _uvarint(mid + 1)
+            ops += b"\x02" + _uvarint(info.size - mid - 1)
+            pos = info.offset_data + info.size
+    tail = new_bytes[pos:]
+    ops += b"\x00" + _uvarint(len(tail)) + tail
+    delta = work / "delta.tardiff"
+    delta.write_bytes(b"tardf1\n\x00" + zstandard.ZstdCompressor().compress(bytes(ops)))
+    return base, delta, _sha256_file(new), len(new_bytes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="64,1024", help="output sizes in MiB (comma-separated)")
+    parser.add_argument("--edits", type=int, default=2000, help="scattered one-byte edits")
+    parser.add_argument("--dense", type=int, default=32, help="size of the dense case in MiB (0: none)")
+    parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1:])
+        return
+    py = sys.executable
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        wall, rss = run_child(["true"], env)
+        print(f"# launcher floor: peak RSS {rss / MiB:.1f} MiB")
+        print(f"{'case':<22}{'tool':<12}{'wall s':>8}{'MiB/s':>9}{'peak RSS MiB':>14}{'x libbz2 time':>15}")
+        plan = [(int(s), False) for s in args.sizes.split(",")]
+        if args.dense:
+            plan.append((args.dense, True))
+        for size_mib, dense in plan:
+            size = size_mib * MiB
+            label = f"bsdiff {size_mib} MiB" + (" dense" if dense else "")
+            t0 = time.perf_counter()
+            old, patch, diffblock, digest = make_case(work, size, args.edits, dense=dense)
+            print(f"# {size_mib} MiB case built in {time.perf_counter() - t0:.1f} s, patch "
+                  f"{patch.stat().st_size} bytes", flush=True)
+            out = work / "new"
+            me = [py, str(Path(__file__).resolve()), "--child"]
+            runs: list[tuple[str, list[str]]] = [
+                ("libbz2", [*me, "libbz2", str(diffblock)]),
+                ("ours", [*me, "ours", str(old), str(patch), str(out), digest]),
+                *([("ours-auto", [*me, "ours-auto", str(old), str(patch), str(out), digest])]
+                  if dense else []),
+                ("ours+numpy", [*me, "ours+numpy", str(old), str(patch), str(out), digest]),
+                ("bspatch", ["bspatch", str(old), str(out), str(patch)]),
+            ]
+            if size_mib <= 256 and not dense:
+                runs.append(("bsdiff4", [*me, "bsdiff4", str(old), str(patch), str(out)]))
+            floor = None
+            for name, argv in runs:
+                out.unlink(missing_ok=True)
+                wall, rss = run_child(argv, env)
+                if name != "libbz2" and _sha256_file(out) != digest:
+                    raise SystemExit(f"{name} produced a wrong result")
+                floor = floor or wall
+                print(f"{label:<22}{name:<12}{wall:8.2f}{size / MiB / wall:9.0f}"
+                      f"{rss / MiB:14.1f}{wall / floor:15.2f}", flush=True)
+            for p in (old, patch, diffblock, out):
+                p.unlink(missing_ok=True)
+        base, delta, digest, new_size = make_tardiff_case(work, 256, 256 * 1024)
+        out = work / "new.tar"
+        wall, rss = run_child([py, str(Path(__file__).resolve()), "--child", "tardiff", str(base),
+                               str(delta), str(out), digest], env)
+        print(f"{f'tardiff {new_size // MiB} MiB':<22}{'ours':<12}{wall:8.2f}{new_size / MiB / wall:9.0f}"
+              f"{rss / MiB:14.1f}{'':>15}")
+
+
+if __name__ == "__main__":
+    main()

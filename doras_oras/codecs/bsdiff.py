@@ -1,0 +1,328 @@
+"""A streaming applier of BSDIFF40 patches (bsdiff 4.x, Go bsdiff, bsdiff4).
+
+Format (DESIGN.md §3): a 32-byte header ``BSDIFF40`` + three signed 64-bit
+integers (little-endian magnitude, sign in the top bit of the last byte):
+compressed control length, compressed diff length, new size; then three
+bzip2 streams: control, diff, extra (the last runs to the end of the file).
+Control triples ``(x, y, z)``: emit ``x`` bytes of diff added byte-wise
+(mod 256) to ``x`` bytes of old; emit ``y`` bytes of extra; move the old
+position by ``z``.
+
+Behaviour, as in the reference ``bspatch``:
+
+* bytes of the old file read outside ``[0, len(old))`` count as zero (the
+  diff byte is emitted unchanged);
+* a negative ``x`` or ``y``, a triple writing past the new size, a stream
+  that ends before the data it must give, and a header with negative
+  lengths are errors (:class:`CorruptDeltaError`);
+* triples are read until the new size is reached; what follows in the
+  streams is not read.
+
+Beyond the reference: ``expected_size`` is compared with the header's new
+size before any work; memory stays bounded whatever the header claims
+(buffers of at most ``CHUNK`` bytes, nothing allocated from a header field);
+more than ``MAX_IDLE_TRIPLES`` consecutive triples that emit nothing are an
+error (a control-stream bomb would otherwise spin).
+
+Speed: one thread decodes the bzip2 streams (``bz2`` releases the GIL)
+while the caller's thread reads old bytes, adds and writes. Diff blocks are
+mostly zero; a zero sub-block means "copy old", so only non-zero sub-blocks
+are added (see :mod:`._addmod`).
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from ..errors import CorruptDeltaError
+from ._addmod import AdaptiveAdder
+
+__all__ = ["CHUNK", "HEADER_SIZE", "MAGIC", "BsdiffHeader", "Writable", "apply_bsdiff", "read_header"]
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"BSDIFF40"
+HEADER_SIZE = 32
+#: Largest piece of diff or extra data handled at once.
+CHUNK = 1 << 17
+#: Consecutive control triples with x == y == 0 tolerated.
+MAX_IDLE_TRIPLES = 1 << 16
+_SUB = 1 << 12  # granularity of the zero test in diff chunks
+_IN_CHUNK = 1 << 16
+_QUEUE_DEPTH = 8
+_ZERO_CHUNK = bytes(CHUNK)
+_ZERO_SUB = bytes(_SUB)
+
+
+class Writable(Protocol):
+    """Anything with ``write(bytes)``."""
+
+    def write(self, data: bytes | bytearray, /) -> object: ...
+
+
+def _offtin(raw: bytes) -> int:
+    magnitude = int.from_bytes(raw[:7] + bytes([raw[7] & 0x7F]), "little")
+    return -magnitude if raw[7] & 0x80 else magnitude
+
+
+class BsdiffHeader:
+    """The parsed 32-byte header."""
+
+    __slots__ = ("ctrl_len", "diff_len", "new_size")
+
+    def __init__(self, ctrl_len: int, diff_len: int, new_size: int) -> None:
+        self.ctrl_len = ctrl_len
+        self.diff_len = diff_len
+        self.new_size = new_size
+
+    def __repr__(self) -> str:
+        return f"BsdiffHeader(ctrl_len={self.ctrl_len}, diff_len={self.diff_len}, new_size={self.new_size})"
+
+
+def read_header(head: bytes) -> BsdiffHeader:
+    """Parse and check a BSDIFF40 header (the first 32 bytes of a patch)."""
+    if len(head) < HEADER_SIZE:
+        raise CorruptDeltaError(f"bsdiff patch truncated: {len(head)} of {HEADER_SIZE} header bytes")
+    if head[:8] != MAGIC:
+        raise CorruptDeltaError(f"not a BSDIFF40 patch: magic {head[:8]!r}")
+    header = BsdiffHeader(_offtin(head[8:16]), _offtin(head[16:24]), _offtin(head[24:32]))
+    for name in ("ctrl_len", "diff_len", "new_size"):
+        if getattr(header, name) < 0:
+            raise CorruptDeltaError(f"bsdiff header: negative {name} {getattr(header, name)}")
+    return header
+
+
+class _Bz2Block:
+    """One bzip2 stream stored at ``[start, end)`` of a file, decoded on demand."""
+
+    def __init__(self, fd: int, start: int, end: int, name: str) -> None:
+        self._fd = fd
+        self._pos = start
+        self._end = end
+        self._name = name
+        self._dec = bz2.BZ2Decompressor()
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` (> 0) decoded bytes; an error if the stream has none left."""
+        dec = self._dec
+        while True:
+            if dec.eof:
+                raise CorruptDeltaError(f"bsdiff {self._name} stream ends before the data it must give")
+            data = b""
+            if dec.needs_input:
+                if self._pos >= self._end:
+                    raise CorruptDeltaError(f"bsdiff {self._name} stream truncated")
+                data = os.pread(self._fd, min(_IN_CHUNK, self._end - self._pos), self._pos)
+                if not data:
+                    raise CorruptDeltaError(f"bsdiff {self._name} stream truncated (file shorter)")
+                self._pos += len(data)
+            try:
+                out = dec.decompress(data, n)
+            except (OSError, ValueError) as exc:
+                raise CorruptDeltaError(f"bsdiff {self._name} stream: invalid bzip2 data: {exc}") from exc
+            if out:
+                return out
+
+    def read_exact(self, n: int) -> bytes:
+        parts = []
+        while n:
+            piece = self.read(n)
+            parts.append(piece)
+            n -= len(piece)
+        return b"".join(parts)
+
+
+_ADD = 0
+_EXTRA = 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def _produce(
+    fd: int, header: BsdiffHeader, patch_size: int, put: Callable[[object], None]
+) -> None:
+    """Decode the streams and put ``(_ADD, diff, oldpos)`` / ``(_EXTRA, data, 0)`` items."""
+    start = HEADER_SIZE
+    ctrl = _Bz2Block(fd, start, start + header.ctrl_len, "control")
+    diff = _Bz2Block(fd, start + header.ctrl_len, start + header.ctrl_len + header.diff_len, "diff")
+    extra = _Bz2Block(fd, start + header.ctrl_len + header.diff_len, patch_size, "extra")
+    new_size = header.new_size
+    newpos = 0
+    oldpos = 0
+    idle = 0
+    while newpos < new_size:
+        triple = ctrl.read_exact(24)
+        x, y, z = _offtin(triple[0:8]), _offtin(triple[8:16]), _offtin(triple[16:24])
+        if x < 0 or y < 0:
+            raise CorruptDeltaError(f"bsdiff control triple at output {newpos}: negative length ({x}, {y})")
+        if newpos + x > new_size:
+            raise CorruptDeltaError(
+                f"bsdiff control triple at output {newpos}: {x} diff bytes pass the new size {new_size}"
+            )
+        if x == 0 and y == 0:
+            idle += 1
+            if idle > MAX_IDLE_TRIPLES:
+                raise CorruptDeltaError(f"bsdiff control stream: over {MAX_IDLE_TRIPLES} empty triples")
+        else:
+            idle = 0
+        remaining = x
+        while remaining:
+            piece = diff.read(min(remaining, CHUNK))
+            put((_ADD, piece, oldpos))
+            oldpos += len(piece)
+            remaining -= len(piece)
+        newpos += x
+        if newpos + y > new_size:
+            raise CorruptDeltaError(
+                f"bsdiff control triple at output {newpos}: {y} extra bytes pass the new size {new_size}"
+            )
+        remaining = y
+        while remaining:
+            piece = extra.read(min(remaining, CHUNK))
+            put((_EXTRA, piece, 0))
+            remaining -= len(piece)
+        newpos += y
+        oldpos += z
+
+
+def _combine(old: bytes, diff: bytes, add: AdaptiveAdder) -> bytes | bytearray:
+    """``old + diff`` byte-wise, skipping zero sub-blocks of ``diff``."""
+    n = len(diff)
+    if diff == (_ZERO_CHUNK if n == CHUNK else bytes(n)):
+        return old
+    out = bytearray(old)
+    for i in range(0, n, _SUB):
+        d = diff[i : i + _SUB]
+        if d != (_ZERO_SUB if len(d) == _SUB else bytes(len(d))):
+            out[i : i + len(d)] = add(old[i : i + len(d)], d)
+    return out
+
+
+def _read_old(fd: int, old_size: int, pos: int, n: int) -> bytes:
+    """``n`` old bytes at ``pos``; positions outside the file read as zero."""
+    if pos >= 0 and pos + n <= old_size:
+        data = os.pread(fd, n, pos)
+        if len(data) != n:
+            raise CorruptDeltaError(f"old file shrank while reading at {pos}")
+        return data
+    buf = bytearray(n)
+    lo = max(pos, 0)
+    hi = min(pos + n, old_size)
+    if lo < hi:
+        data = os.pread(fd, hi - lo, lo)
+        if len(data) != hi - lo:
+            raise CorruptDeltaError(f"old file shrank while reading at {lo}")
+        buf[lo - pos : hi - pos] = data
+    return bytes(buf)
+
+
+def apply_bsdiff(
+    old: str | os.PathLike[str],
+    patch: str | os.PathLike[str] | BinaryIO,
+    out: Writable,
+    *,
+    expected_size: int | None = None,
+    use_numpy: bool | None = None,
+    threaded: bool = True,
+) -> int:
+    """Apply the BSDIFF40 ``patch`` to the file ``old``, writing the new file to ``out``.
+
+    ``patch`` is a path or a file object with a file descriptor (read with
+    ``pread`` from its start; it must not be a pipe). Returns the number of
+    bytes written (the header's new size). ``expected_size``, when given,
+    must equal the header's new size. ``use_numpy``: None = numpy when
+    importable and many bytes must be added, False = never. Raises
+    :class:`CorruptDeltaError` on any malformed patch.
+    """
+    if isinstance(patch, (str, os.PathLike)):
+        with open(patch, "rb") as fh:
+            return apply_bsdiff(old, fh, out, expected_size=expected_size, use_numpy=use_numpy,
+                                threaded=threaded)
+    fd = patch.fileno()
+    patch_size = os.fstat(fd).st_size
+    header = read_header(os.pread(fd, HEADER_SIZE, 0))
+    if expected_size is not None and header.new_size != expected_size:
+        raise CorruptDeltaError(
+            f"bsdiff header announces a new size of {header.new_size} bytes, expected {expected_size}"
+        )
+    if HEADER_SIZE + header.ctrl_len + header.diff_len > patch_size:
+        raise CorruptDeltaError(
+            f"bsdiff patch truncated: header needs {HEADER_SIZE + header.ctrl_len + header.diff_len} "
+            f"bytes before the extra block, file has {patch_size}"
+        )
+    log.debug("bsdiff: %r, patch %d bytes", header, patch_size)
+    with open(Path(old), "rb") as old_fh:
+        old_fd = old_fh.fileno()
+        old_size = os.fstat(old_fd).st_size
+        add = AdaptiveAdder(use_numpy)
+        written = 0
+
+        def consume(item: tuple[int, bytes, int]) -> None:
+            nonlocal written
+            kind, data, oldpos = item
+            result: bytes | bytearray = data
+            if kind == _ADD:
+                result = _combine(_read_old(old_fd, old_size, oldpos, len(data)), data, add)
+            out.write(result)
+            written += len(result)
+
+        if threaded:
+            _run_threaded(fd, header, patch_size, consume)
+        else:
+            _produce(fd, header, patch_size, consume)  # type: ignore[arg-type]
+    if written != header.new_size:  # pragma: no cover - guaranteed by _produce
+        raise CorruptDeltaError(f"bsdiff output has {written} bytes, header says {header.new_size}")
+    return written
+
+
+def _run_threaded(
+    fd: int, header: BsdiffHeader, patch_size: int, consume: Callable[[tuple[int, bytes, int]], None]
+) -> None:
+    """Decode in a helper thread, consume in this one; errors of either side surface here."""
+    items: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_DEPTH)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> None:
+        while True:
+            if stop.is_set():
+                raise _Stop
+            try:
+                items.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def producer() -> None:
+        try:
+            _produce(fd, header, patch_size, put)
+            put(done)
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the consumer
+            with contextlib.suppress(_Stop):
+                put(exc)
+
+    thread = threading.Thread(target=producer, name="bsdiff-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            consume(item)  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,65 @@
+"""Helpers of the codec tests: finding the shared vectors, building patches by hand."""
+
+from __future__ import annotations
+
+import bz2
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def vectors_dir() -> Path:
+    """``<repo>/../shared/vectors`` (CI layout), else ``/work/shared/vectors``."""
+    for candidate in (REPO_ROOT / ".." / "shared" / "vectors", Path("/work/shared/vectors")):
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise FileNotFoundError("shared/vectors not found beside the repository nor in /work/shared")
+
+
+def offtout(x: int) -> bytes:
+    """A bsdiff signed 64-bit integer (magnitude little-endian, sign in the top bit)."""
+    raw = bytearray(abs(x).to_bytes(8, "little"))
+    if x < 0:
+        raw[7] |= 0x80
+    return bytes(raw)
+
+
+def bsdiff_header(ctrl_len: int, diff_len: int, new_size: int, magic: bytes = b"BSDIFF40") -> bytes:
+    return magic + offtout(ctrl_len) + offtout(diff_len) + offtout(new_size)
+
+
+def make_bsdiff(
+    triples: list[tuple[int, int, int]],
+    diff: bytes,
+    extra: bytes,
+    new_size: int,
+    *,
+    raw_ctrl: bytes | None = None,
+) -> bytes:
+    """A BSDIFF40 patch from explicit control triples and diff/extra data."""
+    ctrl_plain = raw_ctrl if raw_ctrl is not None else b"".join(
+        offtout(x) + offtout(y) + offtout(z) for x, y, z in triples
+    )
+    ctrl = bz2.compress(ctrl_plain)
+    dblk = bz2.compress(diff)
+    eblk = bz2.compress(extra)
+    return bsdiff_header(len(ctrl), len(dblk), new_size) + ctrl + dblk + eblk
+
+
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def tardiff_op(op: int, size: int, data: bytes = b"") -> bytes:
+    return bytes([op]) + uvarint(size) + data
+
+
+def make_tardiff(ops: bytes) -> bytes:
+    import zstandard
+
+    return b"tardf1\n\x00" + zstandard.ZstdCompressor().compress(ops)
