@@ -11,13 +11,16 @@ one repository:
   manifest through a :class:`ContentFetcher` (the registry layer) and returns
   the delta layer as a stream that verifies digest and size.
 
-Transport rules (docs/edgeapi.md): TLS verified by default; plain ``http``
-only with ``allow_http``; redirects are followed by hand, at most
-:data:`MAX_REDIRECTS`, only to the same scheme (or http to https) and the
-same host and port, anything else raises
+Transport rules (docs/edgeapi.md, docs/network.md): every request goes
+through a :class:`~doras_oras.transport.Transport`: TLS verified by default;
+plain ``http`` only with ``allow_http``; connection failures, timeouts and
+the statuses of :data:`EDGE_RETRY_STATUSES` (429, 502, 503, 504, 408) are
+retried with backoff honouring ``Retry-After``; redirects are followed at
+most :data:`MAX_REDIRECTS` times, only to the same host and port (never
+https to http), anything else raises
 :class:`~doras_oras.errors.InsecureTransportError`; bodies are read in
 streaming with caps (:data:`MAX_JSON_BYTES`, :data:`MAX_ERROR_BODY_BYTES`);
-``requests`` exceptions become :class:`~doras_oras.errors.ConnectError` or
+transfer failures are :class:`~doras_oras.errors.ConnectError` or
 :class:`~doras_oras.errors.TransferTimeoutError`.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import enum
 import io
 import json
@@ -37,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 
@@ -74,6 +78,7 @@ from .errors import (
     UnsupportedAlgorithmError,
 )
 from .reference import Reference
+from .transport import TransferPolicy, Transport
 from .verify import VerifyingReader
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,9 @@ MAX_MANIFEST_BYTES = 4 << 20
 EXCERPT_CHARS = 200
 DEFAULT_TIMEOUT_S = 30.0
 INCOMPATIBLE_MESSAGE = "artifacts are not compatible"
+#: Statuses of the Doras server retried by the transport. Not 500: the server
+#: answers its final errors (e.g. "artifacts are not compatible") with 500.
+EDGE_RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 #: Values of ``accepted_algorithm`` the server knows (DESIGN §2).
 ALGORITHM_NAMES = ("bsdiff", "tardiff", "gzip", "zstd")
@@ -333,22 +341,6 @@ def _as_provider(auth: AuthArg) -> AuthProvider | None:
     return auth
 
 
-class _HeaderAuth(requests.auth.AuthBase):
-    """Sets our header (or none) and keeps ``requests`` from adding ``.netrc`` credentials."""
-
-    def __init__(self, header: str | None) -> None:
-        self.header = header
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers.pop("Authorization", None)
-        if self.header:
-            request.headers["Authorization"] = self.header
-        return request
-
-
-# --- the registry side -------------------------------------------------------
-
-
 class ContentFetcher(Protocol):
     """What :meth:`EdgeClient.read_delta_as_stream` needs from the registry layer."""
 
@@ -380,7 +372,10 @@ class EdgeClient:
     credentials on to the registry. ``backoff`` makes a fresh strategy per
     polling call. ``ca_file`` verifies TLS against that CA bundle;
     ``insecure`` turns verification off. ``timeout_s`` bounds connect and
-    each read.
+    each read. ``policy`` (a :class:`~doras_oras.transport.TransferPolicy`,
+    e.g. the one of the whole pull) replaces the client's own: its timeouts,
+    attempts, waits and deadline are used; ``allow_http``, the retried
+    statuses and same-host redirects stay the client's.
     """
 
     def __init__(
@@ -394,6 +389,7 @@ class EdgeClient:
         ca_file: str | os.PathLike[str] | None = None,
         insecure: bool = False,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        policy: TransferPolicy | None = None,
     ) -> None:
         parts = urlsplit(server_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -420,6 +416,16 @@ class EdgeClient:
         if insecure:
             log.warning("TLS certificates of %s are not verified (insecure)", self.server_url)
         self.timeout_s = timeout_s
+        if policy is None:
+            policy = TransferPolicy(
+                connect_timeout_s=timeout_s, read_timeout_s=timeout_s, deadline_s=max(120.0, 4 * timeout_s),
+                max_attempts=3, wait_initial_s=0.25, wait_max_s=5.0, retry_after_max_s=30.0,
+            )
+        self.policy = dataclasses.replace(
+            policy, allow_http=allow_http, retry_statuses=EDGE_RETRY_STATUSES, cross_host_redirects=False,
+            max_redirects=MAX_REDIRECTS,
+        )
+        self.transport = Transport(self.session, self.policy, verify=self.verify)
 
     def __enter__(self) -> EdgeClient:
         return self
@@ -582,36 +588,21 @@ class EdgeClient:
     # --- transport --------------------------------------------------------
 
     def _get(self, url: str, header: str | None) -> requests.Response:
-        """GET with hand-followed, checked redirects; the response is open (streamed)."""
-        for _hop in range(MAX_REDIRECTS + 1):
-            if urlsplit(url).scheme != "https" and header and not self.allow_http:
-                raise InsecureTransportError(f"refusing to send credentials over plain http to {url}")
-            resp = self._send(url, header)
-            if resp.status_code not in _REDIRECT_STATUSES:
-                return resp
-            location = resp.headers.get("Location")
-            resp.close()
-            if not location:
-                raise ServerError(resp.status_code, "redirect without a Location header")
-            target = urljoin(url, location)
-            _check_redirect(url, target)
-            log.debug("redirect %d to %s", resp.status_code, target)
-            url = target
-        raise InsecureTransportError(f"more than {MAX_REDIRECTS} redirects, last to {url}")
+        """GET through the transport (retries, checked redirects); the response is open (streamed).
 
-    def _send(self, url: str, header: str | None) -> requests.Response:
-        try:
-            return self.session.get(
-                url,
-                headers={"Accept": "application/json"},
-                auth=_HeaderAuth(header),
-                allow_redirects=False,
-                stream=True,
-                timeout=(self.timeout_s, self.timeout_s),
-                verify=self.verify,
-            )
-        except requests.RequestException as exc:
-            raise _transport_error(exc, url) from exc
+        Any final status comes back (the caller maps it); a redirect without
+        ``Location`` is a :class:`ServerError`.
+        """
+        if urlsplit(url).scheme != "https" and header and not self.allow_http:
+            raise InsecureTransportError(f"refusing to send credentials over plain http to {_redact_url(url)}")
+        headers = {"Accept": "application/json"}
+        if header:
+            headers["Authorization"] = header
+        resp = self.transport.get(url, headers=headers, stream=True, authenticate=False, raise_for_status=False)
+        if resp.status_code in _REDIRECT_STATUSES:
+            resp.close()
+            raise ServerError(resp.status_code, "redirect without a Location header")
+        return resp
 
 
 class _ClosingVerifyingReader(VerifyingReader):
@@ -734,26 +725,6 @@ def _as_reference(value: Reference | str, what: str) -> Reference:
         return Reference.parse(value)
     except InvalidReferenceError as exc:
         raise InvalidReferenceError(f"{what} image: {exc}") from exc
-
-
-def _check_redirect(source: str, target: str) -> None:
-    src, dst = urlsplit(source), urlsplit(target)
-    if dst.scheme not in ("http", "https"):
-        raise InsecureTransportError(f"refusing redirect to {_redact_url(target)!r}: not http(s)")
-    if src.scheme == "https" and dst.scheme == "http":
-        raise InsecureTransportError(f"refusing redirect from https to plain http: {_redact_url(target)}")
-    if _origin_host(src) != _origin_host(dst):
-        raise InsecureTransportError(
-            f"refusing redirect to another host: {src.netloc} -> {_redact_url(target)}"
-        )
-
-
-def _origin_host(parts: Any) -> tuple[str, int | None]:
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    return (parts.hostname or "").lower(), port
 
 
 def _redact_url(url: str) -> str:

@@ -223,6 +223,12 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, query, ""))
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name`` (any case) in ``headers``, or None."""
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), None)
+
+
 def origin(url: str) -> tuple[str, str, int]:
     """``(scheme, host, port)`` of ``url``, the unit credentials are bound to."""
     parts = urlsplit(url)
@@ -245,17 +251,24 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
 # --- the transport ------------------------------------------------------------
 
 
-class _NoNetrc(requests.auth.AuthBase):
-    """Keeps ``requests`` from adding ``~/.netrc`` credentials behind our back."""
+class _ExactAuthorization(requests.auth.AuthBase):
+    """Sends exactly the ``Authorization`` this request was given, or none.
+
+    Drops one a shared session carries in its default headers, and keeps
+    ``requests`` from adding ``~/.netrc`` credentials behind our back.
+    """
+
+    def __init__(self, value: str | None) -> None:
+        self.value = value
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers.pop("Authorization", None)
+        if self.value:
+            r.headers["Authorization"] = self.value
         return r
 
     def __bool__(self) -> bool:
         return True
-
-
-_NO_NETRC = _NoNetrc()
 
 
 class _Retryable(Exception):
@@ -543,7 +556,7 @@ class Transport:
                     allow_redirects=False,
                     timeout=budget.timeouts(),
                     verify=self.verify,
-                    auth=_NO_NETRC,
+                    auth=_ExactAuthorization(_header(send, "Authorization")),
                 )
             except requests.exceptions.SSLError as exc:
                 raise ConnectError(
