@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import platform as _platform
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import oras.provider
 import requests
@@ -54,6 +56,9 @@ from .errors import (
 from .layout import ImageEntry, OCILayout
 from .reference import Reference
 from .verify import VerifyingReader
+
+if TYPE_CHECKING:
+    from .pull import PullResult
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +432,26 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
             reference=ref, resolved=resolved, manifest=own, image=image,
             bytes_received=received, blobs_fetched=fetched, blobs_reused=reused,
         )
+
+
+    # --- the delta-aware pull ------------------------------------------------------------
+    def pull_delta(
+        self,
+        target: Reference | str,
+        oci_layout: str | os.PathLike[str] | OCILayout,
+        *,
+        doras_url: str | None,
+        **options: Any,
+    ) -> PullResult:
+        """Update ``oci_layout`` to ``target`` by a delta from the Doras server at ``doras_url``.
+
+        Falls back to a verified full pull when a delta cannot be used; see
+        :func:`doras_oras.pull.pull_delta` for the options and :class:`PullResult`.
+        """
+        from .pull import pull_delta  # the orchestration sits above this module
+
+        layout = oci_layout if isinstance(oci_layout, OCILayout) else Path(oci_layout)
+        return pull_delta(self, target, layout, doras_url=doras_url, **options)
 
 
 def set_credentials(registry: DeltaRegistry, username: str, password: str) -> None:
