@@ -1,11 +1,56 @@
 """doras-oras: delta-aware pulls of OCI artifacts for oras-py.
 
-See ``docs/`` for the guide. The public entry points are re-exported here as
-they land.
+The public entry points (imported lazily, so that ``doras_oras.codecs`` alone
+stays light on small devices)::
+
+    from doras_oras import DeltaRegistry
+    registry = DeltaRegistry(hostname="registry.example:5000")
+    result = registry.pull_delta("registry.example:5000/app:v2", "/var/lib/app/oci",
+                                 doras_url="https://doras.example:8080")
+
+See ``docs/`` for the guide.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "DeltaRegistry": "registry",
+    "DorasOrasError": "errors",
+    "EdgeClient": "edgeapi",
+    "OCILayout": "layout",
+    "PullResult": "pull",
+    "Reference": "reference",
+    "pull_delta": "pull",
+}
+
+if TYPE_CHECKING:
+    from .edgeapi import EdgeClient
+    from .errors import DorasOrasError
+    from .layout import OCILayout
+    from .pull import PullResult, pull_delta
+    from .reference import Reference
+    from .registry import DeltaRegistry
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'doras_oras' has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)
+
+
+__all__ = [
+    "DeltaRegistry",
+    "DorasOrasError",
+    "EdgeClient",
+    "OCILayout",
+    "PullResult",
+    "Reference",
+    "__version__",
+    "pull_delta",
+]

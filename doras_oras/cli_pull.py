@@ -8,14 +8,20 @@ the JSON object printed with ``--json``.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import os
 import sys
+import time
 from typing import Any
 
-from .cli import EXIT_OK, EXIT_USAGE, command
+from .cli import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE, EXIT_USAGE, command
+from .edgeapi import AuthArg, BasicAuth, EdgeClient
+from .extract import extract_image
 from .layout import OCILayout
+from .plan import ALL_ALGORITHMS
+from .pull import STATUS_DELTA, STATUS_PENDING, STATUS_UP_TO_DATE, Progress, PullResult, pull_delta
 from .reference import Reference
 from .registry import DeltaRegistry, FullPullResult
 from .transport import TransferPolicy
@@ -117,39 +123,160 @@ def full_pull_summary(result: FullPullResult, layout: OCILayout) -> dict[str, An
     }
 
 
+def _size(text: str) -> int:
+    """``123``, ``64K``, ``10M``, ``2G`` (binary units) as bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    value = int(float(number) * factor)
+    if value < 0:
+        raise argparse.ArgumentTypeError("a size must be >= 0")
+    return value
+
+
+def _budget(text: str) -> tuple[int, float]:
+    """``BYTES/SECONDS``, e.g. ``100M/86400`` or ``1G/30d`` (s, m, h, d suffixes)."""
+    try:
+        amount, period = text.split("/", 1)
+        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        factor = seconds.get(period[-1:].lower(), 1)
+        number = period[:-1] if period[-1:].lower() in seconds else period
+        return _size(amount), float(number) * factor
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"invalid budget {text!r}: use BYTES/PERIOD, e.g. 100M/1d") from None
+
+
 def _configure_pull(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", metavar="REF", help="registry/repository[:tag][@digest]")
     parser.add_argument("--oci-layout", required=True, metavar="DIR", help="the OCI image layout to pull into")
+    parser.add_argument("--server", metavar="URL",
+                        help="Doras server (https://host:port); without it: a verified full pull")
+    parser.add_argument("--from", dest="from_ref", metavar="REF",
+                        help="the image of the layout to patch (default: its newest of the repository)")
+    parser.add_argument("--accept", action="append", choices=ALL_ALGORITHMS, metavar="ALGO",
+                        help="narrow the accepted delta algorithms (bsdiff, tardiff, gzip, zstd); repeat")
+    parser.add_argument("--async", dest="async_", action="store_true",
+                        help="ask once; exit 4 (pending) while the server builds the delta")
+    parser.add_argument("--wait-timeout", "--delta-timeout", dest="delta_timeout", type=float, metavar="S",
+                        help="bound the wait for the delta; then --on-timeout decides")
+    parser.add_argument("--on-timeout", choices=("full", "pending"), default="full",
+                        help="when the delta is not ready in time: full pull (default) or exit 4")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="accept a tar-diff result that cannot be verified (no content digest)")
+    parser.add_argument("--max-size", type=_size, metavar="BYTES",
+                        help="refuse artifacts declaring more bytes (K/M/G suffixes)")
+    parser.add_argument("--budget", type=_budget, metavar="BYTES/PERIOD",
+                        help="download budget counted across runs in the layout, e.g. 100M/1d")
+    parser.add_argument("--output", "-o", metavar="DIR", help="also write the artifact's files to DIR")
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to choose from an image index")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     parser.add_argument("--lock-timeout", type=float, default=300.0, metavar="S",
                         help="how long to wait for another process using the layout")
     add_registry_options(parser)
 
 
+def _edge_client(args: argparse.Namespace, registry: DeltaRegistry) -> EdgeClient | None:
+    if not args.server:
+        return None
+    auth: AuthArg = None
+    basic = getattr(registry.auth, "_basic_auth", None)
+    if basic:
+        user, _sep, password = base64.b64decode(basic).decode().partition(":")
+        auth = BasicAuth(user, password)
+    plain = args.server.startswith("http://")
+    allow_http = plain and (auth is None or bool(args.allow_insecure_auth))
+    verify_ca = None if args.insecure else args.ca_file
+    return EdgeClient(args.server, allow_http=allow_http, auth=auth, ca_file=verify_ca,
+                      insecure=bool(args.insecure), policy=registry.policy)
+
+
+def _progress() -> Progress:
+    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
+    last = [0.0]
+
+    def show(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.1:
+            return
+        last[0] = now
+        width = 30
+        filled = width * done // total if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(f"\r{phase:>6} [{bar}] {done:>12,}/{total:,} bytes")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
 def _run_pull(args: argparse.Namespace) -> int:
     try:
         ref = Reference.parse(args.reference)
-    except ValueError as exc:
-        print(f"doras-oras: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
         registry = registry_from_args(args)
+        edge = _edge_client(args, registry)
     except ValueError as exc:
         print(f"doras-oras: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     layout = OCILayout.open(args.oci_layout)
-    result = registry.pull_full(ref, layout, platform=args.platform, lock_timeout=args.lock_timeout)
-    summary = full_pull_summary(result, layout)
+    with registry.pull_deadline():  # --deadline bounds every registry request of the pull together
+        return _pull(args, ref, registry, edge, layout)
+
+
+def _pull(args: argparse.Namespace, ref: Reference, registry: DeltaRegistry, edge: EdgeClient | None,
+          layout: OCILayout) -> int:
+    if edge is None and args.platform:
+        full = registry.pull_full(ref, layout, platform=args.platform, lock_timeout=args.lock_timeout)
+        summary = full_pull_summary(full, layout)
+        if args.output:
+            extract_image(layout, full.manifest, args.output)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(f"pulled {summary['reference']} -> {summary['layout']} {summary['digest']} "
+                  f"({summary['bytes_received']} bytes received)")
+        return EXIT_OK
+    show = None if args.no_progress or args.json or not sys.stderr.isatty() else _progress()
+    try:
+        result = pull_delta(
+            registry, ref, layout, doras_url=args.server, edge_client=edge, from_ref=args.from_ref,
+            accepted_algorithms=args.accept, wait=not args.async_, timeout_s=args.delta_timeout,
+            on_timeout=args.on_timeout, allow_unverified=args.allow_unverified, progress=show,
+            max_size=args.max_size, budget=args.budget, lock_timeout_s=args.lock_timeout,
+        )
+    finally:
+        if edge is not None:
+            edge.close()
+    summary = result.to_json()
+    summary["layout"] = str(layout.root)
+    if args.output and result.stored_digest and result.status != STATUS_PENDING:
+        image = layout.find_image(ref.name, ref.tag)
+        if image is not None:
+            summary["output"] = [str(p) for p in extract_image(layout, image.descriptor, args.output)]
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"pulled {summary['reference']} -> {summary['layout']} {summary['digest']} "
-              f"({summary['bytes_received']} bytes received)")
-    return EXIT_OK
+        print(_describe(result))
+    return {STATUS_UP_TO_DATE: EXIT_UP_TO_DATE, STATUS_PENDING: EXIT_PENDING}.get(result.status, EXIT_OK)
 
 
-command("pull", "pull an image into an OCI image layout (verified)")(_configure_pull)(_run_pull)
+def _describe(result: PullResult) -> str:
+    if result.status == STATUS_UP_TO_DATE:
+        return f"{result.reference}: up to date ({result.to_digest})"
+    if result.status == STATUS_PENDING:
+        return f"{result.reference}: pending: {result.reason}"
+    saved = ""
+    if result.full_size:
+        share = 100.0 * result.bytes_received / result.full_size
+        saved = f", {share:.1f}% of a full pull ({result.full_size} bytes)"
+    how = f"delta {result.algorithm}" if result.status == STATUS_DELTA else f"full pull ({result.reason})"
+    return (f"{result.reference}: updated to {result.to_digest} by {how}: "
+            f"{result.bytes_received} bytes received{saved} in {result.duration_s:.2f} s")
+
+
+command("pull", "update an OCI image layout to an image: by delta through a Doras server, else a verified full pull")(_configure_pull)(_run_pull)
 
 
 def _configure_gc(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import enum
 import io
 import json
 import logging
@@ -45,12 +44,15 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
+from . import schemas
 from .backoff import BackoffStrategy, default_backoff, parse_retry_after
+from .codecs import Compression as Compression
+from .codecs import DeltaAlgorithm
+from .codecs import Patch as Patch
 from .descriptor import (
     ANNOTATION_DELTA_DUMMY,
     ANNOTATION_DELTA_FROM,
     ANNOTATION_DELTA_TO,
-    MANIFEST_MEDIA_TYPES,
     OCI_MANIFEST,
     Descriptor,
     digest_of,
@@ -101,61 +103,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 # --- algorithms ------------------------------------------------------------
-
-
-class Patch(enum.StrEnum):
-    """The patch format of a delta."""
-
-    BSDIFF = "bsdiff"
-    TARDIFF = "tardiff"
-
-
-class Compression(enum.StrEnum):
-    """The compression wrapped around a delta."""
-
-    NONE = "none"
-    GZIP = "gzip"
-    ZSTD = "zstd"
-
-
-@dataclass(frozen=True)
-class DeltaAlgorithm:
-    """What a delta layer is: a patch format and its compression."""
-
-    patch: Patch
-    compression: Compression
-
-    @classmethod
-    def from_media_type(cls, media_type: str) -> DeltaAlgorithm:
-        """The algorithm of a delta layer media type; raise :class:`DeltaManifestError` if unknown."""
-        found = _DELTA_MEDIA_TYPES.get(media_type)
-        if found is None:
-            raise DeltaManifestError(
-                f"delta layer media type {media_type[:100]!r} is not one of "
-                f"{', '.join(sorted(_DELTA_MEDIA_TYPES))}"
-            )
-        return found
-
-    @property
-    def media_type(self) -> str:
-        """The delta layer media type, e.g. ``application/bsdiff+zstd``."""
-        if self.compression is Compression.NONE:
-            return f"application/{self.patch.value}"
-        return f"application/{self.patch.value}+{self.compression.value}"
-
-    def __str__(self) -> str:
-        return self.media_type.removeprefix("application/")
-
-
-_DELTA_MEDIA_TYPES: dict[str, DeltaAlgorithm] = {
-    a.media_type: a
-    for a in (
-        DeltaAlgorithm(Patch.BSDIFF, Compression.NONE),
-        DeltaAlgorithm(Patch.BSDIFF, Compression.GZIP),
-        DeltaAlgorithm(Patch.BSDIFF, Compression.ZSTD),
-        DeltaAlgorithm(Patch.TARDIFF, Compression.NONE),
-    )
-}
 
 
 # --- response --------------------------------------------------------------
@@ -636,24 +583,10 @@ def check_response(response: ReadDeltaResponse, from_ref: Reference, to_ref: Ref
 
 
 def _validate_manifest_document(obj: object) -> dict[str, Any]:
-    """Minimal structural checks of a delta manifest (the hook for the JSON schemas)."""
+    """Check a delta manifest against the image manifest JSON schema (names the bad field)."""
     if not isinstance(obj, dict):
         raise SchemaValidationError("delta manifest: expected a JSON object")
-    if obj.get("schemaVersion") != 2:
-        raise SchemaValidationError("delta manifest: schemaVersion must be 2")
-    media_type = obj.get("mediaType")
-    if media_type is not None and media_type not in MANIFEST_MEDIA_TYPES:
-        raise SchemaValidationError(f"delta manifest: mediaType {str(media_type)[:100]!r} is not a manifest")
-    if not isinstance(obj.get("config"), dict):
-        raise SchemaValidationError("delta manifest: config must be an object")
-    layers = obj.get("layers")
-    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
-        raise SchemaValidationError("delta manifest: layers must be a list of objects")
-    annotations = obj.get("annotations", {})
-    if not isinstance(annotations, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
-    ):
-        raise SchemaValidationError("delta manifest: annotations must map strings to strings")
+    schemas.validate(obj, "manifest")
     return obj
 
 
@@ -697,7 +630,10 @@ def check_delta_manifest(
         descriptor = Descriptor.from_json(layers[0])
     except (ValueError, TypeError) as exc:
         raise DeltaManifestError(f"delta manifest layer: {exc}") from exc
-    algorithm = DeltaAlgorithm.from_media_type(descriptor.media_type)
+    try:
+        algorithm = DeltaAlgorithm.from_media_type(descriptor.media_type)
+    except UnsupportedAlgorithmError as exc:
+        raise DeltaManifestError(f"delta manifest layer: {exc}") from exc
     return descriptor, algorithm
 
 

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import oras.provider
 import requests
@@ -69,6 +69,9 @@ from .layout import ImageEntry, OCILayout, disk_error
 from .reference import Reference
 from .transport import ByteCounter, TransferPolicy, Transport, origin, safe_url
 from .verify import VerifyingReader
+
+if TYPE_CHECKING:
+    from .pull import PullResult
 
 log = logging.getLogger(__name__)
 
@@ -510,6 +513,26 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
             reference=ref, resolved=resolved, manifest=own, image=image,
             bytes_received=received, blobs_fetched=fetched, blobs_reused=reused,
         )
+
+
+    # --- the delta-aware pull ------------------------------------------------------------
+    def pull_delta(
+        self,
+        target: Reference | str,
+        oci_layout: str | os.PathLike[str] | OCILayout,
+        *,
+        doras_url: str | None,
+        **options: Any,
+    ) -> PullResult:
+        """Update ``oci_layout`` to ``target`` by a delta from the Doras server at ``doras_url``.
+
+        Falls back to a verified full pull when a delta cannot be used; see
+        :func:`doras_oras.pull.pull_delta` for the options and :class:`PullResult`.
+        """
+        from .pull import pull_delta  # the orchestration sits above this module
+
+        layout = oci_layout if isinstance(oci_layout, OCILayout) else Path(oci_layout)
+        return pull_delta(self, target, layout, doras_url=doras_url, **options)
 
 
 def _write_inline(descriptor: Descriptor, path: Path) -> Path:

@@ -5,15 +5,9 @@ from __future__ import annotations
 import bz2
 from pathlib import Path
 
+from doras_oras.testing.vectors import vectors_dir as vectors_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def vectors_dir() -> Path:
-    """``<repo>/../shared/vectors`` (CI layout), else ``/work/shared/vectors``."""
-    for candidate in (REPO_ROOT / ".." / "shared" / "vectors", Path("/work/shared/vectors")):
-        if candidate.is_dir():
-            return candidate.resolve()
-    raise FileNotFoundError("shared/vectors not found beside the repository nor in /work/shared")
 
 
 def offtout(x: int) -> bytes:

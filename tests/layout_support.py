@@ -14,16 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from doras_oras.testing.registry import find_tool
+from doras_oras.testing.vectors import vectors_dir as vectors_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def vectors_dir() -> Path:
-    """``shared/vectors`` beside the checkout, else ``/work/shared/vectors``."""
-    for candidate in (REPO_ROOT.parent / "shared" / "vectors", Path("/work/shared/vectors")):
-        if (candidate / "README.md").is_file():
-            return candidate
-    raise FileNotFoundError("shared/vectors not found beside the repository nor in /work/shared")
 
 
 def sha256(data: bytes) -> str:

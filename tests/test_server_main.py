@@ -49,8 +49,8 @@ def test_serve_prints_urls_and_stops_on_ctrl_c() -> None:
             proc.wait()
 
 
-def test_demo_pushes_two_versions_and_prints_the_delta() -> None:
-    result = subprocess.run([sys.executable, "-m", "doras_oras.testing", "demo"], capture_output=True,
+def test_delta_demo_pushes_two_versions_and_prints_the_delta() -> None:
+    result = subprocess.run([sys.executable, "-m", "doras_oras.testing", "delta-demo"], capture_output=True,
                             text=True, env=_env(), cwd=ROOT, timeout=180)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

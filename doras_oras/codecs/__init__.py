@@ -38,6 +38,7 @@ from .compression import DEFAULT_MAX_WINDOW_SIZE, Compression, Readable, open_de
 __all__ = [
     "Compression",
     "DeltaAlgorithm",
+    "Patch",
     "apply_delta",
     "open_decompressed",
 ]
@@ -48,8 +49,15 @@ _SPOOL_CHUNK = 1 << 20
 TARDIFF_MAGIC = b"tardf1\n\x00"
 
 
+class Patch(enum.StrEnum):
+    """The patch format of a delta."""
+
+    BSDIFF = "bsdiff"
+    TARDIFF = "tardiff"
+
+
 class DeltaAlgorithm(enum.Enum):
-    """A delta kind, valued by its CLI name."""
+    """A delta kind, valued by its CLI name (``str()`` gives it too)."""
 
     BSDIFF = "bsdiff"
     BSDIFF_GZIP = "bsdiff+gzip"
@@ -68,6 +76,14 @@ class DeltaAlgorithm(enum.Enum):
             DeltaAlgorithm.BSDIFF_GZIP: Compression.GZIP,
             DeltaAlgorithm.BSDIFF_ZSTD: Compression.ZSTD,
         }.get(self, Compression.NONE)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def patch(self) -> Patch:
+        """The patch format, without its compression."""
+        return Patch.TARDIFF if self is DeltaAlgorithm.TARDIFF else Patch.BSDIFF
 
     @property
     def is_bsdiff(self) -> bool:

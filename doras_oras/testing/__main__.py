@@ -3,7 +3,11 @@
 - ``serve``: start a registry (docker-registry) and the Doras-compatible
   server on loopback, print their addresses as one JSON object on stdout,
   run until Ctrl-C (or SIGTERM).
-- ``demo``: start both, push two versions of a file with the oras CLI,
+- ``demo``: the whole story of the README's main job: start both, publish
+  v1 and v2 of a file and of a directory with the oras CLI, pull v1 into an
+  OCI layout with ``doras-oras pull``, then delta-pull v2, and print what was
+  received against what a full pull costs.
+- ``delta-demo``: start both, push two versions of a file with the oras CLI,
   request the delta (202 while it is built, then 200), print the server's
   answer and the delta manifest.
 
@@ -101,7 +105,7 @@ def _demo_files(workdir: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def demo(args: argparse.Namespace) -> int:
+def delta_demo(args: argparse.Namespace) -> int:
     """Push v1 and v2 with the oras CLI, ask for the delta, print the answer and its manifest."""
     oras = find_tool("oras")
     with tempfile.TemporaryDirectory(prefix="doras-oras-demo-") as tmp, \
@@ -147,6 +151,84 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish_versions(oras: str, repo_host: str, workdir: Path) -> None:
+    """Push v1 and v2 of a file (demo/firmware) and of a directory (demo/config) with the oras CLI."""
+    rng = random.Random(6)
+    firmware = bytearray(rng.randbytes(4 << 20))
+    tree = {f"etc/app/{i:03d}.conf": b"value = " + rng.randbytes(2048).hex().encode() + b"\n"
+            for i in range(200)}
+    for version in (1, 2):
+        folder = workdir / f"v{version}"
+        (folder / "config").mkdir(parents=True)
+        if version == 2:  # scattered small edits, as a firmware update makes them
+            for _ in range(200):
+                at = rng.randrange(len(firmware) - 8)
+                firmware[at : at + 8] = rng.randbytes(8)
+            for name in list(tree)[::50]:
+                tree[name] = tree[name].replace(b"value", b"VALUE", 1)
+        (folder / "firmware.bin").write_bytes(bytes(firmware))
+        for name, data in tree.items():
+            path = folder / "config" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        for repo, what in (("demo/firmware", "firmware.bin"), ("demo/config", "config")):
+            subprocess.run([oras, "push", "--plain-http", f"{repo_host}/{repo}:v{version}", what],
+                           cwd=folder, check=True, capture_output=True, timeout=120)
+            print(f"published {repo_host}/{repo}:v{version} ({what})")
+
+
+def _pull(ref: str, layout: Path, server: str, output: Path) -> dict[str, Any]:
+    command = [sys.executable, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout),
+               "--server", server, "--plain-http", "--output", str(output), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode not in (0, 3):
+        sys.stderr.write(done.stderr)
+        raise RuntimeError(f"doras-oras pull {ref} failed with exit code {done.returncode}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def demo(args: argparse.Namespace) -> int:
+    """The README's main job, end to end on loopback."""
+    oras = find_tool("oras")
+    with tempfile.TemporaryDirectory(prefix="doras-oras-demo-") as tmp, \
+            RegistryServer() as registry, _server(args, registry) as server:
+        work = Path(tmp)
+        print(f"registry {registry.url}, Doras server {server.url}")
+        _publish_versions(oras, registry.host, work / "publish")
+        layout = work / "device" / "oci-layout"
+        rows = []
+        for repo in ("demo/firmware", "demo/config"):
+            for version in ("v1", "v2"):
+                result = _pull(f"{registry.host}/{repo}:{version}", layout, server.url,
+                               work / "device" / "files" / repo)
+                rows.append(result)
+                print(f"pulled {repo}:{version}: {result['status']}"
+                      + (f" ({result['algorithm']})" if result.get("algorithm") else "")
+                      + f", {result['bytes_received']:,} bytes received"
+                      + f" for a {result['full_size']:,}-byte artifact"
+                      + (f" [{result['reason']}]" if result["status"] == "full" else ""))
+        print()
+        print(f"{'image':<22} {'how':<18} {'received':>12} {'full pull':>12} {'share':>7}")
+        for result in rows:
+            name = result["reference"].split("/", 1)[1]
+            how = result["status"] + (f" {result['algorithm']}" if result.get("algorithm") else "")
+            share = 100.0 * result["bytes_received"] / max(1, result["full_size"])
+            print(f"{name:<22} {how:<18} {result['bytes_received']:>12,} {result['full_size']:>12,} "
+                  f"{share:>6.1f}%")
+        saved = [r for r in rows if r["status"] == "delta"]
+        if len(saved) != 2:
+            print("expected both v2 pulls to be deltas", file=sys.stderr)
+            return 1
+        index = json.loads((layout / "index.json").read_text())
+        print(f"\nthe layout {layout} records {len(index['manifests'])} images; "
+              "its files were written under device/files (like `oras pull`)")
+        skopeo = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:v2"],
+                                capture_output=True, text=True, timeout=60)
+        print(f"skopeo inspect --raw oci:LAYOUT:v2 -> exit {skopeo.returncode}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m doras_oras.testing",
                                      description="The doras-oras test bed: a registry and a Doras server.")
@@ -165,13 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--build-delay", type=float, default=0.0, metavar="SECONDS",
                          help="wait this long before building each delta")
     p_serve.set_defaults(run=serve)
-    p_demo = sub.add_parser("demo", help="push two versions and request their delta")
+    p_story = sub.add_parser("demo", help="publish v1 and v2, pull v1, delta-pull v2, print the savings")
+    p_story.add_argument("--build-delay", type=float, default=0.0, metavar="SECONDS",
+                         help="server build delay (default 0)")
+    p_story.set_defaults(run=demo)
+    p_demo = sub.add_parser("delta-demo", help="push two versions and request their delta")
     p_demo.add_argument("--accept", action="append", default=[], metavar="ALGO",
                         help="accepted algorithm (bsdiff, tardiff, gzip, zstd); repeatable")
     p_demo.add_argument("--build-delay", type=float, default=0.5, metavar="SECONDS",
                         help="server build delay, to show the 202s (default 0.5)")
     p_demo.add_argument("--timeout", type=float, default=120.0, help="give up after SECONDS")
-    p_demo.set_defaults(run=demo)
+    p_demo.set_defaults(run=delta_demo)
     return parser
 
 

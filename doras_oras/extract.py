@@ -1,0 +1,128 @@
+"""Write the files of a stored image to a directory, as ``oras pull`` does.
+
+Each layer with an ``org.opencontainers.image.title`` annotation becomes a
+file of that name; a layer marked ``io.deis.oras.content.unpack: "true"`` is
+a tar (gzip, zstd or plain) unpacked into the directory. Names are checked
+first: absolute paths, ``..`` and anything that would land outside the
+directory are refused (``tarfile``'s ``data`` filter also refuses links that
+point outside, device files and setuid bits). Files are written to a temp
+name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from .codecs import Compression, open_decompressed
+from .descriptor import ANNOTATION_TITLE, ANNOTATION_UNPACK, Descriptor
+from .errors import DorasOrasError
+from .layout import OCILayout
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+class ExtractError(DorasOrasError):
+    """A layer cannot be written to the output directory safely."""
+
+
+def safe_name(title: str) -> PurePosixPath:
+    """``title`` as a relative path that stays inside the output directory."""
+    path = PurePosixPath(title)
+    if not title or path.is_absolute() or ".." in path.parts or "\0" in title or title.startswith("~"):
+        raise ExtractError(f"refusing to write layer title {title[:200]!r}: not a plain relative path")
+    return path
+
+
+class _ReadAdapter(io.RawIOBase):
+    """A ``read(n)`` source as a file object for ``tarfile``."""
+
+    def __init__(self, source: object) -> None:
+        super().__init__()
+        self._source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data: bytes = self._source.read(len(buffer))  # type: ignore[attr-defined]
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextlib.contextmanager
+def _layer_stream(layout: OCILayout, layer: Descriptor) -> Iterator[BinaryIO]:
+    with layout.open_blob(layer) as raw:
+        head = raw.peek(8)[:8] if hasattr(raw, "peek") else b""
+        compression = Compression.detect(head)
+        if compression is Compression.NONE:
+            yield raw
+        else:
+            reader = open_decompressed(raw, compression, what=f"layer {layer.digest}")
+            yield io.BufferedReader(_ReadAdapter(reader), buffer_size=_CHUNK)
+
+
+def extract_image(layout: OCILayout, manifest: Descriptor, output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write the titled layers of the stored ``manifest`` to ``output_dir``; return what was written."""
+    import json
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    document = json.loads(layout.read_blob(manifest))
+    written: list[Path] = []
+    for item in document.get("layers", []):
+        layer = Descriptor.from_json(item)
+        title = layer.annotations.get(ANNOTATION_TITLE)
+        if not title:
+            log.info("layer %s has no title: not written", layer.digest)
+            continue
+        name = safe_name(title)
+        if layer.annotations.get(ANNOTATION_UNPACK) == "true":
+            written.append(_unpack(layout, layer, out, name))
+        else:
+            written.append(_write_file(layout, layer, out / name))
+    return written
+
+
+def _write_file(layout: OCILayout, layer: Descriptor, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh, layout.open_blob(layer) as blob:
+            shutil.copyfileobj(blob, fh, _CHUNK)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _unpack(layout: OCILayout, layer: Descriptor, out: Path, name: PurePosixPath) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=out))
+    try:
+        with _layer_stream(layout, layer) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            try:
+                tar.extractall(staging, filter="data")
+            except (tarfile.TarError, OSError) as exc:
+                raise ExtractError(f"cannot unpack layer {layer.digest} ({name}): {exc}") from exc
+        for entry in staging.iterdir():
+            final = out / entry.name
+            if final.is_dir() and not final.is_symlink():
+                shutil.rmtree(final)
+            elif final.exists() or final.is_symlink():
+                final.unlink()
+            os.replace(entry, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / name
