@@ -445,6 +445,7 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         *,
         platform: str | None = None,
         lock_timeout: float = 300.0,
+        parsed: schemas.ParsedManifest | None = None,
     ) -> FullPullResult:
         """Verified full pull of ``ref`` into ``layout``; ``index.json`` is written last.
 
@@ -452,18 +453,23 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         default: this machine). Blobs already in the layout (and verified) are not fetched;
         a blob interrupted by a previous run is resumed from its partial file. All requests
         share one deadline (``policy.deadline_s``, or the enclosing :meth:`pull_deadline`).
+        ``parsed``: the manifest (or index) of ``ref`` as :meth:`fetch_parsed` already
+        returned it, so it is not fetched again.
         """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         if platform is not None:
             _parse_platform(platform)
         with self.pull_deadline():
-            return self._pull_full(ref, layout, platform=platform, lock_timeout=lock_timeout)
+            return self._pull_full(ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed)
 
     def _pull_full(
-        self, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout: float
+        self, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout: float,
+        parsed: schemas.ParsedManifest | None,
     ) -> FullPullResult:
         start = self.bytes_received
-        top = self.fetch_parsed(ref)
+        if parsed is not None and ref.digest and parsed.descriptor.digest != ref.digest:
+            raise ValueError(f"pull_full: the manifest given is {parsed.descriptor.digest}, {ref} names another")
+        top = parsed if parsed is not None else self.fetch_parsed(ref)
         resolved = top.descriptor
         manifest = top
         notes: dict[str, str] = {}

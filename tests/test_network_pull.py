@@ -383,3 +383,19 @@ def test_download_to_keeps_a_blob_out_of_blobs_and_resumes(oci_registry: Registr
     with layout.lock():
         assert client.download_blob(ref, descriptor, layout) == layout.blob_path(descriptor.digest)
     assert not target.exists() and layout.blob_path(descriptor.digest).read_bytes() == payload
+
+
+@pytest.mark.timeout(60)
+def test_pull_full_reuses_a_manifest_already_fetched(oci_registry: RegistryServer, tmp_path: Path) -> None:
+    payload = os.urandom(300_000)
+    _, manifest_size = pushed(oci_registry, "net/once:v1", tmp_path, payload)
+    client = DeltaRegistry(insecure=True)
+    parsed = client.fetch_parsed(f"{oci_registry.host}/net/once:v1")
+    result = client.pull_full(f"{oci_registry.host}/net/once:v1", OCILayout.open(tmp_path / "L"), parsed=parsed)
+    assert result.manifest.digest == parsed.descriptor.digest
+    assert result.bytes_received == len(payload)  # the manifest was not fetched again
+    assert client.bytes_received == len(payload) + manifest_size
+    assert layout_problems(tmp_path / "L") == []
+    with pytest.raises(ValueError, match="names another"):
+        client.pull_full(f"{oci_registry.host}/net/once@{sha256(b'x')}", OCILayout.open(tmp_path / "L"),
+                         parsed=parsed)
