@@ -16,7 +16,6 @@ size, and fsyncs before returning. See ``docs/network.md``.
 
 from __future__ import annotations
 
-import email.utils
 import http.client
 import json
 import logging
@@ -35,6 +34,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import urllib3.exceptions
 
+from .backoff import parse_retry_after
 from .descriptor import new_hasher, validate_digest
 from .errors import (
     BodyTooLargeError,
@@ -156,23 +156,6 @@ class AuthHook(Protocol):
 
 
 # --- pure helpers -----------------------------------------------------------
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date), or None."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def retry_wait_s(
@@ -599,7 +582,7 @@ class Transport:
                 return response
             if not raise_for_status:
                 if status in self.policy.retry_statuses:
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
                     error = RegistryError(f"{method} {safe_url(current)} answered {status}", status=status)
                     raise _Retryable(error, retry_after, response)
                 return response
@@ -610,7 +593,7 @@ class Transport:
             if status in (401, 403):
                 raise RegistryAuthError(message, status=status)
             if status in self.policy.retry_statuses:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
                 raise _Retryable(RegistryError(message, status=status), retry_after)
             raise RegistryError(message, status=status)
 

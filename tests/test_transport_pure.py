@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import email.utils
-
 import pytest
 
 from doras_oras.transport import (
     TransferPolicy,
     origin,
     parse_content_range,
-    parse_retry_after,
     redact,
     retry_wait_s,
     safe_url,
@@ -63,17 +60,6 @@ def test_retry_after_wins_when_longer_but_is_capped() -> None:
     assert retry_wait_s(1, policy, retry_after_s=5.0, rand=lambda: 1.0) == 5.0
     assert retry_wait_s(1, policy, retry_after_s=3600.0, rand=lambda: 1.0) == 20.0
     assert retry_wait_s(4, policy, retry_after_s=0.0, rand=lambda: 1.0) == 8.0
-
-
-def test_parse_retry_after() -> None:
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    now = 1_700_000_000.0
-    date = email.utils.formatdate(now + 30, usegmt=True)
-    assert parse_retry_after(date, now=now) == pytest.approx(30.0)
-    past = email.utils.formatdate(now - 30, usegmt=True)
-    assert parse_retry_after(past, now=now) == 0.0
 
 
 def test_parse_content_range() -> None:
