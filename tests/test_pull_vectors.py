@@ -51,7 +51,7 @@ def test_file_pushed_by_oras_cli_bsdiff_each_compression(
     assert result.stored_digest == digests["to_digest"] and result.verified
     # the layout holds the registry's manifest bytes and the exact registry blob
     check_layout(layout, "v2", manifest=(vec / "to.manifest.json").read_bytes())
-    layer, data = stored_layer(layout, "v2")
+    _layer, data = stored_layer(layout, "v2")
     assert data == (vec / "to.layer").read_bytes()
     assert result.delta_size is not None and result.bytes_received < result.full_size / 4
     check_layout(layout, "v1", manifest=(vec / "from.manifest.json").read_bytes())
