@@ -52,6 +52,8 @@ from .errors import (
 )
 from .layout import ImageEntry, OCILayout
 from .reference import Reference
+from .registry import ANNOTATION_SOURCE_INDEX
+from .schemas import ParsedManifest
 
 if TYPE_CHECKING:
     from .registry import DeltaRegistry
@@ -114,6 +116,7 @@ class _Target:
     descriptor: Descriptor
     body: bytes
     document: dict[str, Any]
+    parsed: ParsedManifest
 
     @property
     def layers(self) -> list[Descriptor]:
@@ -125,12 +128,20 @@ class _Target:
 
     @property
     def full_size(self) -> int:
+        if "config" not in self.document:  # an image index: its platform manifest is not chosen yet
+            return self.descriptor.size
         return self.descriptor.size + self.config.size + sum(layer.size for layer in self.layers)
 
 
 def _stored_manifest(layout: OCILayout, image: ImageEntry) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(layout.read_blob(image.descriptor))
     return document
+
+
+def _stands_for(image: ImageEntry) -> tuple[str, ...]:
+    """The registry digests a stored image stands for: its manifest's, and the index it came from."""
+    index = image.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
+    return (image.source_digest, index) if index else (image.source_digest,)
 
 
 def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) -> ImageEntry | None:
@@ -203,7 +214,7 @@ def pull_delta(
         # A HEAD first: a device polling for updates pays no manifest body when up to date.
         resolved = registry.resolve(target_ref)
         base = find_base(layout, target_ref, base_ref)
-        if base is not None and base.source_digest == resolved.digest:
+        if base is not None and resolved.digest in _stands_for(base):
             if base.tag != target_ref.tag and target_ref.tag:
                 layout.commit_image(base.descriptor, repository=target_ref.name, tag=target_ref.tag,
                                     source_digest=base.source_digest)
@@ -211,7 +222,7 @@ def pull_delta(
                           from_digest=base.source_digest, stored_digest=base.descriptor.digest,
                           to_digest=resolved.digest)
         parsed = registry.fetch_parsed(target_ref, expected=resolved)
-        tgt = _Target(target_ref, parsed.descriptor, parsed.body, dict(parsed.document))
+        tgt = _Target(target_ref, parsed.descriptor, parsed.body, dict(parsed.document), parsed)
         if parsed.descriptor.media_type in INDEX_MEDIA_TYPES:
             reason = "the target is an image index; Doras deltas are for single-manifest artifacts"
             return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None)
@@ -238,9 +249,21 @@ def _full(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, reason: str,
     check_max_size(tgt.full_size, max_size, what=str(tgt.ref))
     if ledger is not None:
         ledger.check(tgt.full_size, what=f"a full pull of {tgt.ref}")
-    pulled = registry.pull_full(tgt.ref, layout)
+    pulled = registry.pull_full(tgt.ref, layout, prefetched=tgt.parsed)
     return result(STATUS_FULL, reason, tgt, from_digest=base.source_digest if base else None,
                   stored_digest=pulled.manifest.digest)
+
+
+def _count_bodies(client: EdgeClient, total: list[int]) -> Callable[..., None]:
+    """Add the body size of every answer of the Doras server to ``total[0]``; returns the hook."""
+
+    def hook(response: Any, *_args: Any, **_kwargs: Any) -> None:
+        length = str(response.headers.get("Content-Length", ""))
+        if length.isdigit():
+            total[0] += int(length)
+
+    client.session.hooks["response"].append(hook)
+    return hook
 
 
 def _patch_name(algorithm: DeltaAlgorithm) -> str:
@@ -272,6 +295,7 @@ def _delta(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, base: Image
     to_image = tgt.ref.with_digest(tgt.descriptor.digest)
     client = edge_client or EdgeClient(doras_url or "", allow_http=doras_url is not None
                                        and doras_url.startswith("http://"))
+    counter = _count_bodies(client, edge_received)
     try:
         if wait:
             answer = client.read_delta(from_image, to_image, planned.accepted, deadline_s=timeout_s)
@@ -294,6 +318,8 @@ def _delta(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, base: Image
     except (DorasServerError, TransportError, DocumentError, VerificationError, CodecError) as exc:
         raise _Fallback(f"delta unavailable: {exc}") from exc
     finally:
+        with contextlib.suppress(ValueError):
+            client.session.hooks["response"].remove(counter)
         if edge_client is None:
             client.close()
     patch = _patch_name(algorithm)

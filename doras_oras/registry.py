@@ -371,17 +371,19 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         *,
         platform: str | None = None,
         lock_timeout: float = 300.0,
+        prefetched: schemas.ParsedManifest | None = None,
     ) -> FullPullResult:
         """Verified full pull of ``ref`` into ``layout``; ``index.json`` is written last.
 
         An image index is resolved to the manifest of ``platform`` (``os/arch[/variant]``,
         default: this machine). Blobs already in the layout (and verified) are not fetched.
+        ``prefetched``: what ``ref`` names, already fetched and checked (not fetched again).
         """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         if platform is not None:
             _parse_platform(platform)
         start = self.bytes_received
-        top = self.fetch_parsed(ref)
+        top = prefetched if prefetched is not None else self.fetch_parsed(ref)
         resolved = top.descriptor
         manifest = top
         notes: dict[str, str] = {}
