@@ -167,6 +167,9 @@ def _progress() -> Progress:
 def _run_pull(args: argparse.Namespace) -> int:
     try:
         ref = Reference.parse(args.reference)
+        from_ref = Reference.parse(args.from_ref) if args.from_ref else None
+        if from_ref is not None and not from_ref.same_repository(ref):
+            raise ValueError(f"--from {from_ref} is not in the repository of {ref}")
         registry = registry_from_args(args)
         edge = _edge_client(args, registry)
     except ValueError as exc:
@@ -187,7 +190,7 @@ def _run_pull(args: argparse.Namespace) -> int:
     show = None if args.no_progress or args.json or not sys.stderr.isatty() else _progress()
     try:
         result = pull_delta(
-            registry, ref, layout, doras_url=args.server, edge_client=edge, from_ref=args.from_ref,
+            registry, ref, layout, doras_url=args.server, edge_client=edge, from_ref=from_ref,
             accepted_algorithms=args.accept, wait=not args.async_, timeout_s=args.delta_timeout,
             on_timeout=args.on_timeout, allow_unverified=args.allow_unverified, progress=show,
             max_size=args.max_size, budget=args.budget, lock_timeout_s=args.lock_timeout,
