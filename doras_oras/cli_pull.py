@@ -1,8 +1,9 @@
-"""``doras-oras pull`` (verified full pull into an OCI layout) and ``doras-oras gc``.
+"""``doras-oras pull`` (delta-aware with ``--server``, else a verified full pull) and ``doras-oras gc``.
 
-``pull`` is built so that the delta pull can be added: :func:`add_registry_options`
-and :func:`registry_from_args` are reusable, and :func:`full_pull_summary` gives
-the JSON object printed with ``--json``.
+With ``--server`` the pull goes through :func:`doras_oras.pull.pull_delta` and
+``--json`` prints the :class:`~doras_oras.pull.PullResult` fields; without it, a
+verified full pull whose ``--json`` object is :func:`full_pull_summary`.
+:func:`add_registry_options` and :func:`registry_from_args` are reusable.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from .budget import DownloadBudget, check_max_size
 from .cli import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE, EXIT_USAGE, command
 from .edgeapi import AuthArg, BasicAuth, EdgeClient
 from .extract import extract_image
@@ -176,17 +178,8 @@ def _run_pull(args: argparse.Namespace) -> int:
         print(f"doras-oras: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     layout = OCILayout.open(args.oci_layout)
-    if edge is None and args.platform:
-        full = registry.pull_full(ref, layout, platform=args.platform, lock_timeout=args.lock_timeout)
-        summary = full_pull_summary(full, layout)
-        if args.output:
-            extract_image(layout, full.manifest, args.output)
-        if args.json:
-            print(json.dumps(summary))
-        else:
-            print(f"pulled {summary['reference']} -> {summary['layout']} {summary['digest']} "
-                  f"({summary['bytes_received']} bytes received)")
-        return EXIT_OK
+    if edge is None:
+        return _run_full(args, registry, ref, layout)
     show = None if args.no_progress or args.json or not sys.stderr.isatty() else _progress()
     try:
         result = pull_delta(
@@ -194,6 +187,7 @@ def _run_pull(args: argparse.Namespace) -> int:
             accepted_algorithms=args.accept, wait=not args.async_, timeout_s=args.delta_timeout,
             on_timeout=args.on_timeout, allow_unverified=args.allow_unverified, progress=show,
             max_size=args.max_size, budget=args.budget, lock_timeout_s=args.lock_timeout,
+            platform=args.platform,
         )
     finally:
         if edge is not None:
@@ -201,7 +195,7 @@ def _run_pull(args: argparse.Namespace) -> int:
     summary = result.to_json()
     summary["layout"] = str(layout.root)
     if args.output and result.stored_digest and result.status != STATUS_PENDING:
-        image = layout.find_image(ref.name, ref.tag)
+        image = next((i for i in layout.images() if i.descriptor.digest == result.stored_digest), None)
         if image is not None:
             summary["output"] = [str(p) for p in extract_image(layout, image.descriptor, args.output)]
     if args.json:
@@ -209,6 +203,38 @@ def _run_pull(args: argparse.Namespace) -> int:
     else:
         print(_describe(result))
     return {STATUS_UP_TO_DATE: EXIT_UP_TO_DATE, STATUS_PENDING: EXIT_PENDING}.get(result.status, EXIT_OK)
+
+
+def _run_full(args: argparse.Namespace, registry: DeltaRegistry, ref: Reference, layout: OCILayout) -> int:
+    """Without a Doras server: a verified full pull (exit 0), with ``--max-size`` and ``--budget``."""
+    ledger = DownloadBudget(layout.root, *args.budget) if args.budget else None
+    with layout.lock(timeout=args.lock_timeout):
+        received_before = registry.bytes_received
+        prefetched = None
+        if args.max_size is not None or ledger is not None:
+            prefetched = registry.fetch_parsed(ref)
+            document = prefetched.document
+            declared = prefetched.descriptor.size
+            if "config" in document:  # an image manifest (an index declares only itself)
+                declared += sum(int(d["size"]) for d in [document["config"], *document.get("layers", [])])
+            check_max_size(declared, args.max_size, what=str(ref))
+            if ledger is not None:
+                ledger.check(declared, what=f"a full pull of {ref}")
+        try:
+            full = registry.pull_full(ref, layout, platform=args.platform, lock_timeout=args.lock_timeout,
+                                      prefetched=prefetched)
+        finally:
+            if ledger is not None:
+                ledger.record(registry.bytes_received - received_before)
+    summary = full_pull_summary(full, layout)
+    if args.output:
+        summary["output"] = [str(p) for p in extract_image(layout, full.manifest, args.output)]
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"pulled {summary['reference']} -> {summary['layout']} {summary['digest']} "
+              f"({summary['bytes_received']} bytes received)")
+    return EXIT_OK
 
 
 def _describe(result: PullResult) -> str:

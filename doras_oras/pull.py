@@ -176,11 +176,13 @@ def pull_delta(
     budget: tuple[int, float] | None = None,
     edge_client: EdgeClient | None = None,
     lock_timeout_s: float = 300.0,
+    platform: str | None = None,
 ) -> PullResult:
     """Update ``oci_layout`` to ``target``, by delta when possible. See the module docstring.
 
     ``doras_url`` None means no server: a verified full pull (or up to date).
-    ``budget`` is ``(limit_bytes, period_s)``. ``on_timeout`` is what to do when
+    ``budget`` is ``(limit_bytes, period_s)``. ``platform`` (``os/arch[/variant]``) chooses
+    from an image index target (default: this machine). ``on_timeout`` is what to do when
     ``timeout_s`` runs out while the server builds: ``"full"`` or ``"pending"``.
     """
     if on_timeout not in (STATUS_FULL, STATUS_PENDING):
@@ -191,12 +193,14 @@ def pull_delta(
     layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout)
     received_at_start = registry.bytes_received
     edge_received = [0]
+    recorded = [False]
     ledger = DownloadBudget(layout.root, budget[0], budget[1]) if budget else None
 
     def result(status: str, reason: str, tgt: _Target | None, **extra: Any) -> PullResult:
         received = registry.bytes_received - received_at_start + edge_received[0]
         if ledger is not None and received:
             ledger.record(received)
+        recorded[0] = True
         return PullResult(
             status=status,
             reference=str(target_ref),
@@ -211,45 +215,53 @@ def pull_delta(
         )
 
     with layout.lock(timeout=lock_timeout_s):
-        # A HEAD first: a device polling for updates pays no manifest body when up to date.
-        resolved = registry.resolve(target_ref)
-        base = find_base(layout, target_ref, base_ref)
-        if base is not None and resolved.digest in _stands_for(base):
-            if base.tag != target_ref.tag and target_ref.tag:
-                layout.commit_image(base.descriptor, repository=target_ref.name, tag=target_ref.tag,
-                                    source_digest=base.source_digest)
-            return result(STATUS_UP_TO_DATE, "the layout already holds this image", None,
-                          from_digest=base.source_digest, stored_digest=base.descriptor.digest,
-                          to_digest=resolved.digest)
-        parsed = registry.fetch_parsed(target_ref, expected=resolved)
-        tgt = _Target(target_ref, parsed.descriptor, parsed.body, dict(parsed.document), parsed)
-        if parsed.descriptor.media_type in INDEX_MEDIA_TYPES:
-            reason = "the target is an image index; Doras deltas are for single-manifest artifacts"
-            return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None)
-        check_max_size(tgt.full_size, max_size, what=f"{target_ref}")
-        if base is None:
-            reason = f"no image of {target_ref.name} in the layout to patch"
-            if base_ref is not None:
-                raise DorasOrasError(f"--from {base_ref}: no such image in {layout.root}")
-            return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None)
-        if doras_url is None and edge_client is None:
-            return _full(registry, layout, tgt, "no Doras server given", ledger, max_size, result, base=base)
         try:
-            return _delta(registry, layout, tgt, base, doras_url, edge_client, accepted_algorithms,
-                          wait, timeout_s, on_timeout, allow_unverified, ledger, progress, result,
-                          edge_received)
-        except _Fallback as fallback:
-            log.warning("falling back to a full pull: %s", fallback.reason)
-            return _full(registry, layout, tgt, fallback.reason, ledger, max_size, result, base=base)
+            # A HEAD first: a device polling for updates pays no manifest body when up to date.
+            resolved = registry.resolve(target_ref)
+            base = find_base(layout, target_ref, base_ref)
+            if base is not None and resolved.digest in _stands_for(base):
+                if base.tag != target_ref.tag and target_ref.tag:
+                    layout.commit_image(base.descriptor, repository=target_ref.name, tag=target_ref.tag,
+                                        source_digest=base.source_digest)
+                return result(STATUS_UP_TO_DATE, "the layout already holds this image", None,
+                              from_digest=base.source_digest, stored_digest=base.descriptor.digest,
+                              to_digest=resolved.digest)
+            parsed = registry.fetch_parsed(target_ref, expected=resolved)
+            tgt = _Target(target_ref, parsed.descriptor, parsed.body, dict(parsed.document), parsed)
+            if parsed.descriptor.media_type in INDEX_MEDIA_TYPES:
+                reason = "the target is an image index; Doras deltas are for single-manifest artifacts"
+                return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None,
+                             platform=platform)
+            check_max_size(tgt.full_size, max_size, what=f"{target_ref}")
+            if base is None:
+                reason = f"no image of {target_ref.name} in the layout to patch"
+                if base_ref is not None:
+                    raise DorasOrasError(f"--from {base_ref}: no such image in {layout.root}")
+                return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None)
+            if doras_url is None and edge_client is None:
+                return _full(registry, layout, tgt, "no Doras server given", ledger, max_size, result, base=base)
+            try:
+                return _delta(registry, layout, tgt, base, doras_url, edge_client, accepted_algorithms,
+                              wait, timeout_s, on_timeout, allow_unverified, ledger, progress, result,
+                              edge_received)
+            except _Fallback as fallback:
+                log.warning("falling back to a full pull: %s", fallback.reason)
+                return _full(registry, layout, tgt, fallback.reason, ledger, max_size, result, base=base)
+        except BaseException:
+            # what a failed pull received still counts against the budget
+            if ledger is not None and not recorded[0]:
+                ledger.record(registry.bytes_received - received_at_start + edge_received[0])
+            raise
 
 
 def _full(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, reason: str,
           ledger: DownloadBudget | None, max_size: int | None,
-          result: Callable[..., PullResult], *, base: ImageEntry | None) -> PullResult:
+          result: Callable[..., PullResult], *, base: ImageEntry | None,
+          platform: str | None = None) -> PullResult:
     check_max_size(tgt.full_size, max_size, what=str(tgt.ref))
     if ledger is not None:
         ledger.check(tgt.full_size, what=f"a full pull of {tgt.ref}")
-    pulled = registry.pull_full(tgt.ref, layout, prefetched=tgt.parsed)
+    pulled = registry.pull_full(tgt.ref, layout, prefetched=tgt.parsed, platform=platform)
     return result(STATUS_FULL, reason, tgt, from_digest=base.source_digest if base else None,
                   stored_digest=pulled.manifest.digest)
 

@@ -190,7 +190,7 @@ def test_max_size_refused_before_any_blob(oci_registry: RegistryServer, doras_se
 
 
 def test_budget_counted_across_runs(oci_registry: RegistryServer, tmp_path: Path) -> None:
-    repo, _ = two_versions(oci_registry, tmp_path)
+    repo, v2_manifest = two_versions(oci_registry, tmp_path)
     layout = tmp_path / "L"
     budget = (100_000, 3600.0)
     first = pull(oci_registry.host, repo, "v1", layout, None, budget=budget)
@@ -202,6 +202,9 @@ def test_budget_counted_across_runs(oci_registry: RegistryServer, tmp_path: Path
                                                   r"of 100000 bytes per 3600 s are already used"):
         pull(oci_registry.host, repo, "v2", layout, None, budget=budget)
     assert snapshot(layout) == before
+    # the refused attempt fetched the target manifest, and that counts too
+    ledger = json.loads((layout / ".doras-oras" / "downloads.json").read_text())
+    assert [n for _t, n in ledger["records"]] == [first.bytes_received, len(v2_manifest)]
     check_layout(layout, "v1")
     # a budget whose period has passed counts nothing
     assert pull(oci_registry.host, repo, "v2", layout, None, budget=(100_000, 1e-9)).status == "full"
