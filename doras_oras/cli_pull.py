@@ -9,7 +9,6 @@ verified full pull whose ``--json`` object is :func:`full_pull_summary`.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 import time
@@ -17,11 +16,19 @@ from typing import Any
 
 from .budget import DownloadBudget, check_max_size
 from .cli import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE, EXIT_USAGE, command
-from .edgeapi import AuthArg, BasicAuth, EdgeClient
+from .edgeapi import EdgeClient
 from .extract import extract_image
 from .layout import OCILayout
 from .plan import ALL_ALGORITHMS
-from .pull import STATUS_DELTA, STATUS_PENDING, STATUS_UP_TO_DATE, Progress, PullResult, pull_delta
+from .pull import (
+    STATUS_DELTA,
+    STATUS_PENDING,
+    STATUS_UP_TO_DATE,
+    Progress,
+    PullResult,
+    edge_client_for,
+    pull_delta,
+)
 from .reference import Reference
 from .registry import DeltaRegistry, FullPullResult
 
@@ -132,18 +139,10 @@ def _configure_pull(parser: argparse.ArgumentParser) -> None:
 
 
 def _edge_client(args: argparse.Namespace, registry: DeltaRegistry) -> EdgeClient | None:
+    """The Doras server's client: the registry's credentials and TLS flags apply to it too."""
     if not args.server:
         return None
-    auth: AuthArg = None
-    basic = getattr(registry.auth, "_basic_auth", None)
-    if basic:
-        user, _sep, password = base64.b64decode(basic).decode().partition(":")
-        auth = BasicAuth(user, password)
-    plain = args.server.startswith("http://")
-    allow_http = plain and (auth is None or bool(args.allow_insecure_auth))
-    verify_ca = None if args.insecure else args.ca_file
-    return EdgeClient(args.server, allow_http=allow_http, auth=auth, ca_file=verify_ca,
-                      insecure=bool(args.insecure))
+    return edge_client_for(registry, args.server)
 
 
 def _progress() -> Progress:

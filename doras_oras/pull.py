@@ -26,6 +26,7 @@ falls back to a verified full pull, and the result says why.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -39,7 +40,7 @@ from . import plan as _plan
 from .budget import DownloadBudget, check_max_size
 from .codecs import DeltaAlgorithm, apply_delta
 from .descriptor import INDEX_MEDIA_TYPES, Descriptor
-from .edgeapi import EdgeClient, check_delta_manifest, check_response
+from .edgeapi import BasicAuth, EdgeClient, check_delta_manifest, check_response
 from .errors import (
     BackoffExhausted,
     CodecError,
@@ -142,6 +143,25 @@ def _stands_for(image: ImageEntry) -> tuple[str, ...]:
     """The registry digests a stored image stands for: its manifest's, and the index it came from."""
     index = image.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
     return (image.source_digest, index) if index else (image.source_digest,)
+
+
+def edge_client_for(registry: DeltaRegistry, doras_url: str) -> EdgeClient:
+    """An :class:`EdgeClient` of ``doras_url`` with the registry's settings.
+
+    The registry's basic credentials are passed on (the server reads the
+    registry with them), over plain ``http://`` only when the registry allows
+    insecure auth; its TLS settings (``tls_verify`` False or a CA bundle) apply.
+    """
+    auth: BasicAuth | None = None
+    basic = getattr(registry.auth, "_basic_auth", None)
+    if basic:
+        user, _sep, password = base64.b64decode(basic).decode().partition(":")
+        auth = BasicAuth(user, password)
+    plain = doras_url.startswith("http://")
+    allow_http = plain and (auth is None or bool(registry.allow_insecure_auth))
+    verify = getattr(registry, "_tls_verify", True)
+    return EdgeClient(doras_url, allow_http=allow_http, auth=auth,
+                      ca_file=verify if isinstance(verify, str) else None, insecure=verify is False)
 
 
 def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) -> ImageEntry | None:
@@ -305,8 +325,7 @@ def _delta(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, base: Image
     # -- ask the server
     from_image = tgt.ref.with_digest(base.source_digest)
     to_image = tgt.ref.with_digest(tgt.descriptor.digest)
-    client = edge_client or EdgeClient(doras_url or "", allow_http=doras_url is not None
-                                       and doras_url.startswith("http://"))
+    client = edge_client or edge_client_for(registry, doras_url or "")
     counter = _count_bodies(client, edge_received)
     try:
         if wait:
@@ -408,4 +427,4 @@ def _download(registry: DeltaRegistry, ref: Reference, blob: Descriptor, path: P
                 progress("delta", done, blob.size)
 
 
-__all__ = ["PullResult", "find_base", "pull_delta"]
+__all__ = ["PullResult", "edge_client_for", "find_base", "pull_delta"]
