@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .budget import DownloadBudget, check_max_size
@@ -41,6 +42,8 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-u", "--username", help="registry user name")
     parser.add_argument("-p", "--password", help="registry password (prefer --password-stdin)")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    parser.add_argument("--registry-config", metavar="FILE",
+                        help="docker-style config.json with registry credentials (auths, credHelpers)")
     parser.add_argument(
         "--allow-insecure-auth", action="store_true",
         help="allow sending credentials over plain HTTP (with --plain-http)",
@@ -66,6 +69,14 @@ def registry_from_args(args: argparse.Namespace) -> DeltaRegistry:
         if not (args.username and password):
             raise ValueError("-u/--username and a password go together")
         registry.auth.set_basic_auth(args.username, password)
+    elif getattr(args, "registry_config", None):
+        config = Path(args.registry_config)
+        if not config.is_file():
+            raise ValueError(f"--registry-config {config}: no such file")
+        ref = getattr(args, "reference", None)
+        if ref:
+            # loads the credentials of the reference's registry (also passed on to the Doras server)
+            registry.auth.load_configs(registry.get_container(str(ref)), configs=[str(config)])
     return registry
 
 

@@ -131,3 +131,29 @@ def test_progress_reports(oci_registry: RegistryServer, doras_server: DorasServe
     assert [d[1] for d in deltas] == sorted(d[1] for d in deltas)
     size = (doras_vectors() / "bsdiff+gzip" / "to.layer").stat().st_size
     assert seen[-1] == ("apply", size, size)
+
+
+def test_registry_config_file_from_the_cli(oci_registry_auth: RegistryServer,
+                                          doras_server_factory: DorasServerFactory, tmp_path: Path) -> None:
+    import base64
+
+    from tests.layout_support import cli
+
+    server = doras_server_factory(oci_registry_auth, require_client_auth=True)
+    session = requests.Session()
+    session.auth = (REGISTRY_USER, REGISTRY_PASSWORD)
+    repo = unique("auth-config")
+    push_recorded(oci_registry_auth.url, doras_vectors() / "bsdiff", repo, session=session)
+    secret = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {oci_registry_auth.host: {"auth": secret}}}))
+    ref = f"{oci_registry_auth.host}/{repo}"
+    base = ["--oci-layout", str(tmp_path / "L"), "--server", server.url, "--plain-http",
+            "--allow-insecure-auth", "--json"]
+    missing = cli("pull", f"{ref}:v1", *base, "--registry-config", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2 and "nope.json: no such file" in missing.stderr
+    for tag, status in (("v1", "full"), ("v2", "delta")):
+        proc = cli("pull", f"{ref}:{tag}", *base, "--registry-config", str(config))
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["status"] == status
+    assert server.builds == 1
