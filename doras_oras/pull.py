@@ -172,7 +172,7 @@ def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) 
     if not from_ref.same_repository(target):
         raise ValueError(f"--from {from_ref} is not in the repository of {target}")
     for image in reversed(images):
-        if from_ref.digest and from_ref.digest in (image.source_digest, image.descriptor.digest):
+        if from_ref.digest and from_ref.digest in (*_stands_for(image), image.descriptor.digest):
             return image
         if not from_ref.digest and from_ref.tag and image.tag == from_ref.tag:
             return image
@@ -241,8 +241,10 @@ def pull_delta(
             base = find_base(layout, target_ref, base_ref)
             if base is not None and resolved.digest in _stands_for(base):
                 if base.tag != target_ref.tag and target_ref.tag:
+                    index = base.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
                     layout.commit_image(base.descriptor, repository=target_ref.name, tag=target_ref.tag,
-                                        source_digest=base.source_digest)
+                                        source_digest=base.source_digest,
+                                        annotations={ANNOTATION_SOURCE_INDEX: index} if index else None)
                 return result(STATUS_UP_TO_DATE, "the layout already holds this image", None,
                               from_digest=base.source_digest, stored_digest=base.descriptor.digest,
                               to_digest=resolved.digest)
@@ -250,7 +252,7 @@ def pull_delta(
             tgt = _Target(target_ref, parsed.descriptor, parsed.body, dict(parsed.document), parsed)
             if parsed.descriptor.media_type in INDEX_MEDIA_TYPES:
                 reason = "the target is an image index; Doras deltas are for single-manifest artifacts"
-                return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None,
+                return _full(registry, layout, tgt, reason, ledger, max_size, result, base=base,
                              platform=platform)
             check_max_size(tgt.full_size, max_size, what=f"{target_ref}")
             if base is None:

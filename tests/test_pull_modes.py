@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from doras_oras import DeltaRegistry, PullResult
+from doras_oras import DeltaRegistry, OCILayout, PullResult
 from doras_oras.edgeapi import EdgeClient
 from doras_oras.errors import (
     ArtifactTooLargeError,
@@ -239,8 +239,11 @@ def test_image_index_target_is_a_full_pull(oci_registry: RegistryServer, doras_s
         build_container_layout(tmp_path / tag, tag, {"hello.txt": text}, platforms=("linux/amd64", "linux/arm64"))
         push_layout(tmp_path / tag, tag, oci_registry.host, f"{repo}:{tag}")
     layout = tmp_path / "L"
-    pull(oci_registry.host, repo, "v1", layout, doras_server.url)
-    result = pull(oci_registry.host, repo, "v2", layout, doras_server.url)
+    first = pull(oci_registry.host, repo, "v1", layout, doras_server.url)
+    v1_index = manifest_of(oci_registry, repo, "v1")[1]
+    # --from may name the stored image by the index digest it was chosen from
+    result = pull(oci_registry.host, repo, "v2", layout, doras_server.url, from_ref=f"{oci_registry.host}/{repo}@{v1_index}")
+    assert result.from_digest == first.stored_digest
     assert result.status == "full" and "image index" in result.reason
     assert result.to_digest == manifest_of(oci_registry, repo, "v2")[1]
     assert result.stored_digest != result.to_digest  # the platform's manifest
@@ -249,3 +252,10 @@ def test_image_index_target_is_a_full_pull(oci_registry: RegistryServer, doras_s
     again = pull(oci_registry.host, repo, "v2", layout, doras_server.url)
     assert again.status == "up-to-date" and again.bytes_received == 0
     assert again.stored_digest == result.stored_digest
+    # the same index under another tag: up to date, the new tag keeps the index it stands for
+    push_layout(tmp_path / "v2", "v2", oci_registry.host, f"{repo}:stable")
+    stable = pull(oci_registry.host, repo, "stable", layout, doras_server.url)
+    assert stable.status == "up-to-date"
+    entry = OCILayout.open(layout).get_image(f"{oci_registry.host}/{repo}", "stable")
+    assert entry.descriptor.digest == result.stored_digest
+    assert entry.descriptor.annotations["io.doras-oras.source.index"] == result.to_digest
