@@ -164,6 +164,14 @@ def edge_client_for(registry: DeltaRegistry, doras_url: str) -> EdgeClient:
                       ca_file=verify if isinstance(verify, str) else None, insecure=verify is False)
 
 
+def _holding(layout: OCILayout, target: Reference, digest: str) -> ImageEntry | None:
+    """The newest image of ``target``'s repository that stands for the registry ``digest``, if any."""
+    for image in reversed(layout.images()):
+        if image.repository == target.name and digest in _stands_for(image):
+            return image
+    return None
+
+
 def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) -> ImageEntry | None:
     """The layout's image to patch: ``from_ref`` if given, else the newest of the repository."""
     images = [image for image in layout.images() if image.repository == target.name]
@@ -239,14 +247,15 @@ def pull_delta(
             # A HEAD first: a device polling for updates pays no manifest body when up to date.
             resolved = registry.resolve(target_ref)
             base = find_base(layout, target_ref, base_ref)
-            if base is not None and resolved.digest in _stands_for(base):
-                if base.tag != target_ref.tag and target_ref.tag:
-                    index = base.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
-                    layout.commit_image(base.descriptor, repository=target_ref.name, tag=target_ref.tag,
-                                        source_digest=base.source_digest,
+            held = _holding(layout, target_ref, resolved.digest)
+            if held is not None:
+                if held.tag != target_ref.tag and target_ref.tag:
+                    index = held.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
+                    layout.commit_image(held.descriptor, repository=target_ref.name, tag=target_ref.tag,
+                                        source_digest=held.source_digest,
                                         annotations={ANNOTATION_SOURCE_INDEX: index} if index else None)
                 return result(STATUS_UP_TO_DATE, "the layout already holds this image", None,
-                              from_digest=base.source_digest, stored_digest=base.descriptor.digest,
+                              from_digest=held.source_digest, stored_digest=held.descriptor.digest,
                               to_digest=resolved.digest)
             parsed = registry.fetch_parsed(target_ref, expected=resolved)
             tgt = _Target(target_ref, parsed.descriptor, parsed.body, dict(parsed.document), parsed)

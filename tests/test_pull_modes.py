@@ -259,3 +259,32 @@ def test_image_index_target_is_a_full_pull(oci_registry: RegistryServer, doras_s
     entry = OCILayout.open(layout).get_image(f"{oci_registry.host}/{repo}", "stable")
     assert entry.descriptor.digest == result.stored_digest
     assert entry.descriptor.annotations["io.doras-oras.source.index"] == result.to_digest
+
+
+def test_going_back_to_a_version_the_layout_holds(oci_registry: RegistryServer, doras_server: DorasServer,
+                                                  tmp_path: Path) -> None:
+    """A rollback to v1 (by tag, by digest, or a tag moved back) costs a HEAD, no delta."""
+    from doras_oras.testing.vectors import doras_vectors, push_manifest_bytes, push_recorded
+
+    vec = doras_vectors() / "bsdiff+zstd"
+    repo = unique("rollback")
+    digests = push_recorded(oci_registry.url, vec, repo)
+    layout = tmp_path / "L"
+    host = oci_registry.host
+    pull(host, repo, "v1", layout, doras_server.url)
+    assert pull(host, repo, "v2", layout, doras_server.url).status == "delta"
+    before = snapshot(layout)
+    back = pull(host, repo, "v1", layout, doras_server.url)
+    assert (back.status, back.stored_digest, back.bytes_received) == ("up-to-date", digests["from_digest"], 0)
+    by_digest = DeltaRegistry(insecure=True).pull_delta(f"{host}/{repo}@{digests['from_digest']}", layout,
+                                                        doras_url=doras_server.url)
+    assert by_digest.status == "up-to-date"
+    assert snapshot(layout) == before
+    # "latest" moved back to v1: recorded as a new tag of the stored v1
+    import requests
+
+    push_manifest_bytes(requests.Session(), oci_registry.url, repo, "latest", (vec / "from.manifest.json").read_bytes())
+    latest = pull(host, repo, "latest", layout, doras_server.url)
+    assert (latest.status, latest.stored_digest) == ("up-to-date", digests["from_digest"])
+    check_layout(layout, "latest", manifest=(vec / "from.manifest.json").read_bytes())
+    assert doras_server.builds == 1
