@@ -128,3 +128,30 @@ def test_cli_limits_exit_1_and_change_nothing(oci_registry: RegistryServer, tmp_
     big = cli("pull", f"{host}/{repo}:v2", *common, "--max-size", "10K")
     assert big.returncode == 1 and "more than the limit of 10240 bytes" in big.stderr
     assert snapshot(layout) == before
+
+
+def test_two_cli_pulls_at_once_one_delta_one_up_to_date(oci_registry: RegistryServer,
+                                                        doras_server_factory: DorasServerFactory,
+                                                        tmp_path: Path) -> None:
+    import sys
+
+    from tests.layout_support import REPO_ROOT
+
+    host = oci_registry.host
+    repo = unique("cli-twice")
+    data = payload(50000, 8)
+    oras_push_file(host, f"{repo}:v1", tmp_path / "p1", "x.bin", data)
+    oras_push_file(host, f"{repo}:v2", tmp_path / "p2", "x.bin", edit(data, 5, 9))
+    server = doras_server_factory(build_delay_s=0.3)
+    layout = tmp_path / "L"
+    common = ["--oci-layout", str(layout), "--server", server.url, "--plain-http", "--json"]
+    assert cli("pull", f"{host}/{repo}:v1", *common).returncode == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "doras_oras", "pull", f"{host}/{repo}:v2", *common],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    statuses = sorted(json.loads(out)["status"] for out, _err in outputs)
+    assert (codes, statuses) == ([0, 3], ["delta", "up-to-date"]), outputs
+    check_layout(layout, "v2", manifest=manifest_of(oci_registry, repo, "v2")[0])
+    assert server.builds == 1

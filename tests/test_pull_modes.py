@@ -288,3 +288,16 @@ def test_going_back_to_a_version_the_layout_holds(oci_registry: RegistryServer, 
     assert (latest.status, latest.stored_digest) == ("up-to-date", digests["from_digest"])
     check_layout(layout, "latest", manifest=(vec / "from.manifest.json").read_bytes())
     assert doras_server.builds == 1
+
+
+def test_failing_builds_end_in_a_full_pull_at_the_deadline(oci_registry: RegistryServer,
+                                                           doras_server_factory: DorasServerFactory,
+                                                           tmp_path: Path) -> None:
+    repo, v2_manifest = two_versions(oci_registry, tmp_path)
+    server = doras_server_factory(fail_builds=True)
+    layout = tmp_path / "L"
+    pull(oci_registry.host, repo, "v1", layout, server.url)
+    result = pull(oci_registry.host, repo, "v2", layout, server.url, timeout_s=1.0)
+    assert result.status == "full" and "not ready in time" in result.reason
+    assert server.build_errors and server.builds == 0
+    check_layout(layout, "v2", manifest=v2_manifest)
