@@ -83,6 +83,7 @@ def test_cli_pull_errors_and_usage(oci_registry: RegistryServer, doras_server_fa
     host = oci_registry.host
     repo = unique("cli-err")
     oras_push_file(host, f"{repo}:v1", tmp_path / "p1", "x.bin", payload(5000, 1))
+    oras_push_file(host, f"{repo}:v2", tmp_path / "p2", "x.bin", payload(5000, 2))
     server = doras_server_factory()
     layout = tmp_path / "L"
     common = ["--oci-layout", str(layout), "--server", server.url, "--plain-http", "--json"]
@@ -93,9 +94,9 @@ def test_cli_pull_errors_and_usage(oci_registry: RegistryServer, doras_server_fa
     assert missing.returncode == 1
     assert missing.stdout == "" and "doras-oras: error:" in missing.stderr and "404" in missing.stderr
     # --from an image the layout does not hold: a clear error (before that, the limit)
-    too_big = cli("pull", f"{host}/{repo}:v1", *common, "--max-size", "1K", "--from", f"{host}/{repo}:v0")
+    too_big = cli("pull", f"{host}/{repo}:v2", *common, "--max-size", "1K", "--from", f"{host}/{repo}:v0")
     assert too_big.returncode == 1 and "more than the limit of 1024 bytes" in too_big.stderr
-    no_base = cli("pull", f"{host}/{repo}:v1", *common, "--from", f"{host}/{repo}:v0")
+    no_base = cli("pull", f"{host}/{repo}:v2", *common, "--from", f"{host}/{repo}:v0")
     assert no_base.returncode == 1 and f"--from {host}/{repo}:v0: no such image" in no_base.stderr
     for args, text in (
         (["pull", "no/such reference", *common], "invalid"),
