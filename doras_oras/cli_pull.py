@@ -8,7 +8,6 @@ the JSON object printed with ``--json``.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import math
 import os
@@ -16,12 +15,21 @@ import sys
 import time
 from typing import Any
 
+from .budget import DownloadBudget, check_max_size
 from .cli import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE, EXIT_USAGE, command
-from .edgeapi import AuthArg, BasicAuth, EdgeClient
+from .edgeapi import EdgeClient
 from .extract import extract_image
 from .layout import OCILayout
 from .plan import ALL_ALGORITHMS
-from .pull import STATUS_DELTA, STATUS_PENDING, STATUS_UP_TO_DATE, Progress, PullResult, pull_delta
+from .pull import (
+    STATUS_DELTA,
+    STATUS_PENDING,
+    STATUS_UP_TO_DATE,
+    Progress,
+    PullResult,
+    edge_client_for,
+    pull_delta,
+)
 from .reference import Reference
 from .registry import DeltaRegistry, FullPullResult
 from .transport import TransferPolicy
@@ -57,7 +65,7 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
     defaults = TransferPolicy()
     parser.add_argument("--connect-timeout", type=_seconds, default=defaults.connect_timeout_s, metavar="S",
                         help=f"TCP/TLS connect timeout per request (default {defaults.connect_timeout_s:g})")
-    parser.add_argument("--read-timeout", "--timeout", dest="read_timeout", type=_seconds,
+    parser.add_argument("--read-timeout", dest="read_timeout", type=_seconds,
                         default=defaults.read_timeout_s, metavar="S",
                         help=f"give up an attempt after S seconds without a byte (default {defaults.read_timeout_s:g})")
     parser.add_argument("--deadline", type=_seconds, default=defaults.deadline_s, metavar="S",
@@ -158,7 +166,7 @@ def _configure_pull(parser: argparse.ArgumentParser) -> None:
                         help="narrow the accepted delta algorithms (bsdiff, tardiff, gzip, zstd); repeat")
     parser.add_argument("--async", dest="async_", action="store_true",
                         help="ask once; exit 4 (pending) while the server builds the delta")
-    parser.add_argument("--wait-timeout", "--delta-timeout", dest="delta_timeout", type=float, metavar="S",
+    parser.add_argument("--timeout", "--wait-timeout", dest="delta_timeout", type=float, metavar="S",
                         help="bound the wait for the delta; then --on-timeout decides")
     parser.add_argument("--on-timeout", choices=("full", "pending"), default="full",
                         help="when the delta is not ready in time: full pull (default) or exit 4")
@@ -178,18 +186,10 @@ def _configure_pull(parser: argparse.ArgumentParser) -> None:
 
 
 def _edge_client(args: argparse.Namespace, registry: DeltaRegistry) -> EdgeClient | None:
+    """The Doras server's client: the registry's credentials and TLS flags apply to it too."""
     if not args.server:
         return None
-    auth: AuthArg = None
-    basic = getattr(registry.auth, "_basic_auth", None)
-    if basic:
-        user, _sep, password = base64.b64decode(basic).decode().partition(":")
-        auth = BasicAuth(user, password)
-    plain = args.server.startswith("http://")
-    allow_http = plain and (auth is None or bool(args.allow_insecure_auth))
-    verify_ca = None if args.insecure else args.ca_file
-    return EdgeClient(args.server, allow_http=allow_http, auth=auth, ca_file=verify_ca,
-                      insecure=bool(args.insecure), policy=registry.policy)
+    return edge_client_for(registry, args.server)
 
 
 def _progress() -> Progress:
@@ -215,44 +215,39 @@ def _progress() -> Progress:
 def _run_pull(args: argparse.Namespace) -> int:
     try:
         ref = Reference.parse(args.reference)
+        from_ref = Reference.parse(args.from_ref) if args.from_ref else None
+        if from_ref is not None and not from_ref.same_repository(ref):
+            raise ValueError(f"--from {from_ref} is not in the repository of {ref}")
         registry = registry_from_args(args)
         edge = _edge_client(args, registry)
     except ValueError as exc:
         print(f"doras-oras: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     layout = OCILayout.open(args.oci_layout)
-    with registry.pull_deadline():  # --deadline bounds every registry request of the pull together
-        return _pull(args, ref, registry, edge, layout)
+    with registry.pull_deadline():  # --deadline bounds every request of the pull together
+        if edge is None:
+            return _run_full(args, registry, ref, layout)
+        return _run_delta(args, registry, edge, ref, from_ref, layout)
 
 
-def _pull(args: argparse.Namespace, ref: Reference, registry: DeltaRegistry, edge: EdgeClient | None,
-          layout: OCILayout) -> int:
-    if edge is None and args.platform:
-        full = registry.pull_full(ref, layout, platform=args.platform, lock_timeout=args.lock_timeout)
-        summary = full_pull_summary(full, layout)
-        if args.output:
-            extract_image(layout, full.manifest, args.output)
-        if args.json:
-            print(json.dumps(summary))
-        else:
-            print(f"pulled {summary['reference']} -> {summary['layout']} {summary['digest']} "
-                  f"({summary['bytes_received']} bytes received)")
-        return EXIT_OK
+def _run_delta(args: argparse.Namespace, registry: DeltaRegistry, edge: EdgeClient, ref: Reference,
+               from_ref: Reference | None, layout: OCILayout) -> int:
+    """With a Doras server: the delta-aware pull; exit 0 updated, 3 up to date, 4 pending."""
     show = None if args.no_progress or args.json or not sys.stderr.isatty() else _progress()
     try:
         result = pull_delta(
-            registry, ref, layout, doras_url=args.server, edge_client=edge, from_ref=args.from_ref,
+            registry, ref, layout, doras_url=args.server, edge_client=edge, from_ref=from_ref,
             accepted_algorithms=args.accept, wait=not args.async_, timeout_s=args.delta_timeout,
             on_timeout=args.on_timeout, allow_unverified=args.allow_unverified, progress=show,
             max_size=args.max_size, budget=args.budget, lock_timeout_s=args.lock_timeout,
+            platform=args.platform,
         )
     finally:
-        if edge is not None:
-            edge.close()
+        edge.close()
     summary = result.to_json()
     summary["layout"] = str(layout.root)
     if args.output and result.stored_digest and result.status != STATUS_PENDING:
-        image = layout.find_image(ref.name, ref.tag)
+        image = next((i for i in layout.images() if i.descriptor.digest == result.stored_digest), None)
         if image is not None:
             summary["output"] = [str(p) for p in extract_image(layout, image.descriptor, args.output)]
     if args.json:
@@ -260,6 +255,38 @@ def _pull(args: argparse.Namespace, ref: Reference, registry: DeltaRegistry, edg
     else:
         print(_describe(result))
     return {STATUS_UP_TO_DATE: EXIT_UP_TO_DATE, STATUS_PENDING: EXIT_PENDING}.get(result.status, EXIT_OK)
+
+
+def _run_full(args: argparse.Namespace, registry: DeltaRegistry, ref: Reference, layout: OCILayout) -> int:
+    """Without a Doras server: a verified full pull (exit 0), with ``--max-size`` and ``--budget``."""
+    ledger = DownloadBudget(layout.root, *args.budget) if args.budget else None
+    with layout.lock(timeout=args.lock_timeout):
+        received_before = registry.bytes_received
+        parsed = None
+        if args.max_size is not None or ledger is not None:
+            parsed = registry.fetch_parsed(ref)
+            document = parsed.document
+            declared = parsed.descriptor.size
+            if "config" in document:  # an image manifest (an index declares only itself)
+                declared += sum(int(d["size"]) for d in [document["config"], *document.get("layers", [])])
+            check_max_size(declared, args.max_size, what=str(ref))
+            if ledger is not None:
+                ledger.check(declared, what=f"a full pull of {ref}")
+        try:
+            full = registry.pull_full(ref, layout, platform=args.platform, lock_timeout=args.lock_timeout,
+                                      parsed=parsed)
+        finally:
+            if ledger is not None:
+                ledger.record(registry.bytes_received - received_before)
+    summary = full_pull_summary(full, layout)
+    if args.output:
+        summary["output"] = [str(p) for p in extract_image(layout, full.manifest, args.output)]
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"pulled {summary['reference']} -> {summary['layout']} {summary['digest']} "
+              f"({summary['bytes_received']} bytes received)")
+    return EXIT_OK
 
 
 def _describe(result: PullResult) -> str:

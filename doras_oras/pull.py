@@ -26,6 +26,7 @@ falls back to a verified full pull, and the result says why.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -39,7 +40,7 @@ from . import plan as _plan
 from .budget import DownloadBudget, check_max_size
 from .codecs import DeltaAlgorithm, apply_delta
 from .descriptor import INDEX_MEDIA_TYPES, Descriptor
-from .edgeapi import EdgeClient, check_delta_manifest, check_response
+from .edgeapi import BasicAuth, EdgeClient, check_delta_manifest, check_response
 from .errors import (
     BackoffExhausted,
     CodecError,
@@ -52,6 +53,8 @@ from .errors import (
 )
 from .layout import ImageEntry, OCILayout
 from .reference import Reference
+from .registry import ANNOTATION_SOURCE_INDEX
+from .schemas import ParsedManifest
 
 if TYPE_CHECKING:
     from .registry import DeltaRegistry
@@ -114,6 +117,7 @@ class _Target:
     descriptor: Descriptor
     body: bytes
     document: dict[str, Any]
+    parsed: ParsedManifest
 
     @property
     def layers(self) -> list[Descriptor]:
@@ -125,12 +129,48 @@ class _Target:
 
     @property
     def full_size(self) -> int:
+        if "config" not in self.document:  # an image index: its platform manifest is not chosen yet
+            return self.descriptor.size
         return self.descriptor.size + self.config.size + sum(layer.size for layer in self.layers)
 
 
 def _stored_manifest(layout: OCILayout, image: ImageEntry) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(layout.read_blob(image.descriptor))
     return document
+
+
+def _stands_for(image: ImageEntry) -> tuple[str, ...]:
+    """The registry digests a stored image stands for: its manifest's, and the index it came from."""
+    index = image.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
+    return (image.source_digest, index) if index else (image.source_digest,)
+
+
+def edge_client_for(registry: DeltaRegistry, doras_url: str) -> EdgeClient:
+    """An :class:`EdgeClient` of ``doras_url`` with the registry's settings.
+
+    The registry's basic credentials are passed on (the server reads the
+    registry with them), over plain ``http://`` only when the registry allows
+    insecure auth; its TLS settings (``tls_verify`` False or a CA bundle) apply.
+    """
+    auth: BasicAuth | None = None
+    basic = getattr(registry.auth, "_basic_auth", None)
+    if basic:
+        user, _sep, password = base64.b64decode(basic).decode().partition(":")
+        auth = BasicAuth(user, password)
+    plain = doras_url.startswith("http://")
+    allow_http = plain and (auth is None or bool(registry.allow_insecure_auth))
+    verify = getattr(registry, "_tls_verify", True)
+    return EdgeClient(doras_url, allow_http=allow_http, auth=auth,
+                      ca_file=verify if isinstance(verify, str) else None, insecure=verify is False,
+                      policy=registry.policy)
+
+
+def _holding(layout: OCILayout, target: Reference, digest: str) -> ImageEntry | None:
+    """The newest image of ``target``'s repository that stands for the registry ``digest``, if any."""
+    for image in reversed(layout.images()):
+        if image.repository == target.name and digest in _stands_for(image):
+            return image
+    return None
 
 
 def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) -> ImageEntry | None:
@@ -141,7 +181,7 @@ def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) 
     if not from_ref.same_repository(target):
         raise ValueError(f"--from {from_ref} is not in the repository of {target}")
     for image in reversed(images):
-        if from_ref.digest and from_ref.digest in (image.source_digest, image.descriptor.digest):
+        if from_ref.digest and from_ref.digest in (*_stands_for(image), image.descriptor.digest):
             return image
         if not from_ref.digest and from_ref.tag and image.tag == from_ref.tag:
             return image
@@ -165,11 +205,13 @@ def pull_delta(
     budget: tuple[int, float] | None = None,
     edge_client: EdgeClient | None = None,
     lock_timeout_s: float = 300.0,
+    platform: str | None = None,
 ) -> PullResult:
     """Update ``oci_layout`` to ``target``, by delta when possible. See the module docstring.
 
     ``doras_url`` None means no server: a verified full pull (or up to date).
-    ``budget`` is ``(limit_bytes, period_s)``. ``on_timeout`` is what to do when
+    ``budget`` is ``(limit_bytes, period_s)``. ``platform`` (``os/arch[/variant]``) chooses
+    from an image index target (default: this machine). ``on_timeout`` is what to do when
     ``timeout_s`` runs out while the server builds: ``"full"`` or ``"pending"``.
     """
     if on_timeout not in (STATUS_FULL, STATUS_PENDING):
@@ -180,12 +222,14 @@ def pull_delta(
     layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout)
     received_at_start = registry.bytes_received
     edge_received = [0]
+    recorded = [False]
     ledger = DownloadBudget(layout.root, budget[0], budget[1]) if budget else None
 
     def result(status: str, reason: str, tgt: _Target | None, **extra: Any) -> PullResult:
         received = registry.bytes_received - received_at_start + edge_received[0]
         if ledger is not None and received:
             ledger.record(received)
+        recorded[0] = True
         return PullResult(
             status=status,
             reference=str(target_ref),
@@ -200,47 +244,70 @@ def pull_delta(
         )
 
     with layout.lock(timeout=lock_timeout_s):
-        # A HEAD first: a device polling for updates pays no manifest body when up to date.
-        resolved = registry.resolve(target_ref)
-        base = find_base(layout, target_ref, base_ref)
-        if base is not None and base.source_digest == resolved.digest:
-            if base.tag != target_ref.tag and target_ref.tag:
-                layout.commit_image(base.descriptor, repository=target_ref.name, tag=target_ref.tag,
-                                    source_digest=base.source_digest)
-            return result(STATUS_UP_TO_DATE, "the layout already holds this image", None,
-                          from_digest=base.source_digest, stored_digest=base.descriptor.digest,
-                          to_digest=resolved.digest)
-        parsed = registry.fetch_parsed(target_ref, expected=resolved)
-        tgt = _Target(target_ref, parsed.descriptor, parsed.body, dict(parsed.document))
-        if parsed.descriptor.media_type in INDEX_MEDIA_TYPES:
-            reason = "the target is an image index; Doras deltas are for single-manifest artifacts"
-            return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None)
-        check_max_size(tgt.full_size, max_size, what=f"{target_ref}")
-        if base is None:
-            reason = f"no image of {target_ref.name} in the layout to patch"
-            if base_ref is not None:
-                raise DorasOrasError(f"--from {base_ref}: no such image in {layout.root}")
-            return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None)
-        if doras_url is None and edge_client is None:
-            return _full(registry, layout, tgt, "no Doras server given", ledger, max_size, result, base=base)
         try:
-            return _delta(registry, layout, tgt, base, doras_url, edge_client, accepted_algorithms,
-                          wait, timeout_s, on_timeout, allow_unverified, ledger, progress, result,
-                          edge_received)
-        except _Fallback as fallback:
-            log.warning("falling back to a full pull: %s", fallback.reason)
-            return _full(registry, layout, tgt, fallback.reason, ledger, max_size, result, base=base)
+            # A HEAD first: a device polling for updates pays no manifest body when up to date.
+            resolved = registry.resolve(target_ref)
+            base = find_base(layout, target_ref, base_ref)
+            held = _holding(layout, target_ref, resolved.digest)
+            if held is not None:
+                if held.tag != target_ref.tag and target_ref.tag:
+                    index = held.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
+                    layout.commit_image(held.descriptor, repository=target_ref.name, tag=target_ref.tag,
+                                        source_digest=held.source_digest,
+                                        annotations={ANNOTATION_SOURCE_INDEX: index} if index else None)
+                return result(STATUS_UP_TO_DATE, "the layout already holds this image", None,
+                              from_digest=held.source_digest, stored_digest=held.descriptor.digest,
+                              to_digest=resolved.digest)
+            parsed = registry.fetch_parsed(target_ref, expected=resolved)
+            tgt = _Target(target_ref, parsed.descriptor, parsed.body, dict(parsed.document), parsed)
+            if parsed.descriptor.media_type in INDEX_MEDIA_TYPES:
+                reason = "the target is an image index; Doras deltas are for single-manifest artifacts"
+                return _full(registry, layout, tgt, reason, ledger, max_size, result, base=base,
+                             platform=platform)
+            check_max_size(tgt.full_size, max_size, what=f"{target_ref}")
+            if base is None:
+                reason = f"no image of {target_ref.name} in the layout to patch"
+                if base_ref is not None:
+                    raise DorasOrasError(f"--from {base_ref}: no such image in {layout.root}")
+                return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None)
+            if doras_url is None and edge_client is None:
+                return _full(registry, layout, tgt, "no Doras server given", ledger, max_size, result, base=base)
+            try:
+                return _delta(registry, layout, tgt, base, doras_url, edge_client, accepted_algorithms,
+                              wait, timeout_s, on_timeout, allow_unverified, ledger, progress, result,
+                              edge_received)
+            except _Fallback as fallback:
+                log.warning("falling back to a full pull: %s", fallback.reason)
+                return _full(registry, layout, tgt, fallback.reason, ledger, max_size, result, base=base)
+        except BaseException:
+            # what a failed pull received still counts against the budget
+            if ledger is not None and not recorded[0]:
+                ledger.record(registry.bytes_received - received_at_start + edge_received[0])
+            raise
 
 
 def _full(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, reason: str,
           ledger: DownloadBudget | None, max_size: int | None,
-          result: Callable[..., PullResult], *, base: ImageEntry | None) -> PullResult:
+          result: Callable[..., PullResult], *, base: ImageEntry | None,
+          platform: str | None = None) -> PullResult:
     check_max_size(tgt.full_size, max_size, what=str(tgt.ref))
     if ledger is not None:
         ledger.check(tgt.full_size, what=f"a full pull of {tgt.ref}")
-    pulled = registry.pull_full(tgt.ref, layout)
+    pulled = registry.pull_full(tgt.ref, layout, parsed=tgt.parsed, platform=platform)
     return result(STATUS_FULL, reason, tgt, from_digest=base.source_digest if base else None,
                   stored_digest=pulled.manifest.digest)
+
+
+def _count_bodies(client: EdgeClient, total: list[int]) -> Callable[..., None]:
+    """Add the body size of every answer of the Doras server to ``total[0]``; returns the hook."""
+
+    def hook(response: Any, *_args: Any, **_kwargs: Any) -> None:
+        length = str(response.headers.get("Content-Length", ""))
+        if length.isdigit():
+            total[0] += int(length)
+
+    client.session.hooks["response"].append(hook)
+    return hook
 
 
 def _patch_name(algorithm: DeltaAlgorithm) -> str:
@@ -270,8 +337,8 @@ def _delta(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, base: Image
     # -- ask the server
     from_image = tgt.ref.with_digest(base.source_digest)
     to_image = tgt.ref.with_digest(tgt.descriptor.digest)
-    client = edge_client or EdgeClient(doras_url or "", allow_http=doras_url is not None
-                                       and doras_url.startswith("http://"))
+    client = edge_client or edge_client_for(registry, doras_url or "")
+    counter = _count_bodies(client, edge_received)
     try:
         if wait:
             answer = client.read_delta(from_image, to_image, planned.accepted, deadline_s=timeout_s)
@@ -294,6 +361,8 @@ def _delta(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, base: Image
     except (DorasServerError, TransportError, DocumentError, VerificationError, CodecError) as exc:
         raise _Fallback(f"delta unavailable: {exc}") from exc
     finally:
+        with contextlib.suppress(ValueError):
+            client.session.hooks["response"].remove(counter)
         if edge_client is None:
             client.close()
     patch = _patch_name(algorithm)
@@ -370,4 +439,4 @@ def _download(registry: DeltaRegistry, ref: Reference, blob: Descriptor, path: P
                 progress("delta", done, blob.size)
 
 
-__all__ = ["PullResult", "find_base", "pull_delta"]
+__all__ = ["PullResult", "edge_client_for", "find_base", "pull_delta"]

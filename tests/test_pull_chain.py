@@ -1,0 +1,98 @@
+"""A chain v1 -> v4 of file and directory updates pushed with the oras CLI; files equal ``oras pull``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from doras_oras import DeltaRegistry, OCILayout
+from doras_oras.extract import extract_image
+from doras_oras.testing.registry import RegistryServer
+from doras_oras.testing.server import DorasServer
+from tests.pull_support import (
+    check_layout,
+    edit,
+    manifest_of,
+    oras_pull,
+    oras_push_dir,
+    oras_push_file,
+    payload,
+    tree,
+    unique,
+)
+
+
+def same_files_as_oras(registry: RegistryServer, layout_dir: Path, repo: str, tag: str, work: Path) -> None:
+    """``extract_image`` of the stored ``tag`` writes what ``oras pull`` writes."""
+    ours, theirs = work / f"ours-{tag}", work / f"oras-{tag}"
+    for path in (ours, theirs):
+        shutil.rmtree(path, ignore_errors=True)
+    layout = OCILayout.open(layout_dir, create=False)
+    image = layout.get_image(f"{registry.host}/{repo}", tag)
+    written = extract_image(layout, image.descriptor, ours)
+    oras_pull(registry.host, f"{repo}:{tag}", theirs)
+    expected = tree(theirs)
+    assert expected and tree(ours) == expected
+    assert written
+
+
+def directory_versions() -> list[dict[str, bytes]]:
+    base = {f"payload/sub{n % 3}/file{n:02}.bin": payload(6000 + 97 * n, 100 + n) for n in range(12)}
+    base["payload/README"] = b"version 1\n"
+    v2 = dict(base)
+    v2["payload/sub0/file00.bin"] = edit(base["payload/sub0/file00.bin"], 5, 7)
+    v2["payload/README"] = b"version 2\n"
+    v3 = dict(v2)
+    v3["payload/new/added.txt"] = b"added in v3\n" * 50
+    del v3["payload/sub1/file04.bin"]
+    v4 = dict(v3)
+    v4["payload/sub2/file05.bin"] = edit(v3["payload/sub2/file05.bin"], 3, 8) + b"grown"
+    return [base, v2, v3, v4]
+
+
+def test_chain_of_file_and_directory_updates(oci_registry: RegistryServer, doras_server: DorasServer,
+                                             tmp_path: Path) -> None:
+    host = oci_registry.host
+    files_repo, dirs_repo, mixed_repo = unique("chain-file"), unique("chain-dir"), unique("chain-mixed")
+    trees = directory_versions()
+    data = payload(96 << 10, 9)
+    for n in range(1, 5):
+        oras_push_file(host, f"{files_repo}:f{n}", tmp_path / f"f{n}", "app.bin", data)
+        data = edit(data, 10, n)
+        oras_push_dir(host, f"{dirs_repo}:d{n}", tmp_path / f"d{n}", "payload",
+                      {k.removeprefix("payload/"): v for k, v in trees[n - 1].items()})
+    # the mixed repository: v1, v2 files, then v3, v4 directories
+    oras_push_file(host, f"{mixed_repo}:m1", tmp_path / "m1", "thing", payload(20000, 1))
+    oras_push_file(host, f"{mixed_repo}:m2", tmp_path / "m2", "thing", edit(payload(20000, 1), 3, 2))
+    for n in (3, 4):
+        oras_push_dir(host, f"{mixed_repo}:m{n}", tmp_path / f"m{n}", "thing",
+                      {k.removeprefix("payload/"): v for k, v in trees[n - 1].items()})
+
+    client = DeltaRegistry(insecure=True)
+    layout = tmp_path / "L"
+    outcomes: dict[tuple[str, int], tuple[str, str | None, bool]] = {}
+    for n in range(1, 5):
+        for repo, tag in ((files_repo, f"f{n}"), (dirs_repo, f"d{n}"), (mixed_repo, f"m{n}")):
+            result = client.pull_delta(f"{host}/{repo}:{tag}", layout, doras_url=doras_server.url)
+            outcomes[repo, n] = (result.status, result.algorithm, result.verified)
+            body, digest = manifest_of(oci_registry, repo, tag)
+            assert result.to_digest == digest
+            if result.algorithm == "tardiff":
+                check_layout(layout, tag)  # a rewritten manifest
+                assert result.stored_digest != digest
+            else:
+                check_layout(layout, tag, manifest=body)
+                assert result.stored_digest == digest
+            same_files_as_oras(oci_registry, layout, repo, tag, tmp_path / "out")
+    assert [outcomes[files_repo, n] for n in range(1, 5)] == [("full", None, True)] + [("delta", "bsdiff+zstd", True)] * 3
+    # v2 patches the registry's gzip blob; v3 and v4 patch the uncompressed tars of the earlier tar-diffs
+    assert [outcomes[dirs_repo, n] for n in range(1, 5)] == [("full", None, True)] + [("delta", "tardiff", True)] * 3
+    assert [outcomes[mixed_repo, n][:2] for n in range(1, 5)] == [
+        ("full", None), ("delta", "bsdiff+zstd"), ("full", None), ("delta", "tardiff")]
+    layout_store = OCILayout.open(layout, create=False)
+    images = layout_store.verify()
+    # each repository keeps its four images
+    assert sorted((i.repository, i.tag) for i in images) == sorted(
+        (f"{host}/{repo}", f"{prefix}{n}")
+        for repo, prefix in ((files_repo, "f"), (dirs_repo, "d"), (mixed_repo, "m")) for n in range(1, 5))
+    assert doras_server.builds == 3 + 3 + 2

@@ -1,0 +1,94 @@
+"""``extract_image`` refuses names that would land outside the output directory, and writes nothing then."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from doras_oras.descriptor import Descriptor
+from doras_oras.extract import ExtractError, extract_image
+from doras_oras.layout import OCILayout
+from tests.layout_support import sha256
+
+EMPTY = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2}
+
+
+def store(layout: OCILayout, layers: list[tuple[bytes, dict[str, str], str]]) -> Descriptor:
+    """Store an artifact with these ``(blob, annotations, media type)`` layers; return its manifest."""
+    with layout.lock():
+        layout.ingest_bytes(Descriptor.from_json(EMPTY), b"{}")
+        items = []
+        for data, annotations, media_type in layers:
+            item = {"mediaType": media_type, "digest": sha256(data), "size": len(data), "annotations": annotations}
+            layout.ingest_bytes(Descriptor.from_json(item), data)
+            items.append(item)
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "artifactType": "application/vnd.test", "config": EMPTY, "layers": items}).encode()
+        manifest = Descriptor("application/vnd.oci.image.manifest.v1+json", sha256(body), len(body))
+        layout.ingest_bytes(manifest, body)
+        layout.commit_image(manifest, repository="example.test/art", tag="v1")
+    return manifest
+
+
+def tar_of(members: list[tarfile.TarInfo], contents: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info in members:
+            data = contents.get(info.name)
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return gzip.compress(buffer.getvalue(), mtime=0)
+
+
+@pytest.mark.parametrize("title", ["../escape.txt", "/etc/escape.txt", "a/../../escape.txt", "~/escape.txt"])
+def test_titles_outside_the_directory_are_refused(tmp_path: Path, title: str) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    manifest = store(layout, [(b"payload\n", {"org.opencontainers.image.title": title},
+                               "application/vnd.oci.image.layer.v1.tar")])
+    out = tmp_path / "out" / "inner"
+    with pytest.raises(ExtractError, match="refusing to write layer title"):
+        extract_image(layout, manifest, out)
+    assert not (tmp_path / "out" / "escape.txt").exists()
+    assert not list(out.iterdir())
+
+
+def test_tar_members_escaping_are_refused(tmp_path: Path) -> None:
+    evil = tarfile.TarInfo("dir/../../escape.txt")
+    link = tarfile.TarInfo("dir/passwd")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    for members in ([evil], [link]):
+        layout = OCILayout.open(tmp_path / f"L{len(members[0].name)}")
+        blob = tar_of(members, {"dir/../../escape.txt": b"x"})
+        manifest = store(layout, [(blob, {"org.opencontainers.image.title": "dir",
+                                          "io.deis.oras.content.unpack": "true"},
+                                   "application/vnd.oci.image.layer.v1.tar+gzip")])
+        out = tmp_path / "out" / "inner"
+        with pytest.raises(ExtractError, match="cannot unpack"):
+            extract_image(layout, manifest, out)
+        assert not (tmp_path / "out" / "escape.txt").exists()
+        assert not list(out.iterdir())  # the staging directory is gone too
+
+
+def test_files_and_directories_are_written(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    tree = tar_of([tarfile.TarInfo("dir/a.txt"), tarfile.TarInfo("dir/sub/b.txt")],
+                  {"dir/a.txt": b"a\n", "dir/sub/b.txt": b"b\n"})
+    manifest = store(layout, [
+        (b"plain file\n", {"org.opencontainers.image.title": "file.txt"}, "application/vnd.oci.image.layer.v1.tar"),
+        (tree, {"org.opencontainers.image.title": "dir", "io.deis.oras.content.unpack": "true"},
+         "application/vnd.oci.image.layer.v1.tar+gzip"),
+        (b"untitled", {}, "application/vnd.oci.image.layer.v1.tar"),
+    ])
+    out = tmp_path / "out"
+    written = extract_image(layout, manifest, out)
+    assert written == [out / "file.txt", out / "dir"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "dir/a.txt", "dir/sub/b.txt", "file.txt"]
+    assert (out / "file.txt").read_bytes() == b"plain file\n"
+    assert (out / "dir" / "sub" / "b.txt").read_bytes() == b"b\n"
