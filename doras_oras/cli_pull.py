@@ -185,11 +185,11 @@ def _configure_pull(parser: argparse.ArgumentParser) -> None:
     add_registry_options(parser)
 
 
-def _edge_client(args: argparse.Namespace, registry: DeltaRegistry) -> EdgeClient | None:
+def _edge_client(args: argparse.Namespace, registry: DeltaRegistry, ref: Reference) -> EdgeClient | None:
     """The Doras server's client: the registry's credentials and TLS flags apply to it too."""
     if not args.server:
         return None
-    return edge_client_for(registry, args.server)
+    return edge_client_for(registry, args.server, ref.registry)
 
 
 def _progress() -> Progress:
@@ -219,7 +219,7 @@ def _run_pull(args: argparse.Namespace) -> int:
         if from_ref is not None and not from_ref.same_repository(ref):
             raise ValueError(f"--from {from_ref} is not in the repository of {ref}")
         registry = registry_from_args(args)
-        edge = _edge_client(args, registry)
+        edge = _edge_client(args, registry, ref)
     except ValueError as exc:
         print(f"doras-oras: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

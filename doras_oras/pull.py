@@ -145,18 +145,26 @@ def _stands_for(image: ImageEntry) -> tuple[str, ...]:
     return (image.source_digest, index) if index else (image.source_digest,)
 
 
-def edge_client_for(registry: DeltaRegistry, doras_url: str) -> EdgeClient:
+def edge_client_for(
+    registry: DeltaRegistry, doras_url: str, registry_host: str | None = None
+) -> EdgeClient:
     """An :class:`EdgeClient` of ``doras_url`` with the registry's settings.
 
-    The registry's basic credentials are passed on (the server reads the
-    registry with them), over plain ``http://`` only when the registry allows
-    insecure auth; its TLS settings (``tls_verify`` False or a CA bundle) apply.
+    The registry's credentials for ``registry_host`` (basic credentials set on
+    the client, or from docker config files) are passed on: the server reads
+    the registry with them. Over plain ``http://`` only when the registry
+    allows insecure auth; its TLS settings (``tls_verify`` False or a CA
+    bundle) and transfer policy apply.
     """
     auth: BasicAuth | None = None
-    basic = getattr(registry.auth, "_basic_auth", None)
-    if basic:
-        user, _sep, password = base64.b64decode(basic).decode().partition(":")
-        auth = BasicAuth(user, password)
+    credentials = registry.credentials_for(registry_host) if registry_host else None
+    if credentials is None:
+        basic = getattr(registry.auth, "_basic_auth", None)
+        if basic:
+            user, _sep, password = base64.b64decode(basic).decode().partition(":")
+            credentials = (user, password)
+    if credentials is not None:
+        auth = BasicAuth(*credentials)
     plain = doras_url.startswith("http://")
     allow_http = plain and (auth is None or bool(registry.allow_insecure_auth))
     verify = getattr(registry, "_tls_verify", True)
@@ -337,7 +345,7 @@ def _delta(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, base: Image
     # -- ask the server
     from_image = tgt.ref.with_digest(base.source_digest)
     to_image = tgt.ref.with_digest(tgt.descriptor.digest)
-    client = edge_client or edge_client_for(registry, doras_url or "")
+    client = edge_client or edge_client_for(registry, doras_url or "", tgt.ref.registry)
     counter = _count_bodies(client, edge_received)
     try:
         if wait:

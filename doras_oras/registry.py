@@ -280,6 +280,19 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         self._auths[host] = auth
         self._auth_sources[host] = basic
 
+    def credentials_for(self, registry_host: str) -> tuple[str, str] | None:
+        """The ``(username, password)`` this client uses for ``registry_host``, if any.
+
+        From ``auth.set_basic_auth`` or the docker config files and credential
+        helpers; the Doras server is given the same credentials (it reads the
+        registry with them).
+        """
+        self._prepare(Reference(registry_host, "x"))
+        auth = self._auths.get(registry_host)
+        if auth is None or auth.username is None:
+            return None
+        return auth.username, auth.password or ""
+
     def _url(self, ref: Reference, kind: str, what: str) -> str:
         return f"{self.prefix}://{ref.registry}/v2/{ref.repository}/{kind}/{what}"
 

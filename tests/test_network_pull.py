@@ -254,7 +254,7 @@ def test_blob_redirected_to_storage_host_never_sees_credentials(
         assert at_storage.status == 200
         assert all("Authorization" not in r.headers for r in storage.log)
         assert storage.bytes_sent(blob_path) == len(payload)
-        assert json.loads(proc.stdout)["to_digest"].startswith("sha256:")
+        assert json.loads(proc.stdout)["digest"].startswith("sha256:")
     assert layout_problems(tmp_path / "L") == []
 
     # without the config (and no -u) the registry refuses: a clear error, nothing written
@@ -347,7 +347,7 @@ def test_token_auth_registry_library_and_cli(token_registry: TokenRegistry, tmp_
     assert proc.returncode == 1 and "plain HTTP" in proc.stderr
     proc = cli(*base, "--allow-insecure-auth", input_text="wonderland\n", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["to_digest"] == digest
+    assert json.loads(proc.stdout)["digest"] == digest
     proc = cli("pull", ref, "--oci-layout", str(tmp_path / "W"), "--plain-http", "--allow-insecure-auth",
                "-u", "alice", "--password-stdin", input_text="wrong\n", timeout=60)
     assert proc.returncode == 1 and "refused the credentials" in proc.stderr
