@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,86 +224,248 @@ def pull_delta(
     """
     if on_timeout not in (STATUS_FULL, STATUS_PENDING):
         raise ValueError("on_timeout must be 'full' or 'pending'")
-    started = time.monotonic()
-    target_ref = Reference.parse(target) if isinstance(target, str) else target
-    base_ref = Reference.parse(from_ref) if isinstance(from_ref, str) else from_ref
     layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout)
-    received_at_start = registry.bytes_received
-    edge_received = [0]
-    recorded = [False]
-    ledger = DownloadBudget(layout.root, budget[0], budget[1]) if budget else None
+    run = _PullRun(
+        registry=registry,
+        layout=layout,
+        target=Reference.parse(target) if isinstance(target, str) else target,
+        doras_url=doras_url,
+        edge_client=edge_client,
+        requested=accepted_algorithms,
+        wait=wait,
+        timeout_s=timeout_s,
+        on_timeout=on_timeout,
+        allow_unverified=allow_unverified,
+        progress=progress,
+        max_size=max_size,
+        ledger=DownloadBudget(layout.root, budget[0], budget[1]) if budget else None,
+        platform=platform,
+    )
+    base_ref = Reference.parse(from_ref) if isinstance(from_ref, str) else from_ref
+    with layout.lock(timeout=lock_timeout_s):
+        return run.execute(base_ref)
 
-    def result(status: str, reason: str, tgt: _Target | None, **extra: Any) -> PullResult:
-        received = registry.bytes_received - received_at_start + edge_received[0]
-        if ledger is not None and received:
-            ledger.record(received)
-        recorded[0] = True
+
+@dataclass
+class _PullRun:
+    """One pull: its settings, what it received so far, and its steps."""
+
+    registry: DeltaRegistry
+    layout: OCILayout
+    target: Reference
+    doras_url: str | None
+    edge_client: EdgeClient | None
+    requested: Sequence[str] | None
+    wait: bool
+    timeout_s: float | None
+    on_timeout: str
+    allow_unverified: bool
+    progress: Progress | None
+    max_size: int | None
+    ledger: DownloadBudget | None
+    platform: str | None
+    started: float = field(default_factory=time.monotonic)
+    edge_received: list[int] = field(default_factory=lambda: [0])
+    recorded: bool = False
+
+    def __post_init__(self) -> None:
+        self.received_at_start = self.registry.bytes_received
+
+    @property
+    def received(self) -> int:
+        """Bytes received from the registry and the Doras server during this pull."""
+        return self.registry.bytes_received - self.received_at_start + self.edge_received[0]
+
+    def _record(self) -> None:
+        if self.ledger is not None and not self.recorded and self.received:
+            self.ledger.record(self.received)
+        self.recorded = True
+
+    def result(self, status: str, reason: str, tgt: _Target | None, **extra: Any) -> PullResult:
+        """The final report (and the budget ledger's record of what was received)."""
+        self._record()
         return PullResult(
             status=status,
-            reference=str(target_ref),
+            reference=str(self.target),
             reason=reason,
             from_digest=extra.pop("from_digest", None),
             to_digest=extra.pop("to_digest", tgt.descriptor.digest if tgt else None),
             algorithm=extra.pop("algorithm", None),
-            bytes_received=received,
+            bytes_received=self.received,
             full_size=tgt.full_size if tgt else 0,
-            duration_s=round(time.monotonic() - started, 3),
+            duration_s=round(time.monotonic() - self.started, 3),
             **extra,
         )
 
-    with layout.lock(timeout=lock_timeout_s):
+    def execute(self, base_ref: Reference | None) -> PullResult:
+        """Decide and do (the caller holds the layout lock)."""
         try:
-            # A HEAD first: a device polling for updates pays no manifest body when up to date.
-            resolved = registry.resolve(target_ref)
-            base = find_base(layout, target_ref, base_ref)
-            held = _holding(layout, target_ref, resolved.digest)
-            if held is not None:
-                if held.tag != target_ref.tag and target_ref.tag:
-                    index = held.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
-                    layout.commit_image(held.descriptor, repository=target_ref.name, tag=target_ref.tag,
-                                        source_digest=held.source_digest,
-                                        annotations={ANNOTATION_SOURCE_INDEX: index} if index else None)
-                return result(STATUS_UP_TO_DATE, "the layout already holds this image", None,
-                              from_digest=held.source_digest, stored_digest=held.descriptor.digest,
-                              to_digest=resolved.digest)
-            parsed = registry.fetch_parsed(target_ref, expected=resolved)
-            tgt = _Target(target_ref, parsed.descriptor, parsed.body, dict(parsed.document), parsed)
-            if parsed.descriptor.media_type in INDEX_MEDIA_TYPES:
-                reason = "the target is an image index; Doras deltas are for single-manifest artifacts"
-                return _full(registry, layout, tgt, reason, ledger, max_size, result, base=base,
-                             platform=platform)
-            check_max_size(tgt.full_size, max_size, what=f"{target_ref}")
-            if base is None:
-                reason = f"no image of {target_ref.name} in the layout to patch"
-                if base_ref is not None:
-                    raise DorasOrasError(f"--from {base_ref}: no such image in {layout.root}")
-                return _full(registry, layout, tgt, reason, ledger, max_size, result, base=None)
-            if doras_url is None and edge_client is None:
-                return _full(registry, layout, tgt, "no Doras server given", ledger, max_size, result, base=base)
-            try:
-                return _delta(registry, layout, tgt, base, doras_url, edge_client, accepted_algorithms,
-                              wait, timeout_s, on_timeout, allow_unverified, ledger, progress, result,
-                              edge_received)
-            except _Fallback as fallback:
-                log.warning("falling back to a full pull: %s", fallback.reason)
-                return _full(registry, layout, tgt, fallback.reason, ledger, max_size, result, base=base)
+            return self._execute(base_ref)
         except BaseException:
-            # what a failed pull received still counts against the budget
-            if ledger is not None and not recorded[0]:
-                ledger.record(registry.bytes_received - received_at_start + edge_received[0])
+            self._record()  # what a failed pull received still counts against the budget
             raise
 
+    def _execute(self, base_ref: Reference | None) -> PullResult:
+        target, layout, registry = self.target, self.layout, self.registry
+        # A HEAD first: a device polling for updates pays no manifest body when up to date.
+        resolved = registry.resolve(target)
+        base = find_base(layout, target, base_ref)
+        held = _holding(layout, target, resolved.digest)
+        if held is not None:
+            if held.tag != target.tag and target.tag:
+                index = held.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
+                layout.commit_image(held.descriptor, repository=target.name, tag=target.tag,
+                                    source_digest=held.source_digest,
+                                    annotations={ANNOTATION_SOURCE_INDEX: index} if index else None)
+            return self.result(STATUS_UP_TO_DATE, "the layout already holds this image", None,
+                               from_digest=held.source_digest, stored_digest=held.descriptor.digest,
+                               to_digest=resolved.digest)
+        parsed = registry.fetch_parsed(target, expected=resolved)
+        tgt = _Target(target, parsed.descriptor, parsed.body, dict(parsed.document), parsed)
+        if parsed.descriptor.media_type in INDEX_MEDIA_TYPES:
+            return self.full(tgt, "the target is an image index; Doras deltas are for single-manifest "
+                             "artifacts", base=base)
+        check_max_size(tgt.full_size, self.max_size, what=str(target))
+        if base is None:
+            if base_ref is not None:
+                raise DorasOrasError(f"--from {base_ref}: no such image in {layout.root}")
+            return self.full(tgt, f"no image of {target.name} in the layout to patch", base=None)
+        if self.doras_url is None and self.edge_client is None:
+            return self.full(tgt, "no Doras server given", base=base)
+        try:
+            return self.delta(tgt, base)
+        except _Fallback as fallback:
+            log.warning("falling back to a full pull: %s", fallback.reason)
+            return self.full(tgt, fallback.reason, base=base)
 
-def _full(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, reason: str,
-          ledger: DownloadBudget | None, max_size: int | None,
-          result: Callable[..., PullResult], *, base: ImageEntry | None,
-          platform: str | None = None) -> PullResult:
-    check_max_size(tgt.full_size, max_size, what=str(tgt.ref))
-    if ledger is not None:
-        ledger.check(tgt.full_size, what=f"a full pull of {tgt.ref}")
-    pulled = registry.pull_full(tgt.ref, layout, parsed=tgt.parsed, platform=platform)
-    return result(STATUS_FULL, reason, tgt, from_digest=base.source_digest if base else None,
-                  stored_digest=pulled.manifest.digest)
+    def full(self, tgt: _Target, reason: str, *, base: ImageEntry | None) -> PullResult:
+        """A verified full pull of the target."""
+        check_max_size(tgt.full_size, self.max_size, what=str(tgt.ref))
+        if self.ledger is not None:
+            self.ledger.check(tgt.full_size, what=f"a full pull of {tgt.ref}")
+        pulled = self.registry.pull_full(tgt.ref, self.layout, parsed=tgt.parsed, platform=self.platform)
+        return self.result(STATUS_FULL, reason, tgt, from_digest=base.source_digest if base else None,
+                           stored_digest=pulled.manifest.digest)
+
+    def delta(self, tgt: _Target, base: ImageEntry) -> PullResult:
+        """Patch ``base`` into the target; raise :class:`_Fallback` when a delta cannot be used."""
+        base_layer, target_layer = self._single_layers(tgt, base)
+        planned = _plan.choose_accepted(base_is_registry_blob=not base.rewritten, target_layer=target_layer,
+                                        allow_unverified=self.allow_unverified, requested=self.requested)
+        if planned.mode is _plan.Mode.FULL:
+            raise _Fallback(planned.reason)
+        from_image = tgt.ref.with_digest(base.source_digest)
+        to_image = tgt.ref.with_digest(tgt.descriptor.digest)
+        asked = self._ask(from_image, to_image, planned)
+        if isinstance(asked, str):
+            return self.result(STATUS_PENDING, asked, tgt, from_digest=base.source_digest)
+        delta_ref, delta_layer, algorithm = asked
+        if algorithm.patch.value not in planned.accepted or (
+            algorithm.compression.value != "none" and algorithm.compression.value not in planned.accepted
+        ):
+            raise _Fallback(f"the server sent a {algorithm.value} delta, which was not asked for "
+                            f"(accepted: {', '.join(planned.accepted)})")
+        if self.ledger is not None:
+            self.ledger.check(delta_layer.size + tgt.config.size, what=f"the delta for {tgt.ref}")
+        expected = _plan.expected_result(algorithm.patch.value, target_layer)
+        image = self._apply_and_commit(tgt, base_layer, target_layer, delta_ref, delta_layer, algorithm,
+                                       expected)
+        verified = expected.digest is not None
+        reason = "patched the stored image with a delta from the Doras server"
+        if not verified:
+            reason += " (tar-diff result NOT verified: the target layer has no content digest)"
+        return self.result(STATUS_DELTA, reason, tgt, from_digest=base.source_digest,
+                           algorithm=algorithm.value, stored_digest=image.descriptor.digest,
+                           verified=verified, delta_size=delta_layer.size)
+
+    def _single_layers(self, tgt: _Target, base: ImageEntry) -> tuple[Descriptor, Descriptor]:
+        base_layers = [Descriptor.from_json(x) for x in _stored_manifest(self.layout, base).get("layers", [])]
+        target_layers = tgt.layers
+        if len(base_layers) != 1 or len(target_layers) != 1:
+            raise _Fallback("Doras deltas need single-layer artifacts "
+                            f"(base has {len(base_layers)}, target {len(target_layers)} layers)")
+        if not self.layout.has_blob(base_layers[0]):
+            raise _Fallback(f"the stored base layer {base_layers[0].digest} is missing or corrupt")
+        return base_layers[0], target_layers[0]
+
+    def _ask(self, from_image: Reference, to_image: Reference, planned: _plan.DeltaPlan
+             ) -> tuple[Reference, Descriptor, DeltaAlgorithm] | str:
+        """Ask the server; the delta's reference, layer and algorithm, or why it is pending."""
+        client = self.edge_client or edge_client_for(self.registry, self.doras_url or "", to_image.registry)
+        counter = _count_bodies(client, self.edge_received)
+        try:
+            if self.wait:
+                answer = client.read_delta(from_image, to_image, planned.accepted, deadline_s=self.timeout_s)
+            else:
+                maybe, exists = client.read_delta_async(from_image, to_image, planned.accepted)
+                if not exists or maybe is None:
+                    return "the Doras server is building the delta; ask again later"
+                answer = maybe
+            check_response(answer, from_image, to_image)
+            body, content_type = self.registry.fetch_manifest(answer.delta_image)
+            delta_layer, algorithm = check_delta_manifest(body, content_type, answer, from_image)
+            return answer.delta_image, delta_layer, algorithm
+        except BackoffExhausted as exc:
+            if self.on_timeout == STATUS_PENDING:
+                return f"the delta was not ready in time: {exc}"
+            raise _Fallback(f"the delta was not ready in time: {exc}") from exc
+        except ImagesIdenticalError as exc:
+            raise _Fallback(f"the server calls different digests identical: {exc}") from exc
+        except (DorasServerError, TransportError, DocumentError, VerificationError, CodecError) as exc:
+            raise _Fallback(f"delta unavailable: {exc}") from exc
+        finally:
+            with contextlib.suppress(ValueError):
+                client.session.hooks["response"].remove(counter)
+            if self.edge_client is None:
+                client.close()
+
+    def _apply_and_commit(self, tgt: _Target, base_layer: Descriptor, target_layer: Descriptor,
+                          delta_ref: Reference, delta_layer: Descriptor, algorithm: DeltaAlgorithm,
+                          expected: _plan.Expected) -> ImageEntry:
+        """Download the delta (resumable), apply it, verify, store the blobs, commit ``index.json``."""
+        layout, registry = self.layout, self.registry
+        partial = layout.partial_path(delta_layer)
+        output = layout.temp_dir() / f"result-{delta_layer.hex}.tmp"
+        keep_partial = False
+        try:
+            try:
+                try:
+                    delta_file = registry.download_to(delta_ref, delta_layer, partial,
+                                                      on_progress=self._reporter("delta", delta_layer.size))
+                except TransportError:
+                    keep_partial = True  # a dropped or stalled link: the next run resumes it
+                    raise
+                with delta_file.open("rb") as patch_stream:
+                    digest, size = apply_delta(
+                        algorithm, layout.blob_path(base_layer.digest), patch_stream, output,
+                        expected_digest=expected.digest, expected_size=expected.size,
+                        tmp_dir=layout.temp_dir(),
+                    )
+            except (CodecError, VerificationError, TransportError) as exc:
+                raise _Fallback(f"the delta could not be applied: {exc}") from exc
+            if self.progress is not None:
+                self.progress("apply", size, size)
+            registry.download_blob(tgt.ref, tgt.config, layout)
+            if expected.is_registry_blob:
+                layout.ingest_file(target_layer, output)
+                layout.ingest_bytes(tgt.descriptor, tgt.body)
+                return layout.commit_image(tgt.descriptor, repository=tgt.ref.name, tag=tgt.ref.tag,
+                                           source_digest=tgt.descriptor.digest)
+            stored = _plan.uncompressed_layer(target_layer, digest, size)
+            layout.ingest_file(stored, output)
+            return layout.commit_rewritten(tgt.body, 0, stored, repository=tgt.ref.name,
+                                           tag=tgt.ref.tag, source_digest=tgt.descriptor.digest)
+        finally:
+            output.unlink(missing_ok=True)
+            if not keep_partial:  # the delta is used or refused: its download is of no further use
+                partial.unlink(missing_ok=True)
+                partial.with_name(partial.name + ".meta").unlink(missing_ok=True)
+
+    def _reporter(self, phase: str, total: int) -> Callable[[int], None] | None:
+        progress = self.progress
+        if progress is None:
+            return None
+        return lambda done: progress(phase, done, total)
 
 
 def _count_bodies(client: EdgeClient, total: list[int]) -> Callable[..., None]:
@@ -316,135 +478,6 @@ def _count_bodies(client: EdgeClient, total: list[int]) -> Callable[..., None]:
 
     client.session.hooks["response"].append(hook)
     return hook
-
-
-def _patch_name(algorithm: DeltaAlgorithm) -> str:
-    return _plan.TARDIFF if algorithm is DeltaAlgorithm.TARDIFF else _plan.BSDIFF
-
-
-def _delta(registry: DeltaRegistry, layout: OCILayout, tgt: _Target, base: ImageEntry,
-           doras_url: str | None, edge_client: EdgeClient | None,
-           requested: Sequence[str] | None, wait: bool, timeout_s: float | None, on_timeout: str,
-           allow_unverified: bool, ledger: DownloadBudget | None, progress: Progress | None,
-           result: Callable[..., PullResult], edge_received: list[int]) -> PullResult:
-    # -- the base, as stored
-    base_manifest = _stored_manifest(layout, base)
-    base_layers = [Descriptor.from_json(x) for x in base_manifest.get("layers", [])]
-    target_layers = tgt.layers
-    if len(base_layers) != 1 or len(target_layers) != 1:
-        raise _Fallback("Doras deltas need single-layer artifacts "
-                        f"(base has {len(base_layers)}, target {len(target_layers)} layers)")
-    base_layer, target_layer = base_layers[0], target_layers[0]
-    if not layout.has_blob(base_layer):
-        raise _Fallback(f"the stored base layer {base_layer.digest} is missing or corrupt")
-    planned = _plan.choose_accepted(base_is_registry_blob=not base.rewritten, target_layer=target_layer,
-                                    allow_unverified=allow_unverified, requested=requested)
-    if planned.mode is _plan.Mode.FULL:
-        raise _Fallback(planned.reason)
-
-    # -- ask the server
-    from_image = tgt.ref.with_digest(base.source_digest)
-    to_image = tgt.ref.with_digest(tgt.descriptor.digest)
-    client = edge_client or edge_client_for(registry, doras_url or "", tgt.ref.registry)
-    counter = _count_bodies(client, edge_received)
-    try:
-        if wait:
-            answer = client.read_delta(from_image, to_image, planned.accepted, deadline_s=timeout_s)
-        else:
-            maybe, exists = client.read_delta_async(from_image, to_image, planned.accepted)
-            if not exists or maybe is None:
-                return result(STATUS_PENDING, "the Doras server is building the delta; ask again later",
-                              tgt, from_digest=base.source_digest)
-            answer = maybe
-        check_response(answer, from_image, to_image)
-        body, content_type = registry.fetch_manifest(answer.delta_image)
-        delta_layer, algorithm = check_delta_manifest(body, content_type, answer, from_image)
-    except BackoffExhausted as exc:
-        if on_timeout == STATUS_PENDING:
-            return result(STATUS_PENDING, f"the delta was not ready in time: {exc}", tgt,
-                          from_digest=base.source_digest)
-        raise _Fallback(f"the delta was not ready in time: {exc}") from exc
-    except ImagesIdenticalError as exc:
-        raise _Fallback(f"the server calls different digests identical: {exc}") from exc
-    except (DorasServerError, TransportError, DocumentError, VerificationError, CodecError) as exc:
-        raise _Fallback(f"delta unavailable: {exc}") from exc
-    finally:
-        with contextlib.suppress(ValueError):
-            client.session.hooks["response"].remove(counter)
-        if edge_client is None:
-            client.close()
-    patch = _patch_name(algorithm)
-    compression = algorithm.compression.value
-    if patch not in planned.accepted or (compression != "none" and compression not in planned.accepted):
-        raise _Fallback(f"the server sent a {algorithm.value} delta, which was not asked for "
-                        f"(accepted: {', '.join(planned.accepted)})")
-    if ledger is not None:
-        ledger.check(delta_layer.size + tgt.config.size, what=f"the delta for {tgt.ref}")
-
-    # -- download, apply, verify
-    expected = _plan.expected_result(patch, target_layer)
-    if expected.digest is None and not allow_unverified:  # pragma: no cover - excluded by the plan
-        raise _Fallback("the delta result could not be verified")
-    temp = layout.temp_dir()
-    delta_file = temp / f"delta-{delta_layer.hex}.tmp"
-    output = temp / f"result-{delta_layer.hex}.tmp"
-    try:
-        try:
-            _download(registry, answer.delta_image, delta_layer, delta_file, progress)
-            with delta_file.open("rb") as patch_stream:
-                digest, size = apply_delta(
-                    algorithm, layout.blob_path(base_layer.digest), patch_stream, output,
-                    expected_digest=expected.digest, expected_size=expected.size, tmp_dir=temp,
-                )
-        except (CodecError, VerificationError, TransportError) as exc:
-            raise _Fallback(f"the delta could not be applied: {exc}") from exc
-        if progress is not None:
-            progress("apply", size, size)
-        # -- store, then commit (index.json last)
-        config = tgt.config
-        _ensure_blob(registry, layout, tgt.ref, config)
-        if expected.is_registry_blob:
-            layout.ingest_file(target_layer, output)
-            layout.ingest_bytes(tgt.descriptor, tgt.body)
-            image = layout.commit_image(tgt.descriptor, repository=tgt.ref.name, tag=tgt.ref.tag,
-                                        source_digest=tgt.descriptor.digest)
-        else:
-            stored = _plan.uncompressed_layer(target_layer, digest, size)
-            layout.ingest_file(stored, output)
-            image = layout.commit_rewritten(tgt.body, 0, stored, repository=tgt.ref.name,
-                                            tag=tgt.ref.tag, source_digest=tgt.descriptor.digest)
-    finally:
-        for leftover in (delta_file, output):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-    verified = expected.digest is not None
-    reason = "patched the stored image with a delta from the Doras server"
-    if not verified:
-        reason += " (tar-diff result NOT verified: the target layer has no content digest)"
-    return result(STATUS_DELTA, reason, tgt, from_digest=base.source_digest, algorithm=algorithm.value,
-                  stored_digest=image.descriptor.digest, verified=verified, delta_size=delta_layer.size)
-
-
-def _ensure_blob(registry: DeltaRegistry, layout: OCILayout, ref: Reference, blob: Descriptor) -> None:
-    if layout.has_blob(blob):
-        return
-    if blob.data is not None:
-        layout.ingest_bytes(blob, blob.data)
-        return
-    with registry.open_blob(ref, blob) as stream:
-        layout.ingest(blob, stream)
-
-
-def _download(registry: DeltaRegistry, ref: Reference, blob: Descriptor, path: Path,
-              progress: Progress | None) -> None:
-    """Fetch ``blob`` into ``path``, verified (digest and size) while written."""
-    done = 0
-    with registry.open_blob(ref, blob) as stream, path.open("wb") as out:
-        while chunk := stream.read(1 << 16):
-            out.write(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress("delta", done, blob.size)
 
 
 __all__ = ["PullResult", "edge_client_for", "find_base", "pull_delta"]

@@ -34,7 +34,7 @@ import logging
 import os
 import platform as _platform
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -387,14 +387,18 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         raw = _ResponseStream(response, self)
         return io.BufferedReader(_BlobReader(raw, descriptor.digest, descriptor.size, what="blob"))
 
-    def download_to(self, ref: Reference | str, descriptor: Descriptor, path_partial: Path) -> Path:
+    def download_to(
+        self, ref: Reference | str, descriptor: Descriptor, path_partial: Path, *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Path:
         """Download the blob into ``path_partial`` (resuming what is there); return it verified and fsynced.
 
         ``path_partial`` and its ``.meta`` sidecar belong to this call (see
         :meth:`Transport.download`): a drop, stall or kill leaves them for the
         next call to resume; a digest or size mismatch removes them. For blobs
         that must not go into ``blobs/`` (a delta blob, kept in ``ingest/``
-        until applied): pass ``layout.partial_path(descriptor)``.
+        until applied): pass ``layout.partial_path(descriptor)``. ``on_progress``
+        is called with the bytes received so far.
         """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         validate_digest(descriptor.digest)
@@ -403,7 +407,7 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
             return _write_inline(descriptor, path_partial)
         self._prepare(ref)
         url = self._url(ref, "blobs", descriptor.digest)
-        counter = ByteCounter()
+        counter = ByteCounter(on_progress=on_progress)
         try:
             return self.transport.download(
                 url, digest=descriptor.digest, size=descriptor.size, partial_path=path_partial,
