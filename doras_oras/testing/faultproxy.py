@@ -257,7 +257,9 @@ class FaultProxy:
 
     def _handle(self, handler: _Handler) -> None:
         method, path = handler.command, handler.path
-        headers = {k: v for k, v in handler.headers.items()}
+        headers: dict[str, str] = {}
+        for key, value in handler.headers.items():  # repeated fields (skopeo's Accept) joined
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         fault = self._pick(method, path)
         record = RequestRecord(method, path, headers, fault.kind if fault else None)
         with self._lock:
