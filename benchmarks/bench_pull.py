@@ -18,7 +18,9 @@ each (a ``rate`` fault on both emulates the slow link). Cases (v1 -> v2):
 
 Each tool pulls v2 into a copy of a layout already holding v1, in a child
 process (wall time and peak RSS from ``wait4`` of a small launcher): our
-delta pull (``doras-oras pull --server``), our full pull (no ``--server``),
+delta pull (``doras-oras pull --server``; ``ours-delta`` without numpy, as the
+runtime dependencies install it, ``ours-delta+np`` with the test extra's
+numpy allowed), our full pull (no ``--server``),
 oras-py ``Layout.pull_from_registry``, ``skopeo copy`` and ``oras copy
 --to-oci-layout``. Bytes are the response bodies counted by the proxies
 (registry + Doras server). Each result is checked (the v2 layer is in the layout).
@@ -31,14 +33,13 @@ import argparse
 import bz2
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.parse
@@ -74,7 +75,7 @@ GO_FACTS: dict[str, dict[str, Any]] = {
     "bin256": {"wall_loopback_s": 3.11, "rss_mb": (868, 868)},
 }
 
-TOOLS = ("ours-delta", "ours-full", "oras-py", "skopeo", "oras-cli")
+TOOLS = ("ours-delta", "ours-delta+np", "ours-full", "oras-py", "skopeo", "oras-cli")
 
 
 # --------------------------------------------------------------------------- data
@@ -176,10 +177,11 @@ print(os.waitstatus_to_exitcode(status), time.perf_counter() - t, usage.ru_maxrs
 """
 
 
-def run_child(argv: list[str], output: Path, timeout_s: float) -> tuple[float, int]:
+def run_child(argv: list[str], output: Path, timeout_s: float,
+              env: dict[str, str] | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of ``argv``; its stdout+stderr go to ``output``."""
     res = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, str(output), *argv], check=True,
-                         capture_output=True, text=True, timeout=timeout_s)
+                         capture_output=True, text=True, timeout=timeout_s, env=env)
     code, wall, rss = res.stdout.split()
     if int(code) != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} ... failed with {code}: {output.read_text()[-2000:]}")
@@ -363,7 +365,7 @@ def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: 
 def tool_argv(tool: str, bed: Bed, case: Case, layout: Path) -> list[str]:
     ref = f"{bed.host}/{case.repo}:v2"
     py = sys.executable
-    if tool == "ours-delta":
+    if tool in ("ours-delta", "ours-delta+np"):
         return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http",
                 "--server", bed.doras_proxy.url, "--json"]
     if tool == "ours-full":
@@ -382,7 +384,7 @@ def check_result(tool: str, case: Case, layout: Path, output: Path) -> str:
     if tool.startswith("ours"):
         lines = [line for line in output.read_text().splitlines() if line.startswith("{")]
         result = json.loads(lines[-1])
-        want = "delta" if tool == "ours-delta" else "full"
+        want = "full" if tool == "ours-full" else "delta"
         if result["status"] != want or result["to_digest"] != case.v2_digest:
             raise RuntimeError(f"{tool} on {case.name}: {result}")
         return f"{result['status']} {result['algorithm'] or ''}".strip()
@@ -401,8 +403,14 @@ def run_tool(bed: Bed, case: Case, tool: str, link: str, timeout_s: float) -> Ro
     shutil.rmtree(layout, ignore_errors=True)
     shutil.copytree(case.template, layout)
     output = bed.work / f"out-{case.name}-{link.replace('/', '_')}-{tool}.txt"
+    # The runtime dependencies do not include numpy (a test extra): "ours-delta" runs as
+    # installed on a device, without it; "ours-delta+np" lets the applier use numpy.
+    env = dict(os.environ)
+    env.pop("DORAS_ORAS_NO_NUMPY", None)
+    if tool != "ours-delta+np":
+        env["DORAS_ORAS_NO_NUMPY"] = "1"
     bed.reset()
-    wall, rss = run_child(tool_argv(tool, bed, case, layout), output, timeout_s)
+    wall, rss = run_child(tool_argv(tool, bed, case, layout), output, timeout_s, env)
     received = bed.received()
     detail = check_result(tool, case, layout, output)
     shutil.rmtree(layout)
@@ -434,11 +442,11 @@ def go_comparison(rows: list[Row]) -> list[dict[str, Any]]:
     peak RSS ≤ 64 MiB)."""
     out = []
     for row in rows:
-        if row.tool != "ours-delta" or row.case not in GO_FACTS:
+        if not row.tool.startswith("ours-delta") or row.case not in GO_FACTS:
             continue
         facts = GO_FACTS[row.case]
         go_wall = facts.get("wall_loopback_s" if row.link == "loopback" else "wall_slow_s")
-        entry: dict[str, Any] = {"case": row.case, "link": row.link, "ours_s": row.wall_s, "go_s": go_wall,
+        entry: dict[str, Any] = {"case": row.case, "link": row.link, "tool": row.tool, "ours_s": row.wall_s, "go_s": go_wall,
                                  "ours_bytes": row.bytes_received, "go_bytes": facts.get("bytes"),
                                  "ours_rss_mib": round(row.peak_rss / MiB, 1),
                                  "go_rss_mb": facts["rss_mb"]}
@@ -464,7 +472,7 @@ def print_table(rows: list[Row], cases: list[dict[str, Any]]) -> None:
     for g in go_comparison(rows):
         go_s = "n/a" if g["go_s"] is None else f"{g['go_s']:.2f} s"
         go_b = "n/a" if g["go_bytes"] is None else f"{g['go_bytes']:,} B"
-        print(f"# vs Go client, {g['case']} {g['link']}: ours {g['ours_s']:.2f} s / Go {go_s} "
+        print(f"# vs Go client, {g['case']} {g['link']} {g['tool']}: ours {g['ours_s']:.2f} s / Go {go_s} "
               f"(target half: {g['time_target_met']}), ours {g['ours_bytes']:,} B / Go {go_b} "
               f"(target: {g['bytes_target_met']}), ours {g['ours_rss_mib']} MiB / Go "
               f"{g['go_rss_mb'][0]}-{g['go_rss_mb'][1]} MB (target <= 64 MiB: {g['rss_target_met']})")
@@ -504,6 +512,8 @@ def main() -> None:
     links: list[tuple[str, float | None]] = [("loopback", None)]
     if args.rate_mbit:
         links.append((f"{args.rate_mbit:g}Mbit/s", args.rate_mbit * 1e6 / 8))
+    # a SIGTERM unwinds the test bed (stops the registry, removes the work dir)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     started = time.perf_counter()
@@ -521,7 +531,7 @@ def main() -> None:
             bed.set_rate(rate)
             for case in cases:
                 for tool in tools:
-                    if (rate and tool != "ours-delta" and case.size > args.slow_full_max_mib * MiB):
+                    if (rate and not tool.startswith("ours-delta") and case.size > args.slow_full_max_mib * MiB):
                         continue
                     timeout = 120 + (case.size / rate * 1.5 if rate else 60)
                     rows.append(run_tool(bed, case, tool, link, timeout))
