@@ -38,6 +38,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -315,6 +316,8 @@ class Row:
     wall_s: float
     peak_rss: int
     detail: str = ""
+    walls: list[float] = field(default_factory=list)
+    """Every run's wall time when repeated (``wall_s`` is then their median)."""
 
 
 def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: int) -> None:
@@ -387,7 +390,8 @@ def check_result(tool: str, case: Case, layout: Path, output: Path) -> str:
         want = "full" if tool == "ours-full" else "delta"
         if result["status"] != want or result["to_digest"] != case.v2_digest:
             raise RuntimeError(f"{tool} on {case.name}: {result}")
-        return f"{result['status']} {result['algorithm'] or ''}".strip()
+        what = f"{result['status']} {result['algorithm'] or ''}".strip()
+        return f"{what}; pull_delta {result['duration_s']:.2f} s"
     blob = layout / "blobs" / "sha256" / case.v2_layer["digest"].split(":", 1)[1]
     h = hashlib.sha256()
     with open(blob, "rb") as fh:
@@ -415,9 +419,19 @@ def run_tool(bed: Bed, case: Case, tool: str, link: str, timeout_s: float) -> Ro
     detail = check_result(tool, case, layout, output)
     shutil.rmtree(layout)
     row = Row(case.name, link, tool, received, round(wall, 3), rss, detail)
-    print(f"# {case.name:<7} {link:<9} {tool:<10} {received:>12,} B {wall:8.2f} s "
+    print(f"# {case.name:<7} {link:<9} {tool:<13} {received:>12,} B {wall:8.2f} s "
           f"{rss / MiB:7.1f} MiB  {detail}", file=sys.stderr, flush=True)
     return row
+
+
+def combine(runs: list[Row]) -> Row:
+    """One row for repeated runs: median wall time, largest peak RSS and byte count."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    return Row(first.case, first.link, first.tool, max(r.bytes_received for r in runs),
+               round(statistics.median(r.wall_s for r in runs), 3), max(r.peak_rss for r in runs),
+               first.detail, [r.wall_s for r in runs])
 
 
 # --------------------------------------------------------------------------- report
@@ -458,14 +472,15 @@ def go_comparison(rows: list[Row]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[Row], cases: list[dict[str, Any]]) -> None:
-    print(f"{'case':<8}{'link':<10}{'tool':<11}{'bytes recv':>14}{'wall s':>9}{'peak RSS MiB':>14}"
+    print(f"{'case':<8}{'link':<10}{'tool':<14}{'bytes recv':>14}{'wall s':>9}{'peak RSS MiB':>14}"
           f"{'bytes x':>10}{'time x':>9}{'RSS x':>8}  what")
     rat = {(r["case"], r["link"], r["vs"]): r for r in ratios(rows)}
     for row in rows:
         r = rat.get((row.case, row.link, row.tool))
         tail = (f"{r['bytes_x']:>10}{r['time_x']:>9}{r['rss_x']:>8}" if r else f"{'1':>10}{'1':>9}{'1':>8}")
-        print(f"{row.case:<8}{row.link:<10}{row.tool:<11}{row.bytes_received:>14,}{row.wall_s:>9.2f}"
-              f"{row.peak_rss / MiB:>14.1f}{tail}  {row.detail}")
+        spread = f" ({min(row.walls):.2f}-{max(row.walls):.2f} s, n={len(row.walls)})" if row.walls else ""
+        print(f"{row.case:<8}{row.link:<10}{row.tool:<14}{row.bytes_received:>14,}{row.wall_s:>9.2f}"
+              f"{row.peak_rss / MiB:>14.1f}{tail}  {row.detail}{spread}")
     print("# x: the alternative's figure over our delta pull's (bytes x 1000 = a thousand times more)")
     for case in cases:
         print(f"# {case['name']}: v2 layer {case['layer_size']:,} bytes, delta blob {case['delta_size']:,} bytes")
@@ -486,6 +501,9 @@ def main() -> None:
     parser.add_argument("--sizes", help="binary sizes in MiB, comma-separated (default 64,256; quick: 2)")
     parser.add_argument("--files", type=int, help="files of the tree case (default 2000; quick: 200; 0: none)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="tools to run, comma-separated")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run each delta pull, and each loopback pull, N times: median wall time, "
+                             "largest peak RSS")
     parser.add_argument("--slow-full-max-mib", type=float, default=1e9,
                         help="on the slow link, run the full pulls only for layers up to this size")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
@@ -534,7 +552,8 @@ def main() -> None:
                     if (rate and not tool.startswith("ours-delta") and case.size > args.slow_full_max_mib * MiB):
                         continue
                     timeout = 120 + (case.size / rate * 1.5 if rate else 60)
-                    rows.append(run_tool(bed, case, tool, link, timeout))
+                    reps = args.repeat if (not rate or tool.startswith("ours-delta")) else 1
+                    rows.append(combine([run_tool(bed, case, tool, link, timeout) for _ in range(reps)]))
         if bed.doras.builds != builds_before:
             raise SystemExit("the server built deltas during the timed runs")
     total = time.perf_counter() - started
