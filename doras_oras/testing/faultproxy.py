@@ -22,6 +22,8 @@ matching requests (``None``: all). Kinds:
 
 The proxy counts requests and body bytes sent per path and records each
 request's headers (``proxy.log``), so tests can assert what crossed the wire.
+Repeated request header fields (several ``Accept`` lines, as skopeo sends)
+are forwarded joined with ``", "``.
 """
 
 from __future__ import annotations
