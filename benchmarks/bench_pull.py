@@ -214,6 +214,8 @@ class BenchDoras(DorasServer):
 
 @dataclass
 class Bed:
+    """The running test bed: registry, Doras server and a counting proxy in front of each."""
+
     registry: RegistryServer
     reg_proxy: FaultProxy
     doras: BenchDoras
@@ -297,6 +299,8 @@ def plant_bsdiff(bed: Bed, repo: str, from_digest: str, to_digest: str, delta: b
 
 @dataclass
 class Case:
+    """One v1 -> v2 update in the registry, its delta and a layout template holding v1."""
+
     name: str
     repo: str
     size: int  # bytes of the v2 layer blob
@@ -309,6 +313,8 @@ class Case:
 
 @dataclass
 class Row:
+    """The figures of one tool pulling one case over one link."""
+
     case: str
     link: str
     tool: str
