@@ -22,6 +22,8 @@ matching requests (``None``: all). Kinds:
 
 The proxy counts requests and body bytes sent per path and records each
 request's headers (``proxy.log``), so tests can assert what crossed the wire.
+Repeated request header fields (several ``Accept`` lines, as skopeo sends)
+are forwarded joined with ``", "``.
 """
 
 from __future__ import annotations
@@ -257,7 +259,9 @@ class FaultProxy:
 
     def _handle(self, handler: _Handler) -> None:
         method, path = handler.command, handler.path
-        headers = {k: v for k, v in handler.headers.items()}
+        headers: dict[str, str] = {}
+        for key, value in handler.headers.items():  # repeated fields (skopeo's Accept) joined
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         fault = self._pick(method, path)
         record = RequestRecord(method, path, headers, fault.kind if fault else None)
         with self._lock:
