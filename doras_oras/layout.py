@@ -507,10 +507,11 @@ class OCILayout:
         return final
 
     def adopt_partial(self, descriptor: Descriptor, path: Path) -> Path:
-        """Move a downloaded partial file, already verified while written, into ``blobs/``.
+        """Move a file whose digest was computed while it was written into ``blobs/``.
 
         For files that :meth:`doras_oras.transport.Transport.download` returned (it
-        checked digest and size as the bytes arrived and fsynced them): the size is
+        checked digest and size as the bytes arrived and fsynced them) and results of
+        :func:`doras_oras.codecs.apply_delta` (it hashes while writing): the size is
         checked again, the file fsynced, made 0644, renamed into place and the
         directory fsynced. Anything else goes through :meth:`ingest_file`, which hashes.
         """

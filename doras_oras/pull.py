@@ -446,13 +446,14 @@ class _PullRun:
             if self.progress is not None:
                 self.progress("apply", size, size)
             registry.download_blob(tgt.ref, tgt.config, layout)
+            # apply_delta hashed the result while writing it: no second pass over it
             if expected.is_registry_blob:
-                layout.ingest_file(target_layer, output)
+                layout.adopt_partial(target_layer, output)
                 layout.ingest_bytes(tgt.descriptor, tgt.body)
                 return layout.commit_image(tgt.descriptor, repository=tgt.ref.name, tag=tgt.ref.tag,
                                            source_digest=tgt.descriptor.digest)
             stored = _plan.uncompressed_layer(target_layer, digest, size)
-            layout.ingest_file(stored, output)
+            layout.adopt_partial(stored, output)
             return layout.commit_rewritten(tgt.body, 0, stored, repository=tgt.ref.name,
                                            tag=tgt.ref.tag, source_digest=tgt.descriptor.digest)
         finally:
