@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from doras_oras.testing.tardiff_encoder import uvarint
+
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 
@@ -162,15 +164,6 @@ def _sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def make_tardiff_case(work: Path, files: int, file_size: int) -> tuple[Path, Path, str, int]:
     """A base tar, a tar-diff delta (Open + Copy/Data per file) and the new tar's digest."""
     import zstandard
@@ -201,18 +194,18 @@ def make_tardiff_case(work: Path, files: int, file_size: int) -> tuple[Path, Pat
         for info in tf:
             if pos < info.offset_data:
                 chunk = new_bytes[pos : info.offset_data]
-                ops += b"\x00" + _uvarint(len(chunk)) + chunk
+                ops += b"\x00" + uvarint(len(chunk)) + chunk
             name = info.name.encode()
             mid = info.size // 2
-            ops += b"\x01" + _uvarint(len(name)) + name
-            ops += b"\x02" + _uvarint(mid)
+            ops += b"\x01" + uvarint(len(name)) + name
+            ops += b"\x02" + uvarint(mid)
             edit = new_bytes[info.offset_data + mid : info.offset_data + mid + 1]
-            ops += b"\x00" + _uvarint(1) + edit
-            ops += b"\x04" + _uvarint(mid + 1)
-            ops += b"\x02" + _uvarint(info.size - mid - 1)
+            ops += b"\x00" + uvarint(1) + edit
+            ops += b"\x04" + uvarint(mid + 1)
+            ops += b"\x02" + uvarint(info.size - mid - 1)
             pos = info.offset_data + info.size
     tail = new_bytes[pos:]
-    ops += b"\x00" + _uvarint(len(tail)) + tail
+    ops += b"\x00" + uvarint(len(tail)) + tail
     delta = work / "delta.tardiff"
     delta.write_bytes(b"tardf1\n\x00" + zstandard.ZstdCompressor().compress(bytes(ops)))
     return base, delta, _sha256_file(new), len(new_bytes)

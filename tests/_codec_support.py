@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 from pathlib import Path
 
+from doras_oras.testing.tardiff_encoder import uvarint as uvarint
 from doras_oras.testing.vectors import vectors_dir as vectors_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,15 +39,6 @@ def make_bsdiff(
     dblk = bz2.compress(diff)
     eblk = bz2.compress(extra)
     return bsdiff_header(len(ctrl), len(dblk), new_size) + ctrl + dblk + eblk
-
-
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def tardiff_op(op: int, size: int, data: bytes = b"") -> bytes:

@@ -47,7 +47,8 @@ def clean_path(name: str) -> str:
     return posixpath.normpath("/" + name).lstrip("/")
 
 
-def _uvarint(value: int) -> bytes:
+def uvarint(value: int) -> bytes:
+    """An unsigned LEB128 varint, as tar-diff sizes are written."""
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -78,7 +79,7 @@ class _OpWriter:
 
     def _op(self, op: int, size: int, data: bytes = b"") -> None:
         self.out.append(op)
-        self.out += _uvarint(size)
+        self.out += uvarint(size)
         self.out += data
 
     def flush(self) -> None:
