@@ -393,8 +393,11 @@ def check_result(tool: str, case: Case, layout: Path, output: Path) -> str:
     if tool.startswith("ours"):
         lines = [line for line in output.read_text().splitlines() if line.startswith("{")]
         result = json.loads(lines[-1])
-        want = "full" if tool == "ours-full" else "delta"
-        if result["status"] != want or result["to_digest"] != case.v2_digest:
+        if tool == "ours-full":  # without --server: the full pull's summary
+            if result["action"] != "full" or result["digest"] != case.v2_digest:
+                raise RuntimeError(f"{tool} on {case.name}: {result}")
+            return f"full; {result['blobs_fetched']} blob(s) fetched"
+        if result["status"] != "delta" or result["to_digest"] != case.v2_digest:
             raise RuntimeError(f"{tool} on {case.name}: {result}")
         what = f"{result['status']} {result['algorithm'] or ''}".strip()
         return f"{what}; pull_delta {result['duration_s']:.2f} s"
