@@ -16,8 +16,10 @@ from functools import lru_cache
 
 __all__ = ["AdaptiveAdder", "add_bytes", "add_bytes_int", "select_adder"]
 
-#: Bytes added with big integers before an :class:`AdaptiveAdder` tries numpy.
-NUMPY_AFTER = 4 << 20
+#: Bytes added with big integers before an :class:`AdaptiveAdder` tries numpy. Measured
+#: break-even of numpy's import (~0.15 s, ~18 MiB RSS) against the big-integer adder is
+#: ~35 MiB of adds (docs/benchmarks.md): scattered edits of a typical update stay below it.
+NUMPY_AFTER = 32 << 20
 
 AddFn = Callable[[bytes, bytes], bytes]
 
