@@ -384,9 +384,26 @@ class _PullRun:
         if len(base_layers) != 1 or len(target_layers) != 1:
             raise _Fallback("Doras deltas need single-layer artifacts "
                             f"(base has {len(base_layers)}, target {len(target_layers)} layers)")
-        if not self.layout.has_blob(base_layers[0]):
+        if not self._base_usable(base_layers[0]):
             raise _Fallback(f"the stored base layer {base_layers[0].digest} is missing or corrupt")
         return base_layers[0], target_layers[0]
+
+    def _base_usable(self, layer: Descriptor) -> bool:
+        """Whether the stored base layer can be patched.
+
+        When the result will be verified against the target (always, unless
+        ``allow_unverified``), a rotted base cannot slip through: the result
+        would not match, and :meth:`_apply_and_commit` then checks the base to
+        name the cause. So only its presence and size are checked here, which
+        saves hashing the whole base on every pull. With ``allow_unverified``
+        the base is hashed first.
+        """
+        if self.allow_unverified:
+            return self.layout.has_blob(layer)
+        try:
+            return self.layout.blob_path(layer.digest).stat().st_size == layer.size
+        except FileNotFoundError:
+            return False
 
     def _ask(self, from_image: Reference, to_image: Reference, planned: _plan.DeltaPlan
              ) -> tuple[Reference, Descriptor, DeltaAlgorithm] | str:
@@ -442,6 +459,9 @@ class _PullRun:
                         tmp_dir=layout.temp_dir(),
                     )
             except (CodecError, VerificationError, TransportError) as exc:
+                if not isinstance(exc, TransportError) and not layout.has_blob(base_layer):
+                    raise _Fallback(f"the stored base layer {base_layer.digest} is missing or corrupt "
+                                    f"(the delta did not give the target: {exc})") from exc
                 raise _Fallback(f"the delta could not be applied: {exc}") from exc
             if self.progress is not None:
                 self.progress("apply", size, size)

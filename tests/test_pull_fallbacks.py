@@ -210,9 +210,26 @@ def test_rotted_base_layer_in_the_layout(oci_registry: RegistryServer, doras_ser
     result = pull(oci_registry, bed.repo, "v2", bed.layout, doras_server)
     assert result.status == "full"
     assert "missing or corrupt" in result.reason
-    assert doras_server.builds == 0
+    # the rot is found when the patched result does not match the target (no pre-hash of the base)
+    assert "did not give the target" in result.reason
     assert result.stored_digest == bed.to_digest
     # v1 lost its rotten layer (removed when found corrupt); v2 is whole
     assert layout_problems(bed.layout) == [f"missing {layer['digest']}"]
     assert run("skopeo", "inspect", "--raw", f"oci:{bed.layout}:v2").stdout.encode() == bed.v2
 
+
+
+def test_truncated_base_layer_is_refused_before_asking(oci_registry: RegistryServer,
+                                                        doras_server: DorasServer, tmp_path: Path) -> None:
+    """A base of the wrong size is found without hashing it, before the server is asked."""
+    bed = prepared(oci_registry, tmp_path)
+    layer = json.loads(bed.v1)["layers"][0]
+    blob = bed.layout / "blobs" / "sha256" / layer["digest"].split(":")[1]
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:-1])
+    result = pull(oci_registry, bed.repo, "v2", bed.layout, doras_server)
+    assert result.status == "full"
+    assert "missing or corrupt" in result.reason and "did not give" not in result.reason
+    assert doras_server.builds == 0
+    assert result.stored_digest == bed.to_digest
+    assert run("skopeo", "inspect", "--raw", f"oci:{bed.layout}:v2").stdout.encode() == bed.v2
