@@ -733,6 +733,23 @@ class OCILayout:
         self.ingest_bytes(manifest, body)
         return self.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest)
 
+    def forget_image(self, image: ImageEntry) -> bool:
+        """Drop ``image``'s entry from ``index.json`` (atomically); False if it is not there.
+
+        For an image whose content is lost (a blob found corrupt and removed):
+        an index entry that points at a missing blob would make the layout invalid
+        for every reader. Its remaining blobs go at the next :meth:`gc`.
+        """
+        self._require_lock()
+        entries = self.read_index()["manifests"]
+        kept = [entry for entry in entries if Descriptor.from_json(entry) != image.descriptor]
+        if len(kept) == len(entries):
+            return False
+        self._write_index(kept)
+        log.warning("dropped %s:%s (%s) from index.json: its content is lost",
+                    image.repository, image.tag, image.descriptor.digest)
+        return True
+
     def discard_unreferenced(self, digests: Sequence[str]) -> list[str]:
         """Remove those of ``digests`` that no image of ``index.json`` reaches (a rollback helper)."""
         self._require_lock()

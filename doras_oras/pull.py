@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -336,7 +336,21 @@ class _PullRun:
             return self.delta(tgt, base)
         except _Fallback as fallback:
             log.warning("falling back to a full pull: %s", fallback.reason)
-            return self.full(tgt, fallback.reason, base=base)
+            result = self.full(tgt, fallback.reason, base=base)
+        if self._forget_if_lost(base):
+            result = replace(result, reason=result.reason + f"; the damaged image {base.tag or base.source_digest} "
+                             "(its layer was lost) was dropped from the layout's index")
+        return result
+
+    def _forget_if_lost(self, image: ImageEntry) -> bool:
+        """Drop ``image`` from the index when a blob it needs is gone (found corrupt and removed)."""
+        try:
+            needed = self.layout.references(image.descriptor)
+        except DorasOrasError:  # its manifest itself is gone or unreadable
+            return self.layout.forget_image(image)
+        if all(self.layout.blob_path(blob.digest).is_file() for blob in needed if blob.data is None):
+            return False
+        return self.layout.forget_image(image)
 
     def full(self, tgt: _Target, reason: str, *, base: ImageEntry | None) -> PullResult:
         """A verified full pull of the target."""
