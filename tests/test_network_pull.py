@@ -12,12 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from test_transport_token_registry import JWTIssuer, TokenRegistry
+from token_registry import TokenRegistry
 from transport_helpers import push_blob, quick_policy
 
 from doras_oras.descriptor import Descriptor
@@ -27,7 +26,7 @@ from doras_oras.reference import Reference
 from doras_oras.registry import DeltaRegistry
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER
-from doras_oras.testing.registry import RegistryServer, find_tool, make_tls
+from doras_oras.testing.registry import RegistryServer, find_tool
 from tests.layout_support import REPO_ROOT, cli, layout_problems, oras_push_file, run, sha256
 
 MiB = 1 << 20
@@ -287,19 +286,6 @@ def test_cli_tls_flags_are_checked(oci_registry_tls: RegistryServer, tmp_path: P
 
 
 # --- token auth (the real registry with ``auth: token``) ----------------------------
-
-
-@pytest.fixture(scope="module")
-def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenRegistry]:
-    keys = make_tls(tmp_path_factory.mktemp("jwt"))
-    issuer = JWTIssuer(keys)
-    issuer.start()
-    try:
-        with TokenRegistry(issuer) as registry:
-            yield registry
-    finally:
-        issuer.server.shutdown()
-        issuer.server.server_close()
 
 
 def push_with_token(registry: TokenRegistry, repo: str, tag: str, layer: bytes) -> str:

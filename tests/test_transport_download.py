@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +31,6 @@ def blob(oci_registry: RegistryServer) -> Blob:
 @pytest.fixture(scope="module")
 def other_blob(oci_registry: RegistryServer) -> Blob:
     return random_blob(oci_registry, "transport/download", SIZE)
-
-
-@pytest.fixture
-def proxy(oci_registry: RegistryServer) -> Iterator[FaultProxy]:
-    with FaultProxy(oci_registry.url) as p:
-        yield p
 
 
 def ranges(proxy: FaultProxy, blob: Blob) -> list[str | None]:

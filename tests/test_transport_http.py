@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from transport_helpers import Blob, quick_policy, random_blob
+from transport_helpers import Blob, Sleeps, quick_policy, random_blob
 
 from doras_oras.auth import RegistryAuth
 from doras_oras.errors import (
@@ -29,19 +28,6 @@ SIZE = 256 * 1024
 @pytest.fixture(scope="module")
 def blob(oci_registry: RegistryServer) -> Blob:
     return random_blob(oci_registry, "transport/http", SIZE)
-
-
-@pytest.fixture
-def proxy(oci_registry: RegistryServer) -> Iterator[FaultProxy]:
-    with FaultProxy(oci_registry.url) as p:
-        yield p
-
-
-class Sleeps(list[float]):
-    """An injectable sleep that records the waits instead of sleeping."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 # --- retries ---------------------------------------------------------------------

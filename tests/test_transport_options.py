@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from transport_helpers import Blob, quick_policy, random_blob
+from transport_helpers import Blob, Sleeps, quick_policy, random_blob
 
 from doras_oras.errors import InsecureTransportError, RegistryError
 from doras_oras.testing.faultproxy import FaultProxy
@@ -16,17 +14,6 @@ from doras_oras.transport import TransferPolicy, Transport
 @pytest.fixture(scope="module")
 def blob(oci_registry: RegistryServer) -> Blob:
     return random_blob(oci_registry, "transport/options", 100_000)
-
-
-@pytest.fixture
-def proxy(oci_registry: RegistryServer) -> Iterator[FaultProxy]:
-    with FaultProxy(oci_registry.url) as p:
-        yield p
-
-
-class Sleeps(list[float]):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 @pytest.mark.timeout(30)

@@ -83,3 +83,10 @@ def sha256_file(path: os.PathLike[str] | str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
+
+
+class Sleeps(list[float]):
+    """An injectable sleep that records the waits instead of sleeping."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
