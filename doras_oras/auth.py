@@ -9,7 +9,8 @@ transport's policy allows http) or on another host (unless listed in
 ``allowed_realm_hosts``) is refused with :class:`InsecureTransportError`. A
 token the registry stops accepting (it expired mid-pull) is renewed once per
 request. Credentials can come from docker ``config.json`` files and
-credential helpers through oras-py's loader (:meth:`RegistryAuth.from_docker_config`).
+credential helpers (:class:`DockerConfigAuth`, :meth:`RegistryAuth.from_docker_config`);
+the Doras edge client uses the same reader.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
+import subprocess
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -32,6 +36,9 @@ if TYPE_CHECKING:
     from .transport import Transport
 
 log = logging.getLogger(__name__)
+
+#: Docker config files over this size are ignored.
+CONFIG_CAP = 4 << 20
 
 #: Token responses are JSON of a few KiB; anything bigger is refused.
 TOKEN_BODY_CAP = 1024 * 1024
@@ -93,21 +100,21 @@ class RegistryAuth:
     ) -> RegistryAuth:
         """Credentials for ``registry`` from docker ``config.json`` files / credential helpers.
 
-        Uses oras-py's loader (``configs`` plus the default docker config);
-        no credentials found gives an anonymous :class:`RegistryAuth`.
+        Reads the default docker config and then ``configs`` (later files win)
+        with :class:`DockerConfigAuth`; no basic credentials found gives an
+        anonymous :class:`RegistryAuth` (an identity token is not a registry password).
         """
-        import oras.auth.base
-        import oras.auth.utils
-
-        backend: Any = oras.auth.base.AuthBackend()
-        backend._auth_config = oras.auth.utils.load_configs(list(configs or []))
-        backend._basic_auth = None
-        if backend._load_auth(registry) and backend._basic_auth:
-            decoded = base64.b64decode(backend._basic_auth).decode("utf-8")
-            username, _, password = decoded.partition(":")
-            return cls(registry, username=username, password=password,
-                       allowed_realm_hosts=allowed_realm_hosts)
-        log.debug("no credentials for %s in the docker config", registry)
+        header = DockerConfigAuth([default_docker_config(), *(configs or [])]).authorization(registry)
+        if header and header.startswith("Basic "):
+            try:
+                decoded = base64.b64decode(header[6:], validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                log.warning("ignoring a malformed docker config entry for %s", registry)
+            else:
+                username, _, password = decoded.partition(":")
+                return cls(registry, username=username, password=password,
+                           allowed_realm_hosts=allowed_realm_hosts)
+        log.debug("no basic credentials for %s in the docker config", registry)
         return cls(registry, allowed_realm_hosts=allowed_realm_hosts)
 
     @property
@@ -202,3 +209,101 @@ class RegistryAuth:
         self.tokens_fetched += 1
         log.debug("fetched a token from %s for scope %r", safe_url(realm), query.get("scope"))
         return token
+
+
+def default_docker_config() -> Path:
+    """``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``."""
+    base = os.environ.get("DOCKER_CONFIG")
+    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+
+
+class DockerConfigAuth:
+    """Credentials of the docker ``config.json`` entry for the registry host.
+
+    Reads ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` (or the
+    given ``paths``), as oras-py does: ``auths[host].auth`` (base64
+    ``user:password``), ``username``/``password``, ``registrytoken`` (sent as
+    Bearer), then ``credHelpers[host]`` / ``credsStore`` through
+    ``docker-credential-<name> get``. No entry: no header.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]] | None = None, *,
+                 helper_timeout_s: float = 10.0) -> None:
+        if paths is None:
+            paths = [default_docker_config()]
+        self.paths = [Path(p) for p in paths]
+        self.helper_timeout_s = helper_timeout_s
+
+    def _load(self) -> tuple[dict[str, Any], dict[str, str], str | None]:
+        auths: dict[str, Any] = {}
+        helpers: dict[str, str] = {}
+        store: str | None = None
+        for path in self.paths:
+            try:
+                with path.open("rb") as fh:
+                    data = fh.read(CONFIG_CAP + 1)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("cannot read docker config %s: %s", path, exc)
+                continue
+            try:
+                cfg = json.loads(data) if len(data) <= CONFIG_CAP else None
+            except ValueError:
+                cfg = None
+            if not isinstance(cfg, dict):
+                log.warning("ignoring docker config %s: not a JSON object under 4 MiB", path)
+                continue
+            for key, entry in (cfg.get("auths") or {}).items():
+                if isinstance(entry, dict):
+                    auths[_config_host(key)] = entry
+            helpers.update({_config_host(k): v for k, v in (cfg.get("credHelpers") or {}).items()
+                            if isinstance(v, str)})
+            if isinstance(cfg.get("credsStore"), str):
+                store = cfg["credsStore"]
+        return auths, helpers, store
+
+    def authorization(self, registry: str) -> str | None:
+        auths, helpers, store = self._load()
+        host = _config_host(registry)
+        entry = auths.get(host)
+        if entry:
+            token, encoded = entry.get("registrytoken"), entry.get("auth")
+            if isinstance(token, str) and token:
+                return "Bearer " + token
+            if isinstance(encoded, str) and encoded:
+                return "Basic " + encoded
+            user, password = entry.get("username"), entry.get("password")
+            if isinstance(user, str) and isinstance(password, str) and user and password:
+                return basic_header(user, password)
+        helper = helpers.get(host) or store
+        if helper:
+            return self._from_helper(helper, host)
+        return None
+
+    def _from_helper(self, helper: str, host: str) -> str | None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
+            log.warning("ignoring credential helper with a strange name %r", helper[:50])
+            return None
+        try:
+            proc = subprocess.run([f"docker-credential-{helper}", "get"], input=host.encode(),
+                                  capture_output=True, check=True, timeout=self.helper_timeout_s)
+            payload = json.loads(proc.stdout[:CONFIG_CAP])
+            user, secret = payload["Username"], payload["Secret"]
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as exc:
+            log.warning("credential helper docker-credential-%s gave nothing for %s: %s",
+                        helper, host, type(exc).__name__)
+            return None
+        if not isinstance(user, str) or not isinstance(secret, str) or not secret:
+            return None
+        if user == "<token>":
+            return "Bearer " + secret
+        return basic_header(user, secret)
+
+
+def _config_host(key: str) -> str:
+    """``https://host:port/v1/`` and ``host:port`` name the same config entry."""
+    text = key.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    return text.split("/", 1)[0].lower()

@@ -34,17 +34,16 @@ import json
 import logging
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import requests
 
 from . import schemas
+from .auth import DockerConfigAuth as DockerConfigAuth
 from .backoff import BackoffStrategy, default_backoff, parse_retry_after
 from .codecs import Compression as Compression
 from .codecs import DeltaAlgorithm
@@ -180,100 +179,6 @@ class BasicAuth:
 
     def __repr__(self) -> str:
         return f"BasicAuth(username={self.username!r}, password=***)"
-
-
-class DockerConfigAuth:
-    """Credentials of the docker ``config.json`` entry for the registry host.
-
-    Reads ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` (or the
-    given ``paths``), as oras-py does: ``auths[host].auth`` (base64
-    ``user:password``), ``username``/``password``, ``registrytoken`` (sent as
-    Bearer), then ``credHelpers[host]`` / ``credsStore`` through
-    ``docker-credential-<name> get``. No entry: no header.
-    """
-
-    def __init__(self, paths: Sequence[str | os.PathLike[str]] | None = None, *,
-                 helper_timeout_s: float = 10.0) -> None:
-        if paths is None:
-            base = os.environ.get("DOCKER_CONFIG")
-            default = Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
-            paths = [default]
-        self.paths = [Path(p) for p in paths]
-        self.helper_timeout_s = helper_timeout_s
-
-    def _load(self) -> tuple[dict[str, Any], dict[str, str], str | None]:
-        auths: dict[str, Any] = {}
-        helpers: dict[str, str] = {}
-        store: str | None = None
-        for path in self.paths:
-            try:
-                with path.open("rb") as fh:
-                    data = fh.read(MAX_JSON_BYTES + 1)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.warning("cannot read docker config %s: %s", path, exc)
-                continue
-            try:
-                cfg = json.loads(data) if len(data) <= MAX_JSON_BYTES else None
-            except ValueError:
-                cfg = None
-            if not isinstance(cfg, dict):
-                log.warning("ignoring docker config %s: not a JSON object under 4 MiB", path)
-                continue
-            for key, entry in (cfg.get("auths") or {}).items():
-                if isinstance(entry, dict):
-                    auths[_config_host(key)] = entry
-            helpers.update({_config_host(k): v for k, v in (cfg.get("credHelpers") or {}).items()
-                            if isinstance(v, str)})
-            if isinstance(cfg.get("credsStore"), str):
-                store = cfg["credsStore"]
-        return auths, helpers, store
-
-    def authorization(self, registry: str) -> str | None:
-        auths, helpers, store = self._load()
-        host = _config_host(registry)
-        entry = auths.get(host)
-        if entry:
-            token, encoded = entry.get("registrytoken"), entry.get("auth")
-            if isinstance(token, str) and token:
-                return "Bearer " + token
-            if isinstance(encoded, str) and encoded:
-                return "Basic " + encoded
-            user, password = entry.get("username"), entry.get("password")
-            if isinstance(user, str) and isinstance(password, str) and user and password:
-                return BasicAuth(user, password).authorization(registry)
-        helper = helpers.get(host) or store
-        if helper:
-            return self._from_helper(helper, host)
-        return None
-
-    def _from_helper(self, helper: str, host: str) -> str | None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
-            log.warning("ignoring credential helper with a strange name %r", helper[:50])
-            return None
-        try:
-            proc = subprocess.run([f"docker-credential-{helper}", "get"], input=host.encode(),
-                                  capture_output=True, check=True, timeout=self.helper_timeout_s)
-            payload = json.loads(proc.stdout[:MAX_JSON_BYTES])
-            user, secret = payload["Username"], payload["Secret"]
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as exc:
-            log.warning("credential helper docker-credential-%s gave nothing for %s: %s",
-                        helper, host, type(exc).__name__)
-            return None
-        if not isinstance(user, str) or not isinstance(secret, str) or not secret:
-            return None
-        if user == "<token>":
-            return "Bearer " + secret
-        return BasicAuth(user, secret).authorization(host)
-
-
-def _config_host(key: str) -> str:
-    """``https://host:port/v1/`` and ``host:port`` name the same config entry."""
-    text = key.strip()
-    if "://" in text:
-        text = text.split("://", 1)[1]
-    return text.split("/", 1)[0].lower()
 
 
 AuthArg = AuthProvider | tuple[str, str] | None
