@@ -69,15 +69,6 @@ class DeltaPlan:
     accepted: tuple[str, ...] = ()
 
 
-def layer_is_uncompressed_result(stored_layer: Descriptor, registry_layer: Descriptor) -> bool:
-    """Whether the stored base layer is the uncompressed tar a tar-diff produced.
-
-    True when the layout's layer differs from the registry manifest's layer
-    (the layout rewrote the manifest for the tar).
-    """
-    return stored_layer.digest != registry_layer.digest
-
-
 def content_digest(layer: Descriptor) -> str | None:
     """The ``io.deis.oras.content.digest`` annotation when it is a valid digest."""
     value = layer.annotations.get(ANNOTATION_CONTENT_DIGEST)

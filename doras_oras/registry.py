@@ -583,9 +583,3 @@ def _drop_if_empty(path: Path) -> None:
         if path.stat().st_size == 0:
             path.unlink()
             path.with_name(path.name + ".meta").unlink(missing_ok=True)
-
-
-def set_credentials(registry: DeltaRegistry, username: str, password: str) -> None:
-    """Use basic credentials for ``registry`` (also to obtain bearer tokens)."""
-    registry.auth.set_basic_auth(username, password)
-

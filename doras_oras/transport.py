@@ -277,14 +277,6 @@ class _WriteFailed(Exception):
         self.error = error
 
 
-def _probe(raw: Any) -> bool:
-    """Whether a body that should have ended yields one more byte (a read failure counts as no)."""
-    try:
-        return bool(raw.read1(1, decode_content=False))
-    except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError):
-        return False
-
-
 class _Stalled(Exception):
     """Internal: the body came slower than the policy's minimum throughput."""
 
