@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import requests
 
@@ -210,6 +211,14 @@ def test_parse_manifest_checks() -> None:
     upper["layers"][0]["digest"] = "sha256:" + "A" * 64
     with pytest.raises(SchemaValidationError, match=r"layers\[0\]\.digest"):
         schemas.parse_manifest(_body(upper), MANIFEST_CT)
+
+
+def test_every_schema_passes_its_metaschema() -> None:
+    schemas.check_schemas()
+    broken = copy.deepcopy(dict(schemas.schema("descriptor")))
+    broken["properties"]["size"]["type"] = "a-number"  # not a JSON type: the metaschema refuses it
+    with pytest.raises(jsonschema.SchemaError):
+        jsonschema.validators.validator_for(broken).check_schema(broken)
 
 
 def test_schemas_ship_inside_the_package() -> None:
