@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
 from . import schemas
+from ._writeback import WriteBehind
 from .descriptor import (
     ANNOTATION_PREFIX,
     ANNOTATION_REF_NAME,
@@ -415,6 +416,7 @@ class OCILayout:
             count = 0
             if resume:
                 count = self._hash_existing(partial, hasher, descriptor)
+            behind = WriteBehind(handle.fileno(), start=count)
             while count < descriptor.size:
                 try:
                     chunk = stream.read(min(CHUNK, descriptor.size - count))
@@ -428,6 +430,7 @@ class OCILayout:
                 count += len(chunk)
                 try:
                     handle.write(chunk)
+                    behind.wrote(count)
                 except OSError as exc:
                     handle.close()
                     partial.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import urllib3.exceptions
 
+from ._writeback import WriteBehind
 from .backoff import parse_retry_after
 from .descriptor import new_hasher, validate_digest
 from .errors import (
@@ -818,6 +819,7 @@ class _PartialFile:
         self.attempt_start = 0
         self._hasher: Any = new_hasher(digest)
         self._fd = -1
+        self._behind: WriteBehind | None = None
 
     def __enter__(self) -> _PartialFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -841,6 +843,7 @@ class _PartialFile:
                 log.warning("%s: complete partial file does not match; starting over", self.path)
                 self.restart()
         self._write_meta()
+        self._behind = WriteBehind(self._fd, start=self.offset)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -882,6 +885,8 @@ class _PartialFile:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self.offset = 0
+        if self._behind is not None:
+            self._behind.restart()
         self.attempt_start = 0
         self._hasher = new_hasher(self.digest)
 
@@ -896,6 +901,8 @@ class _PartialFile:
             raise _WriteFailed(exc) from exc
         self._hasher.update(chunk)
         self.offset += len(chunk)
+        if self._behind is not None:
+            self._behind.wrote(self.offset)
 
     def finish(self) -> None:
         """Verify digest and size, fsync, drop the sidecar; remove the file on mismatch."""
