@@ -1,5 +1,5 @@
 """``python -m doras_oras`` runs the ``doras-oras`` command."""
 
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()

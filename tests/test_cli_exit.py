@@ -1,0 +1,33 @@
+"""The console script's fast exit: output delivered in full, exit codes kept, logs on stderr."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bsdiff4
+
+from tests.layout_support import cli
+
+
+def test_output_and_exit_codes_survive_the_fast_exit(tmp_path: Path) -> None:
+    base = bytes(range(256)) * 4096
+    new = base[:1000] + b"changed!" + base[1008:]
+    (tmp_path / "base").write_bytes(base)
+    (tmp_path / "delta").write_bytes(bsdiff4.diff(base, new))
+    ok = cli("-v", "apply", "--base", str(tmp_path / "base"), "--delta", str(tmp_path / "delta"),
+             "--output", str(tmp_path / "out"), "--json")
+    assert ok.returncode == 0, ok.stderr
+    answer = json.loads(ok.stdout)  # one whole JSON object, flushed before the exit
+    assert answer["size"] == len(new)
+    assert (tmp_path / "out").read_bytes() == new
+    assert "applied" in ok.stderr  # the -v log line reached stderr too
+
+    bad = cli("apply", "--base", str(tmp_path / "base"), "--delta", str(tmp_path / "base"),
+              "--output", str(tmp_path / "out2"))
+    assert bad.returncode == 1
+    assert "error" in bad.stderr and not (tmp_path / "out2").exists()
+
+    usage = cli("apply", "--base")
+    assert usage.returncode == 2
+
