@@ -41,8 +41,8 @@ an end-of-stream marker, so its blocks can be decoded at the same time:
 **Memory.** A worker decoding ahead of the reader keeps its output, but
 compactly: output chunks are split into runs of zeros (kept as an ``int``
 length: a block of zeros expanding to 45 MB costs a few bytes) and non-zero
-pieces. For a diff stream (``sparse=True``) every 4 KiB sub-block is
-trimmed to its non-zero span, so scattered edits cost a few bytes each; for
+pieces. For a diff stream (``sparse=True``) zero is tested on 4 KiB
+sub-blocks, then on 256-byte pieces, so scattered edits cost ~256 bytes each; for
 an extra stream whole 128 KiB chunks are kept. The non-zero bytes buffered
 by all the workers of a group are capped at :data:`BUDGET` (8 MiB); the block
 the reader of a stream is on may always buffer up to :data:`RESERVE`
@@ -102,8 +102,10 @@ RESERVE = 1 << 20
 MAX_WORKERS = 4
 CHUNK = 1 << 17
 _SUB = 1 << 12
+_PIECE = 1 << 8
 _ZERO_CHUNK = bytes(CHUNK)
 _ZERO_SUB = bytes(_SUB)
+_ZERO_PIECE = bytes(_PIECE)
 
 ReadAt = Callable[[int, int], bytes]
 Run = int | bytes
@@ -242,7 +244,7 @@ def split_stream(read_at: ReadAt, length: int) -> Bz2Layout | None:
     starts.sort()
     if (starts[0] if starts else eos) != 32:
         return None
-    ends = [*starts[1:], eos]
+    ends = [*starts[1:], eos] if starts else []
     blocks = []
     for start, end in zip(starts, ends, strict=True):
         if not 80 <= end - start <= 8 * MAX_SEGMENT:
@@ -276,7 +278,12 @@ def block_stream(read_at: ReadAt, level: int, block: Bz2Block) -> bytes:
 
 
 def _sparse_runs(chunk: bytes) -> tuple[list[Run], int]:
-    """Runs of ``chunk``: zero runs as lengths, 4 KiB sub-blocks trimmed to their non-zero span."""
+    """Runs of ``chunk``: zero runs as lengths, non-zero 256-byte pieces as bytes.
+
+    Zero is tested on whole 4 KiB sub-blocks first, then on the 256-byte pieces of
+    the others (memcmp is cheap; Python-level scanning for the exact non-zero span is
+    not), so scattered edits cost at most 256 buffered bytes each.
+    """
     n = len(chunk)
     if chunk == (_ZERO_CHUNK if n == CHUNK else bytes(n)):
         return [n], 0
@@ -285,17 +292,20 @@ def _sparse_runs(chunk: bytes) -> tuple[list[Run], int]:
     literal = 0
     for i in range(0, n, _SUB):
         sub = chunk[i : i + _SUB]
-        if sub == (_ZERO_SUB if len(sub) == _SUB else bytes(len(sub))):
-            zeros += len(sub)
+        size = len(sub)
+        if sub == (_ZERO_SUB if size == _SUB else bytes(size)):
+            zeros += size
             continue
-        rest = sub.lstrip(b"\0")
-        core = rest.rstrip(b"\0")
-        zeros += len(sub) - len(rest)
-        if zeros:
-            runs.append(zeros)
-        runs.append(core)
-        literal += len(core)
-        zeros = len(rest) - len(core)
+        for j in range(0, size, _PIECE):
+            piece = sub[j : j + _PIECE]
+            if piece == (_ZERO_PIECE if len(piece) == _PIECE else bytes(len(piece))):
+                zeros += len(piece)
+                continue
+            if zeros:
+                runs.append(zeros)
+                zeros = 0
+            runs.append(piece)
+            literal += len(piece)
     if zeros:
         runs.append(zeros)
     return runs, literal
