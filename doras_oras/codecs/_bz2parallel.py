@@ -278,36 +278,42 @@ def block_stream(read_at: ReadAt, level: int, block: Bz2Block) -> bytes:
 
 
 def _sparse_runs(chunk: bytes) -> tuple[list[Run], int]:
-    """Runs of ``chunk``: zero runs as lengths, non-zero 256-byte pieces as bytes.
+    """Runs of ``chunk``: zero runs as lengths, the rest as bytes.
 
-    Zero is tested on whole 4 KiB sub-blocks first, then on the 256-byte pieces of
-    the others (memcmp is cheap; Python-level scanning for the exact non-zero span is
-    not), so scattered edits cost at most 256 buffered bytes each.
+    Zero is tested with memcmp on whole 4 KiB sub-blocks, then on 256-byte pieces
+    at both ends of the others (Python-level scanning for the exact non-zero span
+    would cost more than it saves), and adjacent non-zero spans are merged: a
+    scattered edit costs ~256 buffered bytes, a dense chunk is one piece.
     """
     n = len(chunk)
     if chunk == (_ZERO_CHUNK if n == CHUNK else bytes(n)):
         return [n], 0
-    runs: list[Run] = []
-    zeros = 0
-    literal = 0
+    spans: list[list[int]] = []
     for i in range(0, n, _SUB):
-        sub = chunk[i : i + _SUB]
-        size = len(sub)
-        if sub == (_ZERO_SUB if size == _SUB else bytes(size)):
-            zeros += size
+        end = min(i + _SUB, n)
+        if chunk[i:end] == (_ZERO_SUB if end - i == _SUB else bytes(end - i)):
             continue
-        for j in range(0, size, _PIECE):
-            piece = sub[j : j + _PIECE]
-            if piece == (_ZERO_PIECE if len(piece) == _PIECE else bytes(len(piece))):
-                zeros += len(piece)
-                continue
-            if zeros:
-                runs.append(zeros)
-                zeros = 0
-            runs.append(piece)
-            literal += len(piece)
-    if zeros:
-        runs.append(zeros)
+        lo = i
+        while lo + _PIECE < end and chunk[lo : lo + _PIECE] == _ZERO_PIECE:
+            lo += _PIECE
+        hi = end
+        while hi - _PIECE > lo and chunk[hi - _PIECE : hi] == _ZERO_PIECE:
+            hi -= _PIECE
+        if spans and spans[-1][1] == lo:
+            spans[-1][1] = hi
+        else:
+            spans.append([lo, hi])
+    runs: list[Run] = []
+    pos = 0
+    literal = 0
+    for lo, hi in spans:
+        if lo > pos:
+            runs.append(lo - pos)
+        runs.append(chunk[lo:hi])
+        literal += hi - lo
+        pos = hi
+    if pos < n:
+        runs.append(n - pos)
     return runs, literal
 
 
