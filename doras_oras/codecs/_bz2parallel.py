@@ -95,9 +95,9 @@ MAX_BLOCKS = 1 << 14
 #: Most compressed bytes one block may span (a level-9 block of random data takes ~0.91 MB).
 MAX_SEGMENT = 2 << 20
 #: Non-zero output bytes buffered ahead of the reader by all the workers of a group.
-BUDGET = 8 << 20
+BUDGET = 4 << 20
 #: Non-zero output bytes the block a reader is on may always buffer.
-RESERVE = 1 << 20
+RESERVE = 1 << 19
 #: Most workers per stream.
 MAX_WORKERS = 4
 CHUNK = 1 << 17
@@ -413,7 +413,7 @@ class ParallelReader:
     def read(self, n: int) -> Run:
         """The next run of at most ``n`` (> 0) output bytes: an ``int`` for that many zero
 
-        bytes, else ``bytes`` (not all zero). Raises :class:`ParallelDecodeError` when the
+        bytes, else ``bytes`` (which may hold zeros). Raises :class:`ParallelDecodeError` when the
         block it reaches failed to decode or when the stream has no output left.
         """
         group = self._group
