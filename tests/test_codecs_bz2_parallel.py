@@ -84,28 +84,51 @@ def _compressed(kind: str, level: int) -> bytes:
     return bz2.compress(_data(kind, level), level)
 
 
+def _in_thread(fn: Callable[[], object], timeout: float = 120) -> None:
+    """Run ``fn`` in a thread: a deadlock fails the test instead of hanging it."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "deadlock"
+    if errors:
+        raise errors[0]
+
+
 def _decode_parallel(stream: bytes, *, sparse: bool, workers: int = 2,
                      budget: int = bzp.BUDGET, reserve: int = bzp.RESERVE,
                      step: Callable[[int], int] = lambda i: 1 << 20) -> tuple[bytes, int]:
     """The output of ``stream`` decoded by a ParallelReader, and the peak of bytes buffered."""
     layout = _split(stream)
     out = bytearray()
-    with bzp.DecoderGroup(workers, budget=budget, reserve=reserve) as group:
-        reader = group.open(_reader(stream), layout, "test", sparse=sparse)
-        i = 0
-        while True:
-            try:
-                run = reader.read(step(i))
-            except bzp.ParallelDecodeError as exc:
-                assert "no output after its last block" in str(exc)
-                break
-            if isinstance(run, int):
-                assert run > 0
-                out += bytes(run)
-            else:
-                assert run
-                out += run
-            i += 1
+    group = bzp.DecoderGroup(workers, budget=budget, reserve=reserve)
+
+    def decode() -> None:
+        with group:
+            reader = group.open(_reader(stream), layout, "test", sparse=sparse)
+            i = 0
+            while True:
+                try:
+                    run = reader.read(step(i))
+                except bzp.ParallelDecodeError as exc:
+                    assert "no output after its last block" in str(exc)
+                    break
+                if isinstance(run, int):
+                    assert run > 0
+                    out.extend(bytes(run))
+                else:
+                    assert run
+                    out.extend(run)
+                i += 1
+
+    _in_thread(decode)
     return bytes(out), group.peak_buffered
 
 
@@ -282,10 +305,7 @@ def test_two_streams_share_a_small_budget_without_deadlock() -> None:
                 outs[k] += bytes(run) if isinstance(run, int) else run
         result["a"], result["b"] = bytes(outs[0]), bytes(outs[1])
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "deadlock"
+    _in_thread(run)
     assert result == {"a": bz2.decompress(a), "b": bz2.decompress(b)}
 
 
