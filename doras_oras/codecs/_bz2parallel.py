@@ -116,7 +116,13 @@ class ParallelDecodeError(Exception):
 
 
 def decoder_count() -> int:
-    """Workers per stream: the CPUs this process may use, at most :data:`MAX_WORKERS`."""
+    """Workers per stream: ``DORAS_ORAS_BZ2_WORKERS`` when set to a positive integer (1 =
+
+    no parallel decoding), else the CPUs this process may use; at most :data:`MAX_WORKERS`.
+    """
+    setting = os.environ.get("DORAS_ORAS_BZ2_WORKERS", "").strip()
+    if setting.isdigit() and int(setting) > 0:
+        return min(int(setting), MAX_WORKERS)
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
@@ -478,7 +484,7 @@ class ParallelReader:
                 self._decode(index, state)
             except _Stopped:
                 return
-            except Exception as exc:  # handed to the reader
+            except BaseException as exc:  # handed to the reader (which must not wait forever)
                 error = exc
             with group.lock:
                 state.error = error
