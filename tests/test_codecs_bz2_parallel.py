@@ -653,3 +653,24 @@ def test_non_zero_blocks_stay_within_the_memory_cap(tmp_path: Path) -> None:
     assert bzp.BUDGET // 2 < peak <= bzp.BUDGET + bzp.RESERVE + bzp.CHUNK
     print(f"peak buffered {peak / (1 << 20):.1f} MiB, peak RSS {result['hwm'] / (1 << 20):.1f} MiB")
     assert result["hwm"] < 48 << 20
+
+
+def test_worker_count_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, opened: list[str]) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.delenv("DORAS_ORAS_BZ2_WORKERS", raising=False)
+    assert bzp.decoder_count() == bzp.MAX_WORKERS
+    for setting, count in (("3", 3), ("1", 1), ("64", bzp.MAX_WORKERS), ("0", 4), ("x", 4), ("", 4)):
+        monkeypatch.setenv("DORAS_ORAS_BZ2_WORKERS", setting)
+        assert bzp.decoder_count() == count, setting
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("DORAS_ORAS_BZ2_WORKERS")
+    assert bzp.decoder_count() == 1
+    # one usable CPU (or DORAS_ORAS_BZ2_WORKERS=1): apply_delta decodes sequentially
+    old, patch, new = _go_shape(tmp_path, 12 * MB, 100, seed=13)
+    _apply(tmp_path, old, patch)
+    assert (tmp_path / "out" / "new").read_bytes() == new
+    assert opened == []
+    monkeypatch.setenv("DORAS_ORAS_BZ2_WORKERS", "2")
+    _apply(tmp_path, old, patch)
+    assert (tmp_path / "out" / "new").read_bytes() == new
+    assert opened == ["diff"]
