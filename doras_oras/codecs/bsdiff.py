@@ -28,6 +28,39 @@ Speed: one thread decodes the bzip2 streams (``bz2`` releases the GIL)
 while the caller's thread reads old bytes, adds and writes. Diff blocks are
 mostly zero; a zero sub-block means "copy old", so only non-zero sub-blocks
 are added (see :mod:`._addmod`).
+
+Parallel decoding (``parallel``; on by default in :func:`~doras_oras.codecs.apply_delta`
+when the process may use more than one CPU). libbz2 costs ~4 ns per *output*
+byte, so the diff stream of a Go server patch (one triple ``(newsize, 0, 0)``,
+a stream of zeros that expands ~50× per bzip2 block) is the critical path of an
+apply. When the diff or extra stream is first needed, its bzip2 blocks are
+located (:func:`._bz2parallel.split_stream`: a bit-level search for the block
+magic, windowed, positions only) and, if there are at least two and the stored
+stream CRC equals the one recomputed from the block CRCs, each block is decoded
+as a standalone one-block stream by a worker thread (one per usable CPU, at most
+4; ``DORAS_ORAS_BZ2_WORKERS`` overrides, 1 = off). The output is read strictly in
+order; a parallel diff stream reaches the caller's thread as runs, zero runs as
+lengths ("new = old": no add, no compare), in pieces of at most ``CHUNK`` bytes of
+the new file. The control stream, one-block streams, streams that cannot be split
+(truncated, no end-of-stream marker) or whose CRCs disagree (corrupt, or a block
+magic found by chance inside a block) are decoded sequentially as before; a CRC
+disagreement is named in the error if that decoding then fails.
+
+Memory: what workers decode ahead of the reader is held compactly (zero runs as
+lengths, scattered edits as ~256-byte pieces) and its non-zero bytes are capped
+at :data:`._bz2parallel.BUDGET` (4 MiB) + :data:`._bz2parallel.RESERVE` (512 KiB)
+per stream; at most one block per stream plus ``workers - 1`` blocks ahead are
+being decoded at once (~3.6 MiB of libbz2 state each at level 9). With 2 workers
+this adds ~2–4 MiB of peak RSS to a Go server patch and ~11 MiB to one whose
+diff is dense (measured).
+
+Fallback: if a block fails to decode in parallel (a corrupt block, or a false
+block boundary that passed the CRC check), :func:`apply_bsdiff` calls its
+``restart`` function (``apply_delta`` empties its temp file and restarts its
+hash) and applies the patch again with sequential decoding, which gives the
+right result or the usual :class:`CorruptDeltaError`. Without ``restart`` the
+parallel failure is itself a :class:`CorruptDeltaError`, so parallel decoding is
+only automatic when a restart is possible.
 """
 
 from __future__ import annotations
