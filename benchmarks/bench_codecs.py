@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark of the delta appliers (one run, figures as ratios).
 
-    python benchmarks/bench_codecs.py [--sizes 64,1024] [--edits 2000] [--dir DIR]
+    python benchmarks/bench_codecs.py [--sizes 64,1024] [--edits 2000] [--dir DIR] [--repeat N]
+    python benchmarks/bench_codecs.py --patch OLD PATCH [--patch OLD PATCH ...] [--repeat N]
 
 For each output size (MiB) it builds an old file of random bytes, a new file
 with scattered edits, and a BSDIFF40 patch shaped like the Go server's: one
@@ -10,7 +11,10 @@ empty extra block (built directly: bsdiff4 is too slow at 1 GiB). It then
 times, each in a child process whose peak RSS is read with ``wait4``:
 
 * ``libbz2``: decoding the diff block only (the floor of a sequential applier);
-* ``ours``: ``doras_oras.codecs.apply_delta`` (verifying sha256), numpy off;
+* ``ours``: ``doras_oras.codecs.apply_delta`` (verifying sha256), numpy off: the blocks
+  of multi-block bzip2 streams are decoded in parallel (one worker per usable CPU, at
+  most 4; the diff block of a Go server patch has one bzip2 block per ~45 MB of output);
+* ``ours-seq``: the same with ``DORAS_ORAS_BZ2_WORKERS=1`` (sequential bzip2 decoding);
 * ``ours-auto``: the default (numpy once 4 MiB were added; dense case only);
 * ``ours+numpy``: numpy from the first add;
 * ``bsdiff4``: ``bsdiff4.file_patch`` (64 MiB only: it holds the whole file);
@@ -19,6 +23,11 @@ times, each in a child process whose peak RSS is read with ``wait4``:
 A "dense" case (``--dense`` MiB, every byte changed: a random diff block)
 compares the adders where adding is real work. Then a tar-diff apply of a tar of many files with edits (made by the
 project's own simple encoder in this script: Open/Copy/Data ops).
+
+``--repeat N`` runs every program N times and prints the best and the median wall
+time (and the largest peak RSS). ``--patch OLD PATCH`` (repeatable) times ``ours``,
+``ours-seq`` and ``bspatch`` on existing BSDIFF40 patches instead (the result of the
+first ``ours`` run is the reference the others must match).
 """
 
 from __future__ import annotations
@@ -29,11 +38,13 @@ import hashlib
 import io
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from doras_oras.testing.tardiff_encoder import uvarint
@@ -121,6 +132,18 @@ def run_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[float
     return float(wall), int(rss)
 
 
+def run_repeated(argv: list[str], env: dict[str, str], repeat: int,
+                 before: Callable[[], None] = lambda: None) -> tuple[float, float, int]:
+    """Best and median wall seconds and the largest peak RSS of ``repeat`` runs."""
+    walls, peak = [], 0
+    for _ in range(repeat):
+        before()
+        wall, rss = run_child(argv, env)
+        walls.append(wall)
+        peak = max(peak, rss)
+    return min(walls), statistics.median(walls), peak
+
+
 def child(mode: str, args: list[str]) -> None:
     if mode == "libbz2":
         dec = bz2.BZ2Decompressor()
@@ -134,13 +157,13 @@ def child(mode: str, args: list[str]) -> None:
                 else:
                     data = b""
                 dec.decompress(data, 1 << 19)
-    elif mode in ("ours", "ours-auto", "ours+numpy"):
+    elif mode in ("ours", "ours-seq", "ours-auto", "ours+numpy"):
         from doras_oras.codecs import DeltaAlgorithm, apply_delta
 
         old, patch, out, digest = args
-        use_numpy = {"ours": False, "ours-auto": None, "ours+numpy": True}[mode]
+        use_numpy = {"ours": False, "ours-seq": False, "ours-auto": None, "ours+numpy": True}[mode]
         with open(patch, "rb") as fh:
-            apply_delta(DeltaAlgorithm.BSDIFF, old, fh, out, expected_digest=digest,
+            apply_delta(DeltaAlgorithm.BSDIFF, old, fh, out, expected_digest=digest or None,
                         use_numpy=use_numpy)
     elif mode == "bsdiff4":
         import bsdiff4
@@ -211,12 +234,41 @@ def make_tardiff_case(work: Path, files: int, file_size: int) -> tuple[Path, Pat
     return base, delta, _sha256_file(new), len(new_bytes)
 
 
+Run = tuple[str, list[str], dict[str, str]]
+
+
+def time_runs(label: str, size: int, runs: list[Run], out: Path, digest: str | None, env: dict[str, str],
+              repeat: int) -> str:
+    """Time each run, check its output against ``digest`` (default: the first result's), print a row each.
+
+    Returns the digest of the result.
+    """
+    floor = None
+    for name, argv, extra in runs:
+        best, median, rss = run_repeated(argv, {**env, **extra}, repeat,
+                                         before=lambda: out.unlink(missing_ok=True))
+        if name != "libbz2":
+            got = _sha256_file(out)
+            digest = digest or got
+            if got != digest:
+                raise SystemExit(f"{name} produced a wrong result")
+        floor = floor or best
+        print(f"{label:<22}{name:<12}{best:8.2f}{median:8.2f}{size / MiB / best:9.0f}"
+              f"{rss / MiB:14.1f}{best / floor:15.2f}", flush=True)
+    out.unlink(missing_ok=True)
+    assert digest is not None
+    return digest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="64,1024", help="output sizes in MiB (comma-separated)")
     parser.add_argument("--edits", type=int, default=2000, help="scattered one-byte edits")
     parser.add_argument("--dense", type=int, default=32, help="size of the dense case in MiB (0: none)")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each program (best and median)")
+    parser.add_argument("--patch", nargs=2, action="append", metavar=("OLD", "PATCH"), type=Path,
+                        help="time existing BSDIFF40 patches instead of generated cases")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -224,11 +276,34 @@ def main() -> None:
         return
     py = sys.executable
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    me = [py, str(Path(__file__).resolve()), "--child"]
+    seq = {"DORAS_ORAS_BZ2_WORKERS": "1"}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
-        wall, rss = run_child(["true"], env)
-        print(f"# launcher floor: peak RSS {rss / MiB:.1f} MiB")
-        print(f"{'case':<22}{'tool':<12}{'wall s':>8}{'MiB/s':>9}{'peak RSS MiB':>14}{'x libbz2 time':>15}")
+        _wall, rss = run_child(["true"], env)
+        print(f"# launcher floor: peak RSS {rss / MiB:.1f} MiB; best and median of {args.repeat} run(s)")
+        print(f"{'case':<22}{'tool':<12}{'best s':>8}{'median':>8}{'MiB/s':>9}{'peak RSS MiB':>14}"
+              f"{'x libbz2 time':>15}")
+        if args.patch:
+            from doras_oras.codecs.bsdiff import HEADER_SIZE, read_header
+
+            for old, patch in args.patch:
+                raw = patch.read_bytes()
+                header = read_header(raw)
+                diffblock = work / "diff.bz2"
+                start = HEADER_SIZE + header.ctrl_len
+                diffblock.write_bytes(raw[start : start + header.diff_len])
+                del raw
+                out = work / "new"
+                label = f"{patch.name} ({header.new_size / MiB:.0f} MiB)"
+                time_runs(label, header.new_size, [
+                    ("libbz2", [*me, "libbz2", str(diffblock)], {}),
+                    ("ours", [*me, "ours", str(old), str(patch), str(out), ""], {}),
+                    ("ours-seq", [*me, "ours-seq", str(old), str(patch), str(out), ""], seq),
+                    ("bspatch", ["bspatch", str(old), str(out), str(patch)], {}),
+                ], out, None, env, args.repeat)
+                diffblock.unlink()
+            return
         plan = [(int(s), False) for s in args.sizes.split(",")]
         if args.dense:
             plan.append((args.dense, True))
@@ -240,34 +315,26 @@ def main() -> None:
             print(f"# {size_mib} MiB case built in {time.perf_counter() - t0:.1f} s, patch "
                   f"{patch.stat().st_size} bytes", flush=True)
             out = work / "new"
-            me = [py, str(Path(__file__).resolve()), "--child"]
-            runs: list[tuple[str, list[str]]] = [
-                ("libbz2", [*me, "libbz2", str(diffblock)]),
-                ("ours", [*me, "ours", str(old), str(patch), str(out), digest]),
-                *([("ours-auto", [*me, "ours-auto", str(old), str(patch), str(out), digest])]
+            runs: list[Run] = [
+                ("libbz2", [*me, "libbz2", str(diffblock)], {}),
+                ("ours", [*me, "ours", str(old), str(patch), str(out), digest], {}),
+                ("ours-seq", [*me, "ours-seq", str(old), str(patch), str(out), digest], seq),
+                *([("ours-auto", [*me, "ours-auto", str(old), str(patch), str(out), digest], {})]
                   if dense else []),
-                ("ours+numpy", [*me, "ours+numpy", str(old), str(patch), str(out), digest]),
-                ("bspatch", ["bspatch", str(old), str(out), str(patch)]),
+                ("ours+numpy", [*me, "ours+numpy", str(old), str(patch), str(out), digest], {}),
+                ("bspatch", ["bspatch", str(old), str(out), str(patch)], {}),
             ]
             if size_mib <= 256 and not dense:
-                runs.append(("bsdiff4", [*me, "bsdiff4", str(old), str(patch), str(out)]))
-            floor = None
-            for name, argv in runs:
-                out.unlink(missing_ok=True)
-                wall, rss = run_child(argv, env)
-                if name != "libbz2" and _sha256_file(out) != digest:
-                    raise SystemExit(f"{name} produced a wrong result")
-                floor = floor or wall
-                print(f"{label:<22}{name:<12}{wall:8.2f}{size / MiB / wall:9.0f}"
-                      f"{rss / MiB:14.1f}{wall / floor:15.2f}", flush=True)
-            for p in (old, patch, diffblock, out):
+                runs.append(("bsdiff4", [*me, "bsdiff4", str(old), str(patch), str(out)], {}))
+            time_runs(label, size, runs, out, digest, env, args.repeat)
+            for p in (old, patch, diffblock):
                 p.unlink(missing_ok=True)
         base, delta, digest, new_size = make_tardiff_case(work, 256, 256 * 1024)
         out = work / "new.tar"
-        wall, rss = run_child([py, str(Path(__file__).resolve()), "--child", "tardiff", str(base),
-                               str(delta), str(out), digest], env)
-        print(f"{f'tardiff {new_size // MiB} MiB':<22}{'ours':<12}{wall:8.2f}{new_size / MiB / wall:9.0f}"
-              f"{rss / MiB:14.1f}{'':>15}")
+        best, median, rss = run_repeated([*me, "tardiff", str(base), str(delta), str(out), digest], env,
+                                         args.repeat)
+        print(f"{f'tardiff {new_size // MiB} MiB':<22}{'ours':<12}{best:8.2f}{median:8.2f}"
+              f"{new_size / MiB / best:9.0f}{rss / MiB:14.1f}{'':>15}")
 
 
 if __name__ == "__main__":

@@ -130,9 +130,17 @@ class _HashingWriter:
 
     def __init__(self, fh: BinaryIO, algorithm: str, limit: int | None) -> None:
         self._fh = fh
+        self._algorithm = algorithm
         self.hasher: Any = hashlib.new(algorithm)
         self.size = 0
         self._limit = limit
+
+    def restart(self) -> None:
+        """Discard everything written: empty the file, start the hash and the count again."""
+        self._fh.seek(0)
+        self._fh.truncate()
+        self.hasher = hashlib.new(self._algorithm)
+        self.size = 0
 
     def write(self, data: bytes | bytearray, /) -> int:
         self.size += len(data)
@@ -209,8 +217,10 @@ def apply_delta(
                         _spool(delta_stream, algorithm.compression, work_dir,
                                _bsdiff_patch_cap(expected_size), max_window_size)
                     )
+                # restart: if decoding bzip2 blocks in parallel fails, the patch is
+                # applied again with sequential decoding (see codecs.bsdiff).
                 _bsdiff.apply_bsdiff(base_path, patch, writer, expected_size=expected_size,
-                                     use_numpy=use_numpy)
+                                     use_numpy=use_numpy, restart=writer.restart)
             if expected_size is not None and writer.size != expected_size:
                 raise SizeMismatchError(
                     f"delta output has {writer.size} bytes, expected {expected_size}"
