@@ -589,17 +589,21 @@ def test_debian_bsdiff_patch_applies_identically_in_parallel(tmp_path: Path, two
     assert opened == ["diff", "extra"] and restarts == []
 
 
-def test_small_streams_take_the_sequential_path(tmp_path: Path, two_cpus: None, opened: list[str]) -> None:
+def test_one_block_streams_get_one_worker(tmp_path: Path, two_cpus: None, opened: list[str]) -> None:
     import bsdiff4
 
     rng = random.Random(10)
     old = rng.randbytes(200_000)
     new = old[:50_000] + rng.randbytes(30_000) + old[50_000:]
     (tmp_path / "old").write_bytes(old)
-    (tmp_path / "patch").write_bytes(bsdiff4.diff(old, new))
+    patch = bsdiff4.diff(old, new)
+    (tmp_path / "patch").write_bytes(patch)
+    for which in ("diff", "extra"):
+        start, end = _stream_span(patch, which)
+        assert len(_split(patch[start:end]).blocks) == 1, which
     _apply(tmp_path, tmp_path / "old", tmp_path / "patch")
     assert (tmp_path / "out" / "new").read_bytes() == new
-    assert opened == []
+    assert opened == ["diff", "extra"]  # each decoded by a worker, overlapping the adds
 
 
 # --- memory --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import hashlib
 import logging
 import os
@@ -26,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .._writeback import WriteBehind
 from ..errors import (
     CorruptDeltaError,
     DigestMismatchError,
@@ -134,6 +136,7 @@ class _HashingWriter:
         self.hasher: Any = hashlib.new(algorithm)
         self.size = 0
         self._limit = limit
+        self._behind = WriteBehind(fh.fileno())
 
     def restart(self) -> None:
         """Discard everything written: empty the file, start the hash and the count again."""
@@ -141,13 +144,22 @@ class _HashingWriter:
         self._fh.truncate()
         self.hasher = hashlib.new(self._algorithm)
         self.size = 0
+        self._behind.restart()
 
     def write(self, data: bytes | bytearray, /) -> int:
-        self.size += len(data)
+        n = len(data)
+        self.size += n
         if self._limit is not None and self.size > self._limit:
             raise SizeMismatchError(f"delta output exceeds the expected {self._limit} bytes")
         self.hasher.update(data)
-        return self._fh.write(data)
+        view = memoryview(data)
+        while view:  # an unbuffered file may take less than asked
+            written = self._fh.write(view)
+            if not written:
+                raise OSError(errno.EIO, "the output file took no bytes")
+            view = view[written:]
+        self._behind.wrote(self.size)
+        return n
 
 
 def _is_plain_file(stream: Any) -> bool:

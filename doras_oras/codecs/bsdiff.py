@@ -35,15 +35,18 @@ byte, so the diff stream of a Go server patch (one triple ``(newsize, 0, 0)``,
 a stream of zeros that expands ~50× per bzip2 block) is the critical path of an
 apply. When the diff or extra stream is first needed, its bzip2 blocks are
 located (:func:`._bz2parallel.split_stream`: a bit-level search for the block
-magic, windowed, positions only) and, if there are at least two and the stored
-stream CRC equals the one recomputed from the block CRCs, each block is decoded
-as a standalone one-block stream by a worker thread (one per usable CPU, at most
-4; ``DORAS_ORAS_BZ2_WORKERS`` overrides, 1 = off). The output is read strictly in
-order; a parallel diff stream reaches the caller's thread as runs, zero runs as
-lengths ("new = old": no add, no compare), in pieces of at most ``CHUNK`` bytes of
-the new file. The control stream, one-block streams, streams that cannot be split
-(truncated, no end-of-stream marker) or whose CRCs disagree (corrupt, or a block
-magic found by chance inside a block) are decoded sequentially as before; a CRC
+magic, windowed, positions only) and, if the stored stream CRC equals the one
+recomputed from the block CRCs, each block is decoded as a standalone one-block
+stream by a worker thread (one per usable CPU, at most 4;
+``DORAS_ORAS_BZ2_WORKERS`` overrides, 1 = off); a stream of one block is decoded
+by one worker, which overlaps its decoding with the adds as the sequential
+helper thread does. The output is read strictly in order; a parallel diff stream
+reaches the caller's thread as runs, zero runs as lengths ("new = old": no add,
+no compare), in pieces of at most ``CHUNK`` bytes of the new file. The caller's
+thread reads the control stream itself and consumes the runs directly (no thread
+and queue in between). The control stream, empty streams, streams that cannot be
+split (truncated, no end-of-stream marker) or whose CRCs disagree (corrupt, or a
+block magic found by chance inside a block) are decoded sequentially; a CRC
 disagreement is named in the error if that decoding then fails.
 
 Memory: what workers decode ahead of the reader is held compactly (zero runs as
@@ -202,7 +205,7 @@ def _open_stream(
 ) -> _Bz2Block | ParallelReader:
     """A reader of the bzip2 stream at ``[start, end)`` of the patch: its blocks decoded in
 
-    parallel by ``group`` when it has several (and a consistent split), else sequentially.
+    by ``group``'s workers when it splits consistently into one block or more, else sequentially.
     """
     if group is None:
         return _Bz2Block(fd, start, end, name)
@@ -212,7 +215,7 @@ def _open_stream(
         return os.pread(fd, n, start + offset) if n > 0 else b""
 
     layout = split_stream(read_at, end - start)
-    if layout is None or len(layout.blocks) < 2:
+    if layout is None or not layout.blocks:
         return _Bz2Block(fd, start, end, name)
     if not layout.consistent:
         hint = (f" (the stream CRC stored after its last block, {layout.stored_crc:08x}, is not "
@@ -457,9 +460,12 @@ def _apply(
             out.write(result)
             written += len(result)
 
-        if threaded:
+        if threaded and not parallel:
             _run_threaded(fd, header, patch_size, consume, parallel)
         else:
+            # Parallel: the bzip2 workers decode the diff and extra streams (one block
+            # or more); this thread reads the control stream and adds and writes, with
+            # no thread in between.
             _produce(fd, header, patch_size, consume, parallel)  # type: ignore[arg-type]
     if written != header.new_size:  # pragma: no cover - guaranteed by _produce
         raise CorruptDeltaError(f"bsdiff output has {written} bytes, header says {header.new_size}")
