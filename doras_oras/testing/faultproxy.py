@@ -286,6 +286,7 @@ class FaultProxy:
             payload = fault.body if fault.body is not None else (
                 f'{{"errors":[{{"code":"FAULT","message":"injected {fault.status}"}}]}}'.encode()
             )
+            record.status = fault.status  # recorded before the client can see the answer
             handler.send_response(fault.status)
             if fault.retry_after is not None:
                 handler.send_header("Retry-After", fault.retry_after)
@@ -295,15 +296,14 @@ class FaultProxy:
             handler.end_headers()
             if method != "HEAD":
                 handler.wfile.write(payload)
-            record.status = fault.status
             return
         if fault is not None and fault.kind == "redirect":
+            record.status = 307
             handler.send_response(307)
             handler.send_header("Location", fault.location + path)
             handler.send_header("Content-Length", "0")
             handler.send_header("Connection", "close")
             handler.end_headers()
-            record.status = 307
             return
 
         forward = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
