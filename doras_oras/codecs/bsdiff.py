@@ -24,8 +24,8 @@ size before any work; memory stays bounded whatever the header claims
 more than ``MAX_IDLE_TRIPLES`` consecutive triples that emit nothing are an
 error (a control-stream bomb would otherwise spin).
 
-Speed: one thread decodes the bzip2 streams (``bz2`` releases the GIL)
-while the caller's thread reads old bytes, adds and writes. Diff blocks are
+Speed, sequential decoding: one helper thread decodes the bzip2 streams (``bz2``
+releases the GIL) while the caller's thread reads old bytes, adds and writes. Diff blocks are
 mostly zero; a zero sub-block means "copy old", so only non-zero sub-blocks
 are added (see :mod:`._addmod`).
 
