@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -84,6 +85,17 @@ class Seen:
 Handler = Callable[[Seen], Reply]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Quiet about clients that hang up (some tests do on purpose); other errors still print."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class FaultServer:
     """A tiny threaded HTTP(S) server on 127.0.0.1 answering with ``handler(request)``."""
 
@@ -138,8 +150,7 @@ class FaultServer:
                         break
                     self.wfile.write(chunk)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _RequestHandler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), _RequestHandler)
         self.scheme = "http"
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
