@@ -53,7 +53,12 @@ from .errors import (
 )
 from .layout import ImageEntry, OCILayout
 from .reference import Reference
-from .registry import ANNOTATION_SOURCE_INDEX
+from .registry import (
+    ANNOTATION_SOURCE_INDEX,
+    ANNOTATION_SOURCE_PLATFORM,
+    host_platform,
+    platform_matches,
+)
 from .schemas import ParsedManifest
 
 if TYPE_CHECKING:
@@ -145,6 +150,21 @@ def _stands_for(image: ImageEntry) -> tuple[str, ...]:
     return (image.source_digest, index) if index else (image.source_digest,)
 
 
+def _serves(image: ImageEntry, digest: str, platform: str) -> bool:
+    """Whether ``image`` is what a pull of the registry ``digest`` for ``platform`` stores.
+
+    Its own manifest digest always is; the index it was chosen from only for the
+    same platform (images stored before platforms were recorded count as matching).
+    """
+    if image.source_digest == digest:
+        return True
+    notes = image.descriptor.annotations
+    if notes.get(ANNOTATION_SOURCE_INDEX) != digest:
+        return False
+    recorded = notes.get(ANNOTATION_SOURCE_PLATFORM)
+    return recorded is None or platform_matches(recorded, platform)
+
+
 def edge_client_for(
     registry: DeltaRegistry, doras_url: str, registry_host: str | None = None
 ) -> EdgeClient:
@@ -173,10 +193,11 @@ def edge_client_for(
                       policy=registry.policy)
 
 
-def _holding(layout: OCILayout, target: Reference, digest: str) -> ImageEntry | None:
-    """The newest image of ``target``'s repository that stands for the registry ``digest``, if any."""
+def _holding(layout: OCILayout, target: Reference, digest: str, platform: str) -> ImageEntry | None:
+    """The newest image of ``target``'s repository that a pull of ``digest`` (for ``platform``,
+    when ``digest`` is an index) would store, if any."""
     for image in reversed(layout.images()):
-        if image.repository == target.name and digest in _stands_for(image):
+        if image.repository == target.name and _serves(image, digest, platform):
             return image
     return None
 
@@ -310,13 +331,13 @@ class _PullRun:
         # A HEAD first: a device polling for updates pays no manifest body when up to date.
         resolved = registry.resolve(target)
         base = find_base(layout, target, base_ref)
-        held = _holding(layout, target, resolved.digest)
+        held = _holding(layout, target, resolved.digest, self.platform or host_platform())
         if held is not None:
             if held.tag != target.tag and target.tag:
-                index = held.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
+                notes = {key: value for key, value in held.descriptor.annotations.items()
+                         if key in (ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM)}
                 layout.commit_image(held.descriptor, repository=target.name, tag=target.tag,
-                                    source_digest=held.source_digest,
-                                    annotations={ANNOTATION_SOURCE_INDEX: index} if index else None)
+                                    source_digest=held.source_digest, annotations=notes or None)
             return self.result(STATUS_UP_TO_DATE, "the layout already holds this image", None,
                                from_digest=held.source_digest, stored_digest=held.descriptor.digest,
                                to_digest=resolved.digest)

@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_SOURCE_INDEX = ANNOTATION_PREFIX + "source.index"
 """On an ``index.json`` entry: the registry image index the platform manifest was chosen from."""
+ANNOTATION_SOURCE_PLATFORM = ANNOTATION_PREFIX + "source.platform"
+"""With ``source.index``: the platform (``os/arch[/variant]``) of the manifest chosen from it."""
 
 ACCEPT_MANIFESTS = ", ".join((*MANIFEST_MEDIA_TYPES, *INDEX_MEDIA_TYPES))
 
@@ -103,6 +105,21 @@ class FullPullResult:
     """Bytes of manifests and blobs received from the registry."""
     blobs_fetched: int
     blobs_reused: int
+
+
+def platform_matches(recorded: str, wanted: str) -> bool:
+    """Whether an image of platform ``recorded`` is what ``wanted`` asks for (as an index entry
+    is chosen: os and architecture equal, and the variant too when ``wanted`` names one)."""
+    try:
+        have, want = _parse_platform(recorded), _parse_platform(wanted)
+    except ValueError:
+        return False
+    return have[:2] == want[:2] and (want[2] is None or have[2] == want[2])
+
+
+def _platform_text(platform: Mapping[str, Any] | None) -> str:
+    plat = platform or {}
+    return "/".join(str(x) for x in (plat.get("os"), plat.get("architecture"), plat.get("variant")) if x)
 
 
 def _parse_platform(text: str) -> tuple[str, str, str | None]:
@@ -446,7 +463,7 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         available = []
         for entry in entries:
             plat = entry.platform or {}
-            available.append("/".join(str(x) for x in (plat.get("os"), plat.get("architecture"), plat.get("variant")) if x))
+            available.append(_platform_text(plat))
             if plat.get("os") == os_name and plat.get("architecture") == arch and (
                 variant is None or plat.get("variant") == variant
             ) and entry.media_type in MANIFEST_MEDIA_TYPES:
@@ -494,6 +511,7 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
             chosen = self._choose_platform(ref, top, platform or host_platform())
             manifest = self.fetch_parsed(ref, expected=chosen)
             notes[ANNOTATION_SOURCE_INDEX] = resolved.digest
+            notes[ANNOTATION_SOURCE_PLATFORM] = _platform_text(chosen.platform)
         document = manifest.document
         blobs = [Descriptor.from_json(document["config"])] + [Descriptor.from_json(x) for x in document["layers"]]
         own = Descriptor(

@@ -259,6 +259,19 @@ def test_image_index_target_is_a_full_pull(oci_registry: RegistryServer, doras_s
     entry = OCILayout.open(layout).get_image(f"{oci_registry.host}/{repo}", "stable")
     assert entry.descriptor.digest == result.stored_digest
     assert entry.descriptor.annotations["io.doras-oras.source.index"] == result.to_digest
+    # the same index for another platform is not up to date: that platform's manifest is pulled
+    index_doc = json.loads(manifest_of(oci_registry, repo, "v2")[0])
+    other = next(m for m in index_doc["manifests"] if m["digest"] != result.stored_digest)
+    other_platform = f"{other['platform']['os']}/{other['platform']['architecture']}"
+    moved = pull(oci_registry.host, repo, "v2", layout, doras_server.url, platform=other_platform)
+    assert moved.status == "full" and moved.stored_digest == other["digest"]
+    assert pull(oci_registry.host, repo, "v2", layout, doras_server.url,
+                platform=other_platform).status == "up-to-date"
+    entry = OCILayout.open(layout).get_image(f"{oci_registry.host}/{repo}", "v2")
+    assert entry.descriptor.annotations["io.doras-oras.source.platform"] == other_platform
+    # the host's platform is still held (under "stable"): up to date, and v2 names it again
+    back = pull(oci_registry.host, repo, "v2", layout, doras_server.url)
+    assert back.status == "up-to-date" and back.stored_digest == result.stored_digest
 
 
 def test_going_back_to_a_version_the_layout_holds(oci_registry: RegistryServer, doras_server: DorasServer,
