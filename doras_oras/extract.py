@@ -5,8 +5,12 @@ file of that name; a layer marked ``io.deis.oras.content.unpack: "true"`` is
 a tar (gzip, zstd or plain) unpacked into the directory. Names are checked
 first: absolute paths, ``..`` and anything that would land outside the
 directory are refused (``tarfile``'s ``data`` filter also refuses links that
-point outside, device files and setuid bits). Files are written to a temp
-name and renamed, so a reader never sees half a file.
+point outside, device files and setuid bits). All or nothing: every layer is
+first written into a staging directory inside the output directory; only when
+all of them are there are they renamed into place, in layer order (a later
+layer replaces what an earlier one wrote under the same name). A layer that
+fails leaves the output directory as it was, and a reader never sees half a
+file.
 """
 
 from __future__ import annotations
@@ -80,49 +84,49 @@ def extract_image(layout: OCILayout, manifest: Descriptor, output_dir: str | os.
     out.mkdir(parents=True, exist_ok=True)
     document = json.loads(layout.read_blob(manifest))
     written: list[Path] = []
-    for item in document.get("layers", []):
-        layer = Descriptor.from_json(item)
-        title = layer.annotations.get(ANNOTATION_TITLE)
-        if not title:
-            log.info("layer %s has no title: not written", layer.digest)
-            continue
-        name = safe_name(title)
-        if layer.annotations.get(ANNOTATION_UNPACK) == "true":
-            written.append(_unpack(layout, layer, out, name))
-        else:
-            written.append(_write_file(layout, layer, out / name))
+    moves: list[tuple[Path, Path]] = []
+    with tempfile.TemporaryDirectory(prefix=".extract-", dir=out) as tmp:
+        staging = Path(tmp)
+        for number, item in enumerate(document.get("layers", [])):
+            layer = Descriptor.from_json(item)
+            title = layer.annotations.get(ANNOTATION_TITLE)
+            if not title:
+                log.info("layer %s has no title: not written", layer.digest)
+                continue
+            name = safe_name(title)
+            layer_dir = staging / str(number)
+            layer_dir.mkdir()
+            if layer.annotations.get(ANNOTATION_UNPACK) == "true":
+                _unpack(layout, layer, layer_dir, name)
+                moves += [(entry, out / entry.name) for entry in sorted(layer_dir.iterdir())]
+            else:
+                staged = layer_dir / "file"
+                _write_file(layout, layer, staged)
+                moves.append((staged, out / name))
+            written.append(out / name)
+        for source, final in moves:  # every layer is staged: put them in place
+            _place(source, final)
     return written
 
 
-def _write_file(layout: OCILayout, layer: Descriptor, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, layout.open_blob(layer) as blob:
-            shutil.copyfileobj(blob, fh, _CHUNK)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+def _place(source: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.is_dir() and not final.is_symlink():
+        shutil.rmtree(final)
+    elif final.exists() or final.is_symlink():
+        final.unlink()
+    os.replace(source, final)
 
 
-def _unpack(layout: OCILayout, layer: Descriptor, out: Path, name: PurePosixPath) -> Path:
-    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=out))
-    try:
-        with _layer_stream(layout, layer) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            try:
-                tar.extractall(staging, filter="data")
-            except (tarfile.TarError, OSError) as exc:
-                raise ExtractError(f"cannot unpack layer {layer.digest} ({name}): {exc}") from exc
-        for entry in staging.iterdir():
-            final = out / entry.name
-            if final.is_dir() and not final.is_symlink():
-                shutil.rmtree(final)
-            elif final.exists() or final.is_symlink():
-                final.unlink()
-            os.replace(entry, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out / name
+def _write_file(layout: OCILayout, layer: Descriptor, target: Path) -> None:
+    with open(target, "wb") as fh, layout.open_blob(layer) as blob:
+        shutil.copyfileobj(blob, fh, _CHUNK)
+    os.chmod(target, 0o644)
+
+
+def _unpack(layout: OCILayout, layer: Descriptor, into: Path, name: PurePosixPath) -> None:
+    with _layer_stream(layout, layer) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        try:
+            tar.extractall(into, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise ExtractError(f"cannot unpack layer {layer.digest} ({name}): {exc}") from exc

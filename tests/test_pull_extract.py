@@ -92,3 +92,48 @@ def test_files_and_directories_are_written(tmp_path: Path) -> None:
         "dir/a.txt", "dir/sub/b.txt", "file.txt"]
     assert (out / "file.txt").read_bytes() == b"plain file\n"
     assert (out / "dir" / "sub" / "b.txt").read_bytes() == b"b\n"
+
+
+@pytest.mark.parametrize("second", ["escaping tar member", "escaping title"])
+def test_a_failing_layer_leaves_the_directory_as_it_was(tmp_path: Path, second: str) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    if second == "escaping tar member":
+        bad = (tar_of([tarfile.TarInfo("dir/../../escape.txt")], {"dir/../../escape.txt": b"x"}),
+               {"org.opencontainers.image.title": "dir", "io.deis.oras.content.unpack": "true"},
+               "application/vnd.oci.image.layer.v1.tar+gzip")
+    else:
+        bad = (b"evil\n", {"org.opencontainers.image.title": "../escape.txt"}, "application/vnd.oci.image.layer.v1.tar")
+    manifest = store(layout, [
+        (b"new version\n", {"org.opencontainers.image.title": "file.txt"}, "application/vnd.oci.image.layer.v1.tar"),
+        bad,
+    ])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "file.txt").write_bytes(b"old version\n")
+    (out / "keep.txt").write_bytes(b"mine\n")
+    with pytest.raises(ExtractError):
+        extract_image(layout, manifest, out)
+    # the first layer was staged but not placed: the directory is exactly as before
+    assert sorted(p.name for p in out.iterdir()) == ["file.txt", "keep.txt"]
+    assert (out / "file.txt").read_bytes() == b"old version\n"
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_later_layers_replace_earlier_ones_and_siblings_stay(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    tree = tar_of([tarfile.TarInfo("conf/app.ini")], {"conf/app.ini": b"from the tree\n"})
+    manifest = store(layout, [
+        (b"from a file layer\n", {"org.opencontainers.image.title": "conf/app.ini"},
+         "application/vnd.oci.image.layer.v1.tar"),
+        (b"nested\n", {"org.opencontainers.image.title": "docs/readme.txt"}, "application/vnd.oci.image.layer.v1.tar"),
+        (tree, {"org.opencontainers.image.title": "conf", "io.deis.oras.content.unpack": "true"},
+         "application/vnd.oci.image.layer.v1.tar+gzip"),
+    ])
+    out = tmp_path / "out"
+    (out / "docs").mkdir(parents=True)
+    (out / "docs" / "other.txt").write_bytes(b"kept\n")
+    extract_image(layout, manifest, out)
+    assert (out / "conf" / "app.ini").read_bytes() == b"from the tree\n"  # the later layer wins
+    assert (out / "docs" / "readme.txt").read_bytes() == b"nested\n"
+    assert (out / "docs" / "other.txt").read_bytes() == b"kept\n"  # a file layer replaces only its file
+    assert sorted(p.name for p in out.iterdir()) == ["conf", "docs"]  # no staging left
