@@ -39,13 +39,14 @@ import io
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from _measure import run_child
 
 from doras_oras.testing.tardiff_encoder import uvarint
 
@@ -103,42 +104,13 @@ def make_case(work: Path, size: int, edits: int, seed: int = 1,
     return old_path, patch_path, diffblock, "sha256:" + new_hash.hexdigest()
 
 
-# A tiny launcher: the measured program is forked from a small Python process,
-# because a child spawned (vfork) straight from this big process would inherit
-# its peak RSS in ru_maxrss. Floor of the method: the launcher's own ~8 MiB.
-_LAUNCH = """
-import os, sys, time
-t = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    fd = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(fd, 1)
-    try:
-        os.execvp(sys.argv[1], sys.argv[1:])
-    finally:
-        os._exit(127)
-_, status, usage = os.wait4(pid, 0)
-print(os.waitstatus_to_exitcode(status), time.perf_counter() - t, usage.ru_maxrss * 1024)
-"""
-
-
-def run_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of a child process; raises on failure."""
-    res = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, *argv], env=env, check=True,
-                         capture_output=True, text=True, timeout=3600)
-    code, wall, rss = res.stdout.split()
-    if int(code) != 0:
-        raise RuntimeError(f"{argv[:3]} failed with {code}: {res.stderr[-2000:]}")
-    return float(wall), int(rss)
-
-
 def run_repeated(argv: list[str], env: dict[str, str], repeat: int,
                  before: Callable[[], None] = lambda: None) -> tuple[float, float, int]:
     """Best and median wall seconds and the largest peak RSS of ``repeat`` runs."""
     walls, peak = [], 0
     for _ in range(repeat):
         before()
-        wall, rss = run_child(argv, env)
+        wall, rss = run_child(argv, env=env)
         walls.append(wall)
         peak = max(peak, rss)
     return min(walls), statistics.median(walls), peak
@@ -280,7 +252,7 @@ def main() -> None:
     seq = {"DORAS_ORAS_BZ2_WORKERS": "1"}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
-        _wall, rss = run_child(["true"], env)
+        _wall, rss = run_child(["true"], env=env)
         print(f"# launcher floor: peak RSS {rss / MiB:.1f} MiB; best and median of {args.repeat} run(s)")
         print(f"{'case':<22}{'tool':<12}{'best s':>8}{'median':>8}{'MiB/s':>9}{'peak RSS MiB':>14}"
               f"{'x libbz2 time':>15}")

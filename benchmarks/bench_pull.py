@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import zstandard  # noqa: E402
+from _measure import run_child  # noqa: E402
 
 from doras_oras.descriptor import (  # noqa: E402
     ANNOTATION_CREATED,
@@ -157,37 +158,6 @@ def make_tree_case(work: Path, files: int, changed_share: float, seed: int) -> t
 
 
 # --------------------------------------------------------------------------- child processes
-
-# A small launcher: the measured program is forked from a small Python process, so
-# ru_maxrss is the program's own peak, not this big process's (floor ~8 MiB).
-_LAUNCH = """
-import os, sys, time
-out = sys.argv[1]
-t = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
-        os.execvp(sys.argv[2], sys.argv[2:])
-    finally:
-        os._exit(127)
-_, status, usage = os.wait4(pid, 0)
-print(os.waitstatus_to_exitcode(status), time.perf_counter() - t, usage.ru_maxrss * 1024)
-"""
-
-
-def run_child(argv: list[str], output: Path, timeout_s: float,
-              env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of ``argv``; its stdout+stderr go to ``output``."""
-    res = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, str(output), *argv], check=True,
-                         capture_output=True, text=True, timeout=timeout_s, env=env)
-    code, wall, rss = res.stdout.split()
-    if int(code) != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])} ... failed with {code}: {output.read_text()[-2000:]}")
-    return float(wall), int(rss)
-
 
 def child_oras_py(registry: str, target: str, layout: str, tag: str) -> None:
     """``--child oras-py``: oras-py's ``Layout.pull_from_registry`` (plain HTTP)."""
@@ -423,7 +393,7 @@ def run_tool(bed: Bed, case: Case, tool: str, link: str, timeout_s: float) -> Ro
     if tool != "ours-delta+np":
         env["DORAS_ORAS_NO_NUMPY"] = "1"
     bed.reset()
-    wall, rss = run_child(tool_argv(tool, bed, case, layout), output, timeout_s, env)
+    wall, rss = run_child(tool_argv(tool, bed, case, layout), output=output, env=env, timeout_s=timeout_s)
     received = bed.received()
     detail = check_result(tool, case, layout, output)
     shutil.rmtree(layout)

@@ -1,0 +1,48 @@
+"""Wall time and peak RSS of a child process, shared by the benchmark scripts.
+
+The measured program is forked from a tiny launcher (``python -S``), because a
+child spawned straight from a big benchmark process would inherit its peak
+RSS in ``ru_maxrss``. Floor of the method: the launcher's own ~8 MiB.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+_LAUNCH = """
+import os, sys, time
+out = sys.argv[1]
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    if out:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 2)
+    else:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 1)
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), time.perf_counter() - t, usage.ru_maxrss * 1024)
+"""
+
+
+def run_child(argv: list[str], *, output: Path | None = None, env: dict[str, str] | None = None,
+              timeout_s: float = 3600) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of ``argv``; raises if it fails.
+
+    With ``output`` its stdout and stderr go to that file; without, stdout is
+    dropped and stderr kept for the error message.
+    """
+    res = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, str(output or ""), *argv], env=env,
+                         check=True, capture_output=True, text=True, timeout=timeout_s)
+    code, wall, rss = res.stdout.split()
+    if int(code) != 0:
+        tail = output.read_text()[-2000:] if output is not None else res.stderr[-2000:]
+        raise RuntimeError(f"{' '.join(argv[:4])} ... failed with {code}: {tail}")
+    return float(wall), int(rss)
