@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ from .errors import (
     UnsupportedAlgorithmError,
 )
 from .reference import Reference
-from .transport import TransferPolicy, Transport
+from .transport import TransferPolicy, Transport, redact
 from .verify import VerifyingReader
 
 log = logging.getLogger(__name__)
@@ -638,9 +637,6 @@ def _secrets(header: str | None) -> tuple[str, ...]:
     return tuple(s for s in out if len(s) >= 3)
 
 
-_AUTH_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
-
-
 def _excerpt(data: bytes, secrets: Sequence[str]) -> str:
     """A short printable excerpt of a body with credentials masked."""
     text = data[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
@@ -648,8 +644,7 @@ def _excerpt(data: bytes, secrets: Sequence[str]) -> str:
     text = " ".join(text.split())
     for secret in secrets:
         text = text.replace(secret, "***")
-    text = _AUTH_RE.sub(lambda m: m.group(1) + " ***", text)
-    return _short(text)
+    return _short(redact(text))  # credentials, tokens, passwords, URL userinfo
 
 
 def _field(value: object) -> str | None:

@@ -269,6 +269,21 @@ def test_error_body_echoing_credentials_is_redacted() -> None:
     assert basic not in str(info.value.context) and "***" in str(info.value.context)
 
 
+def test_error_body_echoing_tokens_and_userinfo_is_redacted() -> None:
+    # Secrets the client never sent (a registry token, a presigned URL with userinfo) are
+    # masked too: the excerpt goes through the same redaction as the transport's errors.
+    leak = ('upstream said {"access_token":"eyJhbGciOi.secret-part"} for '
+            "https://robot:pa55word@registry.example/v2/?X-Amz-Signature=abcdef0123")
+
+    with FaultServer(always(Reply(500, leak.encode(), content_type="text/plain"))) as srv, \
+            pytest.raises(ServerError) as info:
+        client(srv).read_delta_async(FROM, TO_TAG)
+    text = str(info.value) + str(info.value.context)
+    for secret in ("eyJhbGciOi.secret-part", "pa55word", "abcdef0123"):
+        assert secret not in text
+    assert "[REDACTED]" in text and "registry.example" in text
+
+
 def test_huge_error_bodies_are_capped() -> None:
     started = time.monotonic()
     with FaultServer(always(Reply(500, chunks(256 << 20), content_type="text/plain"))) as srv, \
