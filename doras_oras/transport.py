@@ -16,6 +16,7 @@ size, and fsyncs before returning. See ``docs/network.md``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -56,6 +57,8 @@ ERROR_BODY_CAP = 64 * 1024
 #: Statuses that are retried (with backoff) besides connection failures.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Unwanted bodies (redirects, 401 challenges) up to this size are read to keep the connection.
+_DRAIN_MAX = 64 * 1024
 _META_SUFFIX = ".meta"
 
 
@@ -492,7 +495,7 @@ class Transport:
             except _Retryable as failure:
                 self._after_failure(budget, failure)
                 continue
-            response.close()
+            _release(response)
             return response
 
     def _attempt(
@@ -543,7 +546,7 @@ class Transport:
                 raise _Retryable(_translate(exc, current)) from exc
             status = response.status_code
             if status in _REDIRECT_STATUSES and "Location" in response.headers:
-                response.close()
+                _release(response)
                 redirects += 1
                 if redirects > self.policy.max_redirects:
                     raise InsecureTransportError(
@@ -569,7 +572,7 @@ class Transport:
                     response.close()
                     raise
                 if retry:
-                    response.close()
+                    _release(response)
                     continue
             if 200 <= status < 300:
                 return response
@@ -943,6 +946,24 @@ def _translate(exc: BaseException, url: str, *, at: int | None = None) -> Transp
     if isinstance(exc, timeouts):
         return TransferTimeoutError(f"GET {where}: timed out ({exc.__class__.__name__})")
     return ConnectError(f"GET {where}: connection failed ({exc.__class__.__name__}: {redact(str(exc))[:200]})")
+
+
+def _release(response: requests.Response) -> None:
+    """Close ``response`` whose body is not wanted (a HEAD, a redirect, a 401 challenge).
+
+    Closing a streamed response with its body unread closes its connection, so
+    the next request would pay a new TCP and TLS handshake. When the rest of the
+    body is known to be small (a HEAD answer; a declared ``Content-Length`` of at
+    most :data:`_DRAIN_MAX`) it is read and dropped instead, which hands the
+    connection back to the session's pool; anything else is closed as before.
+    """
+    raw = response.raw
+    length = response.headers.get("Content-Length", "")
+    method = response.request.method if response.request is not None else None
+    if method == "HEAD" or (length.isdigit() and int(length) <= _DRAIN_MAX):
+        with contextlib.suppress(requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            raw.drain_conn()  # reads raw bytes (no decoding), at most the declared length
+    response.close()
 
 
 def _error_body(response: requests.Response) -> str:
