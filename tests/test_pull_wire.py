@@ -9,16 +9,22 @@ as a packet capture would, against the real TLS registry.
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
+import time
 from pathlib import Path
 
 import requests
 
 from doras_oras import DeltaRegistry
+from doras_oras.auth import RegistryAuth
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER, DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.vectors import doras_vectors, push_recorded
+from doras_oras.transport import Transport
 from tests.pull_support import check_layout, unique
 from tests.tcp_relay import TcpRelay
+from tests.transport_helpers import quick_policy
 
 #: Issue 6: the Go client received 32,501 bytes for a delta blob of 27,188, so 5,313 bytes
 #: of everything else (manifests, the Doras answer, headers, TLS).
@@ -89,3 +95,84 @@ def test_auth_challenges_keep_the_connection(oci_registry_auth: RegistryServer,
     assert result.status == "full"
     check_layout(tmp_path / "L", "v1", manifest=(vec / "from.manifest.json").read_bytes())
     assert registry.connections == 1
+
+
+class _LyingServer:
+    """A raw HTTP/1.1 server whose ``HEAD`` answers carry a body anyway (and 401s that stall),
+    to check that a connection kept for reuse can never hand a stale byte to the next answer."""
+
+    BODY = b"the real body"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        return
+                    head += line
+                method = head.split(b" ", 1)[0]
+                authorized = b"\r\nauthorization:" in head.lower()
+                if self.mode == "head" and method == b"HEAD":
+                    # Content-Length of the resource, then (wrongly) bytes after the headers,
+                    # late enough that the client has already taken the connection back.
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.BODY))
+                    time.sleep(0.05)
+                    conn.sendall(b"GARBAGE")
+                elif self.mode == "stall-401" and not authorized:
+                    # declares a small body, sends part of it and stalls
+                    conn.sendall(b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="r"\r\n'
+                                 b"Content-Length: 100\r\n\r\npartial")
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(self.BODY), self.BODY))
+
+
+def test_bytes_a_server_sends_after_a_head_never_reach_the_next_answer() -> None:
+    server = _LyingServer("head")
+    try:
+        with Transport(policy=quick_policy()) as transport:
+            for _ in range(3):
+                assert transport.head(server.url + "/x").status_code == 200
+                body, _response = transport.get_bytes(server.url + "/x", max_bytes=1024)
+                assert body == _LyingServer.BODY
+    finally:
+        server.close()
+    # The kept connection was reused, the GET's answer came after the garbage and could not
+    # be parsed, and the GET was retried on a new connection: one extra connection per round.
+    assert server.connections == 1 + 3
+
+
+def test_a_stalled_challenge_body_costs_one_read_timeout_then_the_retry_succeeds() -> None:
+    server = _LyingServer("stall-401")
+    host = server.url.removeprefix("http://")
+    try:
+        auth = RegistryAuth(host, username="u", password="p")
+        with Transport(policy=quick_policy(read_timeout_s=0.5), auth=auth) as transport:
+            started = time.monotonic()
+            body, _response = transport.get_bytes(server.url + "/x", max_bytes=1024)
+            elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert body == _LyingServer.BODY
+    assert elapsed < 5  # draining the challenge gave up after one read timeout; nothing hung
