@@ -957,12 +957,14 @@ def _release(response: requests.Response) -> None:
     most :data:`_DRAIN_MAX`) it is read and dropped instead, which hands the
     connection back to the session's pool; anything else is closed as before.
     """
-    raw = response.raw
+    drain = getattr(response.raw, "drain_conn", None)  # urllib3 >= 1.26
     length = response.headers.get("Content-Length", "")
     method = response.request.method if response.request is not None else None
-    if method == "HEAD" or (length.isdigit() and int(length) <= _DRAIN_MAX):
+    if drain is not None and (method == "HEAD" or (length.isdigit() and int(length) <= _DRAIN_MAX)):
+        # Reads raw bytes (no decoding), at most the declared length; urllib3 hands the
+        # connection back to the pool only once the answer has been read to its end.
         with contextlib.suppress(requests.RequestException, urllib3.exceptions.HTTPError, OSError):
-            raw.drain_conn()  # reads raw bytes (no decoding), at most the declared length
+            drain()
     response.close()
 
 
