@@ -43,6 +43,7 @@ import requests
 
 from . import schemas
 from .auth import DockerConfigAuth as DockerConfigAuth
+from .auth import basic_header
 from .backoff import BackoffStrategy, default_backoff, parse_retry_after
 from .codecs import Compression as Compression
 from .codecs import DeltaAlgorithm
@@ -173,8 +174,7 @@ class BasicAuth:
     password: str
 
     def authorization(self, registry: str) -> str | None:
-        raw = f"{self.username}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode("ascii")
+        return basic_header(self.username, self.password)
 
     def __repr__(self) -> str:
         return f"BasicAuth(username={self.username!r}, password=***)"

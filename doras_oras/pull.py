@@ -26,7 +26,6 @@ falls back to a verified full pull, and the result says why.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -165,26 +164,17 @@ def _serves(image: ImageEntry, digest: str, platform: str) -> bool:
     return recorded is None or platform_matches(recorded, platform)
 
 
-def edge_client_for(
-    registry: DeltaRegistry, doras_url: str, registry_host: str | None = None
-) -> EdgeClient:
+def edge_client_for(registry: DeltaRegistry, doras_url: str, registry_host: str) -> EdgeClient:
     """An :class:`EdgeClient` of ``doras_url`` with the registry's settings.
 
     The registry's credentials for ``registry_host`` (basic credentials set on
-    the client, or from docker config files) are passed on: the server reads
-    the registry with them. Over plain ``http://`` only when the registry
-    allows insecure auth; its TLS settings (``tls_verify`` False or a CA
-    bundle) and transfer policy apply.
+    the client, or from docker config files: :meth:`DeltaRegistry.credentials_for`)
+    are passed on: the server reads the registry with them. Over plain
+    ``http://`` only when the registry allows insecure auth; its TLS settings
+    (``tls_verify`` False or a CA bundle) and transfer policy apply.
     """
-    auth: BasicAuth | None = None
-    credentials = registry.credentials_for(registry_host) if registry_host else None
-    if credentials is None:
-        basic = getattr(registry.auth, "_basic_auth", None)
-        if basic:
-            user, _sep, password = base64.b64decode(basic).decode().partition(":")
-            credentials = (user, password)
-    if credentials is not None:
-        auth = BasicAuth(*credentials)
+    credentials = registry.credentials_for(registry_host)
+    auth = BasicAuth(*credentials) if credentials is not None else None
     plain = doras_url.startswith("http://")
     allow_http = plain and (auth is None or bool(registry.allow_insecure_auth))
     verify = getattr(registry, "_tls_verify", True)

@@ -458,15 +458,13 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
 
     # --- full pull -------------------------------------------------------------------
     def _choose_platform(self, ref: Reference, parsed: schemas.ParsedManifest, wanted: str) -> Descriptor:
-        os_name, arch, variant = _parse_platform(wanted)
+        _parse_platform(wanted)  # a malformed platform is an error, not "no match"
         entries = [Descriptor.from_json(item) for item in parsed.document["manifests"]]
         available = []
         for entry in entries:
-            plat = entry.platform or {}
-            available.append(_platform_text(plat))
-            if plat.get("os") == os_name and plat.get("architecture") == arch and (
-                variant is None or plat.get("variant") == variant
-            ) and entry.media_type in MANIFEST_MEDIA_TYPES:
+            text = _platform_text(entry.platform)
+            available.append(text)
+            if platform_matches(text, wanted) and entry.media_type in MANIFEST_MEDIA_TYPES:
                 return entry
         raise ImageNotFoundError(
             f"{ref}: no manifest for platform {wanted} in the index (has: {', '.join(available) or 'none'})"
