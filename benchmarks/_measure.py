@@ -7,6 +7,9 @@ RSS in ``ru_maxrss``. Floor of the method: the launcher's own ~8 MiB.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,10 +42,21 @@ def run_child(argv: list[str], *, output: Path | None = None, env: dict[str, str
     With ``output`` its stdout and stderr go to that file; without, stdout is
     dropped and stderr kept for the error message.
     """
-    res = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, str(output or ""), *argv], env=env,
-                         check=True, capture_output=True, text=True, timeout=timeout_s)
-    code, wall, rss = res.stdout.split()
+    # The launcher and the measured program get a process group of their own, so that a
+    # timeout (or an interrupted benchmark) stops the program too, not just the launcher.
+    with subprocess.Popen([sys.executable, "-S", "-c", _LAUNCH, str(output or ""), *argv], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as launcher:
+        try:
+            stdout, stderr = launcher.communicate(timeout=timeout_s)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(launcher.pid, signal.SIGKILL)
+            raise
+    if launcher.returncode != 0:
+        raise RuntimeError(f"the launcher of {' '.join(argv[:4])} ... failed: {stderr[-2000:]}")
+    code, wall, rss = stdout.split()
     if int(code) != 0:
-        tail = output.read_text()[-2000:] if output is not None else res.stderr[-2000:]
+        tail = output.read_text()[-2000:] if output is not None else stderr[-2000:]
         raise RuntimeError(f"{' '.join(argv[:4])} ... failed with {code}: {tail}")
     return float(wall), int(rss)

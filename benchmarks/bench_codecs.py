@@ -46,19 +46,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _measure import run_child
-
-from doras_oras.testing.tardiff_encoder import uvarint
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from a checkout, as bench_pull.py does
+
+from _measure import run_child  # noqa: E402
+
+from doras_oras.testing.bsdiff_build import go_patch_frame  # noqa: E402
+from doras_oras.testing.tardiff_encoder import uvarint  # noqa: E402
+
 MiB = 1 << 20
-
-
-def _offtout(x: int) -> bytes:
-    raw = bytearray(abs(x).to_bytes(8, "little"))
-    if x < 0:
-        raw[7] |= 0x80
-    return bytes(raw)
 
 
 def make_case(work: Path, size: int, edits: int, seed: int = 1,
@@ -92,15 +88,12 @@ def make_case(work: Path, size: int, edits: int, seed: int = 1,
             new_hash.update(new)
             dblk.write(comp.compress(bytes(diff)))
         dblk.write(comp.flush())
-    ctrl = bz2.compress(_offtout(size) + _offtout(0) + _offtout(0))
-    extra = bz2.compress(b"")
-    dlen = diffblock.stat().st_size
+    head, tail = go_patch_frame(size, diffblock.stat().st_size)
     with open(patch_path, "wb") as p, open(diffblock, "rb") as dblk:
-        p.write(b"BSDIFF40" + _offtout(len(ctrl)) + _offtout(dlen) + _offtout(size))
-        p.write(ctrl)
+        p.write(head)
         while block := dblk.read(chunk):
             p.write(block)
-        p.write(extra)
+        p.write(tail)
     return old_path, patch_path, diffblock, "sha256:" + new_hash.hexdigest()
 
 

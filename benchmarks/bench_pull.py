@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -63,6 +64,7 @@ from doras_oras.descriptor import (  # noqa: E402
     ANNOTATION_DELTA_TO,
     ANNOTATION_TITLE,
 )
+from doras_oras.testing.bsdiff_build import go_patch_frame  # noqa: E402
 from doras_oras.testing.faultproxy import FaultProxy  # noqa: E402
 from doras_oras.testing.registry import RegistryServer, find_tool  # noqa: E402
 from doras_oras.testing.server import Algorithm, DorasServer, delta_tag, pack_manifest  # noqa: E402
@@ -81,13 +83,6 @@ TOOLS = ("ours-delta", "ours-delta+np", "ours-full", "oras-py", "skopeo", "oras-
 
 
 # --------------------------------------------------------------------------- data
-
-
-def _offtout(x: int) -> bytes:
-    raw = bytearray(abs(x).to_bytes(8, "little"))
-    if x < 0:
-        raw[7] |= 0x80
-    return bytes(raw)
 
 
 def make_binary_case(work: Path, size: int, edits: int, seed: int) -> tuple[Path, Path, bytes]:
@@ -124,9 +119,8 @@ def make_binary_case(work: Path, size: int, edits: int, seed: int) -> tuple[Path
             diff_parts.append(comp.compress(bytes(diff)))
         diff_parts.append(comp.flush())
     diff_block = b"".join(diff_parts)
-    ctrl = bz2.compress(_offtout(size) + _offtout(0) + _offtout(0))
-    extra = bz2.compress(b"")
-    patch = b"BSDIFF40" + _offtout(len(ctrl)) + _offtout(len(diff_block)) + _offtout(size) + ctrl + diff_block + extra
+    head, tail = go_patch_frame(size, len(diff_block))
+    patch = head + diff_block + tail
     return v1, v2, zstandard.ZstdCompressor(level=3).compress(patch)
 
 
@@ -224,7 +218,7 @@ def test_bed(work: Path) -> Iterator[Bed]:
         yield Bed(registry, reg_proxy, doras, doras_proxy, work)
 
 
-def oras_push(bed: Bed, ref: str, directory: Path, name: str) -> None:
+def oras_push(ref: str, directory: Path, name: str) -> None:
     """Push ``directory/name`` (a file or a directory) with the oras CLI, as users do."""
     subprocess.run([find_tool("oras"), "push", "--plain-http", ref, name],
                    cwd=directory, check=True, capture_output=True, timeout=600)
@@ -232,11 +226,8 @@ def oras_push(bed: Bed, ref: str, directory: Path, name: str) -> None:
 
 def manifest_of(bed: Bed, repo: str, ref: str) -> tuple[str, dict[str, Any]]:
     """Digest and document of a manifest, straight from the registry."""
-    request = urllib.request.Request(f"{bed.registry.url}/v2/{repo}/manifests/{ref}",
-                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        body = response.read()
-    return "sha256:" + hashlib.sha256(body).hexdigest(), json.loads(body)
+    body, _media_type, digest = bed.doras.registry_client().fetch_manifest(repo, ref)
+    return digest, json.loads(body)
 
 
 def ask_delta(bed: Bed, repo: str, from_digest: str, tag: str, accepted: list[str]) -> tuple[int, dict[str, Any]]:
@@ -244,9 +235,12 @@ def ask_delta(bed: Bed, repo: str, from_digest: str, tag: str, accepted: list[st
     query = [("from_digest", f"{bed.host}/{repo}@{from_digest}"), ("to_tag", f"{bed.host}/{repo}:{tag}")]
     query += [("accepted_algorithm", a) for a in accepted]
     url = f"{bed.doras_proxy.url}/api/v1/delta/?{urllib.parse.urlencode(query)}"
-    with urllib.request.urlopen(url, timeout=60) as response:
-        body = response.read()
-        return response.status, (json.loads(body) if body else {})
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, (json.loads(body) if (body := response.read()) else {})
+    except urllib.error.HTTPError as error:  # an error answer (a failed build): the caller says why
+        with error:
+            return error.code, {"error": error.read(4096).decode("utf-8", "replace")}
 
 
 def plant_bsdiff(bed: Bed, repo: str, from_digest: str, to_digest: str, delta: bytes) -> str:
@@ -303,14 +297,14 @@ def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: 
     t0 = time.perf_counter()
     if kind == "bin":
         v1, v2, delta = make_binary_case(work, size, edits, seed=len(case.name) + size)
-        oras_push(bed, f"{bed.registry.host}/{case.repo}:v1", v1.parent, v1.name)
-        oras_push(bed, f"{bed.registry.host}/{case.repo}:v2", v2.parent, v2.name)
+        oras_push(f"{bed.registry.host}/{case.repo}:v1", v1.parent, v1.name)
+        oras_push(f"{bed.registry.host}/{case.repo}:v2", v2.parent, v2.name)
         shutil.rmtree(work / "v1")
         shutil.rmtree(work / "v2")
     else:
         t1, t2 = make_tree_case(work, files, 0.01, seed=7)
-        oras_push(bed, f"{bed.registry.host}/{case.repo}:v1", t1.parent, t1.name)
-        oras_push(bed, f"{bed.registry.host}/{case.repo}:v2", t2.parent, t2.name)
+        oras_push(f"{bed.registry.host}/{case.repo}:v1", t1.parent, t1.name)
+        oras_push(f"{bed.registry.host}/{case.repo}:v2", t2.parent, t2.name)
     case.v1_digest, _ = manifest_of(bed, case.repo, "v1")
     case.v2_digest, v2_manifest = manifest_of(bed, case.repo, "v2")
     case.v2_layer = v2_manifest["layers"][0]
@@ -325,11 +319,12 @@ def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: 
         accepted = ["bsdiff", "tardiff", "gzip", "zstd"]
         status, answer = ask_delta(bed, case.repo, case.v1_digest, "v2", accepted)
         deadline = time.monotonic() + 600
-        while status != 200 and time.monotonic() < deadline:
+        while status == 202 and time.monotonic() < deadline:  # being built: ask again
             bed.doras.wait_idle(600)
             status, answer = ask_delta(bed, case.repo, case.v1_digest, "v2", accepted)
         if status != 200:
-            raise SystemExit(f"{case.name}: the server did not build the delta: {bed.doras.build_errors}")
+            raise SystemExit(f"{case.name}: the server did not build the delta: {status} {answer} "
+                             f"{bed.doras.build_errors}")
         delta_ref = answer["delta_image"].rsplit("@", 1)[1]
         _, delta_manifest = manifest_of(bed, case.repo, delta_ref)
         case.delta_size = int(delta_manifest["layers"][0]["size"])

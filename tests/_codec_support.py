@@ -5,22 +5,12 @@ from __future__ import annotations
 import bz2
 from pathlib import Path
 
+from doras_oras.testing.bsdiff_build import bsdiff_header as bsdiff_header
+from doras_oras.testing.bsdiff_build import offtout as offtout
 from doras_oras.testing.tardiff_encoder import uvarint as uvarint
 from doras_oras.testing.vectors import vectors_dir as vectors_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def offtout(x: int) -> bytes:
-    """A bsdiff signed 64-bit integer (magnitude little-endian, sign in the top bit)."""
-    raw = bytearray(abs(x).to_bytes(8, "little"))
-    if x < 0:
-        raw[7] |= 0x80
-    return bytes(raw)
-
-
-def bsdiff_header(ctrl_len: int, diff_len: int, new_size: int, magic: bytes = b"BSDIFF40") -> bytes:
-    return magic + offtout(ctrl_len) + offtout(diff_len) + offtout(new_size)
 
 
 def make_bsdiff(
