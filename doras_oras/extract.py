@@ -8,9 +8,14 @@ directory are refused (``tarfile``'s ``data`` filter also refuses links that
 point outside, device files and setuid bits). All or nothing: every layer is
 first written into a staging directory inside the output directory; only when
 all of them are there are they renamed into place, in layer order (a later
-layer replaces what an earlier one wrote under the same name). A layer that
-fails leaves the output directory as it was, and a reader never sees half a
-file.
+layer replaces what an earlier one wrote under the same name, and a file or
+link standing where a later layer needs a directory). A layer that fails
+(an unsafe name, a broken tar, a full disk while staging) leaves the output
+directory as it was, and a reader never sees half a file; only an I/O error
+during the renames themselves can leave it partly updated (an
+:class:`ExtractError` says so). Nothing is written through a link that
+already stands in the output directory. The price of all or nothing: while
+extracting, the disk holds the old files and all the new ones.
 """
 
 from __future__ import annotations
@@ -105,12 +110,21 @@ def extract_image(layout: OCILayout, manifest: Descriptor, output_dir: str | os.
                 moves.append((staged, out / name))
             written.append(out / name)
         for source, final in moves:  # every layer is staged: put them in place
-            _place(source, final)
+            try:
+                _place(source, final, out)
+            except OSError as exc:
+                raise ExtractError(f"cannot put {final} in place ({exc}); {out} may be partly updated") from exc
     return written
 
 
-def _place(source: Path, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
+def _place(source: Path, final: Path, root: Path) -> None:
+    """Rename ``source`` to ``final`` (below ``root``), replacing what stands in the way."""
+    parent = root
+    for part in final.relative_to(root).parts[:-1]:
+        parent = parent / part
+        if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+            parent.unlink()  # a later layer wins, and nothing is written through a link
+        parent.mkdir(exist_ok=True)
     if final.is_dir() and not final.is_symlink():
         shutil.rmtree(final)
     elif final.exists() or final.is_symlink():

@@ -137,3 +137,23 @@ def test_later_layers_replace_earlier_ones_and_siblings_stay(tmp_path: Path) -> 
     assert (out / "docs" / "readme.txt").read_bytes() == b"nested\n"
     assert (out / "docs" / "other.txt").read_bytes() == b"kept\n"  # a file layer replaces only its file
     assert sorted(p.name for p in out.iterdir()) == ["conf", "docs"]  # no staging left
+
+
+def test_a_later_layer_replaces_a_file_or_link_where_it_needs_a_directory(tmp_path: Path) -> None:
+    layout = OCILayout.open(tmp_path / "L")
+    tar = "application/vnd.oci.image.layer.v1.tar"
+    manifest = store(layout, [
+        (b"first\n", {"org.opencontainers.image.title": "a"}, tar),
+        (b"second\n", {"org.opencontainers.image.title": "a/b"}, tar),
+        (b"third\n", {"org.opencontainers.image.title": "link/c"}, tar),
+    ])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link").symlink_to(outside)  # left by someone else: never written through
+    extract_image(layout, manifest, out)
+    assert (out / "a" / "b").read_bytes() == b"second\n"
+    assert not (out / "link").is_symlink() and (out / "link" / "c").read_bytes() == b"third\n"
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == ["a", "link"]  # no staging directory left
