@@ -6,9 +6,11 @@ only at that fsync (or after ~30 s), so the fsync of a 256 MiB result waits
 for all of it (0.15-0.2 s here). :class:`WriteBehind` asks the kernel to
 start writeback of each range soon after it is written
 (``posix_fadvise(POSIX_FADV_DONTNEED)`` starts asynchronous writeback of dirty
-pages on Linux; pages still dirty or under writeback stay cached), so the
-disk works while the CPU decodes and hashes, and the final fsync finds
-little left to do. It changes no byte and no durability guarantee: the
+pages on Linux; pages still dirty or under writeback stay cached, but pages
+whose writeback already finished are dropped from the cache, so a file read
+again soon after, as ``--output`` does after a pull, may come partly from the
+disk), so the disk works while the CPU decodes and hashes, and the final
+fsync finds little left to do. It changes no byte and no durability guarantee: the
 fsync still follows. Where ``posix_fadvise`` is missing or refused, it does
 nothing.
 """
