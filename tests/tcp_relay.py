@@ -39,6 +39,8 @@ class TcpRelay:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
         self._listener.close()
         with self._lock:
             for sock in self._sockets:
@@ -64,7 +66,11 @@ class TcpRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self._target, timeout=30)
+            try:
+                upstream = socket.create_connection(self._target, timeout=30)
+            except OSError:  # the target is down: this client is refused, the next may fare better
+                client.close()
+                continue
             with self._lock:
                 self.connections += 1
                 self._active += 1

@@ -8,13 +8,16 @@ as a packet capture would, against the real TLS registry.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
+from transport_helpers import quick_policy
 
 from doras_oras import DeltaRegistry
 from doras_oras.auth import RegistryAuth
@@ -24,7 +27,6 @@ from doras_oras.testing.vectors import doras_vectors, push_recorded
 from doras_oras.transport import Transport
 from tests.pull_support import check_layout, unique
 from tests.tcp_relay import TcpRelay
-from tests.transport_helpers import quick_policy
 
 #: Issue 6: the Go client received 32,501 bytes for a delta blob of 27,188, so 5,313 bytes
 #: of everything else (manifests, the Doras answer, headers, TLS).
@@ -33,6 +35,7 @@ GO_OVERHEAD_BYTES = 32_501 - 27_188
 
 def test_delta_pull_over_tls_opens_one_connection_per_peer_and_sends_little_else(
     oci_registry_tls: RegistryServer, doras_server_factory: DorasServerFactory, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ca = str(oci_registry_tls.ca_file)
     server = doras_server_factory(oci_registry_tls)
@@ -45,7 +48,7 @@ def test_delta_pull_over_tls_opens_one_connection_per_peer_and_sends_little_else
     with TcpRelay("127.0.0.1", oci_registry_tls.port) as registry, \
             TcpRelay("127.0.0.1", server.port) as doras:
         own = server._is_our_registry  # the server must accept the relay's name for its registry
-        server._is_our_registry = lambda host: host == registry.host or own(host)  # type: ignore[method-assign]
+        monkeypatch.setattr(server, "_is_our_registry", lambda host: host == registry.host or own(host))
         doras_url = f"http://{doras.host}"
         first = DeltaRegistry(tls_verify=ca)
         assert first.pull_delta(f"{registry.host}/{repo}:v1", layout, doras_url=doras_url).status == "full"
@@ -112,7 +115,10 @@ class _LyingServer:
         self.thread.start()
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
         self.listener.close()
+        self.thread.join(10)
 
     def _serve(self) -> None:
         while True:
@@ -158,12 +164,16 @@ def test_bytes_a_server_sends_after_a_head_never_reach_the_next_answer() -> None
                 assert body == _LyingServer.BODY
     finally:
         server.close()
-    # The kept connection was reused, the GET's answer came after the garbage and could not
-    # be parsed, and the GET was retried on a new connection: one extra connection per round.
+    # Each HEAD's connection ends up unused for the next answer: either the GET went out on it
+    # before the garbage came (its answer could not be parsed; the GET was retried on a new
+    # connection) or urllib3 saw the unread bytes and did not reuse it. (Closing the HEAD's
+    # connection, as before connections were kept, gives the same count: this test is about
+    # what a kept connection must never do, the connection tests above about keeping them.)
     assert server.connections == 1 + 3
 
 
-def test_a_stalled_challenge_body_costs_one_read_timeout_then_the_retry_succeeds() -> None:
+@pytest.mark.timeout(30)
+def test_a_stalled_challenge_body_costs_at_most_one_read_timeout_then_the_retry_succeeds() -> None:
     server = _LyingServer("stall-401")
     host = server.url.removeprefix("http://")
     try:
@@ -175,4 +185,4 @@ def test_a_stalled_challenge_body_costs_one_read_timeout_then_the_retry_succeeds
     finally:
         server.close()
     assert body == _LyingServer.BODY
-    assert elapsed < 5  # draining the challenge gave up after one read timeout; nothing hung
+    assert elapsed < 2  # draining the challenge gave up after one read timeout (0.5 s)
