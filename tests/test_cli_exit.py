@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import bsdiff4
 
-from tests.layout_support import cli
+from tests.layout_support import REPO_ROOT, cli
 
 
 def test_output_and_exit_codes_survive_the_fast_exit(tmp_path: Path) -> None:
@@ -31,3 +34,23 @@ def test_output_and_exit_codes_survive_the_fast_exit(tmp_path: Path) -> None:
     usage = cli("apply", "--base")
     assert usage.returncode == 2
 
+
+
+def test_output_that_cannot_be_delivered_is_an_error_without_a_traceback(tmp_path: Path) -> None:
+    base = bytes(range(256)) * 64
+    (tmp_path / "base").write_bytes(base)
+    (tmp_path / "delta").write_bytes(bsdiff4.diff(base, base[::-1]))
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads stdout: flushing the JSON answer fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "doras_oras", "apply", "--base", str(tmp_path / "base"),
+             "--delta", str(tmp_path / "delta"), "--output", str(tmp_path / "out"), "--json"],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO_ROOT,
+            # buffered stdout, as usual: the answer is written only by the final flush
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+        )
+    finally:
+        os.close(writer)
+    assert proc.returncode == 1  # EXIT_ERROR (an interpreter shutdown flush failure would give 120)
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr

@@ -213,12 +213,22 @@ def test_parse_manifest_checks() -> None:
         schemas.parse_manifest(_body(upper), MANIFEST_CT)
 
 
-def test_every_schema_passes_its_metaschema() -> None:
+def test_every_schema_passes_its_metaschema(monkeypatch: pytest.MonkeyPatch) -> None:
     schemas.check_schemas()
     broken = copy.deepcopy(dict(schemas.schema("descriptor")))
     broken["properties"]["size"]["type"] = "a-number"  # not a JSON type: the metaschema refuses it
     with pytest.raises(jsonschema.SchemaError):
         jsonschema.validators.validator_for(broken).check_schema(broken)
+    # and check_schemas() itself finds such a schema among the shipped ones
+    real = schemas._validator
+
+    def with_broken_descriptor(kind: str) -> Any:
+        validator = real(kind)
+        return type(validator)(broken) if kind == "descriptor" else validator
+
+    monkeypatch.setattr(schemas, "_validator", with_broken_descriptor)
+    with pytest.raises(jsonschema.SchemaError):
+        schemas.check_schemas()
 
 
 def test_schemas_ship_inside_the_package() -> None:
