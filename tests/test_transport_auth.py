@@ -12,8 +12,8 @@ import pytest
 from token_gate import TokenGate
 from transport_helpers import Blob, quick_policy, random_blob
 
-from doras_oras.auth import RegistryAuth, parse_challenge
-from doras_oras.errors import InsecureTransportError, RegistryAuthError
+from doras_oras.auth import CONFIG_CAP, TOKEN_BODY_CAP, RegistryAuth, parse_challenge
+from doras_oras.errors import BodyTooLargeError, InsecureTransportError, RegistryAuthError
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER
 from doras_oras.testing.registry import RegistryServer, make_tls
 from doras_oras.transport import ByteCounter, Transport
@@ -46,6 +46,22 @@ def test_token_dance_with_basic_credentials(oci_registry: RegistryServer, blob: 
         assert [s.status for s in blob_requests] == [401, 200, 200]
         assert blob_requests[0].authorization is None
         assert all((s.authorization or "").startswith("Bearer tok-1-") for s in blob_requests[1:])
+
+
+@pytest.mark.timeout(30)
+def test_a_token_answer_over_the_cap_is_refused(oci_registry: RegistryServer, blob: Blob) -> None:
+    with TokenGate(oci_registry.url, users=USERS) as gate:
+        gate.token_padding = TOKEN_BODY_CAP  # the whole answer is just over 1 MiB
+        auth = RegistryAuth(gate.host, username="alice", password="wonderland")
+        with Transport(policy=quick_policy(), auth=auth) as transport, \
+                pytest.raises(BodyTooLargeError, match=r"/token"):
+            transport.get(gate.url + blob.path)
+        assert auth.tokens_fetched == 0
+        assert not any((s.authorization or "").startswith("Bearer ") for s in gate.seen)
+        gate.token_padding = TOKEN_BODY_CAP - 1024  # just under: accepted
+        with Transport(policy=quick_policy(), auth=auth) as transport:
+            assert transport.get(gate.url + blob.path).content == blob.data
+        assert auth.tokens_fetched == 1
 
 
 @pytest.mark.timeout(30)
@@ -170,3 +186,18 @@ def test_credentials_from_docker_config_and_helper(
         assert transport.get(url).content == blob.data
     nobody = RegistryAuth.from_docker_config("other.example:5000", configs=[str(helped)])
     assert not nobody.has_credentials
+
+
+def test_a_docker_config_over_the_cap_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no user config leaks in
+    token = base64.b64encode(b"alice:wonderland").decode()
+    entry = {"auths": {"registry.example:5000": {"auth": token}}}
+    small, big = tmp_path / "small.json", tmp_path / "big.json"
+    small.write_text(json.dumps(entry))
+    big.write_text(json.dumps({**entry, "filler": "x" * CONFIG_CAP}))  # a valid JSON object, too large
+    assert RegistryAuth.from_docker_config("registry.example:5000", configs=[str(small)]).has_credentials
+    with caplog.at_level("WARNING", logger="doras_oras.auth"):
+        auth = RegistryAuth.from_docker_config("registry.example:5000", configs=[str(big)])
+    assert not auth.has_credentials
+    assert "under 4 MiB" in caplog.text

@@ -41,6 +41,8 @@ class TokenGate:
         self.anonymous = anonymous
         self.valid: set[str] = set()
         self.reject_all = False
+        #: Bytes of filler added to each token answer (a token server that answers too much).
+        self.token_padding = 0
         self.seen: list[Seen] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -109,7 +111,8 @@ class TokenGate:
             token = f"tok-{next(self._ids)}-{scope.replace(':', '.')}"
             with self._lock:
                 self.valid.add(token)
-            body = f'{{"token":"{token}","expires_in":300}}'.encode()
+            filler = "x" * self.token_padding
+            body = f'{{"token":"{token}","expires_in":300,"filler":"{filler}"}}'.encode()
             self._reply(h, 200, body, {"Content-Type": "application/json"})
             return
         token = auth[7:] if auth and auth.startswith("Bearer ") else None
