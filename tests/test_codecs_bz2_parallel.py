@@ -32,7 +32,8 @@ from doras_oras.codecs import bsdiff as bsdiff_mod
 from doras_oras.codecs._addmod import add_bytes_int
 from doras_oras.codecs.bsdiff import HEADER_SIZE, apply_bsdiff, read_header
 from doras_oras.errors import CorruptDeltaError
-from tests._codec_support import REPO_ROOT, bsdiff_header, offtout
+from doras_oras.testing.bsdiff_build import go_patch_frame
+from tests._codec_support import REPO_ROOT, bsdiff_header
 
 MB = 1_000_000
 
@@ -266,11 +267,8 @@ def test_budget_bounds_what_workers_buffer_ahead() -> None:
     data = b"\x01" * (23 * MB)
     stream = bz2.compress(data, 1)
     budget, reserve = 1 << 20, 1 << 18
-    reads = 0
 
     def slow(i: int) -> int:
-        nonlocal reads
-        reads += 1
         if i % 64 == 0:
             time.sleep(0.002)  # a consumer slower than the decoders
         return 1 << 16
@@ -388,11 +386,10 @@ def _go_shape(tmp_path: Path, size: int, edits: int, seed: int = 1) -> tuple[Pat
     for _ in range(edits):
         diff[rng.randrange(size)] = rng.randrange(1, 256)
     new = add_bytes_int(old, bytes(diff))
-    ctrl = bz2.compress(offtout(size) + offtout(0) + offtout(0))
     dstream = bz2.compress(bytes(diff), 1)  # level 1: a block per ~5 MB of zeros
-    extra = bz2.compress(b"")
+    head, tail = go_patch_frame(size, len(dstream))
     (tmp_path / "old").write_bytes(old)
-    (tmp_path / "patch").write_bytes(bsdiff_header(len(ctrl), len(dstream), size) + ctrl + dstream + extra)
+    (tmp_path / "patch").write_bytes(head + dstream + tail)
     return tmp_path / "old", tmp_path / "patch", new
 
 
@@ -508,7 +505,6 @@ def test_flipped_bit_in_a_middle_block_is_corrupt(tmp_path: Path, two_cpus: None
     rng = random.Random(6)
     old = rng.randbytes(size)
     diff = rng.randbytes(size)  # 3 blocks at level 9
-    ctrl = bz2.compress(offtout(size) + offtout(0) + offtout(0))
     dstream = bytearray(bz2.compress(diff, 9))
     layout = _split(bytes(dstream))
     assert len(layout.blocks) == 3
@@ -516,8 +512,8 @@ def test_flipped_bit_in_a_middle_block_is_corrupt(tmp_path: Path, two_cpus: None
     bit = (middle.start + middle.end) // 2
     dstream[bit // 8] ^= 1 << (7 - bit % 8)
     (tmp_path / "old").write_bytes(old)
-    (tmp_path / "patch").write_bytes(bsdiff_header(len(ctrl), len(dstream), size) + ctrl + dstream
-                                     + bz2.compress(b""))
+    head, tail = go_patch_frame(size, len(dstream))
+    (tmp_path / "patch").write_bytes(head + dstream + tail)
     with pytest.raises(CorruptDeltaError, match="diff stream: invalid bzip2 data"):
         _apply(tmp_path, tmp_path / "old", tmp_path / "patch")
     assert list((tmp_path / "out").iterdir()) == []
@@ -638,11 +634,10 @@ def test_non_zero_blocks_stay_within_the_memory_cap(tmp_path: Path) -> None:
     # Each level-9 block of 0x01 runs expands to ~46 MB of non-zero diff bytes: nothing is
     # compacted to zero runs, so what workers decode ahead is held by the budget.
     size = 100 * MB  # 2.2 blocks
-    ctrl = bz2.compress(offtout(size) + offtout(0) + offtout(0))
     dstream = bz2.compress(b"\x01" * size, 9)
     assert len(_split(dstream).blocks) == 3
-    (tmp_path / "patch").write_bytes(bsdiff_header(len(ctrl), len(dstream), size) + ctrl + dstream
-                                     + bz2.compress(b""))
+    head, tail = go_patch_frame(size, len(dstream))
+    (tmp_path / "patch").write_bytes(head + dstream + tail)
     (tmp_path / "old").write_bytes(b"")  # reads past the end of old are zero: new = diff
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), DORAS_ORAS_NO_NUMPY="1")
     proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(tmp_path / "old"), str(tmp_path / "patch"),
