@@ -12,6 +12,9 @@ from doras_oras.testing.vectors import vectors_dir as vectors_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: Peak RSS allowed for a child process that applies (or rejects) one delta.
+RSS_BOUND = 48 << 20
+
 
 def make_bsdiff(
     triples: list[tuple[int, int, int]],

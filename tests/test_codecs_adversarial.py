@@ -23,6 +23,7 @@ import zstandard
 
 from tests._codec_support import (
     REPO_ROOT,
+    RSS_BOUND,
     bsdiff_header,
     make_bsdiff,
     make_tardiff,
@@ -30,9 +31,6 @@ from tests._codec_support import (
     tardiff_op,
     uvarint,
 )
-
-#: Peak RSS allowed for the child while it rejects any one case.
-RSS_BOUND = 48 << 20
 
 _CHILD = r"""
 import json, os, sys, traceback
