@@ -506,7 +506,7 @@ def main() -> None:
         links.append((f"{args.rate_mbit:g}Mbit/s", args.rate_mbit * 1e6 / 8))
     # a SIGTERM unwinds the test bed (stops the registry, removes the work dir)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
-    os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     # As installed by pip (which compiles bytecode), whatever PYTHONDONTWRITEBYTECODE says:
     # a child that compiles the package from source on every run pays ~0.15 s more.

@@ -80,9 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    _help, _configure, run = COMMANDS[args.command]
+    _help, _configure, run_command = COMMANDS[args.command]
     try:
-        return run(args)
+        return run_command(args)
     except DorasOrasError as exc:
         print(f"doras-oras: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
