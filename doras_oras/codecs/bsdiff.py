@@ -461,7 +461,7 @@ def _apply(
             written += len(result)
 
         if threaded and not parallel:
-            _run_threaded(fd, header, patch_size, consume, parallel)
+            _run_threaded(fd, header, patch_size, consume)
         else:
             # Parallel: the bzip2 workers decode the diff and extra streams (one block
             # or more); this thread reads the control stream and adds and writes, with
@@ -474,9 +474,8 @@ def _apply(
 
 def _run_threaded(
     fd: int, header: BsdiffHeader, patch_size: int, consume: Callable[[tuple[int, Any, int]], None],
-    parallel: bool,
 ) -> None:
-    """Decode in a helper thread, consume in this one; errors of either side surface here."""
+    """Decode sequentially in a helper thread, consume in this one; errors of either side surface here."""
     items: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_DEPTH)
     stop = threading.Event()
     done = object()
@@ -493,7 +492,7 @@ def _run_threaded(
 
     def producer() -> None:
         try:
-            _produce(fd, header, patch_size, put, parallel)
+            _produce(fd, header, patch_size, put)
             put(done)
         except _Stop:
             pass
