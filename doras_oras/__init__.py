@@ -25,16 +25,20 @@ _EXPORTS = {
     "OCILayout": "layout",
     "PullResult": "pull",
     "Reference": "reference",
+    "RegistryClient": "registry_client",
     "pull_delta": "pull",
+    "pull_full": "full",
 }
 
 if TYPE_CHECKING:
     from .edgeapi import EdgeClient
     from .errors import DorasOrasError
+    from .full import pull_full
     from .layout import OCILayout
     from .pull import PullResult, pull_delta
     from .reference import Reference
     from .registry import DeltaRegistry
+    from .registry_client import RegistryClient
 
 
 def __getattr__(name: str) -> Any:
@@ -51,6 +55,8 @@ __all__ = [
     "OCILayout",
     "PullResult",
     "Reference",
+    "RegistryClient",
     "__version__",
     "pull_delta",
+    "pull_full",
 ]

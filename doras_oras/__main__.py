@@ -1,5 +1,5 @@
 """``python -m doras_oras`` runs the ``doras-oras`` command."""
 
-from .cli import run
+from .cli.main import run
 
 run()

@@ -29,8 +29,8 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from .errors import InsecureTransportError, RegistryAuthError
-from .transport import origin, safe_url
+from .errors import InsecureTransportError, InvalidArgumentError, RegistryAuthError
+from .urls import origin, safe_url
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -79,7 +79,7 @@ class RegistryAuth:
         allowed_realm_hosts: Iterable[str] = (),
     ) -> None:
         if not registry or "/" in registry:
-            raise ValueError(f"registry must be host[:port], not {registry!r}")
+            raise InvalidArgumentError(f"registry must be host[:port], not {registry!r}")
         self.registry = registry.lower()
         self.username = username
         self.password = password

@@ -1,11 +1,15 @@
-"""Backoff for polling the Doras server while it builds a delta.
+"""Backoff: the one delay formula of doras-oras, and the strategy that polls the Doras server.
 
 The delay before retry ``n`` (counting from 0) is ``base * 2**n``, moved
 uniformly within ±half of itself (so within ``[base*2**n/2, 3*base*2**n/2)``)
 and capped at ``max_delay_s``; :func:`backoff_delay` is that formula, pure.
-A server's ``Retry-After`` replaces the computed delay (capped the same way).
-After ``max_attempts`` waits the next :meth:`wait` raises
-:class:`~doras_oras.errors.BackoffExhausted`.
+A server's ``Retry-After`` replaces the computed delay, capped at its own
+limit; :func:`next_delay` is the formula with that rule. Every wait of the
+project uses it: polling the Doras server while it builds a delta
+(:class:`ExponentialBackoffWithJitter`), retries of failed transfers
+(:mod:`doras_oras.transport`) and waiting for the layout's lock.
+After ``max_attempts`` waits the next :meth:`ExponentialBackoffWithJitter.wait`
+raises :class:`~doras_oras.errors.BackoffExhausted`.
 
 Sleep, clock and random source are injectable so tests never really sleep.
 A strategy is stateful: every polling call takes a fresh one from a factory
@@ -23,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .errors import BackoffExhausted
+from .errors import BackoffExhausted, InvalidArgumentError
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,9 @@ def backoff_delay(attempt: int, *, base_delay_s: float, max_delay_s: float, jitt
     at ``max_delay_s``. Pure; never overflows for large ``attempt``.
     """
     if attempt < 0:
-        raise ValueError("attempt must be >= 0")
+        raise InvalidArgumentError("attempt must be >= 0")
     if not 0.0 <= jitter < 1.0:
-        raise ValueError("jitter must be in [0, 1)")
+        raise InvalidArgumentError("jitter must be in [0, 1)")
     if base_delay_s <= 0.0:
         return 0.0
     # Past this exponent even the smallest jittered delay exceeds the cap.
@@ -66,6 +70,24 @@ def backoff_delay(attempt: int, *, base_delay_s: float, max_delay_s: float, jitt
         return max_delay_s
     nominal = base_delay_s * (2.0**attempt)
     return min(nominal * (0.5 + jitter), max_delay_s)
+
+
+def next_delay(
+    attempt: int,
+    *,
+    base_delay_s: float,
+    max_delay_s: float,
+    jitter: float,
+    retry_after_s: float | None = None,
+    retry_after_max_s: float | None = None,
+) -> float:
+    """The wait before retry ``attempt`` (0-based): a server's ``retry_after_s`` when given
+    (never negative, at most ``retry_after_max_s``, default ``max_delay_s``), else
+    :func:`backoff_delay`. Pure."""
+    if retry_after_s is not None:
+        cap = max_delay_s if retry_after_max_s is None else retry_after_max_s
+        return min(max(retry_after_s, 0.0), cap)
+    return backoff_delay(attempt, base_delay_s=base_delay_s, max_delay_s=max_delay_s, jitter=jitter)
 
 
 def parse_retry_after(header: str | None, now: float) -> float | None:
@@ -105,9 +127,9 @@ class ExponentialBackoffWithJitter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if base_delay_s < 0 or max_delay_s < 0:
-            raise ValueError("delays must be >= 0")
+            raise InvalidArgumentError("delays must be >= 0")
         if max_attempts < 0:
-            raise ValueError("max_attempts must be >= 0")
+            raise InvalidArgumentError("max_attempts must be >= 0")
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
         self.max_attempts = max_attempts
@@ -122,13 +144,12 @@ class ExponentialBackoffWithJitter:
 
     def next_delay(self, retry_after_s: float | None = None) -> float:
         """The delay the next :meth:`wait` would sleep (draws jitter; no state change)."""
-        if retry_after_s is not None:
-            return min(max(retry_after_s, 0.0), self.max_delay_s)
-        return backoff_delay(
+        return next_delay(
             self.attempt,
             base_delay_s=self.base_delay_s,
             max_delay_s=self.max_delay_s,
             jitter=self._random.random(),
+            retry_after_s=retry_after_s,
         )
 
     def wait(self, retry_after_s: float | None = None, *, limit_s: float | None = None) -> float:

@@ -15,14 +15,13 @@ lock while they use it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ArtifactTooLargeError, BudgetExceededError
+from .layout.files import atomic_write
 
 LEDGER_DIR = ".doras-oras"
 LEDGER_FILE = "downloads.json"
@@ -84,14 +83,4 @@ class DownloadBudget:
         records = self._records()
         records.append((self.clock(), received))
         self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.ledger.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"records": records}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.ledger)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.ledger, json.dumps({"records": records}).encode())

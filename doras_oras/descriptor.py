@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidDigestError
+from .errors import InvalidArgumentError, InvalidDigestError
 
 # --- media types ----------------------------------------------------------
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -103,19 +103,19 @@ class Descriptor:
     def __post_init__(self) -> None:
         validate_digest(self.digest)
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
-            raise ValueError(f"descriptor size must be a non-negative integer, not {self.size!r}")
+            raise InvalidArgumentError(f"descriptor size must be a non-negative integer, not {self.size!r}")
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Descriptor:
         """Build from a JSON object (already schema-validated or not: types are checked)."""
         if not isinstance(obj, Mapping):
-            raise ValueError("descriptor must be a JSON object")
+            raise InvalidArgumentError("descriptor must be a JSON object")
         media_type = obj.get("mediaType")
         if not isinstance(media_type, str):
-            raise ValueError("descriptor mediaType must be a string")
+            raise InvalidArgumentError("descriptor mediaType must be a string")
         size = obj.get("size")
         if not isinstance(size, int) or isinstance(size, bool):
-            raise ValueError("descriptor size must be an integer")
+            raise InvalidArgumentError("descriptor size must be an integer")
         data_b64 = obj.get("data")
         data = base64.b64decode(data_b64, validate=True) if isinstance(data_b64, str) else None
         annotations = obj.get("annotations") or {}

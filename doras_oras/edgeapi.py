@@ -1,15 +1,21 @@
 """Client of the Doras edge API (``GET /api/v1/delta/``), port of Doras v0.20.2 ``pkg/client/edgeapi``.
 
 :class:`EdgeClient` asks a Doras server for a delta between two images of
-one repository:
+one repository. The three calls of the Go client, with the same arguments:
 
 - :meth:`EdgeClient.read_delta_async` sends one request: ``(response, True)``
   when the delta is ready, ``(None, False)`` while the server builds it (202);
 - :meth:`EdgeClient.read_delta` polls with a fresh backoff strategy until the
   delta is ready, honouring ``Retry-After``, within an optional deadline;
 - :meth:`EdgeClient.read_delta_as_stream` also fetches and checks the delta
-  manifest through a :class:`ContentFetcher` (the registry layer) and returns
-  the delta layer as a stream that verifies digest and size.
+  manifest and returns the delta layer as a stream that verifies digest and
+  size. It reads the registry itself (plain HTTP when the client allows it,
+  its TLS settings, its basic credentials), or through a :class:`ContentFetcher`
+  of the caller's.
+
+:meth:`EdgeClient.fetch_delta` is the conversation all of them and the
+delta-aware pull share: ask (once or polling), check the answer against the
+request, fetch and check the delta manifest, return a :class:`Delta`.
 
 Transport rules (docs/edgeapi.md, docs/network.md): every request goes
 through a :class:`~doras_oras.transport.Transport`: TLS verified by default;
@@ -18,101 +24,178 @@ the statuses of :data:`EDGE_RETRY_STATUSES` (429, 502, 503, 504, 408) are
 retried with backoff honouring ``Retry-After``; redirects are followed at
 most :data:`MAX_REDIRECTS` times, only to the same host and port (never
 https to http), anything else raises
-:class:`~doras_oras.errors.InsecureTransportError`; bodies are read in
-streaming with caps (:data:`MAX_JSON_BYTES`, :data:`MAX_ERROR_BODY_BYTES`);
-transfer failures are :class:`~doras_oras.errors.ConnectError` or
-:class:`~doras_oras.errors.TransferTimeoutError`.
+:class:`~doras_oras.errors.InsecureTransportError`; bodies are read with
+caps (:data:`~doras_oras.schemas.MAX_JSON_BYTES`, :data:`MAX_ERROR_BODY_BYTES`).
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import requests
 
 from . import schemas
+from .algorithms import ALGORITHM_NAMES, DeltaAlgorithm, check_algorithm_names
 from .auth import DockerConfigAuth as DockerConfigAuth
 from .auth import basic_header
 from .backoff import BackoffStrategy, default_backoff, parse_retry_after
-from .codecs import Compression as Compression
-from .codecs import DeltaAlgorithm
-from .codecs import Patch as Patch
 from .descriptor import (
     ANNOTATION_DELTA_DUMMY,
     ANNOTATION_DELTA_FROM,
     ANNOTATION_DELTA_TO,
     OCI_MANIFEST,
     Descriptor,
-    digest_of,
 )
 from .errors import (
     BackoffExhausted,
     BadRequestError,
     BodyTooLargeError,
-    ConnectError,
     DeltaManifestError,
-    DigestMismatchError,
     DocumentError,
     DorasServerError,
     ImagesIdenticalError,
     IncompatibleArtifactsError,
     InsecureTransportError,
+    InvalidArgumentError,
     InvalidReferenceError,
-    MediaTypeMismatchError,
     NotFoundError,
     SchemaValidationError,
     ServerError,
-    TransferTimeoutError,
-    TransportError,
     UnauthorizedError,
     UnsupportedAlgorithmError,
 )
+from .redact import excerpt, mask, secrets_of, shorten
 from .reference import Reference
-from .transport import TransferPolicy, Transport, redact
+from .transport import RETRY_STATUSES, TransferPolicy, Transport
+from .transport.failures import read_error_body
+from .urls import safe_url
 from .verify import VerifyingReader
+
+if TYPE_CHECKING:
+    from .registry_client import RegistryClient
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ALGORITHM_NAMES",
+    "AuthProvider",
+    "BasicAuth",
+    "BearerAuth",
+    "ContentFetcher",
+    "Delta",
+    "DeltaAlgorithm",
+    "DockerConfigAuth",
+    "EdgeClient",
+    "ImageRef",
+    "ReadDeltaResponse",
+    "check_delta_manifest",
+    "check_response",
+    "parse_error_body",
+]
+
 API_DELTA_PATH = "/api/v1/delta/"
 MAX_REDIRECTS = 10
-MAX_JSON_BYTES = 4 << 20
 MAX_ERROR_BODY_BYTES = 64 << 10
-MAX_MANIFEST_BYTES = 4 << 20
-EXCERPT_CHARS = 200
 DEFAULT_TIMEOUT_S = 30.0
 INCOMPATIBLE_MESSAGE = "artifacts are not compatible"
 #: Statuses of the Doras server retried by the transport. Not 500: the server
 #: answers its final errors (e.g. "artifacts are not compatible") with 500.
 EDGE_RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-
-#: Values of ``accepted_algorithm`` the server knows (DESIGN §2).
-ALGORITHM_NAMES = ("bsdiff", "tardiff", "gzip", "zstd")
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-
-# --- algorithms ------------------------------------------------------------
 
 
 # --- response --------------------------------------------------------------
 
 
+class ImageRef(str):
+    """An image reference exactly as the server sent it (it *is* that string), also parsed.
+
+    Compares equal to the server's string, as the Go client's string fields do, and
+    offers the :class:`~doras_oras.reference.Reference` view (``digest``,
+    ``same_repository``, ...) through :attr:`ref`.
+    """
+
+    _ref: Reference
+
+    def __new__(cls, text: str | Reference) -> ImageRef:
+        ref = text if isinstance(text, Reference) else Reference.parse(str(text))
+        obj = super().__new__(cls, str(text))
+        obj._ref = ref
+        return obj
+
+    @property
+    def ref(self) -> Reference:
+        """The parsed reference."""
+        return self._ref
+
+    @property
+    def registry(self) -> str:
+        return self._ref.registry
+
+    @property
+    def repository(self) -> str:
+        return self._ref.repository
+
+    @property
+    def name(self) -> str:
+        return self._ref.name
+
+    @property
+    def tag(self) -> str | None:
+        return self._ref.tag
+
+    @property
+    def digest(self) -> str | None:
+        return self._ref.digest
+
+    def same_repository(self, other: Reference | ImageRef) -> bool:
+        """Whether both name the same registry and repository."""
+        return self._ref.same_repository(other.ref if isinstance(other, ImageRef) else other)
+
+    def with_digest(self, digest: str) -> Reference:
+        """This repository at ``digest``."""
+        return self._ref.with_digest(digest)
+
+
+def _digest_reference(value: object, field: str) -> ImageRef:
+    if isinstance(value, Reference):
+        value = str(value)
+    if not isinstance(value, str):
+        raise SchemaValidationError(f"delta response: {field} missing or not a string")
+    try:
+        ref = ImageRef(value)
+    except InvalidReferenceError as exc:
+        raise SchemaValidationError(f"delta response: {field}: {exc}") from exc
+    if ref.digest is None:
+        raise SchemaValidationError(f"delta response: {field} {value[:200]!r} is not a digest reference")
+    return ref
+
+
 @dataclass(frozen=True)
 class ReadDeltaResponse:
-    """The 200 answer: the target image and the delta image, both digest references."""
+    """The 200 answer: the target image and the delta image, both digest references.
 
-    target_image: Reference
-    delta_image: Reference
+    The fields are :class:`ImageRef` strings, equal to what the server sent.
+    """
+
+    target_image: ImageRef
+    delta_image: ImageRef
+
+    def __post_init__(self) -> None:
+        for field in ("target_image", "delta_image"):
+            value = getattr(self, field)
+            if not isinstance(value, ImageRef):
+                object.__setattr__(self, field, _digest_reference(value, field))
 
     @classmethod
     def from_json(cls, obj: object) -> ReadDeltaResponse:
@@ -127,21 +210,34 @@ class ReadDeltaResponse:
             delta_image=_digest_reference(obj.get("delta_image"), "delta_image"),
         )
 
+    @property
+    def target_ref(self) -> Reference:
+        return self.target_image.ref
+
+    @property
+    def delta_ref(self) -> Reference:
+        return self.delta_image.ref
+
     def to_json(self) -> dict[str, str]:
         """The wire form (``target_image``, ``delta_image``)."""
         return {"target_image": str(self.target_image), "delta_image": str(self.delta_image)}
 
 
-def _digest_reference(value: object, field: str) -> Reference:
-    if not isinstance(value, str):
-        raise SchemaValidationError(f"delta response: {field} missing or not a string")
-    try:
-        ref = Reference.parse(value)
-    except InvalidReferenceError as exc:
-        raise SchemaValidationError(f"delta response: {field}: {exc}") from exc
-    if ref.digest is None:
-        raise SchemaValidationError(f"delta response: {field} {value[:200]!r} is not a digest reference")
-    return ref
+@dataclass(frozen=True)
+class Delta:
+    """A delta the server has ready, its manifest checked (:meth:`EdgeClient.fetch_delta`)."""
+
+    response: ReadDeltaResponse
+    layer: Descriptor
+    """The delta layer (the bytes to download)."""
+    algorithm: DeltaAlgorithm
+    """Its kind, from the layer's media type; may be one that was not accepted (the server
+    falls back to bsdiff): the caller checks."""
+
+    @property
+    def manifest_ref(self) -> Reference:
+        """The delta manifest (``delta_image``)."""
+        return self.response.delta_ref
 
 
 # --- auth ------------------------------------------------------------------
@@ -193,7 +289,7 @@ def _as_provider(auth: AuthArg) -> AuthProvider | None:
 
 
 class ContentFetcher(Protocol):
-    """What :meth:`EdgeClient.read_delta_as_stream` needs from the registry layer."""
+    """What :meth:`EdgeClient.fetch_delta` needs from the registry layer."""
 
     def fetch_manifest(self, ref: Reference) -> tuple[bytes, str]:
         """Body and Content-Type of the manifest ``ref`` names.
@@ -213,28 +309,53 @@ class ContentFetcher(Protocol):
 Query = list[tuple[str, str]]
 
 
+def _check_server_url(server_url: str, allow_http: bool) -> str:
+    if not isinstance(server_url, str):
+        raise InvalidArgumentError(f"server URL must be a string, not {type(server_url).__name__}")
+    parts = urlsplit(server_url)
+    try:
+        _port = parts.port
+    except ValueError:
+        raise InvalidArgumentError(f"server URL {safe_url(server_url)[:200]!r} has a bad port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgumentError(
+            f"server URL {safe_url(server_url)[:200]!r} must be http(s)://host[:port][/path]"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise InvalidArgumentError(
+            f"server URL {safe_url(server_url)!r} must not carry a query, fragment or user info"
+        )
+    if parts.scheme == "http" and not allow_http:
+        raise InsecureTransportError(
+            f"server URL {server_url!r} is plain http: allow plain HTTP (allow_http=True) to use it"
+        )
+    return server_url.rstrip("/")
+
+
 class EdgeClient:
     """Client of one Doras server.
 
     ``server_url`` is ``https://host[:port][/prefix]`` (``http`` only with
-    ``allow_http``). ``auth`` is a :class:`BearerAuth`, :class:`BasicAuth`,
-    ``(user, password)``, :class:`DockerConfigAuth` (looked up for the
-    registry of the requested images) or ``None``; the server passes the
-    credentials on to the registry. ``backoff`` makes a fresh strategy per
-    polling call. ``ca_file`` verifies TLS against that CA bundle;
-    ``insecure`` turns verification off. ``timeout_s`` bounds connect and
-    each read. ``policy`` (a :class:`~doras_oras.transport.TransferPolicy`,
-    e.g. the one of the whole pull) replaces the client's own: its timeouts,
-    attempts, waits and deadline are used; ``allow_http``, the retried
-    statuses and same-host redirects stay the client's.
+    ``allow_http``, which also lets :meth:`read_delta_as_stream` read the
+    registry over plain HTTP, as the Go client does). ``auth`` is a
+    :class:`BearerAuth`, :class:`BasicAuth`, ``(user, password)``,
+    :class:`DockerConfigAuth` (looked up for the registry of the requested
+    images) or ``None``; the server passes the credentials on to the registry.
+    ``backoff`` makes a fresh strategy per polling call. ``ca_file`` verifies
+    TLS against that CA bundle; ``insecure`` turns verification off.
+    ``timeout_s`` bounds connect and each read. ``policy`` (a
+    :class:`~doras_oras.transport.TransferPolicy`, e.g. the one of the whole
+    pull) replaces the client's own: its timeouts, attempts, waits and deadline
+    are used; ``allow_http``, the retried statuses and same-host redirects stay
+    the client's.
     """
 
     def __init__(
         self,
         server_url: str,
-        *,
         allow_http: bool = False,
         auth: AuthArg = None,
+        *,
         backoff: Callable[[], BackoffStrategy] = default_backoff,
         session: requests.Session | None = None,
         ca_file: str | os.PathLike[str] | None = None,
@@ -242,22 +363,11 @@ class EdgeClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         policy: TransferPolicy | None = None,
     ) -> None:
-        parts = urlsplit(server_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidReferenceError(
-                f"server URL {server_url[:200]!r} must be http(s)://host[:port][/path]"
-            )
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise InvalidReferenceError(
-                f"server URL {_redact_url(server_url)!r} must not carry a query, fragment or user info"
-            )
-        if parts.scheme == "http" and not allow_http:
-            raise InsecureTransportError(
-                f"server URL {server_url!r} is plain http: pass allow_http=True (--plain-http) to allow it"
-            )
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
-        self.server_url = server_url.rstrip("/")
+        self.server_url = _check_server_url(server_url, allow_http)
+        if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+            raise InvalidArgumentError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
+        if ca_file is not None and insecure:
+            raise InvalidArgumentError("a CA file and insecure TLS contradict each other")
         self.allow_http = allow_http
         self.auth = _as_provider(auth)
         self.backoff = backoff
@@ -272,11 +382,15 @@ class EdgeClient:
                 connect_timeout_s=timeout_s, read_timeout_s=timeout_s, deadline_s=max(120.0, 4 * timeout_s),
                 max_attempts=3, wait_initial_s=0.25, wait_max_s=5.0, retry_after_max_s=30.0,
             )
+        self._base_policy = policy
         self.policy = dataclasses.replace(
             policy, allow_http=allow_http, retry_statuses=EDGE_RETRY_STATUSES, cross_host_redirects=False,
             max_redirects=MAX_REDIRECTS,
         )
-        self.transport = Transport(self.session, self.policy, verify=self.verify)
+        self.transport = Transport(self.session, self.policy, verify=self.verify, peer="the Doras server")
+        self.bytes_received = 0
+        """Body bytes of the server's answers read so far."""
+        self._registry: RegistryClient | None = None
 
     def __enter__(self) -> EdgeClient:
         return self
@@ -285,9 +399,11 @@ class EdgeClient:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP session if the client made it (a caller's session stays open)."""
+        """Close the HTTP sessions the client made (a caller's session stays open)."""
         if self._own_session:
             self.session.close()
+        if self._registry is not None:
+            self._registry.close()
 
     # --- requests -------------------------------------------------------
 
@@ -320,12 +436,8 @@ class EdgeClient:
             query.append(("to_digest", str(to_ref.with_digest(to_ref.digest))))
         else:
             query.append(("to_tag", str(to_ref.with_tag(to_ref.tag or "latest"))))
-        for name in accepted_algorithms or ():
-            if name not in ALGORITHM_NAMES:
-                raise UnsupportedAlgorithmError(
-                    f"unknown accepted algorithm {name[:50]!r}: use {', '.join(ALGORITHM_NAMES)}"
-                )
-            query.append(("accepted_algorithm", name))
+        names = check_algorithm_names(accepted_algorithms) if accepted_algorithms is not None else ()
+        query.extend(("accepted_algorithm", name) for name in names)
         return query, from_ref, to_ref
 
     def read_delta_async(
@@ -337,8 +449,8 @@ class EdgeClient:
         """One request: ``(response, True)`` when ready, ``(None, False)`` while being built.
 
         Raises :class:`ImagesIdenticalError` (204), a :class:`DorasServerError`
-        subclass for error statuses, :class:`TransportError` subclasses for
-        transport failures, :class:`DocumentError` for an unusable 200 body.
+        subclass for error statuses, :class:`~doras_oras.errors.TransportError`
+        subclasses for transport failures, :class:`DocumentError` for an unusable 200 body.
         """
         response, _retry_after = self._request_delta(from_image, to_image, accepted_algorithms)
         return response, response is not None
@@ -361,7 +473,7 @@ class EdgeClient:
         with resp:
             status = resp.status_code
             if status == 200:
-                body = _read_json_body(resp, "delta response")
+                body = self._read_json_body(resp, "delta response")
                 result = ReadDeltaResponse.from_json(body)
                 log.info("delta ready: %s", result.delta_image)
                 return result, None
@@ -374,7 +486,7 @@ class EdgeClient:
                 names = dict(query)
                 to_name = names.get("to_tag") or names.get("to_digest")
                 raise ImagesIdenticalError(f"{names.get('from_digest')} and {to_name} are the same image")
-            raise _error_from_response(resp, secrets=_secrets(header))
+            raise self._error_from_response(resp, secrets=secrets_of(header))
 
     def read_delta(
         self,
@@ -383,8 +495,13 @@ class EdgeClient:
         accepted_algorithms: Iterable[str] | None = None,
         *,
         deadline_s: float | None = None,
+        on_wait: Callable[[int, float], None] | None = None,
     ) -> ReadDeltaResponse:
-        """Poll until the delta is ready; :class:`BackoffExhausted` when attempts or ``deadline_s`` run out."""
+        """Poll until the delta is ready; :class:`BackoffExhausted` when attempts or ``deadline_s`` run out.
+
+        ``on_wait(requests_sent, seconds_waited_so_far)`` is called before each wait
+        (a spinner on a terminal).
+        """
         strategy = self.backoff()
         start = strategy.now()
         algorithms = list(accepted_algorithms) if accepted_algorithms is not None else None
@@ -402,6 +519,8 @@ class EdgeClient:
                         f"delta not ready within the deadline of {deadline_s:g} s "
                         f"({requests_sent} requests)"
                     )
+            if on_wait is not None:
+                on_wait(requests_sent, strategy.now() - start)
             try:
                 strategy.wait(retry_after, limit_s=limit)
             except BackoffExhausted as exc:
@@ -409,12 +528,49 @@ class EdgeClient:
                     f"delta not ready after {requests_sent} requests: {exc}"
                 ) from exc
 
+    def fetch_delta(
+        self,
+        from_image: Reference | str,
+        to_image: Reference | str,
+        accepted_algorithms: Iterable[str] | None = None,
+        fetcher: ContentFetcher | None = None,
+        *,
+        wait: bool = True,
+        deadline_s: float | None = None,
+        on_wait: Callable[[int, float], None] | None = None,
+    ) -> Delta | None:
+        """Ask for the delta (polling with ``wait``, once without), check the answer and its manifest.
+
+        Returns the checked :class:`Delta`, or None when ``wait`` is False and the server
+        is still building it. The answer must name the requested repository (and the
+        requested target digest, when asked by digest); the delta manifest must be the
+        digest the answer names, a valid image manifest served as its media type, not the
+        placeholder the server stores while building, for these two images, with exactly
+        one layer of a delta media type. ``fetcher`` (default :meth:`registry_client`)
+        reads the delta manifest.
+        """
+        from_ref = _as_reference(from_image, "from")
+        to_ref = _as_reference(to_image, "to")
+        if wait:
+            response: ReadDeltaResponse | None = self.read_delta(
+                from_ref, to_ref, accepted_algorithms, deadline_s=deadline_s, on_wait=on_wait)
+        else:
+            response, _exists = self.read_delta_async(from_ref, to_ref, accepted_algorithms)
+        if response is None:
+            return None
+        check_response(response, from_ref, to_ref)
+        source = fetcher if fetcher is not None else self.registry_client()
+        body, content_type = source.fetch_manifest(response.delta_ref)
+        layer, algorithm = check_delta_manifest(body, content_type, response, from_ref)
+        log.info("delta %s: %s, %d bytes", response.delta_image, algorithm, layer.size)
+        return Delta(response, layer, algorithm)
+
     def read_delta_as_stream(
         self,
         from_image: Reference | str,
         to_image: Reference | str,
-        accepted_algorithms: Iterable[str] | None,
-        fetcher: ContentFetcher,
+        accepted_algorithms: Iterable[str] | None = None,
+        fetcher: ContentFetcher | None = None,
         *,
         deadline_s: float | None = None,
     ) -> tuple[Descriptor, DeltaAlgorithm, BinaryIO]:
@@ -424,17 +580,37 @@ class EdgeClient:
         raises :class:`~doras_oras.errors.VerificationError` at its end when
         the bytes differ from the descriptor. The algorithm may be one that
         was not accepted (the server falls back to bsdiff): the caller checks.
+        Without ``fetcher`` the registry is read by :meth:`registry_client`.
         """
-        from_ref = _as_reference(from_image, "from")
-        to_ref = _as_reference(to_image, "to")
-        response = self.read_delta(from_ref, to_ref, accepted_algorithms, deadline_s=deadline_s)
-        check_response(response, from_ref, to_ref)
-        body, content_type = fetcher.fetch_manifest(response.delta_image)
-        descriptor, algorithm = check_delta_manifest(body, content_type, response, from_ref)
-        log.info("delta %s: %s, %d bytes", response.delta_image, algorithm, descriptor.size)
-        source = fetcher.open_blob(response.delta_image, descriptor)
-        reader = _ClosingVerifyingReader(source, descriptor.digest, descriptor.size, what="delta layer")
-        return descriptor, algorithm, io.BufferedReader(reader, buffer_size=1 << 16)
+        source = fetcher if fetcher is not None else self.registry_client()
+        delta = self.fetch_delta(from_image, to_image, accepted_algorithms, source, deadline_s=deadline_s)
+        assert delta is not None  # waiting never returns "pending"
+        stream = source.open_blob(delta.manifest_ref, delta.layer)
+        reader = _ClosingVerifyingReader(stream, delta.layer.digest, delta.layer.size, what="delta layer")
+        return delta.layer, delta.algorithm, io.BufferedReader(reader, buffer_size=1 << 16)
+
+    def registry_client(self) -> RegistryClient:
+        """The client this edge client reads the registry with when no fetcher is given.
+
+        Plain HTTP when ``allow_http`` (as the Go client), the same TLS settings and
+        transfer policy; basic credentials of ``auth`` are used for the registry too, a
+        :class:`DockerConfigAuth` is read for it, a bearer token (for the Doras server)
+        is not sent to the registry.
+        """
+        if self._registry is None:
+            from .registry_client import RegistryClient  # the registry layer, built on demand
+
+            credentials: tuple[str, str] | None = None
+            configs: list[str] = []
+            if isinstance(self.auth, BasicAuth):
+                credentials = (self.auth.username, self.auth.password)
+            elif isinstance(self.auth, DockerConfigAuth):
+                configs = [str(p) for p in self.auth.paths if p.is_file()]
+            policy = dataclasses.replace(self._base_policy, retry_statuses=RETRY_STATUSES)
+            self._registry = RegistryClient(plain_http=self.allow_http, tls_verify=self.verify, policy=policy,
+                                            allow_insecure_auth=self.allow_http, credentials=credentials,
+                                            registry_configs=configs)
+        return self._registry
 
     # --- transport --------------------------------------------------------
 
@@ -445,7 +621,7 @@ class EdgeClient:
         ``Location`` is a :class:`ServerError`.
         """
         if urlsplit(url).scheme != "https" and header and not self.allow_http:
-            raise InsecureTransportError(f"refusing to send credentials over plain http to {_redact_url(url)}")
+            raise InsecureTransportError(f"refusing to send credentials over plain http to {safe_url(url)}")
         headers = {"Accept": "application/json"}
         if header:
             headers["Authorization"] = header
@@ -454,6 +630,55 @@ class EdgeClient:
             resp.close()
             raise ServerError(resp.status_code, "redirect without a Location header")
         return resp
+
+    def _read_json_body(self, resp: requests.Response, what: str) -> object:
+        declared = _declared_length(resp)
+        if declared is not None and declared > schemas.MAX_JSON_BYTES and "Content-Encoding" not in resp.headers:
+            raise BodyTooLargeError(
+                f"{what}: body of {declared} bytes is over the {schemas.MAX_JSON_BYTES} byte cap")
+        try:
+            data = self.transport.read_body(resp, max_bytes=schemas.MAX_JSON_BYTES)
+        except BodyTooLargeError:
+            raise BodyTooLargeError(f"{what}: body over the {schemas.MAX_JSON_BYTES} byte cap") from None
+        self.bytes_received += len(data)
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise DocumentError(
+                f"{what}: status {resp.status_code} with a body that is not JSON: {excerpt(data)!r}"
+            ) from exc
+
+    def _error_from_response(self, resp: requests.Response, *, secrets: tuple[str, ...]) -> DorasServerError:
+        status = resp.status_code
+        declared = _declared_length(resp)
+        data, more = read_error_body(resp, MAX_ERROR_BODY_BYTES)
+        self.bytes_received += len(data)
+        parsed = None if more else parse_error_body(data)
+        if parsed is not None:
+            message, context = parsed
+            message = mask(message, secrets)
+            context = mask(context, secrets) if context else context
+        else:
+            reason = resp.reason or "no reason"
+            if more or (declared is not None and declared > MAX_ERROR_BODY_BYTES):
+                message = f"{reason} (body over {MAX_ERROR_BODY_BYTES} bytes, not read)"
+            elif data:
+                message = f"{reason} (body not a Doras error document)"
+            else:
+                message = f"{reason} (empty body)"
+            context = f"body excerpt: {excerpt(data, secrets)!r}" if data else None
+        cls: type[DorasServerError]
+        if message == INCOMPATIBLE_MESSAGE or (context and INCOMPATIBLE_MESSAGE in context) or status == 406:
+            cls = IncompatibleArtifactsError
+        elif status == 400:
+            cls = BadRequestError
+        elif status == 401:
+            cls = UnauthorizedError
+        elif status == 404:
+            cls = NotFoundError
+        else:
+            cls = ServerError
+        return cls(status, message, context)
 
 
 class _ClosingVerifyingReader(VerifyingReader):
@@ -473,25 +698,17 @@ class _ClosingVerifyingReader(VerifyingReader):
 
 def check_response(response: ReadDeltaResponse, from_ref: Reference, to_ref: Reference) -> None:
     """Check a 200 answer against the request: same repository, same target digest when asked by digest."""
-    for field, ref in (("target_image", response.target_image), ("delta_image", response.delta_image)):
+    for field, ref in (("target_image", response.target_ref), ("delta_image", response.delta_ref)):
         if not ref.same_repository(to_ref):
             raise DeltaManifestError(
                 f"server answered {field} {ref} outside the requested repository {to_ref.name}"
             )
-    if to_ref.digest is not None and response.target_image.digest != to_ref.digest:
+    if to_ref.digest is not None and response.target_ref.digest != to_ref.digest:
         raise DeltaManifestError(
-            f"server answered target {response.target_image.digest}, requested {to_ref.digest}"
+            f"server answered target {response.target_ref.digest}, requested {to_ref.digest}"
         )
-    if response.delta_image.digest in (from_ref.digest, response.target_image.digest):
+    if response.delta_ref.digest in (from_ref.digest, response.target_ref.digest):
         raise DeltaManifestError("server named an image itself as the delta")
-
-
-def _validate_manifest_document(obj: object) -> dict[str, Any]:
-    """Check a delta manifest against the image manifest JSON schema (names the bad field)."""
-    if not isinstance(obj, dict):
-        raise SchemaValidationError("delta manifest: expected a JSON object")
-    schemas.validate(obj, "manifest")
-    return obj
 
 
 def check_delta_manifest(
@@ -499,34 +716,25 @@ def check_delta_manifest(
 ) -> tuple[Descriptor, DeltaAlgorithm]:
     """Check a delta manifest and return its layer's descriptor and algorithm.
 
-    Raises :class:`DigestMismatchError` if ``body`` is not ``response.delta_image``,
-    :class:`DocumentError` subclasses for anything else unusable (a placeholder,
-    other images, not exactly one layer, an unknown layer media type).
+    The manifest passes :func:`doras_oras.schemas.parse_manifest` as an image
+    manifest of the digest ``response.delta_image`` names
+    (:class:`~doras_oras.errors.DigestMismatchError`, schema and media type
+    errors); then :class:`DeltaManifestError` for a placeholder, a delta for other
+    images, not exactly one layer, or an unknown layer media type.
     """
-    assert response.delta_image.digest is not None
-    if len(body) > MAX_MANIFEST_BYTES:
-        raise BodyTooLargeError(f"delta manifest over {MAX_MANIFEST_BYTES} bytes")
-    actual = digest_of(body, response.delta_image.digest.split(":", 1)[0])
-    if actual != response.delta_image.digest:
-        raise DigestMismatchError(f"delta manifest: expected {response.delta_image.digest}, got {actual}")
-    try:
-        obj = json.loads(body)
-    except ValueError as exc:
-        raise DeltaManifestError(f"delta manifest {response.delta_image} is not JSON: {exc}") from exc
-    manifest = _validate_manifest_document(obj)
-    served_type = content_type.split(";", 1)[0].strip().lower()
-    media_type = manifest.get("mediaType", OCI_MANIFEST)
-    if served_type and served_type != media_type:
-        raise MediaTypeMismatchError(
-            f"delta manifest mediaType {media_type!r} served as Content-Type {served_type[:100]!r}"
-        )
-    annotations: dict[str, str] = manifest.get("annotations", {})
+    digest = response.delta_ref.digest
+    assert digest is not None
+    expected = Descriptor(OCI_MANIFEST, digest, len(body))
+    parsed = schemas.parse_manifest(body, content_type, expected=expected, what="delta manifest",
+                                    kind="manifest")
+    manifest = parsed.document
+    annotations: Mapping[str, str] = manifest.get("annotations", {})
     if annotations.get(ANNOTATION_DELTA_DUMMY, "").lower() == "true":
         raise DeltaManifestError(
             f"{response.delta_image} is the placeholder the server stores while building, not a delta"
         )
     _check_annotation(annotations, ANNOTATION_DELTA_FROM, from_ref.digest)
-    _check_annotation(annotations, ANNOTATION_DELTA_TO, response.target_image.digest)
+    _check_annotation(annotations, ANNOTATION_DELTA_TO, response.target_ref.digest)
     layers = manifest["layers"]
     if len(layers) != 1:
         raise DeltaManifestError(f"delta manifest has {len(layers)} layers, expected exactly 1")
@@ -559,49 +767,14 @@ def _check_annotation(annotations: Mapping[str, str], key: str, digest: str | No
 
 
 def _as_reference(value: Reference | str, what: str) -> Reference:
+    if isinstance(value, ImageRef):
+        return value.ref
     if isinstance(value, Reference):
         return value
     try:
         return Reference.parse(value)
     except InvalidReferenceError as exc:
         raise InvalidReferenceError(f"{what} image: {exc}") from exc
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        return parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()[:300]
-    return url[:300]
-
-
-def _transport_error(exc: requests.RequestException, url: str) -> TransportError:
-    where = _redact_url(url)
-    if isinstance(exc, requests.Timeout):
-        return TransferTimeoutError(f"timed out talking to {where}: {type(exc).__name__}")
-    if isinstance(exc, requests.exceptions.SSLError):
-        return ConnectError(f"TLS failed with {where}: {_short(str(exc))}")
-    text = str(exc)
-    if "timed out" in text.lower():
-        return TransferTimeoutError(f"timed out talking to {where}")
-    return ConnectError(f"cannot talk to {where}: {type(exc).__name__}: {_short(text)}")
-
-
-def _short(text: str, limit: int = EXCERPT_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _read_capped(resp: requests.Response, cap: int) -> tuple[bytes, bool]:
-    """Up to ``cap`` bytes of the (decoded) body and whether there was more."""
-    buf = bytearray()
-    try:
-        for chunk in resp.iter_content(chunk_size=1 << 16):
-            buf += chunk
-            if len(buf) > cap:
-                return bytes(buf[:cap]), True
-    except requests.RequestException as exc:
-        raise _transport_error(exc, resp.url) from exc
-    return bytes(buf), False
 
 
 def _declared_length(resp: requests.Response) -> int | None:
@@ -611,63 +784,27 @@ def _declared_length(resp: requests.Response) -> int | None:
     return int(value)
 
 
-def _read_json_body(resp: requests.Response, what: str) -> object:
-    declared = _declared_length(resp)
-    if declared is not None and declared > MAX_JSON_BYTES and "Content-Encoding" not in resp.headers:
-        raise BodyTooLargeError(f"{what}: body of {declared} bytes is over the {MAX_JSON_BYTES} byte cap")
-    data, more = _read_capped(resp, MAX_JSON_BYTES)
-    if more:
-        raise BodyTooLargeError(f"{what}: body over the {MAX_JSON_BYTES} byte cap")
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise DocumentError(
-            f"{what}: status {resp.status_code} with a body that is not JSON: {_excerpt(data, ())!r}"
-        ) from exc
-
-
-def _secrets(header: str | None) -> tuple[str, ...]:
-    if not header:
-        return ()
-    scheme, _, value = header.partition(" ")
-    out = [value]
-    if scheme.lower() == "basic":
-        with contextlib.suppress(ValueError):
-            out += [s for s in base64.b64decode(value).decode("utf-8", "replace").split(":", 1) if s]
-    return tuple(s for s in out if len(s) >= 3)
-
-
-def _excerpt(data: bytes, secrets: Sequence[str]) -> str:
-    """A short printable excerpt of a body with credentials masked."""
-    text = data[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
-    text = " ".join(text.split())
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return _short(redact(text))  # credentials, tokens, passwords, URL userinfo
-
-
 def _field(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return _short(value, 1000)
-    return _short(json.dumps(value, sort_keys=True), 1000)
+        return shorten(value, 1000)
+    return shorten(json.dumps(value, sort_keys=True), 1000)
 
 
 def parse_error_body(data: bytes) -> tuple[str, str | None] | None:
     """``(message, context)`` from ``{"error": {...}}`` or RFC 9457 problem details, else ``None``."""
     try:
-        obj = json.loads(data)
+        obj: Any = json.loads(data)
     except ValueError:
         return None
     if not isinstance(obj, dict):
         return None
     error = obj.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return _short(error["message"], 1000), _field(error.get("context"))
+        return shorten(error["message"], 1000), _field(error.get("context"))
     if isinstance(error, str):
-        return _short(error, 1000), None
+        return shorten(error, 1000), None
     title, detail = obj.get("title"), obj.get("detail")
     if isinstance(title, str) or isinstance(detail, str):
         message = title if isinstance(title, str) and title else str(detail)
@@ -675,38 +812,5 @@ def parse_error_body(data: bytes) -> tuple[str, str | None] | None:
         instance = obj.get("instance")
         if context is None and isinstance(instance, str):
             context = instance
-        return _short(message, 1000), _field(context)
+        return shorten(message, 1000), _field(context)
     return None
-
-
-def _error_from_response(resp: requests.Response, *, secrets: Sequence[str]) -> DorasServerError:
-    status = resp.status_code
-    declared = _declared_length(resp)
-    data, more = _read_capped(resp, MAX_ERROR_BODY_BYTES)
-    parsed = None if more else parse_error_body(data)
-    if parsed is not None:
-        message, context = parsed
-        for secret in secrets:
-            message = message.replace(secret, "***")
-            context = context.replace(secret, "***") if context else context
-    else:
-        reason = resp.reason or "no reason"
-        if more or (declared is not None and declared > MAX_ERROR_BODY_BYTES):
-            message = f"{reason} (body over {MAX_ERROR_BODY_BYTES} bytes, not read)"
-        elif data:
-            message = f"{reason} (body not a Doras error document)"
-        else:
-            message = f"{reason} (empty body)"
-        context = f"body excerpt: {_excerpt(data, secrets)!r}" if data else None
-    cls: type[DorasServerError]
-    if message == INCOMPATIBLE_MESSAGE or (context and INCOMPATIBLE_MESSAGE in context) or status == 406:
-        cls = IncompatibleArtifactsError
-    elif status == 400:
-        cls = BadRequestError
-    elif status == 401:
-        cls = UnauthorizedError
-    elif status == 404:
-        cls = NotFoundError
-    else:
-        cls = ServerError
-    return cls(status, message, context)

@@ -6,8 +6,10 @@ translated at the module boundary that meets them, with the original kept as
 ``__cause__``::
 
     DorasOrasError
-    ├── InvalidReferenceError          (also ValueError) bad "registry/repo[:tag][@digest]"
-    ├── InvalidDigestError             (also ValueError) not "sha256:<64 lowercase hex>"
+    ├── InvalidArgumentError           (also ValueError) a bad argument: a value out of range,
+    │   │                              contradicting options, a file named by the caller missing
+    │   ├── InvalidReferenceError      bad "registry/repo[:tag][@digest]" (or a bad server URL)
+    │   └── InvalidDigestError         not "sha256:<64 lowercase hex>"
     ├── VerificationError              content differs from its descriptor
     │   ├── DigestMismatchError
     │   └── SizeMismatchError
@@ -22,10 +24,11 @@ translated at the module boundary that meets them, with the original kept as
     ├── CodecError                     a delta or compressed stream cannot be decoded
     │   ├── CorruptDeltaError          malformed or hostile patch / stream
     │   └── UnsupportedAlgorithmError  a delta kind this client cannot apply
-    ├── LayoutError                    the local OCI image layout
+    ├── LayoutError                    the local OCI image layout (a full disk is one too)
     │   ├── LayoutLockedError          another process holds the layout lock
     │   ├── CorruptLayoutError         index.json / oci-layout unreadable or invalid
     │   └── ImageNotFoundError         no such image in the layout
+    ├── ExtractError                   an artifact's files cannot be written out safely
     ├── TransportError                 HTTP transfer failed
     │   ├── ConnectError               cannot connect / connection reset
     │   ├── TransferTimeoutError       connect/read timeout, stall, overall deadline
@@ -49,11 +52,18 @@ class DorasOrasError(Exception):
     """Base class of every error raised by doras-oras."""
 
 
-class InvalidReferenceError(DorasOrasError, ValueError):
-    """An image reference does not parse."""
+class InvalidArgumentError(DorasOrasError, ValueError):
+    """An argument cannot be used: out of range, contradicting another, a missing file named by the caller.
+
+    The command reports these as usage errors (exit 2).
+    """
 
 
-class InvalidDigestError(DorasOrasError, ValueError):
+class InvalidReferenceError(InvalidArgumentError):
+    """An image reference (or a server URL) does not parse."""
+
+
+class InvalidDigestError(InvalidArgumentError):
     """A digest is not ``algorithm:hex`` with a supported algorithm and exact lowercase hex."""
 
 
@@ -127,6 +137,10 @@ class CorruptLayoutError(LayoutError):
 
 class ImageNotFoundError(LayoutError):
     """The layout holds no image for the given reference."""
+
+
+class ExtractError(DorasOrasError):
+    """A layer cannot be written to the output directory safely (unsafe name, broken tar, I/O)."""
 
 
 class TransportError(DorasOrasError):

@@ -31,18 +31,15 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from .codecs import Compression, open_decompressed
+from .algorithms import Compression
+from .codecs import open_decompressed
 from .descriptor import ANNOTATION_TITLE, ANNOTATION_UNPACK, Descriptor
-from .errors import DorasOrasError
+from .errors import ExtractError
 from .layout import OCILayout
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-
-
-class ExtractError(DorasOrasError):
-    """A layer cannot be written to the output directory safely."""
 
 
 def safe_name(title: str) -> PurePosixPath:

@@ -23,6 +23,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .algorithms import ALGORITHM_NAMES as ALL_ALGORITHMS
+from .algorithms import BSDIFF, GZIP, TARDIFF, ZSTD, check_algorithm_names
 from .descriptor import (
     ANNOTATION_CONTENT_DIGEST,
     ANNOTATION_UNPACK,
@@ -32,14 +34,47 @@ from .descriptor import (
 )
 from .errors import InvalidDigestError
 
-BSDIFF = "bsdiff"
-TARDIFF = "tardiff"
-GZIP = "gzip"
-ZSTD = "zstd"
-ALL_ALGORITHMS = (BSDIFF, TARDIFF, GZIP, ZSTD)
+__all__ = [
+    "ALL_ALGORITHMS",
+    "DeltaPlan",
+    "Expected",
+    "Mode",
+    "ReasonCode",
+    "choose_accepted",
+    "content_digest",
+    "expected_result",
+    "uncompressed_layer",
+]
 
-# What the Go server assumes when the request names none.
-SERVER_DEFAULT_ALGORITHMS = (BSDIFF, TARDIFF, ZSTD)
+
+class ReasonCode(enum.StrEnum):
+    """Why a pull ended as it did: the machine-readable twin of ``PullResult.reason``.
+
+    ``delta``: :attr:`PATCHED`. ``up-to-date``: :attr:`UP_TO_DATE`. ``pending``:
+    :attr:`BUILDING`, :attr:`DELTA_TIMEOUT`. ``full`` (a fallback or no delta
+    possible): every other code.
+    """
+
+    PATCHED = "patched"
+    UP_TO_DATE = "up-to-date"
+    BUILDING = "building"
+    DELTA_TIMEOUT = "delta-timeout"
+    NO_SERVER = "no-server"
+    NO_BASE = "no-base"
+    INDEX_TARGET = "index-target"
+    MULTI_LAYER = "multi-layer"
+    BASE_MISSING = "base-missing"
+    UNVERIFIABLE = "unverifiable"
+    ALGORITHMS_REFUSED = "algorithms-refused"
+    SERVER_UNREACHABLE = "server-unreachable"
+    SERVER_ERROR = "server-error"
+    INCOMPATIBLE = "incompatible"
+    SERVER_IDENTICAL = "server-identical"
+    BAD_DELTA = "bad-delta"
+    UNEXPECTED_ALGORITHM = "unexpected-algorithm"
+    DELTA_DOWNLOAD_FAILED = "delta-download-failed"
+    DELTA_FAILED = "delta-failed"
+    BASE_CORRUPT = "base-corrupt"
 
 
 class Mode(enum.Enum):
@@ -67,6 +102,7 @@ class DeltaPlan:
     mode: Mode
     reason: str
     accepted: tuple[str, ...] = ()
+    code: ReasonCode = ReasonCode.PATCHED
 
 
 def content_digest(layer: Descriptor) -> str | None:
@@ -94,9 +130,7 @@ def choose_accepted(
     something unverifiable unless ``allow_unverified``.
     """
     if requested is not None:
-        unknown = [a for a in requested if a not in ALL_ALGORITHMS]
-        if unknown:
-            raise ValueError(f"unknown algorithm(s) {', '.join(unknown)}; known: {', '.join(ALL_ALGORITHMS)}")
+        requested = check_algorithm_names(requested)
     verifiable_tardiff = content_digest(target_layer) is not None
     target_unpackable = target_layer.annotations.get(ANNOTATION_UNPACK) == "true"
     if base_is_registry_blob:
@@ -110,6 +144,7 @@ def choose_accepted(
                 "the stored base is an uncompressed tar (an earlier tar-diff result) and the "
                 f"target layer has no {ANNOTATION_CONTENT_DIGEST} annotation: a tar-diff result "
                 "could not be verified",
+                code=ReasonCode.UNVERIFIABLE,
             )
         accepted = [TARDIFF]
     if requested is not None:
@@ -118,6 +153,7 @@ def choose_accepted(
             return DeltaPlan(
                 Mode.FULL,
                 "none of the requested algorithms can be applied and verified for this base",
+                code=ReasonCode.ALGORITHMS_REFUSED,
             )
     return DeltaPlan(Mode.DELTA, "delta possible", tuple(accepted))
 

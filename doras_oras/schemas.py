@@ -29,12 +29,16 @@ from referencing import Registry, Resource
 from .descriptor import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
     Descriptor,
     validate_digest,
 )
 from .errors import (
     BodyTooLargeError,
     DigestMismatchError,
+    DorasOrasError,
+    InvalidArgumentError,
     MediaTypeMismatchError,
     SchemaValidationError,
     SizeMismatchError,
@@ -42,6 +46,8 @@ from .errors import (
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 """Cap of a manifest, index or any JSON body (DESIGN.md §5)."""
+MAX_JSON_BYTES = MAX_MANIFEST_BYTES
+"""Cap of any other JSON body (a Doras answer): the same 4 MiB."""
 
 KINDS: dict[str, str] = {
     "descriptor": "descriptor.json",
@@ -61,7 +67,7 @@ def schema_dir() -> Path:
     for candidate in (here / "_schemas", here.parent / "schemas"):
         if (candidate / "descriptor.json").is_file():
             return candidate
-    raise FileNotFoundError("doras-oras schemas not found (expected doras_oras/_schemas/*.json)")
+    raise DorasOrasError("doras-oras schemas not found (expected doras_oras/_schemas/*.json)")
 
 
 @lru_cache(maxsize=1)
@@ -80,7 +86,7 @@ def _validator(kind: str) -> Any:
     # The schemas are checked against their metaschema by the tests
     # (tests/test_schemas.py), not in every process: that check costs ~15 ms of start-up.
     if kind not in KINDS:
-        raise ValueError(f"unknown schema kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        raise InvalidArgumentError(f"unknown schema kind {kind!r}; known: {', '.join(sorted(KINDS))}")
     schema = _registry().contents(_BASE_URI + KINDS[kind])
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema, registry=_registry(), format_checker=None)
@@ -159,6 +165,7 @@ def parse_manifest(
     *,
     expected: Descriptor | None = None,
     what: str = "manifest",
+    kind: str | None = None,
 ) -> ParsedManifest:
     """Check and parse a manifest or index served with ``content_type``.
 
@@ -166,6 +173,9 @@ def parse_manifest(
     or size that differs from ``expected``, a body that is not a JSON object,
     a ``mediaType`` that differs from the Content-Type, an unknown media type,
     a document with both ``layers`` and ``manifests``, a schema violation.
+    ``kind`` (``"manifest"`` or ``"index"``) demands that kind: the document is
+    checked against its schema first, and an empty ``content_type`` then means
+    the document's own ``mediaType``.
     """
     if len(body) > MAX_MANIFEST_BYTES:
         raise BodyTooLargeError(f"{what}: {len(body)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap")
@@ -188,14 +198,23 @@ def parse_manifest(
         raise SchemaValidationError(f"invalid {what}: (document): not a JSON object")
     if "layers" in document and "manifests" in document:
         raise SchemaValidationError(f"invalid {what}: has both 'layers' and 'manifests' (ambiguous)")
-    served = _media_type_of(content_type)
     declared = document.get("mediaType")
+    if kind is not None:
+        validate(document, kind)
+        if not content_type:
+            content_type = str(declared) if declared else (OCI_MANIFEST if kind == "manifest" else OCI_INDEX)
+    served = _media_type_of(content_type)
     if declared is not None and declared != served:
         raise MediaTypeMismatchError(f"{what}: mediaType {str(declared)[:100]!r} but Content-Type {served!r}")
+    wanted = MANIFEST_MEDIA_TYPES if kind == "manifest" else INDEX_MEDIA_TYPES if kind == "index" else None
+    if wanted is not None and served not in wanted:
+        raise MediaTypeMismatchError(f"{what}: Content-Type {served!r} is not an image {kind}")
     if served in MANIFEST_MEDIA_TYPES:
-        validate(document, "manifest")
+        if kind is None:
+            validate(document, "manifest")
     elif served in INDEX_MEDIA_TYPES:
-        validate(document, "index")
+        if kind is None:
+            validate(document, "index")
     else:
         raise MediaTypeMismatchError(f"{what}: Content-Type {served!r} is neither a manifest nor an index")
     digest = expected.digest if expected is not None else "sha256:" + hashlib.sha256(body).hexdigest()

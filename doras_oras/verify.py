@@ -11,7 +11,7 @@ import io
 from typing import Any, BinaryIO, Protocol
 
 from .descriptor import new_hasher, validate_digest
-from .errors import DigestMismatchError, SizeMismatchError
+from .errors import DigestMismatchError, InvalidArgumentError, SizeMismatchError
 
 
 class Readable(Protocol):
@@ -27,7 +27,7 @@ class VerifyingReader(io.RawIOBase):
         super().__init__()
         validate_digest(digest)
         if size < 0:
-            raise ValueError("size must be >= 0")
+            raise InvalidArgumentError("size must be >= 0")
         self._source = source
         self.digest = digest
         self.size = size

@@ -74,7 +74,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -371,7 +371,7 @@ def _read_old(fd: int, old_size: int, pos: int, n: int) -> bytes:
 
 
 def apply_bsdiff(
-    old: str | os.PathLike[str],
+    old: BinaryIO | str | os.PathLike[str],
     patch: str | os.PathLike[str] | BinaryIO,
     out: Writable,
     *,
@@ -383,8 +383,8 @@ def apply_bsdiff(
 ) -> int:
     """Apply the BSDIFF40 ``patch`` to the file ``old``, writing the new file to ``out``.
 
-    ``patch`` is a path or a file object with a file descriptor (read with
-    ``pread`` from its start; it must not be a pipe). Returns the number of
+    ``old`` and ``patch`` are file objects with a file descriptor (read with
+    ``pread``, the patch from its start; not pipes), or paths. Returns the number of
     bytes written (the header's new size). ``expected_size``, when given,
     must equal the header's new size. ``use_numpy``: None = numpy when
     importable and many bytes must be added, False = never. Raises
@@ -418,7 +418,7 @@ def apply_bsdiff(
 
 
 def _apply(
-    old: str | os.PathLike[str],
+    old: BinaryIO | str | os.PathLike[str],
     patch: BinaryIO,
     out: Writable,
     expected_size: int | None,
@@ -440,7 +440,7 @@ def _apply(
             f"bytes before the extra block, file has {patch_size}"
         )
     log.debug("bsdiff: %r, patch %d bytes, parallel %s", header, patch_size, parallel)
-    with open(Path(old), "rb") as old_fh:
+    with _opened(old) as old_fh:
         old_fd = old_fh.fileno()
         old_size = os.fstat(old_fd).st_size
         add = AdaptiveAdder(use_numpy)
@@ -470,6 +470,16 @@ def _apply(
     if written != header.new_size:  # pragma: no cover - guaranteed by _produce
         raise CorruptDeltaError(f"bsdiff output has {written} bytes, header says {header.new_size}")
     return written
+
+
+@contextlib.contextmanager
+def _opened(old: BinaryIO | str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """``old`` as an open file (a path is opened and closed here; a file stays open)."""
+    if isinstance(old, str | os.PathLike):
+        with open(Path(old), "rb") as handle:
+            yield handle
+    else:
+        yield old
 
 
 def _run_threaded(

@@ -16,18 +16,21 @@ than a bounded amount. Rules, the same for every codec:
 
 from __future__ import annotations
 
-import enum
 import zlib
 from collections import deque
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import IO, Any, Protocol
 
-from ..errors import CorruptDeltaError
+from ..algorithms import GZIP_MAGIC as _GZIP_MAGIC
+from ..algorithms import ZSTD_MAGIC as _ZSTD_MAGIC
+from ..algorithms import Compression
+from ..errors import CorruptDeltaError, InvalidArgumentError
 
 __all__ = [
     "DEFAULT_MAX_WINDOW_SIZE",
     "Compression",
     "Readable",
+    "Scratch",
     "open_decompressed",
 ]
 
@@ -35,8 +38,10 @@ __all__ = [
 DEFAULT_MAX_WINDOW_SIZE = 1 << 24
 
 _IN_CHUNK = 1 << 16
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_GZIP_MAGIC = b"\x1f\x8b"
+
+
+Scratch = Callable[[], IO[bytes]]
+"""A factory of anonymous temp files (read/write, gone when closed) for spooling."""
 
 
 class Readable(Protocol):
@@ -45,29 +50,12 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
-class Compression(enum.Enum):
-    """A compression wrapped around a delta."""
-
-    NONE = "none"
-    GZIP = "gzip"
-    ZSTD = "zstd"
-
-    @classmethod
-    def detect(cls, head: bytes) -> Compression:
-        """The compression whose magic bytes start ``head`` (``NONE`` if neither)."""
-        if head.startswith(_GZIP_MAGIC):
-            return cls.GZIP
-        if head.startswith(_ZSTD_MAGIC):
-            return cls.ZSTD
-        return cls.NONE
-
-
 class _CappedReader:
     """Base of the readers: counts output and enforces ``max_output``."""
 
     def __init__(self, source: Readable, max_output: int | None, what: str) -> None:
         if max_output is not None and max_output < 0:
-            raise ValueError("max_output must be >= 0")
+            raise InvalidArgumentError("max_output must be >= 0")
         self._source = source
         self._max = max_output
         self._what = what

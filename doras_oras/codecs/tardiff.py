@@ -13,8 +13,8 @@ size:uvarint, data[size]`` (data only for Data, Open and AddData):
 ====  =======  =========================================================
 
 The base is a ``.tar``, ``.tar.gz`` or ``.tar.zst`` (detected from its
-magic bytes; compressed bases are decompressed into a temp file in
-``tmp_dir``). Its regular files are indexed by normalised path: empty and
+magic bytes; compressed bases are decompressed into a ``scratch()`` file,
+by default an anonymous temp file). Its regular files are indexed by normalised path: empty and
 ``.`` components are dropped (``./a`` == ``a``; ``._a`` is a real name);
 when a path occurs twice the last entry wins, as extraction does. Entries
 whose names are absolute or contain ``..`` cannot be referenced.
@@ -39,7 +39,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import IO, BinaryIO
 
 from ..errors import CodecError, CorruptDeltaError
 from ._addmod import AdaptiveAdder
@@ -48,6 +48,7 @@ from .compression import (
     DEFAULT_MAX_WINDOW_SIZE,
     Compression,
     Readable,
+    Scratch,
     open_decompressed,
 )
 
@@ -102,11 +103,16 @@ def _kind(info: tarfile.TarInfo) -> tuple[bool, str]:
 class TarIndex:
     """The entries of an uncompressed tar file, by normalised path (last one wins)."""
 
-    def __init__(self, tar_path: str | os.PathLike[str]) -> None:
-        self.path = Path(tar_path)
+    def __init__(self, tar: BinaryIO | str | os.PathLike[str]) -> None:
+        self.name = _name(tar) if not isinstance(tar, str | os.PathLike) else os.fspath(tar)
         self.members: dict[str, TarMember] = {}
         try:
-            with tarfile.open(self.path, "r:", encoding="utf-8", errors="surrogateescape") as tf:
+            with ExitStack() as stack:
+                handle: BinaryIO = (stack.enter_context(open(tar, "rb"))
+                                    if isinstance(tar, str | os.PathLike) else tar)
+                handle.seek(0)
+                tf = stack.enter_context(tarfile.open(fileobj=handle, mode="r:", encoding="utf-8",
+                                                      errors="surrogateescape"))
                 while (info := tf.next()) is not None:
                     tf.members.clear()  # type: ignore[attr-defined]  # keep only our index
                     name = normalize_path(info.name)
@@ -116,7 +122,7 @@ class TarIndex:
                     regular, kind = _kind(info)
                     self.members[name] = TarMember(name, info.offset_data, info.size, regular, kind)
         except tarfile.TarError as exc:
-            raise CodecError(f"tar-diff base {self.path} is not a readable tar: {exc}") from exc
+            raise CodecError(f"tar-diff base {self.name} is not a readable tar: {exc}") from exc
 
     def lookup(self, raw: bytes) -> TarMember:
         """The regular file an Open op names, or :class:`CorruptDeltaError`."""
@@ -140,25 +146,34 @@ class TarIndex:
 
 
 @contextmanager
-def plain_tar(base: str | os.PathLike[str], tmp_dir: str | os.PathLike[str] | None) -> Iterator[Path]:
-    """The path of an uncompressed tar for ``base`` (decompressed to a temp file if needed)."""
-    base = Path(base)
-    with open(base, "rb") as fh:
-        compression = Compression.detect(fh.read(4))
-        if compression is Compression.NONE:
-            yield base
-            return
+def plain_tar(base: BinaryIO | str | os.PathLike[str], scratch: Scratch | None = None) -> Iterator[BinaryIO]:
+    """An open uncompressed tar for ``base`` (a file or a path), decompressed into a
+    ``scratch()`` file (default: an anonymous temp file) when it is gzip or zstd."""
+    with ExitStack() as stack:
+        fh: BinaryIO = (stack.enter_context(open(base, "rb"))
+                        if isinstance(base, str | os.PathLike) else base)
         fh.seek(0)
-        fd, tmp = tempfile.mkstemp(prefix=".doras-oras-base-", suffix=".tar",
-                                   dir=tmp_dir if tmp_dir is not None else base.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                reader = open_decompressed(fh, compression, what=f"tar-diff base {base.name}")
-                while chunk := reader.read(1 << 20):
-                    out.write(chunk)
-            yield Path(tmp)
-        finally:
-            os.unlink(tmp)
+        compression = Compression.detect(fh.read(4))
+        fh.seek(0)
+        if compression is Compression.NONE:
+            yield fh
+            return
+        out = stack.enter_context((scratch or _anonymous)())
+        reader = open_decompressed(fh, compression, what=f"tar-diff base {_name(fh)}")
+        while chunk := reader.read(1 << 20):
+            out.write(chunk)
+        out.flush()
+        out.seek(0)
+        yield out  # type: ignore[misc]
+
+
+def _anonymous() -> IO[bytes]:
+    return tempfile.TemporaryFile(prefix=".doras-oras-base-")
+
+
+def _name(handle: object) -> str:
+    name = getattr(handle, "name", None)
+    return os.path.basename(name) if isinstance(name, str) else "(stream)"
 
 
 class _OpReader:
@@ -212,12 +227,12 @@ class _OpReader:
 
 
 def apply_tardiff(
-    base: str | os.PathLike[str],
+    base: BinaryIO | str | os.PathLike[str],
     delta: Readable,
     out: Writable,
     *,
     expected_size: int | None = None,
-    tmp_dir: str | os.PathLike[str] | None = None,
+    scratch: Scratch | None = None,
     max_window_size: int = DEFAULT_MAX_WINDOW_SIZE,
     use_numpy: bool | None = None,
 ) -> int:
@@ -242,9 +257,9 @@ def apply_tardiff(
     limit = _MAX_SIZE if expected_size is None else expected_size
     written = 0
     with ExitStack() as stack:
-        tar_path = stack.enter_context(plain_tar(base, tmp_dir))
-        index = TarIndex(tar_path)
-        tar_fd = stack.enter_context(open(tar_path, "rb")).fileno()
+        tar = stack.enter_context(plain_tar(base, scratch))
+        index = TarIndex(tar)
+        tar_fd = tar.fileno()
         source: TarMember | None = None
         pos = 0
 
@@ -268,7 +283,7 @@ def apply_tardiff(
             nonlocal pos
             data = os.pread(tar_fd, n, member.offset + pos)
             if len(data) != n:
-                raise CodecError(f"tar-diff base {tar_path} is shorter than its index says")
+                raise CodecError(f"tar-diff base {index.name} is shorter than its index says")
             pos += n
             return data
 

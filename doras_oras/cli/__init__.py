@@ -1,0 +1,23 @@
+"""The ``doras-oras`` command (see :mod:`.main`; exit codes in :mod:`.exits`).
+
+Modules: :mod:`.main` (parser, command list, error boundary), :mod:`.options`
+(the flags ``pull`` and ``delta`` share), :mod:`.output` (results, errors, JSON),
+:mod:`.exits` (exit codes), one module per command: :mod:`.pull`,
+:mod:`.delta`, :mod:`.apply`, :mod:`.gc`.
+"""
+
+from __future__ import annotations
+
+from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE, EXIT_USAGE
+from .main import main, run
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PENDING",
+    "EXIT_UP_TO_DATE",
+    "EXIT_USAGE",
+    "main",
+    "run",
+]

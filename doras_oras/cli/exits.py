@@ -1,0 +1,34 @@
+"""Exit codes of the ``doras-oras`` command and the mapping of errors to them (docs/cli.md).
+
+====  ==========================================================
+0     success (updated / applied / answer printed)
+1     error (any failure not covered below); the layout is unchanged
+2     usage error (bad flags or arguments, missing files named by flags)
+3     up to date (nothing to do; the images are identical)
+4     pending (the delta is still being built; ask again later)
+130   interrupted (SIGINT / Ctrl-C); the layout is unchanged
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+from ..errors import DorasOrasError, InvalidArgumentError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UP_TO_DATE = 3
+EXIT_PENDING = 4
+EXIT_INTERRUPTED = 130
+
+_BY_ERROR: tuple[tuple[type[DorasOrasError], int], ...] = (
+    (InvalidArgumentError, EXIT_USAGE),
+)
+
+
+def exit_code_for(error: DorasOrasError) -> int:
+    """The exit code of a failure (the first class of the table it belongs to; else 1)."""
+    for cls, code in _BY_ERROR:
+        if isinstance(error, cls):
+            return code
+    return EXIT_ERROR

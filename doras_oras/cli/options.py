@@ -1,0 +1,148 @@
+"""The flags ``pull`` and ``delta`` share, and what they build: a registry client, an edge client.
+
+- :func:`add_server_options`: ``--server``, ``--accept``, ``--async``, ``--timeout``;
+- :func:`add_connection_options`: TLS, credentials, timeouts (registry and Doras server alike);
+- :func:`registry_from_args`, :func:`edge_auth_from_args`, :func:`policy_from_args`.
+
+Contradicting or unusable flags raise :class:`~doras_oras.errors.InvalidArgumentError`
+(a usage error, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+from ..algorithms import ALGORITHM_NAMES
+from ..auth import DockerConfigAuth, default_docker_config
+from ..edgeapi import AuthArg, BasicAuth, BearerAuth
+from ..errors import InvalidArgumentError
+from ..registry_client import RegistryClient
+from ..transport import TransferPolicy
+
+
+def seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text!r}")
+    return value
+
+
+def add_server_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """The Doras server and how to ask it."""
+    parser.add_argument("--server", metavar="URL", required=required,
+                        help="the Doras server, https://host[:port]"
+                             + ("" if required else "; without it: a verified full pull"))
+    parser.add_argument("--accept", action="append", choices=ALGORITHM_NAMES, metavar="ALGO",
+                        help=f"an accepted algorithm ({', '.join(ALGORITHM_NAMES)}); repeat")
+    parser.add_argument("--async", dest="async_", action="store_true",
+                        help="ask once; exit 4 (pending) while the server builds the delta")
+    parser.add_argument("--timeout", "--wait-timeout", dest="delta_timeout", type=seconds, metavar="S",
+                        help="bound the wait for the delta to S seconds")
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """How to talk to the registry and the Doras server (TLS, credentials, time bounds)."""
+    parser.add_argument("--plain-http", action="store_true",
+                        help="talk plain HTTP (to the registry; an http:// --server is allowed too)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="do not verify TLS certificates (registry and Doras server)")
+    parser.add_argument("--ca-file", metavar="FILE",
+                        help="CA bundle to verify the TLS certificates of the registry and the Doras server")
+    parser.add_argument("-u", "--username", help="registry user name (the Doras server is given it too)")
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("-p", "--password", help="registry password (prefer --password-stdin)")
+    secret.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    parser.add_argument(
+        "--registry-config", metavar="FILE", action="append", default=[],
+        help="docker config.json with registry credentials (repeatable; ~/.docker/config.json is read too)",
+    )
+    parser.add_argument(
+        "--allow-insecure-auth", action="store_true",
+        help="allow sending credentials over plain HTTP (with --plain-http)",
+    )
+    defaults = TransferPolicy()
+    parser.add_argument("--connect-timeout", type=seconds, default=defaults.connect_timeout_s, metavar="S",
+                        help=f"TCP/TLS connect timeout per request (default {defaults.connect_timeout_s:g})")
+    parser.add_argument("--read-timeout", dest="read_timeout", type=seconds,
+                        default=defaults.read_timeout_s, metavar="S",
+                        help=f"give up an attempt after S seconds without a byte (default {defaults.read_timeout_s:g})")
+    parser.add_argument("--deadline", type=seconds, default=defaults.deadline_s, metavar="S",
+                        help=f"overall time bound of all requests together, retries included "
+                             f"(default {defaults.deadline_s:g})")
+
+
+def policy_from_args(args: argparse.Namespace) -> TransferPolicy:
+    """The :class:`TransferPolicy` of :func:`add_connection_options` flags."""
+    return TransferPolicy(
+        connect_timeout_s=float(args.connect_timeout),
+        read_timeout_s=float(args.read_timeout),
+        deadline_s=float(args.deadline),
+        allow_http=bool(args.plain_http),
+    )
+
+
+def tls_from_args(args: argparse.Namespace) -> bool | str:
+    """``tls_verify``: True, False (``--insecure``) or the ``--ca-file``."""
+    if args.insecure and args.ca_file:
+        raise InvalidArgumentError("--insecure and --ca-file contradict each other")
+    if args.insecure:
+        return False
+    if args.ca_file:
+        if not os.path.isfile(args.ca_file):
+            raise InvalidArgumentError(f"--ca-file {args.ca_file}: no such file")
+        return str(args.ca_file)
+    return True
+
+
+def credentials_from_args(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``(user, password)`` of ``-u`` with ``-p`` or ``--password-stdin`` (first line of stdin)."""
+    for config in args.registry_config:
+        if not os.path.isfile(config):
+            raise InvalidArgumentError(f"--registry-config {config}: no such file")
+    password = args.password
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise InvalidArgumentError("--password-stdin: no password on stdin")
+    if password and not args.username:
+        raise InvalidArgumentError("a password needs --username (-u)")
+    if args.username and not password:
+        raise InvalidArgumentError("--username needs --password or --password-stdin")
+    return (args.username, password) if args.username else None
+
+
+def registry_from_args(args: argparse.Namespace, credentials: tuple[str, str] | None) -> RegistryClient:
+    """A :class:`RegistryClient` configured from :func:`add_connection_options` flags."""
+    return RegistryClient(
+        plain_http=bool(args.plain_http), tls_verify=tls_from_args(args),
+        allow_insecure_auth=bool(args.allow_insecure_auth), policy=policy_from_args(args),
+        registry_configs=list(args.registry_config), credentials=credentials,
+    )
+
+
+def edge_auth_from_args(args: argparse.Namespace, credentials: tuple[str, str] | None,
+                        token: str | None) -> AuthArg:
+    """What the Doras server is given: a bearer token, the basic credentials, or the docker config."""
+    if token is not None:
+        return BearerAuth(token)
+    if credentials is not None:
+        return BasicAuth(*credentials)
+    return DockerConfigAuth([default_docker_config(), *args.registry_config])

@@ -1,0 +1,143 @@
+"""The verified full pull: manifest, config and layers of one image into a layout.
+
+:func:`pull_full` fetches what the layout lacks (resuming partial downloads a
+dropped link or a killed run left in ``ingest/``), checks every blob against
+its descriptor while it arrives, and commits ``index.json`` last. An image
+index is resolved to the manifest of one platform. Nothing of a failed pull
+stays in ``blobs/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import schemas
+from .descriptor import EMPTY_DIGEST, EMPTY_JSON, Descriptor
+from .errors import InvalidArgumentError
+from .layout import ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM, ImageEntry, OCILayout
+from .platforms import choose_manifest, host_platform, parse_platform, platform_text
+from .reference import Reference
+from .registry_client import RegistryClient, SupportsRegistryClient, registry_client_of
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done_bytes, total_bytes)``; phases: ``full`` (blobs of a full pull),
+``delta`` (the delta download), ``apply``."""
+
+
+@dataclass(frozen=True)
+class FullPullResult:
+    """What :func:`pull_full` did."""
+
+    reference: Reference
+    resolved: Descriptor
+    """What the reference named (an index when the registry has several platforms)."""
+    manifest: Descriptor
+    """The image manifest stored and committed."""
+    image: ImageEntry
+    bytes_received: int
+    """Bytes of manifests and blobs received from the registry."""
+    blobs_fetched: int
+    blobs_reused: int
+
+
+def pull_full(
+    registry: RegistryClient | SupportsRegistryClient,
+    ref: Reference | str,
+    layout: OCILayout,
+    *,
+    platform: str | None = None,
+    lock_timeout: float = 300.0,
+    parsed: schemas.ParsedManifest | None = None,
+    progress: Progress | None = None,
+) -> FullPullResult:
+    """Verified full pull of ``ref`` into ``layout``; ``index.json`` is written last.
+
+    An image index is resolved to the manifest of ``platform`` (``os/arch[/variant]``,
+    default: this machine). Blobs already in the layout (and verified) are not fetched;
+    a blob interrupted by a previous run is resumed from its partial file. All requests
+    share one deadline (``policy.deadline_s``, or the enclosing ``pull_deadline``).
+    ``parsed``: the manifest (or index) of ``ref`` as ``fetch_parsed`` already
+    returned it, so it is not fetched again. ``progress("full", done, total)`` follows
+    the blobs' bytes.
+    """
+    client = registry_client_of(registry)
+    ref = Reference.parse(ref) if isinstance(ref, str) else ref
+    if platform is not None:
+        parse_platform(platform)
+    if parsed is not None and ref.digest and parsed.descriptor.digest != ref.digest:
+        raise InvalidArgumentError(
+            f"pull_full: the manifest given is {parsed.descriptor.digest}, {ref} names another")
+    with client.pull_deadline():
+        return _pull_full(client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
+                          progress=progress)
+
+
+def _pull_full(
+    client: RegistryClient, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout: float,
+    parsed: schemas.ParsedManifest | None, progress: Progress | None,
+) -> FullPullResult:
+    start = client.bytes_received
+    top = parsed if parsed is not None else client.fetch_parsed(ref)
+    resolved = top.descriptor
+    manifest = top
+    notes: dict[str, str] = {}
+    if top.is_index:
+        chosen = choose_manifest(top.document, platform or host_platform(), what=str(ref))
+        manifest = client.fetch_parsed(ref, expected=chosen)
+        notes[ANNOTATION_SOURCE_INDEX] = resolved.digest
+        notes[ANNOTATION_SOURCE_PLATFORM] = platform_text(chosen.platform)
+    document = manifest.document
+    blobs = [Descriptor.from_json(document["config"])] + [Descriptor.from_json(x) for x in document["layers"]]
+    own = Descriptor(
+        media_type=manifest.descriptor.media_type,
+        digest=manifest.descriptor.digest,
+        size=manifest.descriptor.size,
+        artifact_type=document.get("artifactType"),
+    )
+    fetched = reused = 0
+    total = sum(blob.size for blob in blobs)
+    done = 0
+    with layout.lock(timeout=lock_timeout):
+        placed: list[str] = []
+        try:
+            for blob in [*blobs, own]:
+                if layout.has_blob(blob):
+                    reused += blob is not own
+                    done += blob.size if blob is not own else 0
+                    continue
+                placed.append(blob.digest)
+                if blob is own:
+                    layout.ingest_bytes(own, manifest.body)
+                    continue
+                if blob.digest == EMPTY_DIGEST and blob.data is None:
+                    # The empty descriptor: its content is known, no need to ask.
+                    blob = Descriptor(blob.media_type, blob.digest, blob.size, data=EMPTY_JSON)
+                if blob.data is not None:
+                    layout.ingest_bytes(blob, blob.data)
+                else:
+                    base = done
+                    report = (lambda n, base=base: progress("full", base + n, total)) if progress else None
+                    client.fetch_into(ref, blob, layout, on_progress=report)
+                done += blob.size
+                if progress is not None:
+                    progress("full", done, total)
+                fetched += 1
+            image = layout.commit_image(
+                own, repository=ref.name, tag=ref.tag, source_digest=own.digest, annotations=notes
+            )
+        except BaseException:
+            # Nothing of a failed pull stays in blobs/ (partials of dropped links stay in ingest/).
+            with contextlib.suppress(Exception):
+                layout.discard_unreferenced(placed)
+            raise
+    received = client.bytes_received - start
+    log.info("pulled %s (%s): %d blob(s) fetched, %d reused, %d bytes", ref, own.digest, fetched, reused, received)
+    return FullPullResult(
+        reference=ref, resolved=resolved, manifest=own, image=image,
+        bytes_received=received, blobs_fetched=fetched, blobs_reused=reused,
+    )

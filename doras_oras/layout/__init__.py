@@ -1,0 +1,45 @@
+"""The local OCI image layout: a crash-safe, verified store (see :mod:`.store`).
+
+Modules, one job each:
+
+- :mod:`.store`: :class:`OCILayout`, blobs in and out, commits of ``index.json``;
+- :mod:`.writer`: :class:`BlobWriter`, the one writer (hash while writing, fsync, rename; resumable partials);
+- :mod:`.index`: :class:`ImageEntry` and the ``index.json`` document;
+- :mod:`.lock`: the writer lock;
+- :mod:`.maintenance`: leftovers, ``verify``, ``rebuild_index``, ``gc``;
+- :mod:`.files`: the atomic write, directory fsync, disk errors.
+"""
+
+from __future__ import annotations
+
+from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, atomic_write, disk_error, fsync_dir
+from .index import (
+    ANNOTATION_PULLED,
+    ANNOTATION_SOURCE_INDEX,
+    ANNOTATION_SOURCE_PLATFORM,
+    ImageEntry,
+)
+from .lock import LOCK_FILE
+from .maintenance import STALE_PARTIAL_SECONDS, GCResult
+from .store import LAYOUT_VERSION, OCILayout
+from .writer import META_SUFFIX, BlobWriter
+
+__all__ = [
+    "ANNOTATION_PULLED",
+    "ANNOTATION_SOURCE_INDEX",
+    "ANNOTATION_SOURCE_PLATFORM",
+    "INGEST_DIR",
+    "LAYOUT_VERSION",
+    "LOCK_FILE",
+    "META_SUFFIX",
+    "PARTIAL_SUFFIX",
+    "STALE_PARTIAL_SECONDS",
+    "TEMP_SUFFIX",
+    "BlobWriter",
+    "GCResult",
+    "ImageEntry",
+    "OCILayout",
+    "atomic_write",
+    "disk_error",
+    "fsync_dir",
+]

@@ -1,0 +1,140 @@
+"""``index.json`` of the layout: its entries (:class:`ImageEntry`), reading, checking, building.
+
+Each entry doras-oras writes carries ``org.opencontainers.image.ref.name`` (the
+tag, as skopeo and the oras CLI read it) and, under the project's prefix
+``io.doras-oras.``: ``source.repository`` (``registry/repository``),
+``source.digest`` (the registry manifest digest the entry stands for: its own
+digest unless a tar-diff result was stored as an uncompressed tar), ``pulled``
+(when it was committed) and, for a manifest chosen from an image index,
+``source.index`` and ``source.platform``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .. import schemas
+from ..descriptor import (
+    ANNOTATION_PREFIX,
+    ANNOTATION_REF_NAME,
+    ANNOTATION_SOURCE_DIGEST,
+    ANNOTATION_SOURCE_REPOSITORY,
+    OCI_INDEX,
+    Descriptor,
+)
+from ..errors import CorruptLayoutError, SchemaValidationError
+
+ANNOTATION_PULLED = ANNOTATION_PREFIX + "pulled"
+"""When doras-oras committed the entry (RFC 3339, UTC); orders images for ``gc``."""
+ANNOTATION_SOURCE_INDEX = ANNOTATION_PREFIX + "source.index"
+"""On an entry: the registry image index the platform manifest was chosen from."""
+ANNOTATION_SOURCE_PLATFORM = ANNOTATION_PREFIX + "source.platform"
+"""With ``source.index``: the platform (``os/arch[/variant]``) of the manifest chosen from it."""
+
+RECOVER_HINT = "run `doras-oras gc --rebuild --oci-layout DIR` (OCILayout.rebuild_index()) to recover"
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image recorded in ``index.json``."""
+
+    descriptor: Descriptor
+    """The entry as written: the stored manifest's media type, digest, size, annotations."""
+
+    @property
+    def tag(self) -> str | None:
+        """``org.opencontainers.image.ref.name``."""
+        return self.descriptor.annotations.get(ANNOTATION_REF_NAME)
+
+    @property
+    def repository(self) -> str | None:
+        """The source ``registry/repository`` (None for entries doras-oras did not write)."""
+        return self.descriptor.annotations.get(ANNOTATION_SOURCE_REPOSITORY)
+
+    @property
+    def source_digest(self) -> str:
+        """The registry manifest digest this entry stands for (its own digest unless rewritten)."""
+        return self.descriptor.annotations.get(ANNOTATION_SOURCE_DIGEST, self.descriptor.digest)
+
+    @property
+    def pulled(self) -> str:
+        """When it was committed (RFC 3339), or ``""``."""
+        return self.descriptor.annotations.get(ANNOTATION_PULLED, "")
+
+    @property
+    def rewritten(self) -> bool:
+        """Whether the stored manifest differs from the registry's (a tar-diff result)."""
+        return self.source_digest != self.descriptor.digest
+
+    @property
+    def source_index(self) -> str | None:
+        """The registry image index this manifest was chosen from, if any."""
+        return self.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
+
+    @property
+    def stands_for(self) -> tuple[str, ...]:
+        """The registry digests this image stands for: its manifest's, and the index it came from."""
+        index = self.source_index
+        return (self.source_digest, index) if index else (self.source_digest,)
+
+
+def now() -> str:
+    """The current time as the ``pulled`` annotation records it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def json_bytes(document: Any) -> bytes:
+    """The compact JSON the layout writes."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def read_index(path: Path) -> dict[str, Any]:
+    """The parsed, schema-checked ``index.json`` at ``path``; :class:`CorruptLayoutError` if unusable."""
+    try:
+        with path.open("rb") as handle:
+            body = handle.read(schemas.MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise CorruptLayoutError(f"{path} is missing; {RECOVER_HINT}") from exc
+    except OSError as exc:
+        raise CorruptLayoutError(f"{path} cannot be read ({exc})") from exc
+    if len(body) > schemas.MAX_MANIFEST_BYTES:
+        raise CorruptLayoutError(f"{path} is larger than {schemas.MAX_MANIFEST_BYTES} bytes")
+    try:
+        document = json.loads(body)
+        schemas.validate(document, "index")
+    except (ValueError, SchemaValidationError) as exc:
+        raise CorruptLayoutError(f"{path} is corrupt ({exc}); {RECOVER_HINT}") from exc
+    if not isinstance(document, dict):
+        raise CorruptLayoutError(f"{path} is not a JSON object; {RECOVER_HINT}")
+    return document
+
+
+def index_document(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A valid ``index.json`` document holding ``entries`` (checked against the schema)."""
+    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list(entries)}
+    schemas.validate(document, "index")
+    return document
+
+
+def entry_for(manifest: Descriptor, *, repository: str, tag: str | None, source_digest: str,
+              annotations: Mapping[str, str] | None = None) -> Descriptor:
+    """The ``index.json`` entry that records ``manifest`` as ``repository:tag``."""
+    notes: dict[str, str] = dict(annotations or {})
+    if tag:
+        notes[ANNOTATION_REF_NAME] = tag
+    notes[ANNOTATION_SOURCE_REPOSITORY] = repository
+    notes[ANNOTATION_SOURCE_DIGEST] = source_digest
+    notes[ANNOTATION_PULLED] = now()
+    return Descriptor(
+        media_type=manifest.media_type,
+        digest=manifest.digest,
+        size=manifest.size,
+        annotations=notes,
+        artifact_type=manifest.artifact_type,
+        platform=manifest.platform,
+    )

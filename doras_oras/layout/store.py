@@ -1,0 +1,537 @@
+"""The local OCI image layout (image-spec v1.1 ``image-layout.md``): a crash-safe, verified store.
+
+Layout of the directory::
+
+    oci-layout                  {"imageLayoutVersion": "1.0.0"}
+    index.json                  the images, one entry per repository + tag
+    blobs/<alg>/<hex>           content, each verified before it got there
+    ingest/                     doras-oras's own: lock file, temp files, partial downloads
+
+:class:`OCILayout` is the only writer of these directories. A blob is written
+by a :class:`~doras_oras.layout.writer.BlobWriter` into ``ingest/`` (hashed
+and counted while written), checked, fsynced, renamed into ``blobs/`` and the
+directory fsynced; ``index.json`` is replaced atomically as the last step of
+a commit. Writers hold :meth:`OCILayout.lock`. Housekeeping (leftovers,
+``verify``, ``rebuild_index``, ``gc``) is in :mod:`.maintenance`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Protocol
+
+from .. import schemas
+from ..descriptor import (
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    OCI_LAYER_TAR,
+    OCI_MANIFEST,
+    Descriptor,
+    validate_digest,
+)
+from ..errors import (
+    CorruptLayoutError,
+    DigestMismatchError,
+    ImageNotFoundError,
+    LayoutError,
+    SchemaValidationError,
+    SizeMismatchError,
+)
+from ..verify import verifying_reader
+from . import maintenance
+from .files import INGEST_DIR, PARTIAL_SUFFIX, atomic_write, disk_error
+from .index import (
+    RECOVER_HINT,
+    ImageEntry,
+    entry_for,
+    index_document,
+    json_bytes,
+    read_index,
+)
+from .lock import LOCK_FILE, LayoutLock
+from .writer import BlobWriter
+
+log = logging.getLogger(__name__)
+
+LAYOUT_VERSION = "1.0.0"
+CHUNK = 1 << 20
+
+_OUR_NAMES = {"oci-layout", "index.json", "blobs", INGEST_DIR}
+
+
+class Readable(Protocol):
+    """Anything with ``read(n) -> bytes``."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class OCILayout:
+    """An OCI image layout on disk. Build it with :meth:`open`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._verified: set[str] = set()
+        self._lock = LayoutLock(root / INGEST_DIR / LOCK_FILE, what=str(root))
+
+    # --- opening -------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> OCILayout:
+        """Open the layout at ``path``; create it (when ``create``) if absent or empty.
+
+        Refuses a path that is not a directory, a directory that holds something
+        other than an OCI layout, and an ``oci-layout`` file that is not
+        ``{"imageLayoutVersion": "1.0.0"}``.
+        """
+        root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise LayoutError(f"{root} is not a directory")
+        names = {p.name for p in root.iterdir()} if root.is_dir() else set()
+        if "oci-layout" not in names:
+            foreign = sorted(names - _OUR_NAMES)
+            if foreign:
+                raise LayoutError(
+                    f"{root} is not an OCI image layout (no oci-layout file; contains {', '.join(foreign[:5])})"
+                )
+            if names and "blobs" not in names and "index.json" in names:
+                raise LayoutError(f"{root} is not an OCI image layout (no oci-layout file)")
+            if not create:
+                raise LayoutError(f"{root} is not an OCI image layout (no oci-layout file)")
+            layout = cls(root)
+            layout._create()
+            return layout
+        layout = cls(root)
+        layout.check_layout_file()
+        for sub in ("blobs", INGEST_DIR):
+            (root / sub).mkdir(exist_ok=True)
+        if not (root / "index.json").exists():
+            raise CorruptLayoutError(f"{root}: index.json is missing; {RECOVER_HINT}")
+        return layout
+
+    def _create(self) -> None:
+        try:
+            (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+            (self.root / INGEST_DIR).mkdir(exist_ok=True)
+            with self.lock():
+                if not (self.root / "index.json").exists():
+                    self._write_index([])
+                self._atomic_write(self.root / "oci-layout", json_bytes({"imageLayoutVersion": LAYOUT_VERSION}))
+        except OSError as exc:
+            raise disk_error(f"a new layout at {self.root}", exc) from exc
+        log.info("created OCI layout %s", self.root)
+
+    def check_layout_file(self) -> None:
+        """:class:`CorruptLayoutError` unless ``oci-layout`` is valid."""
+        path = self.root / "oci-layout"
+        try:
+            document = json.loads(path.read_bytes()[: 1 << 16])
+            schemas.validate(document, "oci-layout")
+        except (OSError, ValueError, SchemaValidationError) as exc:
+            raise CorruptLayoutError(f"{path}: not a valid oci-layout file ({exc})") from exc
+
+    # --- locking -------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 300.0) -> Iterator[None]:
+        """Hold the layout's writer lock (re-entrant in a process); wait at most ``timeout`` s.
+
+        Taking the lock cleans the leftovers of killed runs (temp files, stale partials).
+        """
+        first = self._lock.acquire(timeout)
+        try:
+            if first:
+                self._verified.clear()  # another writer may have changed things meanwhile
+                self.clean()
+            yield
+        finally:
+            self._lock.release()
+
+    @property
+    def locked(self) -> bool:
+        """Whether this process holds the layout's lock."""
+        return self._lock.held
+
+    def _require_lock(self) -> None:
+        if not self._lock.held:
+            raise LayoutError("writing to the layout needs its lock (use `with layout.lock():`)")
+
+    def clean(self, *, stale_after: float = maintenance.STALE_PARTIAL_SECONDS) -> list[Path]:
+        """Remove leftovers of killed runs in ``ingest/`` (see :func:`.maintenance.clean`)."""
+        self._require_lock()
+        return maintenance.clean(self, stale_after=stale_after)
+
+    # --- blobs: reading --------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        """``blobs/<alg>/<hex>`` of a digest (validated before the path is built)."""
+        algorithm, hexpart = validate_digest(digest)
+        return self.root / "blobs" / algorithm / hexpart
+
+    def partial_path(self, descriptor: Descriptor) -> Path:
+        """Where a partial download of ``descriptor`` is kept for resuming."""
+        algorithm, hexpart = validate_digest(descriptor.digest)
+        return self.root / INGEST_DIR / f"{algorithm}-{hexpart}{PARTIAL_SUFFIX}"
+
+    def partial_size(self, descriptor: Descriptor) -> int:
+        """Bytes already in the partial file of ``descriptor`` (0 if none)."""
+        try:
+            return self.partial_path(descriptor).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        """Whether the blob is present with the right size and digest (hashed once per lock).
+
+        A blob found with the wrong size or digest is removed (when the lock is held).
+        """
+        path = self.blob_path(descriptor.digest)
+        if descriptor.digest in self._verified:
+            return path.is_file()
+        try:
+            if path.stat().st_size != descriptor.size:
+                log.warning("blob %s has the wrong size: removing it", descriptor.digest)
+                self._remove_bad_blob(path)
+                return False
+            with path.open("rb") as handle:
+                hasher = hashlib.new(descriptor.algorithm)
+                for chunk in iter(lambda: handle.read(CHUNK), b""):
+                    hasher.update(chunk)
+        except FileNotFoundError:
+            return False
+        if hasher.hexdigest() != descriptor.hex:
+            log.warning("blob %s is corrupt: removing it", descriptor.digest)
+            self._remove_bad_blob(path)
+            return False
+        self._verified.add(descriptor.digest)
+        return True
+
+    def blob_present(self, descriptor: Descriptor) -> bool:
+        """Whether the blob is there with the right size (not hashed: cheap)."""
+        try:
+            return self.blob_path(descriptor.digest).stat().st_size == descriptor.size
+        except FileNotFoundError:
+            return False
+
+    def _remove_bad_blob(self, path: Path) -> None:
+        if self._lock.held:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def open_blob(self, descriptor: Descriptor) -> BinaryIO:
+        """A reader of the stored blob that checks size and digest as it is read."""
+        path = self.blob_path(descriptor.digest)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError as exc:
+            raise ImageNotFoundError(f"blob {descriptor.digest} is not in {self.root}") from exc
+        if descriptor.digest in self._verified:
+            return handle
+        reader = verifying_reader(handle, descriptor.digest, descriptor.size, what="stored blob")
+        return io.BufferedReader(_ClosingReader(reader, handle))
+
+    def read_blob(self, descriptor: Descriptor, *, limit: int = schemas.MAX_MANIFEST_BYTES) -> bytes:
+        """The verified bytes of a small blob (manifest, config), at most ``limit``."""
+        if descriptor.size > limit:
+            raise LayoutError(f"blob {descriptor.digest}: {descriptor.size} bytes, over the {limit}-byte cap")
+        with self.open_blob(descriptor) as reader:
+            data = reader.read(descriptor.size + 1)
+        if len(data) != descriptor.size or hashlib.new(descriptor.algorithm, data).hexdigest() != descriptor.hex:
+            raise CorruptLayoutError(f"stored blob {descriptor.digest} does not match its digest or size")
+        return data
+
+    # --- blobs: writing --------------------------------------------------------
+    def partial_writer(self, descriptor: Descriptor, *, what: str = "blob") -> BlobWriter:
+        """The resumable writer of a download of ``descriptor`` into ``ingest/`` (needs the lock).
+
+        Bytes a previous run left there are re-hashed and kept; :meth:`store` moves the
+        finished blob into ``blobs/``; :meth:`BlobWriter.close` keeps the partial file
+        for the next run, :meth:`BlobWriter.discard` removes it.
+        """
+        self._require_lock()
+        return BlobWriter.partial(self.partial_path(descriptor), digest=descriptor.digest,
+                                  size=descriptor.size, what=what)
+
+    def temp_writer(self, *, digest: str | None = None, size: int | None = None,
+                    what: str = "blob") -> BlobWriter:
+        """A writer of new content into a temp file of ``ingest/`` (needs the lock).
+
+        ``digest``/``size``, when known, are checked by :meth:`BlobWriter.finish`.
+        """
+        self._require_lock()
+        return BlobWriter.temporary(self.root / INGEST_DIR, digest=digest, size=size, what=what)
+
+    def scratch_file(self) -> IO[bytes]:
+        """An anonymous temp file on the layout's file system (gone when closed), for codecs' spools."""
+        return tempfile.TemporaryFile(prefix=".scratch-", dir=self.root / INGEST_DIR)
+
+    def store(self, writer: BlobWriter) -> Descriptor:
+        """Move the content of ``writer`` into ``blobs/`` (checked, fsynced, renamed); return its digest and size.
+
+        If the blob is already stored, the writer is discarded.
+        """
+        self._require_lock()
+        digest = writer.finish()
+        final = self.blob_path(digest)
+        stored = Descriptor("application/octet-stream", digest, writer.offset)
+        if digest in self._verified and final.is_file():
+            writer.discard()
+            return stored
+        writer.commit(final)
+        self._verified.add(digest)
+        log.debug("stored blob %s", digest)
+        return stored
+
+    def ingest(self, descriptor: Descriptor, stream: Readable) -> Path:
+        """Store ``descriptor``'s content read from ``stream``; return the blob path.
+
+        Reading stops at ``size``; a longer or shorter stream or a wrong digest
+        raises and stores nothing.
+        """
+        self._require_lock()
+        final = self.blob_path(descriptor.digest)
+        if self.has_blob(descriptor):
+            return final
+        with self.temp_writer(digest=descriptor.digest, size=descriptor.size) as writer:
+            while writer.offset < descriptor.size:
+                chunk = stream.read(min(CHUNK, descriptor.size - writer.offset))
+                if not chunk:
+                    break
+                writer.write(chunk)
+            if writer.offset == descriptor.size and stream.read(1):
+                raise SizeMismatchError(f"blob {descriptor.digest}: more than the expected {descriptor.size} bytes")
+            self.store(writer)
+        return final
+
+    def ingest_bytes(self, descriptor: Descriptor, data: bytes) -> Path:
+        """:meth:`ingest` from memory."""
+        return self.ingest(descriptor, io.BytesIO(data))
+
+    def _atomic_write(self, target: Path, data: bytes) -> None:
+        atomic_write(target, data, tmp_dir=self.root / INGEST_DIR)
+
+    # --- index ---------------------------------------------------------------
+    def read_index(self) -> dict[str, Any]:
+        """The parsed, schema-checked ``index.json``; :class:`CorruptLayoutError` if unusable."""
+        return read_index(self.root / "index.json")
+
+    def images(self) -> list[ImageEntry]:
+        """The images of ``index.json``, in its order (oldest commit first)."""
+        return [ImageEntry(Descriptor.from_json(entry)) for entry in self.read_index()["manifests"]]
+
+    def find_image(self, repository: str, tag: str | None = None) -> ImageEntry | None:
+        """The newest image of ``repository`` (``registry/repo``), with ``tag`` if given; else None."""
+        matches = [
+            image
+            for image in self.images()
+            if image.repository == repository and (tag is None or image.tag == tag)
+        ]
+        return matches[-1] if matches else None
+
+    def get_image(self, repository: str, tag: str | None = None) -> ImageEntry:
+        """Like :meth:`find_image` but raises :class:`ImageNotFoundError`."""
+        image = self.find_image(repository, tag)
+        if image is None:
+            what = f"{repository}:{tag}" if tag else repository
+            raise ImageNotFoundError(f"no image of {what} in {self.root}")
+        return image
+
+    def _write_index(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        data = json_bytes(index_document(entries))
+        try:
+            self._atomic_write(self.root / "index.json", data)
+        except OSError as exc:
+            raise disk_error("index.json", exc) from exc
+
+    def references(self, descriptor: Descriptor) -> list[Descriptor]:
+        """The descriptors a stored manifest or index points to (config, layers, manifests)."""
+        document = json.loads(self.read_blob(descriptor))
+        if descriptor.media_type in INDEX_MEDIA_TYPES:
+            schemas.validate(document, "index")
+            return [Descriptor.from_json(item) for item in document["manifests"]]
+        if descriptor.media_type in MANIFEST_MEDIA_TYPES:
+            schemas.validate(document, "manifest")
+            return [Descriptor.from_json(document["config"])] + [
+                Descriptor.from_json(item) for item in document["layers"]
+            ]
+        return []
+
+    def closure(self, descriptor: Descriptor, *, verify: bool) -> list[Descriptor]:
+        """``descriptor`` and everything it reaches; with ``verify`` every blob is checked."""
+        seen: dict[str, Descriptor] = {}
+        todo = [descriptor]
+        while todo:
+            item = todo.pop()
+            if item.digest in seen:
+                continue
+            seen[item.digest] = item
+            if verify and not self.has_blob(item):
+                raise CorruptLayoutError(f"blob {item.digest} ({item.media_type}) is missing or corrupt")
+            if item.media_type in MANIFEST_MEDIA_TYPES + INDEX_MEDIA_TYPES:
+                if not self.blob_path(item.digest).is_file():
+                    raise CorruptLayoutError(f"manifest {item.digest} is missing")
+                todo.extend(self.references(item))
+        return list(seen.values())
+
+    def commit_image(
+        self,
+        manifest: Descriptor,
+        *,
+        repository: str,
+        tag: str | None,
+        source_digest: str | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> ImageEntry:
+        """Record ``manifest`` (already stored with all it references) as the image ``repository:tag``.
+
+        Checks that every referenced blob is present and verified, then replaces
+        ``index.json`` atomically; an entry of the same repository and tag is replaced.
+        """
+        self._require_lock()
+        if manifest.media_type not in MANIFEST_MEDIA_TYPES + INDEX_MEDIA_TYPES:
+            raise LayoutError(f"cannot commit {manifest.media_type!r}: not a manifest or index")
+        self.closure(manifest, verify=True)
+        source = source_digest or manifest.digest
+        validate_digest(source)
+        entry = entry_for(manifest, repository=repository, tag=tag, source_digest=source,
+                          annotations=annotations)
+        kept = [
+            item.descriptor.to_json()
+            for item in self.images()
+            if not (item.repository == repository and item.tag == tag)
+        ]
+        self._write_index([*kept, entry.to_json()])
+        log.info("committed %s:%s -> %s", repository, tag, manifest.digest)
+        return ImageEntry(entry)
+
+    def commit_rewritten(
+        self,
+        original: bytes,
+        layer_index: int,
+        layer: Descriptor,
+        *,
+        repository: str,
+        tag: str | None,
+        source_digest: str,
+    ) -> ImageEntry:
+        """Store a manifest rewritten for an uncompressed tar layer and commit it.
+
+        ``original`` is the registry's manifest (digest ``source_digest``);
+        its layer ``layer_index`` is replaced by ``layer`` (already stored:
+        the uncompressed tar), media type ``application/vnd.oci.image.layer.v1.tar``,
+        the original layer's annotations kept.
+        """
+        self._require_lock()
+        try:
+            declared = json.loads(original).get("mediaType") or OCI_MANIFEST
+        except (ValueError, AttributeError) as exc:
+            raise SchemaValidationError(f"original manifest is not a JSON object ({exc})") from exc
+        parsed = schemas.parse_manifest(original, str(declared))
+        if parsed.is_index:
+            raise LayoutError("commit_rewritten needs an image manifest, not an index")
+        if hashlib.sha256(original).hexdigest() != validate_digest(source_digest)[1]:
+            raise DigestMismatchError(f"original manifest does not match {source_digest}")
+        document = json.loads(original)
+        layers = document["layers"]
+        if not 0 <= layer_index < len(layers):
+            raise LayoutError(f"manifest has no layer {layer_index}")
+        old = layers[layer_index]
+        new = {"mediaType": OCI_LAYER_TAR, "digest": layer.digest, "size": layer.size}
+        if old.get("annotations"):
+            new["annotations"] = old["annotations"]
+        layers[layer_index] = new
+        body = json.dumps(document, indent=2).encode("utf-8")
+        schemas.validate(document, "manifest")
+        manifest = Descriptor(
+            media_type=parsed.descriptor.media_type,
+            digest="sha256:" + hashlib.sha256(body).hexdigest(),
+            size=len(body),
+            artifact_type=document.get("artifactType"),
+        )
+        self.ingest_bytes(manifest, body)
+        return self.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest)
+
+    def forget_image(self, image: ImageEntry) -> bool:
+        """Drop ``image``'s entry from ``index.json`` (atomically); False if it is not there.
+
+        For an image whose content is lost (a blob found corrupt and removed):
+        an index entry that points at a missing blob would make the layout invalid
+        for every reader. Its remaining blobs go at the next :meth:`gc`.
+        """
+        self._require_lock()
+        entries = self.read_index()["manifests"]
+        kept = [entry for entry in entries if Descriptor.from_json(entry) != image.descriptor]
+        if len(kept) == len(entries):
+            return False
+        self._write_index(kept)
+        log.warning("dropped %s:%s (%s) from index.json: its content is lost",
+                    image.repository, image.tag, image.descriptor.digest)
+        return True
+
+    def live_digests(self) -> set[str]:
+        """Every digest an image of ``index.json`` reaches."""
+        live: set[str] = set()
+        for image in self.images():
+            live.update(d.digest for d in self.closure(image.descriptor, verify=False))
+        return live
+
+    def discard_unreferenced(self, digests: Sequence[str]) -> list[str]:
+        """Remove those of ``digests`` that no image of ``index.json`` reaches (a rollback helper)."""
+        self._require_lock()
+        live = self.live_digests()
+        removed = []
+        for digest in digests:
+            if digest in live:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                self.blob_path(digest).unlink()
+                removed.append(digest)
+            self._verified.discard(digest)
+        return removed
+
+    def forget_verified(self, digest: str) -> None:
+        """Forget that ``digest`` was verified (its file was removed)."""
+        self._verified.discard(digest)
+
+    # --- checks, recovery, gc (see .maintenance) ---------------------------------
+    def verify(self) -> list[ImageEntry]:
+        """Check the whole layout: files, schemas, every referenced blob's digest. Returns the images."""
+        return maintenance.verify(self)
+
+    def rebuild_index(self) -> list[ImageEntry]:
+        """Recreate ``index.json`` from the complete manifests in ``blobs/`` (see :func:`.maintenance.rebuild_index`)."""
+        self._require_lock()
+        return maintenance.rebuild_index(self)
+
+    def gc(self, keep: int) -> maintenance.GCResult:
+        """Keep the newest ``keep`` images per repository; remove unreferenced blobs and partials."""
+        self._require_lock()
+        return maintenance.gc(self, keep)
+
+
+class _ClosingReader(io.RawIOBase):
+    """Reads from ``reader``; closing it closes ``handle`` too."""
+
+    def __init__(self, reader: BinaryIO, handle: IO[bytes]) -> None:
+        super().__init__()
+        self._reader = reader
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._reader.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+            self._handle.close()
+        super().close()
