@@ -45,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout, as bench_pull.py does
@@ -123,25 +124,32 @@ def child(mode: str, args: list[str]) -> None:
                     data = b""
                 dec.decompress(data, 1 << 19)
     elif mode in ("ours", "ours-seq", "ours-auto", "ours+numpy"):
-        from doras_oras.codecs import DeltaAlgorithm, apply_delta
-
         old, patch, out, digest = args
         use_numpy = {"ours": False, "ours-seq": False, "ours-auto": None, "ours+numpy": True}[mode]
-        with open(patch, "rb") as fh:
-            apply_delta(DeltaAlgorithm.BSDIFF, old, fh, out, expected_digest=digest or None,
-                        use_numpy=use_numpy)
+        _apply_file("bsdiff", old, patch, out, digest or None, use_numpy=use_numpy)
     elif mode == "bsdiff4":
         import bsdiff4
 
         bsdiff4.file_patch(args[0], args[2], args[1])
     elif mode == "tardiff":
-        from doras_oras.codecs import DeltaAlgorithm, apply_delta
-
         base, delta, out, digest = args
-        with open(delta, "rb") as fh:
-            apply_delta(DeltaAlgorithm.TARDIFF, base, fh, out, expected_digest=digest)
+        _apply_file("tardiff", base, delta, out, digest)
     else:
         raise SystemExit(f"unknown child mode {mode}")
+
+
+def _apply_file(name: str, base: str, delta: str, out: str, digest: str | None, **options: Any) -> None:
+    """What ``doras-oras apply`` does: the codec writes into the project's blob writer, which
+    hashes while writing, checks the digest, fsyncs and renames."""
+    from doras_oras.algorithms import DeltaAlgorithm
+    from doras_oras.codecs import apply_delta
+    from doras_oras.layout import BlobWriter
+
+    target = Path(out)
+    with open(base, "rb") as base_fh, open(delta, "rb") as delta_fh, \
+            BlobWriter.temporary(target.parent, digest=digest, what="delta output") as writer:
+        apply_delta(DeltaAlgorithm(name), base_fh, delta_fh, writer, **options)
+        writer.commit(target)
 
 
 def _sha256_file(path: Path) -> str:

@@ -358,8 +358,8 @@ def check_result(tool: str, case: Case, layout: Path, output: Path) -> str:
     if tool.startswith("ours"):
         lines = [line for line in output.read_text().splitlines() if line.startswith("{")]
         result = json.loads(lines[-1])
-        if tool == "ours-full":  # without --server: the full pull's summary
-            if result["action"] != "full" or result["digest"] != case.v2_digest:
+        if tool == "ours-full":  # without --server: a full pull
+            if result["status"] != "full" or result["stored_digest"] != case.v2_digest:
                 raise RuntimeError(f"{tool} on {case.name}: {result}")
             return f"full; {result['blobs_fetched']} blob(s) fetched"
         if result["status"] != "delta" or result["to_digest"] != case.v2_digest:

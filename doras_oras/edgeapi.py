@@ -120,8 +120,8 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 class ImageRef(str):
     """An image reference exactly as the server sent it (it *is* that string), also parsed.
 
-    Compares equal to the server's string, as the Go client's string fields do, and
-    offers the :class:`~doras_oras.reference.Reference` view (``digest``,
+    Compares equal to the server's string, as the Go client's string fields do (and to
+    an equal :class:`~doras_oras.reference.Reference`), and offers the :class:`~doras_oras.reference.Reference` view (``digest``,
     ``same_repository``, ...) through :attr:`ref`.
     """
 
@@ -137,6 +137,16 @@ class ImageRef(str):
     def ref(self) -> Reference:
         """The parsed reference."""
         return self._ref
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Reference):
+            return self._ref == other
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__
 
     @property
     def registry(self) -> str:

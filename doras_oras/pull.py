@@ -370,8 +370,6 @@ class _PullRun:
         # A HEAD first: a device polling for updates pays no manifest body when up to date.
         resolved = registry.resolve(target)
         base = find_base(layout, target, base_ref)
-        if base_ref is not None and base is None:
-            raise ImageNotFoundError(f"--from {base_ref}: no such image in {layout.root}")
         held = _holding(layout, target, resolved.digest, self.platform or host_platform())
         if held is not None:
             if held.tag != target.tag and target.tag:
@@ -387,6 +385,8 @@ class _PullRun:
             return self.full(tgt, ReasonCode.INDEX_TARGET, "the target is an image index; Doras deltas are "
                              "for single-manifest artifacts", base=base)
         check_max_size(tgt.full_size, self.max_size, what=str(target))
+        if base_ref is not None and base is None:
+            raise ImageNotFoundError(f"--from {base_ref}: no such image in {layout.root}")
         if base is None:
             return self.full(tgt, ReasonCode.NO_BASE, f"no image of {target.name} in the layout to patch",
                              base=None)

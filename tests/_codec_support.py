@@ -42,3 +42,32 @@ def make_tardiff(ops: bytes) -> bytes:
     import zstandard
 
     return b"tardf1\n\x00" + zstandard.ZstdCompressor().compress(ops)
+
+
+def apply_file(
+    algorithm: object,
+    base: str | Path,
+    delta: object,
+    output: str | Path,
+    *,
+    expected_digest: str | None = None,
+    expected_size: int | None = None,
+    tmp_dir: str | Path | None = None,
+    **options: object,
+) -> tuple[str, int]:
+    """Apply a delta from a file to a file as ``doras-oras apply`` does: the codec writes into the
+    project's one blob writer (hashed while written, checked, fsynced, renamed); ``(digest, size)``."""
+    import tempfile
+
+    from doras_oras.codecs import apply_delta
+    from doras_oras.layout import BlobWriter
+
+    out_path = Path(output)
+    scratch_dir = Path(tmp_dir) if tmp_dir is not None else out_path.parent
+    with open(base, "rb") as base_fh, BlobWriter.temporary(out_path.parent, digest=expected_digest,
+                                                           size=expected_size, what="delta output") as out:
+        apply_delta(algorithm, base_fh, delta, out, expected_size=expected_size,  # type: ignore[arg-type]
+                    scratch=lambda: tempfile.TemporaryFile(dir=scratch_dir),  # noqa: SIM115
+                    **options)  # type: ignore[arg-type]
+        digest = out.commit(out_path)
+        return digest, out.offset

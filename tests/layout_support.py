@@ -40,6 +40,16 @@ def cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
     )
 
 
+def error_json(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """The one JSON object ``--json`` prints on stdout for a failure (and what it must hold)."""
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, proc.stdout
+    obj: dict[str, object] = json.loads(lines[0])
+    assert obj["status"] == "error" and obj["exit_code"] == proc.returncode != 0, obj
+    assert obj["message"] and isinstance(obj["error"], str), obj
+    return obj
+
+
 def oras_push_file(registry_host: str, ref: str, directory: Path, name: str, data: bytes) -> None:
     """Push one file as an artifact with the real oras CLI."""
     (directory / name).write_bytes(data)

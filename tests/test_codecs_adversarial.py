@@ -34,7 +34,8 @@ from tests._codec_support import (
 
 _CHILD = r"""
 import json, os, sys, traceback
-from doras_oras.codecs import DeltaAlgorithm, apply_delta
+from doras_oras.algorithms import DeltaAlgorithm
+from tests._codec_support import apply_file
 
 def hwm():
     with open("/proc/self/status") as fh:
@@ -50,7 +51,7 @@ for case in json.load(sys.stdin):
     out = case["output"]
     try:
         with open(case["delta"], "rb") as delta:
-            apply_delta(DeltaAlgorithm(case["algorithm"]), case["base"], delta, out,
+            apply_file(DeltaAlgorithm(case["algorithm"]), case["base"], delta, out,
                         expected_size=case.get("expected_size"),
                         expected_digest=case.get("expected_digest"))
         error = None

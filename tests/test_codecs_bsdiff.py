@@ -14,10 +14,10 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from doras_oras.codecs import DeltaAlgorithm, apply_delta
+from doras_oras.algorithms import DeltaAlgorithm
 from doras_oras.codecs._addmod import add_bytes_int, select_adder
 from doras_oras.codecs.bsdiff import apply_bsdiff, read_header
-from tests._codec_support import make_bsdiff
+from tests._codec_support import apply_file, make_bsdiff
 
 
 def _random_pair(rng: random.Random, size: int) -> tuple[bytes, bytes]:
@@ -52,10 +52,10 @@ def test_debian_bsdiff_patches(tmp_path: Path, algorithm: DeltaAlgorithm, seed: 
     # once from a regular file (read in place), once from a non-seekable stream (spooled)
     (tmp_path / "delta").write_bytes(patch)
     with open(tmp_path / "delta", "rb") as delta:
-        digest, size = apply_delta(algorithm, tmp_path / "old", delta, tmp_path / "out1")
+        digest, size = apply_file(algorithm, tmp_path / "old", delta, tmp_path / "out1")
     assert (tmp_path / "out1").read_bytes() == new
     assert size == len(new)
-    apply_delta(algorithm, tmp_path / "old", io.BytesIO(patch), tmp_path / "out2",
+    apply_file(algorithm, tmp_path / "old", io.BytesIO(patch), tmp_path / "out2",
                 expected_digest=digest, expected_size=len(new))
     assert (tmp_path / "out2").read_bytes() == new
 

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from doras_oras.codecs import DeltaAlgorithm, apply_delta
+from doras_oras.algorithms import DeltaAlgorithm
 from doras_oras.codecs import _bz2parallel as bzp
 from doras_oras.codecs import bsdiff as bsdiff_mod
 from doras_oras.codecs._addmod import add_bytes_int
 from doras_oras.codecs.bsdiff import HEADER_SIZE, apply_bsdiff, read_header
 from doras_oras.errors import CorruptDeltaError
 from doras_oras.testing.bsdiff_build import go_patch_frame
-from tests._codec_support import REPO_ROOT, RSS_BOUND, bsdiff_header
+from tests._codec_support import REPO_ROOT, RSS_BOUND, apply_file, bsdiff_header
 
 MB = 1_000_000
 
@@ -348,17 +348,17 @@ def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def restarts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the restarts of apply_delta's writer (a parallel decoding that failed)."""
-    from doras_oras.codecs import _HashingWriter
+    """Counts the restarts of the result's writer (a parallel decoding that failed)."""
+    from doras_oras.layout import BlobWriter
 
     calls: list[int] = []
-    original = _HashingWriter.restart
+    original = BlobWriter.restart
 
-    def restart(self: _HashingWriter) -> None:
-        calls.append(self.size)
+    def restart(self: BlobWriter) -> None:
+        calls.append(self.offset)
         original(self)
 
-    monkeypatch.setattr(_HashingWriter, "restart", restart)
+    monkeypatch.setattr(BlobWriter, "restart", restart)
     return calls
 
 
@@ -396,7 +396,7 @@ def _apply(tmp_path: Path, old: Path, patch: Path, **kw: object) -> tuple[str, i
     out_dir = tmp_path / "out"
     out_dir.mkdir(exist_ok=True)
     with open(patch, "rb") as fh:
-        return apply_delta(DeltaAlgorithm.BSDIFF, old, fh, out_dir / "new", **kw)  # type: ignore[arg-type]
+        return apply_file(DeltaAlgorithm.BSDIFF, old, fh, out_dir / "new", **kw)  # type: ignore[arg-type]
 
 
 def _stream_span(patch: bytes, which: str) -> tuple[int, int]:
@@ -605,8 +605,9 @@ def test_one_block_streams_get_one_worker(tmp_path: Path, two_cpus: None, opened
 
 _RSS_CHILD = r"""
 import json, os, sys
-from doras_oras.codecs import DeltaAlgorithm, apply_delta
+from doras_oras.algorithms import DeltaAlgorithm
 from doras_oras.codecs import _bz2parallel as bzp
+from tests._codec_support import apply_file
 from doras_oras.codecs._addmod import add_bytes_int
 
 peaks, opened = [], []
@@ -620,7 +621,7 @@ def opening(self, *args, **kw):
 bzp.DecoderGroup.close, bzp.DecoderGroup.open = closing, opening
 old, patch, out, size = sys.argv[1:5]
 with open(patch, "rb") as fh:
-    digest, n = apply_delta(DeltaAlgorithm.BSDIFF, old, fh, out, expected_size=int(size))
+    digest, n = apply_file(DeltaAlgorithm.BSDIFF, old, fh, out, expected_size=int(size))
 with open("/proc/self/status") as fh:
     hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
 print(json.dumps({"hwm": hwm, "peaks": peaks, "opened": opened, "digest": digest}))

@@ -169,7 +169,7 @@ def test_cli_apply_failures_leave_nothing(tmp_path: Path) -> None:
 
 
 def test_magic_constants_agree() -> None:
-    from doras_oras.codecs import TARDIFF_MAGIC
+    from doras_oras.algorithms import TARDIFF_MAGIC
     from doras_oras.codecs.tardiff import MAGIC
 
     assert TARDIFF_MAGIC == MAGIC == b"tardf1\n\x00"

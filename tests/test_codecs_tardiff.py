@@ -6,15 +6,17 @@ import gzip
 import hashlib
 import io
 import tarfile
+import tempfile
 from pathlib import Path
+from typing import IO
 
 import pytest
 import zstandard
 
-from doras_oras.codecs import DeltaAlgorithm, apply_delta
+from doras_oras.algorithms import DeltaAlgorithm
 from doras_oras.codecs.tardiff import TarIndex, apply_tardiff, normalize_path
 from doras_oras.errors import CorruptDeltaError
-from tests._codec_support import make_tardiff, tardiff_op
+from tests._codec_support import apply_file, make_tardiff, tardiff_op
 
 
 def _tar(entries: list[tuple[str, bytes]]) -> bytes:
@@ -98,7 +100,15 @@ def test_base_may_be_plain_gzip_or_zstd(tmp_path: Path, fmt: str) -> None:
     base.write_bytes(data)
     work = tmp_path / "work"
     work.mkdir()
-    assert _apply(base, _open(b"dir/file.txt") + tardiff_op(2, 11), tmp_dir=work) == b"hello world"
+    spools: list[str] = []
+
+    def scratch() -> IO[bytes]:
+        handle = tempfile.NamedTemporaryFile(dir=work)  # noqa: SIM115 - closed by the applier
+        spools.append(handle.name)
+        return handle
+
+    assert _apply(base, _open(b"dir/file.txt") + tardiff_op(2, 11), scratch=scratch) == b"hello world"
+    assert len(spools) == (0 if fmt == "tar" else 1)  # only a compressed base is spooled
     assert list(work.iterdir()) == []  # the decompressed base is removed
 
 
@@ -128,16 +138,16 @@ def test_unreadable_base_is_a_codec_error(tmp_path: Path) -> None:
         _apply(tmp_path / "base.tar", tardiff_op(0, 1, b"x"))
 
 
-def test_expected_size_is_enforced_through_apply_delta(tmp_path: Path) -> None:
+def test_expected_size_is_enforced_through_apply_file(tmp_path: Path) -> None:
     (tmp_path / "base.tar").write_bytes(_tar([("f", b"abc")]))
     delta = make_tardiff(tardiff_op(0, 5, b"hello"))
     from doras_oras.errors import SizeMismatchError
 
     with pytest.raises(SizeMismatchError):
-        apply_delta(DeltaAlgorithm.TARDIFF, tmp_path / "base.tar", io.BytesIO(delta),
+        apply_file(DeltaAlgorithm.TARDIFF, tmp_path / "base.tar", io.BytesIO(delta),
                     tmp_path / "out", expected_size=6)
     assert not (tmp_path / "out").exists()
-    digest, size = apply_delta(DeltaAlgorithm.TARDIFF, tmp_path / "base.tar", io.BytesIO(delta),
+    digest, size = apply_file(DeltaAlgorithm.TARDIFF, tmp_path / "base.tar", io.BytesIO(delta),
                                tmp_path / "out", expected_size=5)
     assert size == 5 and (tmp_path / "out").read_bytes() == b"hello"
     assert digest == "sha256:" + hashlib.sha256(b"hello").hexdigest()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from doras_oras.codecs import DeltaAlgorithm, apply_delta
+from doras_oras.algorithms import DeltaAlgorithm
 from doras_oras.descriptor import ANNOTATION_CONTENT_DIGEST
-from tests._codec_support import vectors_dir
+from tests._codec_support import apply_file, vectors_dir
 
 VECTORS = vectors_dir()
 TARDIFF_GO = sorted((VECTORS / "tardiff-go").iterdir())
@@ -36,7 +36,7 @@ def test_tardiff_go_vectors(case: Path, tmp_path: Path) -> None:
     with open(case / "delta.tardiff", "rb") as delta:
         assert DeltaAlgorithm.detect(delta.read(8)) is DeltaAlgorithm.TARDIFF
         delta.seek(0)
-        digest, size = apply_delta(DeltaAlgorithm.TARDIFF, case / "old.tar.gz", delta,
+        digest, size = apply_file(DeltaAlgorithm.TARDIFF, case / "old.tar.gz", delta,
                                    tmp_path / "new.tar", tmp_dir=tmp_path)
     assert (tmp_path / "new.tar").read_bytes() == expected
     assert (digest, size) == (_sha256(expected), len(expected))
@@ -47,7 +47,7 @@ def test_tardiff_hello_vector(tmp_path: Path) -> None:
     case = VECTORS / "tardiff-hello"
     expected = gzip.decompress((case / "to.tar.gz").read_bytes())
     with open(case / "delta.patch.tardiff", "rb") as delta:
-        apply_delta(DeltaAlgorithm.TARDIFF, case / "from.tar.gz", delta, tmp_path / "out.tar",
+        apply_file(DeltaAlgorithm.TARDIFF, case / "from.tar.gz", delta, tmp_path / "out.tar",
                     expected_digest=_sha256(expected), expected_size=len(expected))
     assert (tmp_path / "out.tar").read_bytes() == expected
 
@@ -64,7 +64,7 @@ def test_doras_server_vectors(case: Path, tmp_path: Path) -> None:
     with open(case / "delta.layer", "rb") as delta:
         if algorithm.is_bsdiff:
             # bsdiff works on the raw registry blobs: the result is the target layer blob.
-            digest, size = apply_delta(algorithm, case / "from.layer", delta, out,
+            digest, size = apply_file(algorithm, case / "from.layer", delta, out,
                                        expected_digest=target_layer["digest"],
                                        expected_size=target_layer["size"])
             assert out.read_bytes() == to_layer
@@ -73,7 +73,7 @@ def test_doras_server_vectors(case: Path, tmp_path: Path) -> None:
             # tar-diff gives the uncompressed target tar.
             expected = gzip.decompress(to_layer)
             content_digest = target_layer.get("annotations", {}).get(ANNOTATION_CONTENT_DIGEST)
-            digest, size = apply_delta(algorithm, case / "from.layer", delta, out,
+            digest, size = apply_file(algorithm, case / "from.layer", delta, out,
                                        expected_digest=content_digest)
             assert out.read_bytes() == expected
             assert digest == _sha256(expected)
@@ -91,7 +91,7 @@ def test_test_server_tardiff_encoder_round_trips(case: Path, tmp_path: Path) -> 
     delta = encode((case / "old.tar.gz").read_bytes(), new_tar, level=3)
     (tmp_path / "delta").write_bytes(delta)
     with open(tmp_path / "delta", "rb") as fh:
-        result = apply_delta(DeltaAlgorithm.TARDIFF, case / "old.tar.gz", fh, tmp_path / "out",
+        result = apply_file(DeltaAlgorithm.TARDIFF, case / "old.tar.gz", fh, tmp_path / "out",
                              expected_digest=_sha256(new_tar), expected_size=len(new_tar))
     assert (tmp_path / "out").read_bytes() == new_tar
     assert result == (_sha256(new_tar), len(new_tar))

@@ -16,15 +16,25 @@ from pathlib import Path
 import pytest
 
 from doras_oras.errors import LayoutError
-from doras_oras.layout import TEST_HOOK_ENV, OCILayout
+from doras_oras.layout import OCILayout
 from doras_oras.registry import DeltaRegistry
 from doras_oras.testing.registry import RegistryServer, find_tool
 from tests.layout_support import REPO_ROOT, cli, layout_problems, oras_push_file, run
 
+HOLD_ENV = "CRASH_TEST_HOLD_BEFORE_INDEX"
+"""Seconds the driver sleeps after the blobs are in place and before index.json is replaced."""
+
 DRIVER = """
-import sys
+import os, sys, time
 from doras_oras.layout import OCILayout
 from doras_oras.registry import DeltaRegistry
+hold = os.environ.get("CRASH_TEST_HOLD_BEFORE_INDEX")
+if hold:  # the test's hook (not the library's): stop where a kill must leave the old index
+    write_index = OCILayout._write_index
+    def held(self, entries):
+        time.sleep(float(hold))
+        write_index(self, entries)
+    OCILayout._write_index = held
 layout = OCILayout.open(sys.argv[2])
 client = DeltaRegistry(insecure=True)
 client.resolve(sys.argv[1])  # warm up the connection before the timed part
@@ -91,7 +101,7 @@ def test_sigkill_at_random_instants_leaves_a_valid_layout(oci_registry: Registry
         env = dict(os.environ)
         hooked = attempt % 6 == 5  # every sixth: stop between the last blob rename and index.json
         if hooked:
-            env[TEST_HOOK_ENV] = "30"
+            env[HOLD_ENV] = "30"
         proc = subprocess.Popen([sys.executable, "-c", DRIVER, ref, str(layout_dir)], stdout=subprocess.PIPE,
                                 text=True, cwd=REPO_ROOT, env=env)
         try:
@@ -171,10 +181,14 @@ def test_disk_full_keeps_the_old_index(oci_registry: RegistryServer, tmp_path: P
 
 
 def test_two_processes_pulling_into_one_layout(oci_registry: RegistryServer, tmp_path: Path) -> None:
-    push_multi_layer(oci_registry, "both/app:v1", tmp_path / "one", seed=1)
-    push_multi_layer(oci_registry, "both/app:v2", tmp_path / "two", seed=2)
+    for n, tag in enumerate(("v1", "v2", "v3"), start=1):
+        push_multi_layer(oci_registry, f"both/app:{tag}", tmp_path / tag, seed=n)
     layout_dir = tmp_path / "L"
-    for round_tags in (("v1", "v2"), ("v2", "v2")):
+    # two images at once: both pulled; the same image twice at once: the lock lets one pull it,
+    # the other then finds it there (up to date, exit 3); what the layout holds: both up to date
+    for round_tags, expected in ((("v1", "v2"), {(0, "full")}),
+                                 (("v3", "v3"), {(0, "full"), (3, "up-to-date")}),
+                                 (("v2", "v3"), {(3, "up-to-date")})):
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "doras_oras", "pull", f"{oci_registry.host}/both/app:{tag}",
@@ -184,10 +198,9 @@ def test_two_processes_pulling_into_one_layout(oci_registry: RegistryServer, tmp
             for tag in round_tags
         ]
         outputs = [p.communicate(timeout=120) for p in procs]
-        for proc, (out, err) in zip(procs, outputs, strict=True):
-            assert proc.returncode == 0, err
-            assert json.loads(out)["action"] == "full"
-        assert set(entries(layout_dir)) == {"v1", "v2"}
+        seen = {(proc.returncode, json.loads(out)["status"]) for proc, (out, _err) in zip(procs, outputs, strict=True)}
+        assert seen == expected, [err for _out, err in outputs]
         assert layout_problems(layout_dir) == []
+    assert set(entries(layout_dir)) == {"v1", "v2", "v3"}
     proc = cli("pull", f"{oci_registry.host}/both/app:v1", "--oci-layout", str(layout_dir), "--plain-http", "--json")
-    assert json.loads(proc.stdout)["blobs_fetched"] == 0
+    assert proc.returncode == 3 and json.loads(proc.stdout)["status"] == "up-to-date"

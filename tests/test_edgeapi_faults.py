@@ -30,13 +30,13 @@ from doras_oras.errors import (
     ImagesIdenticalError,
     IncompatibleArtifactsError,
     InsecureTransportError,
+    InvalidArgumentError,
     InvalidReferenceError,
     NotFoundError,
     SchemaValidationError,
     ServerError,
     TransferTimeoutError,
     UnauthorizedError,
-    UnsupportedAlgorithmError,
 )
 from doras_oras.reference import Reference
 from doras_oras.testing.registry import make_tls
@@ -105,7 +105,7 @@ def test_local_checks_send_nothing() -> None:
             edge.read_delta_async("localhost:5443/oras-file-0:v1", TO_TAG)
         with pytest.raises(InvalidReferenceError, match="to image"):
             edge.read_delta_async(FROM, "localhost:5443/Bad Name:v2")
-        with pytest.raises(UnsupportedAlgorithmError, match="'xdelta'"):
+        with pytest.raises(InvalidArgumentError, match="'xdelta'"):
             edge.read_delta_async(FROM, TO_TAG, ["bsdiff", "xdelta"])
     assert srv.seen == []
 
@@ -115,9 +115,11 @@ def test_server_url_checked_at_construction() -> None:
         EdgeClient("http://127.0.0.1:1")
     with pytest.raises(InsecureTransportError):
         EdgeClient("http://127.0.0.1:1", auth=BearerAuth("t"))
-    for bad in ("ftp://host", "127.0.0.1:5000", "https://", "https://u:p@host", "https://host/?q=1"):
-        with pytest.raises(InvalidReferenceError):
+    for bad in ("ftp://host", "127.0.0.1:5000", "https://", "https://u:p@host", "https://host/?q=1",
+                "https://host:99999"):
+        with pytest.raises(InvalidArgumentError) as caught:
             EdgeClient(bad)
+        assert not isinstance(caught.value, InvalidReferenceError)  # a URL is not an image reference
 
 
 # --- the 200 body -------------------------------------------------------------------

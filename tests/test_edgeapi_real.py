@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from doras_oras.algorithms import Compression, Patch
 from doras_oras.backoff import ExponentialBackoffWithJitter
 from doras_oras.descriptor import digest_of
-from doras_oras.edgeapi import BasicAuth, BearerAuth, Compression, EdgeClient, Patch
+from doras_oras.edgeapi import BasicAuth, BearerAuth, EdgeClient
 from doras_oras.errors import (
     BackoffExhausted,
     BadRequestError,

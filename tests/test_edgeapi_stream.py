@@ -15,15 +15,9 @@ from collections.abc import Iterable
 
 import pytest
 
+from doras_oras.algorithms import Compression, DeltaAlgorithm, Patch
 from doras_oras.descriptor import ANNOTATION_DELTA_FROM, ANNOTATION_DELTA_TO, digest_of
-from doras_oras.edgeapi import (
-    Compression,
-    DeltaAlgorithm,
-    EdgeClient,
-    Patch,
-    ReadDeltaResponse,
-    check_delta_manifest,
-)
+from doras_oras.edgeapi import EdgeClient, ReadDeltaResponse, check_delta_manifest
 from doras_oras.errors import (
     DeltaManifestError,
     DigestMismatchError,

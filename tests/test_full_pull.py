@@ -17,9 +17,9 @@ from doras_oras.errors import (
     RegistryError,
     TransportError,
 )
-from doras_oras.layout import OCILayout
+from doras_oras.layout import ANNOTATION_SOURCE_INDEX, OCILayout
 from doras_oras.reference import Reference
-from doras_oras.registry import ANNOTATION_SOURCE_INDEX, DeltaRegistry
+from doras_oras.registry import DeltaRegistry
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER
 from doras_oras.testing.registry import RegistryServer, find_tool
 from tests.layout_support import (
@@ -185,11 +185,13 @@ def test_cli_pull_and_gc(oci_registry: RegistryServer, tmp_path: Path) -> None:
                    "--plain-http", "--json")
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(proc.stdout)
-        assert summary["digest"] == registry_manifest(oci_registry, "cli/art", f"v{n}")[1]
-        assert summary["action"] == "full"
+        assert summary["stored_digest"] == summary["to_digest"] == registry_manifest(
+            oci_registry, "cli/art", f"v{n}")[1]
+        assert (summary["status"], summary["reason_code"]) == ("full", "no-server" if n == 2 else "no-base")
         assert (summary["blobs_fetched"], summary["blobs_reused"]) == ((2, 0) if n == 1 else (1, 1))
+    # what the layout holds is up to date (exit 3), without --server too
     proc = cli("pull", f"{oci_registry.host}/cli/art:v1", "--oci-layout", str(layout_dir), "--plain-http")
-    assert proc.returncode == 0 and proc.stdout.startswith("pulled ")
+    assert proc.returncode == 3 and "up to date" in proc.stdout, proc.stderr
     proc = cli("pull", f"{oci_registry.host}/cli/absent:v1", "--oci-layout", str(layout_dir), "--plain-http")
     assert proc.returncode == 1 and "404" in proc.stderr
     proc = cli("pull", "Bad//Ref", "--oci-layout", str(layout_dir))
@@ -197,10 +199,10 @@ def test_cli_pull_and_gc(oci_registry: RegistryServer, tmp_path: Path) -> None:
     proc = cli("gc", "--oci-layout", str(layout_dir), "--keep", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     gc = json.loads(proc.stdout)
-    assert [i["tag"] for i in gc["removed_images"]] == ["v2"]  # v1 was pulled last
+    assert [i["tag"] for i in gc["removed_images"]] == ["v1"]  # v2 was pulled last
     assert gc["removed_blobs"] == 2
     assert layout_problems(layout_dir) == []
-    assert [i.tag for i in OCILayout.open(layout_dir).images()] == ["v1"]
+    assert [i.tag for i in OCILayout.open(layout_dir).images()] == ["v2"]
 
 
 def test_cli_credentials_and_tls_flags(
@@ -216,7 +218,7 @@ def test_cli_credentials_and_tls_flags(
     assert proc.returncode == 1 and "plain HTTP" in proc.stderr
     proc = cli(*base, "--allow-insecure-auth", input_text=REGISTRY_PASSWORD + "\n")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["digest"].startswith("sha256:")
+    assert json.loads(proc.stdout)["stored_digest"].startswith("sha256:")
     proc = cli("pull", ref, "--oci-layout", str(tmp_path / "A"), "--plain-http", "-u", REGISTRY_USER)
     assert proc.returncode == 2 and "password" in proc.stderr
 

@@ -139,38 +139,34 @@ def test_bad_digest_refused_before_any_path(tmp_path: Path, digest: str) -> None
 
 
 def test_partial_download_resumes(tmp_path: Path) -> None:
+    """The layout's resumable writer keeps what arrived; the next writer of the blob continues it."""
     layout = OCILayout.open(tmp_path / "L")
     data = os.urandom(200_000)
     desc = blob(data)
-
-    class Broken(io.RawIOBase):
-        def __init__(self) -> None:
-            self.sent = 0
-
-        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-            if self.sent >= 120_000:
-                raise ConnectionResetError("link dropped")
-            n = min(len(buffer), 120_000 - self.sent, 50_000)
-            buffer[:n] = data[self.sent : self.sent + n]
-            self.sent += n
-            return n
-
-    with layout.lock(), pytest.raises(ConnectionResetError):
-        layout.ingest(desc, Broken())
+    with layout.lock(), layout.partial_writer(desc) as writer:
+        writer.write(data[:120_000])  # then the link drops: the writer is closed, not committed
     assert layout.partial_size(desc) == 120_000
     assert layout.partial_path(desc).parent.name == "ingest"
     with layout.lock():  # taking the lock again keeps the (fresh) partial
         assert layout.partial_size(desc) == 120_000
-        layout.ingest(desc, io.BytesIO(data[120_000:]), resume=True)
+        with layout.partial_writer(desc) as writer:
+            assert writer.offset == 120_000  # re-hashed, continued at its end
+            writer.write(data[120_000:])
+            layout.store(writer)
     assert layout.has_blob(desc)
     assert not layout.partial_path(desc).exists()
+    assert not layout.partial_path(desc).with_name(layout.partial_path(desc).name + ".meta").exists()
     # a resume whose content is wrong is refused and the partial dropped
     other = os.urandom(1000)
     odesc = blob(other)
-    layout.partial_path(odesc).write_bytes(b"z" * 400)
-    with layout.lock(), pytest.raises(DigestMismatchError):
-        layout.ingest(odesc, io.BytesIO(other[400:]), resume=True)
+    with layout.lock():
+        with layout.partial_writer(odesc) as writer:
+            writer.write(b"z" * 400)
+        with layout.partial_writer(odesc) as writer, pytest.raises(DigestMismatchError):
+            writer.write(other[400:])
+            layout.store(writer)
     assert not layout.partial_path(odesc).exists()
+    assert not layout.blob_path(odesc.digest).exists()
 
 
 def test_existing_blob_checked_once_and_corrupt_one_replaced(tmp_path: Path) -> None:

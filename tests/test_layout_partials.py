@@ -1,4 +1,4 @@
-"""Partial downloads in ``ingest/``: what ``clean`` keeps and drops, and ``adopt_partial``."""
+"""Partial downloads in ``ingest/``: what ``clean`` keeps and drops, and storing them."""
 
 from __future__ import annotations
 
@@ -48,26 +48,29 @@ def test_clean_keeps_fresh_partials_with_their_sidecars_and_drops_the_rest(tmp_p
     )
 
 
-def test_adopt_partial_moves_a_verified_download_into_blobs(tmp_path: Path) -> None:
+def test_store_moves_a_verified_download_into_blobs(tmp_path: Path) -> None:
     layout = OCILayout.open(tmp_path / "L")
     data = os.urandom(100_000)
     d = desc(data)
     partial = layout.partial_path(d)
-    partial.write_bytes(data)
-    os.chmod(partial, 0o600)
     with pytest.raises(LayoutError, match="lock"):
-        layout.adopt_partial(d, partial)
+        layout.partial_writer(d)
     with layout.lock():
-        final = layout.adopt_partial(d, partial)
-        assert final == layout.blob_path(d.digest) and final.read_bytes() == data
+        with layout.partial_writer(d) as writer:
+            writer.write(data)
+            stored = layout.store(writer)
+        final = layout.blob_path(d.digest)
+        assert stored.digest == d.digest and stored.size == d.size
+        assert final.read_bytes() == data
         assert oct(final.stat().st_mode & 0o777) == oct(0o644)
         assert not partial.exists()
         assert layout.has_blob(d)
-        short = layout.partial_path(desc(b"abcdef"))
-        short.write_bytes(b"abc")
-        with pytest.raises(SizeMismatchError, match="3 bytes, expected 6"):
-            layout.adopt_partial(desc(b"abcdef"), short)
-        assert not short.exists() and not layout.blob_path(sha256(b"abcdef")).exists()
-        again = layout.partial_path(d)
-        again.write_bytes(data)
-        assert layout.adopt_partial(d, again) == final and not again.exists()
+        short = desc(b"abcdef")
+        with layout.partial_writer(short) as writer, pytest.raises(SizeMismatchError, match="3 bytes, expected 6"):
+            writer.write(b"abc")
+            layout.store(writer)
+        assert not layout.partial_path(short).exists() and not layout.blob_path(sha256(b"abcdef")).exists()
+        with layout.partial_writer(d) as writer:  # a blob stored already: the writer is dropped
+            writer.write(data)
+            assert layout.store(writer).digest == d.digest
+        assert not partial.exists() and final.read_bytes() == data

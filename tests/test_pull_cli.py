@@ -9,7 +9,7 @@ from typing import Any
 
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
-from tests.layout_support import cli
+from tests.layout_support import cli, error_json
 from tests.pull_support import (
     check_layout,
     edit,
@@ -92,7 +92,8 @@ def test_cli_pull_errors_and_usage(oci_registry: RegistryServer, doras_server_fa
 
     missing = cli("pull", f"{host}/{repo}:nope", *common)
     assert missing.returncode == 1
-    assert missing.stdout == "" and "doras-oras: error:" in missing.stderr and "404" in missing.stderr
+    assert "doras-oras: error:" in missing.stderr and "404" in missing.stderr
+    assert error_json(missing)["error"] == "RegistryError"
     # --from an image the layout does not hold: a clear error (before that, the limit)
     too_big = cli("pull", f"{host}/{repo}:v2", *common, "--max-size", "1K", "--from", f"{host}/{repo}:v0")
     assert too_big.returncode == 1 and "more than the limit of 1024 bytes" in too_big.stderr
@@ -108,7 +109,9 @@ def test_cli_pull_errors_and_usage(oci_registry: RegistryServer, doras_server_fa
     ):
         proc = cli(*args)
         assert proc.returncode == 2, (args, proc.stderr)
-        assert text in proc.stderr and proc.stdout == ""
+        assert text in proc.stderr
+        # flags argparse refuses print nothing on stdout; arguments refused later, one JSON error
+        assert proc.stdout == "" or error_json(proc)["exit_code"] == 2
         assert "Traceback" not in proc.stderr
     assert snapshot(layout) == before
 
@@ -124,7 +127,7 @@ def test_cli_limits_exit_1_and_change_nothing(oci_registry: RegistryServer, tmp_
     assert cli("pull", f"{host}/{repo}:v1", *common, "--budget", "60K/1d").returncode == 0
     before = snapshot(layout)
     over = cli("pull", f"{host}/{repo}:v2", *common, "--budget", "60K/1d")
-    assert over.returncode == 1 and over.stdout == ""
+    assert over.returncode == 1 and error_json(over)["error"] == "BudgetExceededError"
     assert "budget of 61440 bytes per 86400 s" in over.stderr
     big = cli("pull", f"{host}/{repo}:v2", *common, "--max-size", "10K")
     assert big.returncode == 1 and "more than the limit of 10240 bytes" in big.stderr

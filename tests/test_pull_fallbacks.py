@@ -66,7 +66,8 @@ def test_server_unreachable(oci_registry: RegistryServer, tmp_path: Path) -> Non
     bed = prepared(oci_registry, tmp_path)
     result = pull_v2(oci_registry, bed, f"http://127.0.0.1:{free_port()}")
     assert_full_fallback(bed, result, "delta unavailable")
-    assert "connection failed" in result.reason and "ConnectionError" in result.reason
+    assert "connection failed" in result.reason and "connection refused" in result.reason
+    assert result.reason_code == "server-unreachable"
 
 
 def pull_v2(registry: RegistryServer, bed: Bed, url: str, **options: object) -> PullResult:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from token_gate import TokenGate
-from transport_helpers import Blob, quick_policy, random_blob
+from transport_helpers import Blob, download_file, quick_policy, random_blob
 
 from doras_oras.auth import CONFIG_CAP, TOKEN_BODY_CAP, RegistryAuth, parse_challenge
 from doras_oras.errors import BodyTooLargeError, InsecureTransportError, RegistryAuthError
@@ -32,7 +32,7 @@ def test_token_dance_with_basic_credentials(oci_registry: RegistryServer, blob: 
         auth = RegistryAuth(gate.host, username="alice", password="wonderland")
         with Transport(policy=quick_policy(), auth=auth) as transport:
             counter = ByteCounter()
-            result = transport.download(gate.url + blob.path, digest=blob.digest, size=blob.size,
+            result = download_file(transport, gate.url + blob.path, digest=blob.digest, size=blob.size,
                                         partial_path=tmp_path / "p", counter=counter)
             assert result.read_bytes() == blob.data
             # A second request reuses the token.

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from transport_helpers import Blob, quick_policy, random_blob, sha256_file
+from transport_helpers import Blob, download_file, quick_policy, random_blob, sha256_file
 
 from doras_oras.errors import (
     ConnectError,
@@ -39,7 +39,7 @@ def ranges(proxy: FaultProxy, blob: Blob) -> list[str | None]:
 
 def download(proxy: FaultProxy, blob: Blob, partial: Path, counter: ByteCounter, **policy: object) -> Path:
     with Transport(policy=quick_policy(**policy)) as transport:
-        return transport.download(
+        return download_file(transport,
             proxy.url + blob.path, digest=blob.digest, size=blob.size, partial_path=partial, counter=counter
         )
 
@@ -195,7 +195,7 @@ def test_content_not_matching_the_descriptor_removes_the_partial(
              "size_long": SizeMismatchError}[lie]
     counter = ByteCounter()
     with Transport(policy=quick_policy(max_attempts=2)) as transport, pytest.raises(error):
-        transport.download(
+        download_file(transport,
             proxy.url + blob.path, digest=digest, size=size, partial_path=partial, counter=counter
         )
     assert not partial.exists() and not partial.with_name("p.meta").exists()

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from doras_oras.transport import (
-    TransferPolicy,
-    origin,
-    parse_content_range,
-    redact,
-    retry_wait_s,
-    safe_url,
-)
+from doras_oras.backoff import backoff_delay
+from doras_oras.redact import redact
+from doras_oras.transport import TransferPolicy, retry_wait_s
+from doras_oras.urls import origin, parse_content_range, safe_url
 
 
 def test_policy_defaults_are_safe() -> None:
@@ -46,20 +42,27 @@ def test_policy_is_keyword_only_and_frozen() -> None:
         policy.max_attempts = 3  # type: ignore[misc]
 
 
-def test_retry_wait_grows_exponentially_with_jitter_and_caps() -> None:
+def test_retry_wait_is_the_one_backoff_formula() -> None:
+    """Exponential from wait_initial_s, ±50 % jitter around it, capped (doras_oras.backoff.next_delay)."""
     policy = TransferPolicy(wait_initial_s=1.0, wait_max_s=8.0, retry_after_max_s=20.0)
-    top = [retry_wait_s(n, policy, rand=lambda: 1.0) for n in range(1, 7)]
-    assert top == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    middle = [retry_wait_s(n, policy, rand=lambda: 0.5) for n in range(1, 7)]
+    assert middle == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     low = [retry_wait_s(n, policy, rand=lambda: 0.0) for n in range(1, 4)]
     assert low == [0.5, 1.0, 2.0]
+    high = [retry_wait_s(n, policy, rand=lambda: 0.99) for n in range(1, 4)]
+    assert high == pytest.approx([1.49, 2.98, 5.96])
     assert retry_wait_s(1000, policy, rand=lambda: 1.0) == 8.0
+    for n in range(1, 12):
+        assert retry_wait_s(n, policy, rand=lambda: 0.3) == backoff_delay(
+            n - 1, base_delay_s=1.0, max_delay_s=8.0, jitter=0.3)
 
 
-def test_retry_after_wins_when_longer_but_is_capped() -> None:
+def test_retry_after_replaces_the_delay_and_is_capped() -> None:
+    """The same rule as polling: the server's Retry-After replaces the computed wait, capped."""
     policy = TransferPolicy(wait_initial_s=1.0, wait_max_s=8.0, retry_after_max_s=20.0)
-    assert retry_wait_s(1, policy, retry_after_s=5.0, rand=lambda: 1.0) == 5.0
-    assert retry_wait_s(1, policy, retry_after_s=3600.0, rand=lambda: 1.0) == 20.0
-    assert retry_wait_s(4, policy, retry_after_s=0.0, rand=lambda: 1.0) == 8.0
+    assert retry_wait_s(1, policy, retry_after_s=5.0, rand=lambda: 0.9) == 5.0
+    assert retry_wait_s(1, policy, retry_after_s=3600.0, rand=lambda: 0.9) == 20.0
+    assert retry_wait_s(4, policy, retry_after_s=0.0, rand=lambda: 0.9) == 0.0
 
 
 def test_parse_content_range() -> None:
@@ -93,7 +96,8 @@ def test_origin_normalises_default_ports() -> None:
 
 
 def test_throughput_guard_trips_only_below_the_minimum_over_a_full_window() -> None:
-    from doras_oras.transport import _Stalled, _ThroughputGuard
+    from doras_oras.transport.failures import Stalled as _Stalled
+    from doras_oras.transport.timing import ThroughputGuard as _ThroughputGuard
 
     now = [0.0]
     policy = TransferPolicy(min_bytes_per_s=100.0, throughput_window_s=10.0)

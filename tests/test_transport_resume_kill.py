@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from transport_helpers import quick_policy, random_blob, sha256_file
+from transport_helpers import download_file, quick_policy, random_blob, sha256_file
 
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.registry import RegistryServer
@@ -24,6 +24,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from pathlib import Path
+    from doras_oras.layout import BlobWriter
     from doras_oras.transport import ByteCounter, Transport, TransferPolicy
 
     url, digest, size, partial = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
@@ -32,8 +33,9 @@ CHILD = textwrap.dedent(
         sys.stdout.write(f"{received}\\n")
         sys.stdout.flush()
     counter = ByteCounter(on_progress=progress)
-    with Transport(policy=TransferPolicy(allow_http=True, read_timeout_s=10)) as transport:
-        transport.download(url, digest=digest, size=size, partial_path=partial, counter=counter)
+    with Transport(policy=TransferPolicy(allow_http=True, read_timeout_s=10)) as transport, \\
+            BlobWriter.partial(partial, digest=digest, size=size) as writer:
+        transport.download(url, writer, counter=counter)
     """
 )
 
@@ -72,7 +74,7 @@ def test_kill_9_mid_download_then_resume(oci_registry: RegistryServer, tmp_path:
         proxy.reset_counters()
         counter = ByteCounter()
         with Transport(policy=quick_policy()) as transport:
-            result = transport.download(proxy.url + blob.path, digest=blob.digest, size=SIZE,
+            result = download_file(transport, proxy.url + blob.path, digest=blob.digest, size=SIZE,
                                         partial_path=partial, counter=counter)
         assert sha256_file(result) == blob.digest
         # Nothing fetched twice: the new process asked for exactly the missing bytes.

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from token_registry import SERVICE, TokenRegistry
-from transport_helpers import Blob, push_blob, quick_policy
+from transport_helpers import Blob, download_file, push_blob, quick_policy
 
 from doras_oras.auth import RegistryAuth
 from doras_oras.errors import RegistryAuthError
@@ -35,7 +35,7 @@ def test_real_registry_token_dance(token_registry: TokenRegistry, blob: Blob, tm
     auth = RegistryAuth(token_registry.host, username="alice", password="wonderland")
     with Transport(policy=quick_policy(), auth=auth) as transport:
         counter = ByteCounter()
-        result = transport.download(token_registry.url + blob.path, digest=blob.digest, size=blob.size,
+        result = download_file(transport, token_registry.url + blob.path, digest=blob.digest, size=blob.size,
                                     partial_path=tmp_path / "p", counter=counter)
         assert result.read_bytes() == blob.data
         manifest_probe = transport.head(token_registry.url + blob.path)

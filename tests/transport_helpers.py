@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import requests
 
 from doras_oras.testing.registry import RegistryServer
-from doras_oras.transport import TransferPolicy
+from doras_oras.transport import TransferPolicy, Transport
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,17 @@ class Sleeps(list[float]):
 
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
+
+
+def download_file(transport: Transport, url: str, *, digest: str, size: int, partial_path: Path,
+                  **options: Any) -> Path:
+    """``transport.download`` into the project's resumable blob writer at ``partial_path``.
+
+    What arrived before a transfer failure stays in the partial file (as a pull keeps it);
+    the digest and size are checked by the writer; returns ``partial_path``.
+    """
+    from doras_oras.layout import BlobWriter
+
+    with BlobWriter.partial(Path(partial_path), digest=digest, size=size) as writer:
+        transport.download(url, writer, **options)
+    return Path(partial_path)

@@ -39,6 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> EdgeClient:
+    if str(args.server).startswith("http://") and not args.plain_http:
+        raise InvalidArgumentError(f"--server {args.server} is plain HTTP: add --plain-http to allow it "
+                                   "(credentials then travel in clear)")
     token: str | None = None
     if args.token_stdin:
         if args.username or args.password or args.password_stdin:

@@ -147,24 +147,34 @@ class TarIndex:
 
 @contextmanager
 def plain_tar(base: BinaryIO | str | os.PathLike[str], scratch: Scratch | None = None) -> Iterator[BinaryIO]:
-    """An open uncompressed tar for ``base`` (a file or a path), decompressed into a
-    ``scratch()`` file (default: an anonymous temp file) when it is gzip or zstd."""
+    """An open uncompressed tar for ``base`` (a file or a path), copied into a ``scratch()``
+    file (default: an anonymous temp file) when it is gzip or zstd (decompressed) or has no
+    file descriptor (it is read with ``pread``)."""
     with ExitStack() as stack:
         fh: BinaryIO = (stack.enter_context(open(base, "rb"))
                         if isinstance(base, str | os.PathLike) else base)
         fh.seek(0)
         compression = Compression.detect(fh.read(4))
         fh.seek(0)
-        if compression is Compression.NONE:
+        if compression is Compression.NONE and _has_fd(fh):
             yield fh
             return
         out = stack.enter_context((scratch or _anonymous)())
-        reader = open_decompressed(fh, compression, what=f"tar-diff base {_name(fh)}")
+        reader: Readable = fh if compression is Compression.NONE else open_decompressed(
+            fh, compression, what=f"tar-diff base {_name(fh)}")
         while chunk := reader.read(1 << 20):
             out.write(chunk)
         out.flush()
         out.seek(0)
         yield out  # type: ignore[misc]
+
+
+def _has_fd(handle: BinaryIO) -> bool:
+    try:
+        handle.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
 
 
 def _anonymous() -> IO[bytes]:

@@ -205,6 +205,8 @@ class BlobWriter:
         except OSError as exc:
             self.discard()
             raise disk_error(f"{self.what} {actual}", exc) from exc
+        if self._sidecar is not None:  # the bytes are the blob now: no sidecar needed to trust them
+            self._sidecar.unlink(missing_ok=True)
         self.digest_written = actual
         self._state = "finished"
         return actual

@@ -102,7 +102,8 @@ def translate(exc: BaseException, url: str, *, at: int | None = None, method: st
     where = f"{method} {safe_url(url)}" + (f" at byte {at}" if at is not None else "")
     if isinstance(exc, TransportError):
         return exc
-    if any(isinstance(item, _TIMEOUTS) for item in _chain(exc)[:3]):
+    # (urllib3's NewConnectionError derives from its ConnectTimeoutError: a refusal is no timeout)
+    if isinstance(exc, _TIMEOUTS) and not isinstance(exc, urllib3.exceptions.NewConnectionError):
         return TransferTimeoutError(f"{where}: timed out ({type(exc).__name__})")
     return ConnectError(f"{where}: connection failed ({cause(exc)})")
 
