@@ -54,3 +54,33 @@ def test_output_that_cannot_be_delivered_is_an_error_without_a_traceback(tmp_pat
         os.close(writer)
     assert proc.returncode == 1  # EXIT_ERROR (an interpreter shutdown flush failure would give 120)
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_bad_input_is_a_usage_error_without_a_traceback(tmp_path: Path) -> None:
+    """Bad values found after the flags parsed (platform, server URL, files) are usage errors (2),
+    named on stderr, and nothing is written: no traceback reaches the user."""
+    layout = tmp_path / "L"
+    ref = "127.0.0.1:9/app:v1"  # never contacted: the arguments are refused first
+    cases = [
+        (["pull", ref, "--oci-layout", str(layout), "--platform", "bad"], "invalid platform"),
+        (["pull", ref, "--oci-layout", str(layout), "--platform", "linux/"], "invalid platform"),
+        (["pull", ref, "--oci-layout", str(layout), "--server", "ftp://x"], "server URL"),
+        (["pull", ref, "--oci-layout", str(layout), "--server", "https://x:99999"], "server URL"),
+        (["pull", ref, "--oci-layout", str(layout), "--ca-file", str(tmp_path / "none.crt")], "--ca-file"),
+        (["pull", ref, "--oci-layout", str(layout), "--registry-config", str(tmp_path / "no.json")],
+         "--registry-config"),
+        (["pull", ref, "--oci-layout", str(layout), "--insecure", "--ca-file", __file__], "contradict"),
+        (["pull", ref, "--oci-layout", str(layout), "--lock-timeout", "nan"], "--lock-timeout"),
+        (["pull", ref, "--oci-layout", str(layout), "--timeout", "-1"], "--timeout"),
+        (["apply", "--base", __file__, "--delta", __file__, "--output", str(tmp_path / "no" / "out")],
+         str(tmp_path / "no")),
+        (["apply", "--base", __file__, "--delta", __file__, "--output", str(tmp_path / "o"),
+          "--expect-digest", "sha256:XYZ"], "invalid digest"),
+        (["gc", "--oci-layout", str(tmp_path), "--keep", "-1"], "--keep"),
+    ]
+    for argv, named in cases:
+        proc = cli(*argv, timeout=60)
+        assert proc.returncode == 2, (argv, proc.returncode, proc.stderr)
+        assert named in proc.stderr, (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr, (argv, proc.stderr)
+    assert not layout.exists() or not any((layout / "blobs" / "sha256").iterdir())

@@ -257,3 +257,39 @@ def test_the_registry_layer_as_the_content_fetcher(doras_server: DorasServer, oc
     assert algorithm.media_type == "application/bsdiff+gzip"
     assert bspatch(pushed.from_layer, gzip.decompress(stream.read()), tmp_path) == pushed.to_layer
     assert registry.bytes_received >= descriptor.size
+
+
+# --- the seed's three calls, as a Go user makes them ------------------------------------------
+
+
+def test_the_three_go_calls_from_url_allow_http_and_auth_alone(
+        doras_server_factory: DorasServerFactory, oci_registry_auth: RegistryServer, oras_cli: str,
+        tmp_path: Path) -> None:
+    """``EdgeClient(url, allow_http, auth)`` and then ``ReadDeltaAsync``, ``ReadDelta`` and
+    ``ReadDeltaAsStream(from, to, accepted)``, with nothing else: the client reads the delta from
+    the registry itself, with its own credentials and TLS settings (no fetcher)."""
+    server = doras_server_factory(registry=oci_registry_auth, require_client_auth=True, build_delay_s=0.3)
+    pushed = push_two_versions(oci_registry_auth, oras_cli, tmp_path,
+                               extra=("-u", REGISTRY_USER, "-p", REGISTRY_PASSWORD))
+    from_image, to_image = str(pushed.from_ref), str(pushed.to_tag)
+    edge = EdgeClient(server.url, True, BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
+    edge.backoff = fast_backoff
+    response, exists = edge.read_delta_async(from_image, to_image, ["bsdiff", "zstd"])
+    assert (response, exists) == (None, False)  # 202: being built
+    ready = edge.read_delta(from_image, to_image, ["bsdiff", "zstd"])
+    # the answer's fields are the strings the server sent (as the Go struct's)
+    target = f"{oci_registry_auth.host}/{pushed.repo}@{pushed.to_digest}"
+    assert ready.target_image == target and isinstance(ready.target_image, str)
+    assert ready.to_json()["target_image"] == target
+    descriptor, algorithm, stream = edge.read_delta_as_stream(from_image, to_image, ["bsdiff", "zstd"])
+    with stream:
+        delta = stream.read()
+    assert algorithm.value == "bsdiff+zstd" and descriptor.size == len(delta)
+    assert digest_of(delta) == descriptor.digest
+    import zstandard
+
+    assert bspatch(pushed.from_layer, zstandard.ZstdDecompressor().decompressobj().decompress(delta),
+                   tmp_path) == pushed.to_layer
+    # the registry requires basic auth (htpasswd): the client's own read of the delta manifest
+    # and blob could only succeed with the credentials it was made with
+    edge.close()

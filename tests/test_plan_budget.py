@@ -15,7 +15,7 @@ from doras_oras.descriptor import (
     Descriptor,
 )
 from doras_oras.errors import ArtifactTooLargeError, BudgetExceededError
-from doras_oras.plan import Mode, choose_accepted, expected_result
+from doras_oras.plan import Mode, ReasonCode, choose_accepted, expected_result
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -57,7 +57,7 @@ def test_tar_base_accepts_only_tardiff_and_needs_a_digest() -> None:
     unverifiable = choose_accepted(base_is_registry_blob=False,
                                    target_layer=layer(unpack=True, content_digest=None), allow_unverified=False)
     assert unverifiable.mode is Mode.FULL
-    assert "could not be verified" in unverifiable.reason
+    assert unverifiable.code is ReasonCode.UNVERIFIABLE
     allowed = choose_accepted(base_is_registry_blob=False,
                               target_layer=layer(unpack=True, content_digest=None), allow_unverified=True)
     assert allowed.accepted == ("tardiff",)

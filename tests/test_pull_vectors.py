@@ -140,7 +140,8 @@ def test_tardiff_base_and_unannotated_target_is_a_full_pull(
     builds = doras_server.builds
     result = pull(oci_registry, repo, "v3", layout, doras_server)
     assert result.status == "full"
-    assert "io.deis.oras.content.digest" in result.reason and "verified" in result.reason
+    assert result.reason_code == "unverifiable"
+    assert "io.deis.oras.content.digest" in result.reason  # the sentence names what is missing
     assert result.stored_digest == third["to_digest"]
     assert doras_server.builds == builds  # the server was not even asked
     check_layout(layout, "v3", manifest=(case("tardiff-doras-dir") / "to.manifest.json").read_bytes())
@@ -154,7 +155,7 @@ def test_tardiff_base_and_unannotated_target_with_allow_unverified(
     repo, third = _tardiff_base_then_unannotated_target(oci_registry, doras_server, layout)
     result = pull(oci_registry, repo, "v3", layout, doras_server, allow_unverified=True)
     assert (result.status, result.algorithm, result.verified) == ("delta", "tardiff", False), result.reason
-    assert "NOT verified" in result.reason
+    assert result.reason_code == "patched"  # verified=False says the rest
     assert result.to_digest == third["to_digest"] and result.stored_digest != third["to_digest"]
     check_layout(layout, "v3")
     _layer, data = stored_layer(layout, "v3")
@@ -176,6 +177,6 @@ def test_narrowing_to_tardiff_alone_on_a_gzip_base_is_honoured(
     before = snapshot(layout)
     result = pull(oci_registry, repo, "v2", layout, doras_server, accepted_algorithms=["tardiff"])
     assert result.status == "full"
-    assert "none of the requested algorithms" in result.reason
+    assert result.reason_code == "algorithms-refused"
     assert snapshot(layout) != before
     check_layout(layout, "v2", manifest=manifest_of(oci_registry, repo, "v2")[0])

@@ -19,6 +19,7 @@ import requests
 from ..errors import (
     ConnectError,
     DigestMismatchError,
+    InvalidArgumentError,
     RegistryError,
     SizeMismatchError,
     TransferTimeoutError,
@@ -80,7 +81,7 @@ def download(
     """
     size = sink.size
     if size is None:
-        raise ValueError("download: the sink must know the blob's size")
+        raise InvalidArgumentError("download: the sink must know the blob's size")
     counter = counter if counter is not None else ByteCounter()
     budget = transport._budget(deadline)
     while True:

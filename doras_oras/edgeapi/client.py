@@ -1,4 +1,4 @@
-"""Client of the Doras edge API (``GET /api/v1/delta/``), port of Doras v0.20.2 ``pkg/client/edgeapi``.
+"""The client of the Doras edge API (``GET /api/v1/delta/``), port of Doras v0.20.2 ``pkg/client/edgeapi``.
 
 :class:`EdgeClient` asks a Doras server for a delta between two images of
 one repository. The three calls of the Go client, with the same arguments:
@@ -37,30 +37,23 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from . import schemas
-from .algorithms import ALGORITHM_NAMES, DeltaAlgorithm, check_algorithm_names
-from .auth import DockerConfigAuth as DockerConfigAuth
-from .auth import basic_header
-from .backoff import BackoffStrategy, default_backoff, parse_retry_after
-from .descriptor import (
-    ANNOTATION_DELTA_DUMMY,
-    ANNOTATION_DELTA_FROM,
-    ANNOTATION_DELTA_TO,
-    OCI_MANIFEST,
+from .. import schemas
+from ..algorithms import DeltaAlgorithm, check_algorithm_names
+from ..auth import DockerConfigAuth
+from ..backoff import BackoffStrategy, default_backoff, parse_retry_after
+from ..descriptor import (
     Descriptor,
 )
-from .errors import (
+from ..errors import (
     BackoffExhausted,
     BadRequestError,
     BodyTooLargeError,
-    DeltaManifestError,
     DocumentError,
     DorasServerError,
     ImagesIdenticalError,
@@ -69,39 +62,29 @@ from .errors import (
     InvalidArgumentError,
     InvalidReferenceError,
     NotFoundError,
-    SchemaValidationError,
     ServerError,
     UnauthorizedError,
-    UnsupportedAlgorithmError,
 )
-from .redact import excerpt, mask, secrets_of, shorten
-from .reference import Reference
-from .transport import RETRY_STATUSES, TransferPolicy, Transport
-from .transport.failures import read_error_body
-from .urls import safe_url
-from .verify import VerifyingReader
+from ..redact import excerpt, mask, secrets_of
+from ..reference import Reference
+from ..transport import RETRY_STATUSES, TransferPolicy, Transport
+from ..transport.failures import read_error_body
+from ..urls import safe_url
+from ..verify import VerifyingReader
+from .answers import (
+    Delta,
+    ImageRef,
+    ReadDeltaResponse,
+    check_delta_manifest,
+    check_response,
+    parse_error_body,
+)
+from .credentials import AuthArg, BasicAuth, as_provider
 
 if TYPE_CHECKING:
-    from .registry_client import RegistryClient
+    from ..registry_client import RegistryClient
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "ALGORITHM_NAMES",
-    "AuthProvider",
-    "BasicAuth",
-    "BearerAuth",
-    "ContentFetcher",
-    "Delta",
-    "DeltaAlgorithm",
-    "DockerConfigAuth",
-    "EdgeClient",
-    "ImageRef",
-    "ReadDeltaResponse",
-    "check_delta_manifest",
-    "check_response",
-    "parse_error_body",
-]
 
 API_DELTA_PATH = "/api/v1/delta/"
 MAX_REDIRECTS = 10
@@ -113,189 +96,6 @@ INCOMPATIBLE_MESSAGE = "artifacts are not compatible"
 EDGE_RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
-
-# --- response --------------------------------------------------------------
-
-
-class ImageRef(str):
-    """An image reference exactly as the server sent it (it *is* that string), also parsed.
-
-    Compares equal to the server's string, as the Go client's string fields do (and to
-    an equal :class:`~doras_oras.reference.Reference`), and offers the :class:`~doras_oras.reference.Reference` view (``digest``,
-    ``same_repository``, ...) through :attr:`ref`.
-    """
-
-    _ref: Reference
-
-    def __new__(cls, text: str | Reference) -> ImageRef:
-        ref = text if isinstance(text, Reference) else Reference.parse(str(text))
-        obj = super().__new__(cls, str(text))
-        obj._ref = ref
-        return obj
-
-    @property
-    def ref(self) -> Reference:
-        """The parsed reference."""
-        return self._ref
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Reference):
-            return self._ref == other
-        return str.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    __hash__ = str.__hash__
-
-    @property
-    def registry(self) -> str:
-        return self._ref.registry
-
-    @property
-    def repository(self) -> str:
-        return self._ref.repository
-
-    @property
-    def name(self) -> str:
-        return self._ref.name
-
-    @property
-    def tag(self) -> str | None:
-        return self._ref.tag
-
-    @property
-    def digest(self) -> str | None:
-        return self._ref.digest
-
-    def same_repository(self, other: Reference | ImageRef) -> bool:
-        """Whether both name the same registry and repository."""
-        return self._ref.same_repository(other.ref if isinstance(other, ImageRef) else other)
-
-    def with_digest(self, digest: str) -> Reference:
-        """This repository at ``digest``."""
-        return self._ref.with_digest(digest)
-
-
-def _digest_reference(value: object, field: str) -> ImageRef:
-    if isinstance(value, Reference):
-        value = str(value)
-    if not isinstance(value, str):
-        raise SchemaValidationError(f"delta response: {field} missing or not a string")
-    try:
-        ref = ImageRef(value)
-    except InvalidReferenceError as exc:
-        raise SchemaValidationError(f"delta response: {field}: {exc}") from exc
-    if ref.digest is None:
-        raise SchemaValidationError(f"delta response: {field} {value[:200]!r} is not a digest reference")
-    return ref
-
-
-@dataclass(frozen=True)
-class ReadDeltaResponse:
-    """The 200 answer: the target image and the delta image, both digest references.
-
-    The fields are :class:`ImageRef` strings, equal to what the server sent.
-    """
-
-    target_image: ImageRef
-    delta_image: ImageRef
-
-    def __post_init__(self) -> None:
-        for field in ("target_image", "delta_image"):
-            value = getattr(self, field)
-            if not isinstance(value, ImageRef):
-                object.__setattr__(self, field, _digest_reference(value, field))
-
-    @classmethod
-    def from_json(cls, obj: object) -> ReadDeltaResponse:
-        """Parse the body; ``to_image`` is accepted for ``target_image``; unknown fields are ignored."""
-        if not isinstance(obj, Mapping):
-            raise SchemaValidationError("delta response: expected a JSON object")
-        target = obj.get("target_image")
-        if target is None:
-            target = obj.get("to_image")
-        return cls(
-            target_image=_digest_reference(target, "target_image"),
-            delta_image=_digest_reference(obj.get("delta_image"), "delta_image"),
-        )
-
-    @property
-    def target_ref(self) -> Reference:
-        return self.target_image.ref
-
-    @property
-    def delta_ref(self) -> Reference:
-        return self.delta_image.ref
-
-    def to_json(self) -> dict[str, str]:
-        """The wire form (``target_image``, ``delta_image``)."""
-        return {"target_image": str(self.target_image), "delta_image": str(self.delta_image)}
-
-
-@dataclass(frozen=True)
-class Delta:
-    """A delta the server has ready, its manifest checked (:meth:`EdgeClient.fetch_delta`)."""
-
-    response: ReadDeltaResponse
-    layer: Descriptor
-    """The delta layer (the bytes to download)."""
-    algorithm: DeltaAlgorithm
-    """Its kind, from the layer's media type; may be one that was not accepted (the server
-    falls back to bsdiff): the caller checks."""
-
-    @property
-    def manifest_ref(self) -> Reference:
-        """The delta manifest (``delta_image``)."""
-        return self.response.delta_ref
-
-
-# --- auth ------------------------------------------------------------------
-
-
-class AuthProvider(Protocol):
-    """Supplies the ``Authorization`` header value for a registry host, or ``None``."""
-
-    def authorization(self, registry: str) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class BearerAuth:
-    """``Authorization: Bearer <token>``."""
-
-    token: str
-
-    def authorization(self, registry: str) -> str | None:
-        return f"Bearer {self.token}"
-
-    def __repr__(self) -> str:
-        return "BearerAuth(token=***)"
-
-
-@dataclass(frozen=True)
-class BasicAuth:
-    """``Authorization: Basic base64(user:password)``."""
-
-    username: str
-    password: str
-
-    def authorization(self, registry: str) -> str | None:
-        return basic_header(self.username, self.password)
-
-    def __repr__(self) -> str:
-        return f"BasicAuth(username={self.username!r}, password=***)"
-
-
-AuthArg = AuthProvider | tuple[str, str] | None
-
-
-def _as_provider(auth: AuthArg) -> AuthProvider | None:
-    if auth is None:
-        return None
-    if isinstance(auth, tuple):
-        user, password = auth
-        return BasicAuth(user, password)
-    return auth
 
 
 class ContentFetcher(Protocol):
@@ -379,7 +179,7 @@ class EdgeClient:
         if ca_file is not None and insecure:
             raise InvalidArgumentError("a CA file and insecure TLS contradict each other")
         self.allow_http = allow_http
-        self.auth = _as_provider(auth)
+        self.auth = as_provider(auth)
         self.backoff = backoff
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
@@ -608,7 +408,7 @@ class EdgeClient:
         is not sent to the registry.
         """
         if self._registry is None:
-            from .registry_client import RegistryClient  # the registry layer, built on demand
+            from ..registry_client import RegistryClient  # the registry layer, built on demand
 
             credentials: tuple[str, str] | None = None
             configs: list[str] = []
@@ -706,75 +506,6 @@ class _ClosingVerifyingReader(VerifyingReader):
             super().close()
 
 
-def check_response(response: ReadDeltaResponse, from_ref: Reference, to_ref: Reference) -> None:
-    """Check a 200 answer against the request: same repository, same target digest when asked by digest."""
-    for field, ref in (("target_image", response.target_ref), ("delta_image", response.delta_ref)):
-        if not ref.same_repository(to_ref):
-            raise DeltaManifestError(
-                f"server answered {field} {ref} outside the requested repository {to_ref.name}"
-            )
-    if to_ref.digest is not None and response.target_ref.digest != to_ref.digest:
-        raise DeltaManifestError(
-            f"server answered target {response.target_ref.digest}, requested {to_ref.digest}"
-        )
-    if response.delta_ref.digest in (from_ref.digest, response.target_ref.digest):
-        raise DeltaManifestError("server named an image itself as the delta")
-
-
-def check_delta_manifest(
-    body: bytes, content_type: str, response: ReadDeltaResponse, from_ref: Reference
-) -> tuple[Descriptor, DeltaAlgorithm]:
-    """Check a delta manifest and return its layer's descriptor and algorithm.
-
-    The manifest passes :func:`doras_oras.schemas.parse_manifest` as an image
-    manifest of the digest ``response.delta_image`` names
-    (:class:`~doras_oras.errors.DigestMismatchError`, schema and media type
-    errors); then :class:`DeltaManifestError` for a placeholder, a delta for other
-    images, not exactly one layer, or an unknown layer media type.
-    """
-    digest = response.delta_ref.digest
-    assert digest is not None
-    expected = Descriptor(OCI_MANIFEST, digest, len(body))
-    parsed = schemas.parse_manifest(body, content_type, expected=expected, what="delta manifest",
-                                    kind="manifest")
-    manifest = parsed.document
-    annotations: Mapping[str, str] = manifest.get("annotations", {})
-    if annotations.get(ANNOTATION_DELTA_DUMMY, "").lower() == "true":
-        raise DeltaManifestError(
-            f"{response.delta_image} is the placeholder the server stores while building, not a delta"
-        )
-    _check_annotation(annotations, ANNOTATION_DELTA_FROM, from_ref.digest)
-    _check_annotation(annotations, ANNOTATION_DELTA_TO, response.target_ref.digest)
-    layers = manifest["layers"]
-    if len(layers) != 1:
-        raise DeltaManifestError(f"delta manifest has {len(layers)} layers, expected exactly 1")
-    try:
-        descriptor = Descriptor.from_json(layers[0])
-    except (ValueError, TypeError) as exc:
-        raise DeltaManifestError(f"delta manifest layer: {exc}") from exc
-    try:
-        algorithm = DeltaAlgorithm.from_media_type(descriptor.media_type)
-    except UnsupportedAlgorithmError as exc:
-        raise DeltaManifestError(f"delta manifest layer: {exc}") from exc
-    return descriptor, algorithm
-
-
-def _check_annotation(annotations: Mapping[str, str], key: str, digest: str | None) -> None:
-    value = annotations.get(key)
-    if value is None:
-        raise DeltaManifestError(f"delta manifest lacks the annotation {key}")
-    try:
-        ref = Reference.parse(value)
-    except InvalidReferenceError as exc:
-        raise DeltaManifestError(f"delta manifest annotation {key}: {exc}") from exc
-    if ref.digest != digest:
-        raise DeltaManifestError(
-            f"delta manifest is for other images: {key} is {value[:200]!r}, expected digest {digest}"
-        )
-
-
-# --- helpers ------------------------------------------------------------------
-
 
 def _as_reference(value: Reference | str, what: str) -> Reference:
     if isinstance(value, ImageRef):
@@ -794,33 +525,3 @@ def _declared_length(resp: requests.Response) -> int | None:
     return int(value)
 
 
-def _field(value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return shorten(value, 1000)
-    return shorten(json.dumps(value, sort_keys=True), 1000)
-
-
-def parse_error_body(data: bytes) -> tuple[str, str | None] | None:
-    """``(message, context)`` from ``{"error": {...}}`` or RFC 9457 problem details, else ``None``."""
-    try:
-        obj: Any = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    error = obj.get("error")
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return shorten(error["message"], 1000), _field(error.get("context"))
-    if isinstance(error, str):
-        return shorten(error, 1000), None
-    title, detail = obj.get("title"), obj.get("detail")
-    if isinstance(title, str) or isinstance(detail, str):
-        message = title if isinstance(title, str) and title else str(detail)
-        context = detail if isinstance(detail, str) and message != detail else None
-        instance = obj.get("instance")
-        if context is None and isinstance(instance, str):
-            context = instance
-        return shorten(message, 1000), _field(context)
-    return None
