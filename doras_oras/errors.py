@@ -42,7 +42,19 @@ translated at the module boundary that meets them, with the original kept as
     │   ├── IncompatibleArtifactsError message "artifacts are not compatible" (any status; 406 too)
     │   └── ServerError                5xx and any other status
     ├── ImagesIdenticalError           204: from and to are the same image
-    └── BackoffExhausted               a polling loop ran out of attempts or time
+    ├── BackoffExhausted               a polling loop ran out of attempts or time
+    └── TrustError                     signature verification refused the artifact (CLI exit 5)
+        ├── SignatureNotFoundError     no signature manifest for the digest (tag, referrers)
+        ├── MalformedSignatureError    a signature manifest, layer, payload or index is unusable
+        ├── SignatureLimitError        a cap was hit (referrer entries, blob over 1 MiB, ...)
+        ├── SignatureInvalidError      signatures found, none verifies with the trusted keys
+        ├── AnnotationMismatchError    a verified payload lacks a required optional annotation
+        ├── PayloadMismatchError       a verified payload names another digest, repository or type
+        ├── UntrustedRepositoryError   the trust policy has no rule for the repository
+        └── TrustConfigError           a key file or trust policy file is unusable
+
+A :class:`TrustError` is never a reason to fall back: no code path may catch
+it and continue without verification (docs/trust.md).
 """
 
 from __future__ import annotations
@@ -215,3 +227,67 @@ class ImagesIdenticalError(DorasOrasError):
 
 class BackoffExhausted(DorasOrasError):
     """A polling loop ran out of attempts or time."""
+
+
+class TrustError(DorasOrasError):
+    """Signature verification refused the artifact; nothing may be downloaded or applied.
+
+    ``reason`` is a short machine-readable word (``not-found``, ``malformed``,
+    ``limit``, ``bad-signature``, ``annotation``, ``payload``, ``untrusted``,
+    ``config``); the message names what was wrong. The CLI exits with code 5.
+    """
+
+    reason = "trust"
+
+    def __init__(self, message: str, *, failures: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failures = failures
+        """One line per signature candidate that was tried and why it failed."""
+
+
+class SignatureNotFoundError(TrustError):
+    """No signature manifest exists for the digest (legacy tag, referrers API or tag)."""
+
+    reason = "not-found"
+
+
+class MalformedSignatureError(TrustError):
+    """A signature manifest, simple-signing layer, payload or referrers index is unusable."""
+
+    reason = "malformed"
+
+
+class SignatureLimitError(TrustError):
+    """A trust cap was hit: too many referrers or signatures, a blob or manifest over its cap."""
+
+    reason = "limit"
+
+
+class SignatureInvalidError(TrustError):
+    """Signatures were found but none verifies with any of the trusted keys."""
+
+    reason = "bad-signature"
+
+
+class AnnotationMismatchError(TrustError):
+    """A signature verified, but its payload lacks a required ``optional`` annotation."""
+
+    reason = "annotation"
+
+
+class PayloadMismatchError(TrustError):
+    """A signature verified, but its payload names another digest, repository or type."""
+
+    reason = "payload"
+
+
+class UntrustedRepositoryError(TrustError):
+    """The trust policy names no rule for the repository (deny unless listed)."""
+
+    reason = "untrusted"
+
+
+class TrustConfigError(TrustError):
+    """A public key file or trust policy file cannot be used."""
+
+    reason = "config"

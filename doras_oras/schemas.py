@@ -5,7 +5,8 @@ source); ``doras_oras/_schemas`` is a symbolic link to it so that the files
 ship inside the installed package. Kinds:
 
 ``descriptor``, ``manifest``, ``index``, ``oci-layout``,
-``delta-response`` (Doras 200 body), ``doras-error`` (Doras error bodies).
+``delta-response`` (Doras 200 body), ``doras-error`` (Doras error bodies),
+``trust-policy`` (the ``--trust-policy`` file, docs/trust.md).
 
 :func:`validate` raises :class:`SchemaValidationError` naming the field
 (``layers[0].digest``). :func:`parse_manifest` is the one gate every manifest
@@ -56,6 +57,7 @@ KINDS: dict[str, str] = {
     "oci-layout": "oci-layout.json",
     "delta-response": "doras-delta-response.json",
     "doras-error": "doras-error.json",
+    "trust-policy": "trust-policy.json",
 }
 
 _BASE_URI = "https://doras-oras.invalid/schemas/"

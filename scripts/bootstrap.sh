@@ -3,7 +3,7 @@
 # fresh Debian machine (run as root). Idempotent: a second run is quick.
 #   - Debian packages: docker-registry (CNCF distribution), skopeo, umoci,
 #     bsdiff/bspatch, openssl, apache2-utils (htpasswd), iproute2
-#   - the oras CLI v1.3.6 into .tools/bin (git-ignored)
+#   - the oras CLI v1.3.6 and cosign v2.6.5 into .tools/bin (git-ignored)
 #   - a virtualenv in .venv (git-ignored) with doras-oras and its test extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,11 @@ if [ ! -x .tools/bin/oras ] || ! .tools/bin/oras version 2>/dev/null | grep 'Ver
   log "go install oras.land/oras/cmd/oras@v1.3.6"
   GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod go install oras.land/oras/cmd/oras@v1.3.6 >&2
 fi
+# cosign (signing and the reference verifier of the trust tests, docs/trust.md)
+if [ ! -x .tools/bin/cosign ] || ! .tools/bin/cosign version 2>/dev/null | grep 'GitVersion: *v2.6.5$' >/dev/null; then
+  log "go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 (takes minutes)"
+  GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 >&2
+fi
 
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
@@ -39,4 +44,4 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
-log "ready: .venv/bin/python, .tools/bin/oras"
+log "ready: .venv/bin/python, .tools/bin/oras, .tools/bin/cosign"

@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "reference", "descriptor", "algorithms", "redact", "urls", "platforms", "plan", "backoff",
      "_writeback", "verify", "schemas"),
     ("codecs",),
-    ("layout", "budget"),
+    ("layout", "budget", "trust"),
     ("transport", "auth"),
     ("registry_client", "extract"),
     ("edgeapi",),
