@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plan as _plan
+from . import schemas
 from .algorithms import check_algorithm_names
 from .budget import DownloadBudget, check_max_size
 from .codecs import apply_delta
@@ -272,6 +273,7 @@ def pull_delta(
     ``"full"`` or ``"pending"``. Bad arguments raise :class:`InvalidArgumentError` before
     anything is sent.
     """
+    schemas.warm_up()  # compile the validators while the first requests travel
     client = registry_client_of(registry)
     if on_timeout not in (STATUS_FULL, STATUS_PENDING):
         raise InvalidArgumentError("on_timeout must be 'full' or 'pending'")

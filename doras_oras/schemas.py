@@ -16,16 +16,15 @@ descriptor, ``mediaType`` against Content-Type, schema, manifest XOR index.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-import jsonschema
-from referencing import Registry, Resource
 
 from .descriptor import (
     INDEX_MEDIA_TYPES,
@@ -72,26 +71,69 @@ def schema_dir() -> Path:
     raise DorasOrasError("doras-oras schemas not found (expected doras_oras/_schemas/*.json)")
 
 
+_compiled: dict[str, Any] = {}
+_compile_lock = threading.Lock()
+_warming = False
+
+
+def _jsonschema() -> Any:
+    """``jsonschema``, imported on first use (~70 ms on a small device: not paid before the first request)."""
+    import jsonschema
+
+    return jsonschema
+
+
 @lru_cache(maxsize=1)
-def _registry() -> Registry:
+def _registry() -> Any:
+    from referencing import Registry, Resource
+
     resources = []
     directory = schema_dir()
     for name in sorted(set(KINDS.values())):
         contents = json.loads((directory / name).read_text(encoding="utf-8"))
         resources.append((_BASE_URI + name, Resource.from_contents(contents)))
-    registry: Registry = Registry().with_resources(resources)
-    return registry
+    return Registry().with_resources(resources)
 
 
-@cache
+def warm_up(kinds: Iterable[str] = ("index", "manifest")) -> None:
+    """Import jsonschema and compile the validators of ``kinds`` in a background thread.
+
+    A pull calls this before its first request: the work then overlaps the wait
+    for the network (the import and the compilation happen once per process; a
+    validation that comes first simply waits for them).
+    """
+    global _warming
+    with _compile_lock:
+        if _warming:
+            return
+        _warming = True
+
+    def compile_them() -> None:
+        with contextlib.suppress(Exception):  # any failure shows again, in the caller's thread
+            for kind in kinds:
+                _validator(kind)
+
+    threading.Thread(target=compile_them, name="doras-oras-schemas", daemon=True).start()
+
+
+
+
 def _validator(kind: str) -> Any:
+    """The compiled validator of ``kind``, made once per process (thread-safe)."""
     # The schemas are checked against their metaschema by the tests
     # (tests/test_schemas.py), not in every process: that check costs ~15 ms of start-up.
+    validator = _compiled.get(kind)
+    if validator is not None:
+        return validator
     if kind not in KINDS:
         raise InvalidArgumentError(f"unknown schema kind {kind!r}; known: {', '.join(sorted(KINDS))}")
-    schema = _registry().contents(_BASE_URI + KINDS[kind])
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, registry=_registry(), format_checker=None)
+    with _compile_lock:
+        validator = _compiled.get(kind)
+        if validator is None:
+            schema = _registry().contents(_BASE_URI + KINDS[kind])
+            cls = _jsonschema().validators.validator_for(schema)
+            validator = _compiled[kind] = cls(schema, registry=_registry(), format_checker=None)
+    return validator
 
 
 def check_schemas() -> None:
@@ -119,17 +161,24 @@ def field_path(parts: Iterable[str | int]) -> str:
 
 def _deepest(error: Any) -> Any:
     # For oneOf/anyOf failures, point at the most specific sub-error.
-    best = jsonschema.exceptions.best_match([error])
+    best_match = _jsonschema().exceptions.best_match
+    best = best_match([error])
     while best.context:
-        nxt = jsonschema.exceptions.best_match(best.context)
+        nxt = best_match(best.context)
         if nxt is None or len(nxt.absolute_path) < len(best.absolute_path):
             break
         best = nxt
     return best
 
 
+#: Documents so common that they are checked by equality, without the validator.
+_KNOWN_VALID = {"oci-layout": ({"imageLayoutVersion": "1.0.0"},)}
+
+
 def validate(document: Any, kind: str) -> None:
     """Raise :class:`SchemaValidationError` (naming the field) unless ``document`` is a valid ``kind``."""
+    if document in _KNOWN_VALID.get(kind, ()):
+        return  # the one valid oci-layout file: no need to load the validator to say so
     validator = _validator(kind)
     errors = sorted(validator.iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if not errors:

@@ -275,3 +275,40 @@ def test_registry_skopeo_and_oras_documents_validate(oci_registry: RegistryServe
                 schemas.parse_manifest(data, doc["mediaType"])
                 checked += 1
     assert checked >= 2 + 3 + 1
+
+
+def test_jsonschema_is_loaded_only_when_a_document_needs_it() -> None:
+    """Start-up of the command pays no validator: jsonschema loads at the first validation
+    (or in the background from ``warm_up``), and the one valid oci-layout file needs none."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, time
+import doras_oras.cli.main
+from doras_oras import schemas
+assert "jsonschema" not in sys.modules, "loaded at import"
+schemas.validate({"imageLayoutVersion": "1.0.0"}, "oci-layout")
+assert "jsonschema" not in sys.modules, "loaded for the common oci-layout"
+try:
+    schemas.validate({"imageLayoutVersion": "2.0.0"}, "oci-layout")
+except schemas.SchemaValidationError as exc:
+    print("refused:", exc)
+assert "jsonschema" in sys.modules
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "refused: invalid oci-layout: imageLayoutVersion" in out.stdout
+
+    warm = """
+import sys, time
+from doras_oras import schemas
+schemas.warm_up()
+deadline = time.monotonic() + 30
+while not {"index", "manifest"} <= set(schemas._compiled) and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(sorted(schemas._compiled))
+"""
+    out = subprocess.run([sys.executable, "-c", warm], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['index', 'manifest']"

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from .. import schemas
 from ..errors import InvalidArgumentError
 from ..extract import extract_image
 from ..layout import OCILayout
@@ -110,6 +111,7 @@ def _progress() -> Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    schemas.warm_up()  # the validators compile while the arguments are checked and the first request travels
     ref = Reference.parse(args.reference)
     from_ref = Reference.parse(args.from_ref) if args.from_ref else None
     if from_ref is not None and not from_ref.same_repository(ref):
