@@ -21,7 +21,6 @@ import requests
 from doras_oras import errors
 from doras_oras.layout import OCILayout
 from doras_oras.pull import pull_delta
-from doras_oras.reference import Reference
 from doras_oras.registry_client import RegistryClient
 from doras_oras.testing.registry import find_tool
 from doras_oras.trust import Requirement, load_public_key, signature_tag
@@ -72,7 +71,7 @@ def sig_blob(registry_url: str, repo: str, digest: str) -> bytes:
 
 def test_signed_delta_pull_of_a_file_costs_two_requests_and_keeps_the_signature(bed: TrustBed,
                                                                                 tmp_path: Path) -> None:
-    repo, v1, v2 = versions(bed, "delta-file")
+    repo, _v1, v2 = versions(bed, "delta-file")
     layout = pulled_v1(bed, repo, tmp_path)
     bed.proxy.reset_counters()
     proc = bed.pull_cli(f"{bed.host}/{repo}:v2", layout, "--verify-key", str(bed.key.public_path))
@@ -130,7 +129,7 @@ def test_signed_delta_of_a_directory_is_rewritten_and_still_verifies_offline(bed
 
 
 def test_signed_full_pull_of_a_referrer_is_stored_as_oras_copy_r_stores_it(bed: TrustBed, tmp_path: Path) -> None:
-    repo, v1, _ = versions(bed, "full-referrer", size=50_000, mode="referrers")
+    repo, _v1, _ = versions(bed, "full-referrer", size=50_000, mode="referrers")
     layout = tmp_path / "L"
     proc = bed.pull_cli(f"{bed.host}/{repo}:v1", layout, "--verify-key", str(bed.key.public_path), server=False)
     assert proc.returncode == 0, proc.stderr
@@ -175,7 +174,7 @@ def test_an_index_is_verified_by_its_digest_then_the_platform_manifest_through_i
 def test_the_python_api_reports_the_key_and_pull_full_verifies_too(bed: TrustBed, tmp_path: Path) -> None:
     from doras_oras.full import pull_full
 
-    repo, v1, v2 = versions(bed, "api", size=20_000)
+    repo, v1, _v2 = versions(bed, "api", size=20_000)
     with RegistryClient(plain_http=True) as client:
         layout = OCILayout.open(tmp_path / "L")
         full = pull_full(client, f"{bed.host}/{repo}:v1", layout, verify=keys(bed))
@@ -265,7 +264,7 @@ def test_refused_before_any_delta_download_or_write(bed: TrustBed, tmp_path: Pat
 
 def test_a_transport_error_while_reading_signatures_fails_the_pull_without_fallback(bed: TrustBed,
                                                                                     tmp_path: Path) -> None:
-    repo, v1, v2 = versions(bed, "transport")
+    repo, _v1, _v2 = versions(bed, "transport")
     layout = pulled_v1(bed, repo, tmp_path)
     before = layout_state(layout)
     asked = bed.server.delta_requests
@@ -289,7 +288,7 @@ def test_a_transport_error_while_reading_signatures_fails_the_pull_without_fallb
 
 
 def test_fallbacks_install_exactly_the_verified_digest(bed: TrustBed, tmp_path: Path) -> None:
-    repo, v1, v2 = versions(bed, "fallback")
+    repo, _, v2 = versions(bed, "fallback")
     layout = pulled_v1(bed, repo, tmp_path)
     # the server is down: a full pull, of the verified digest, with its signature kept
     down = bed.pull_cli(f"{bed.host}/{repo}:v2", layout, "--verify-key", str(bed.key.public_path),
@@ -299,7 +298,7 @@ def test_fallbacks_install_exactly_the_verified_digest(bed: TrustBed, tmp_path: 
     assert (result["status"], result["reason_code"], result["stored_digest"]) == ("full", "server-unreachable", v2)
     assert result["trust"]["signature"]["digest"] == v2
     # the tag moves to an unsigned digest while the server builds; the fallback installs what was verified
-    repo, v1, v2 = versions(bed, "fallback-moved")
+    repo, _v1, v2 = versions(bed, "fallback-moved")
     layout = pulled_v1(bed, repo, tmp_path / "second")
     from tests.trust_pull_support import ProxiedDoras
 
@@ -323,7 +322,7 @@ def test_fallbacks_install_exactly_the_verified_digest(bed: TrustBed, tmp_path: 
 
 def test_up_to_date_is_checked_against_the_stored_signature_without_a_request(bed: TrustBed,
                                                                               tmp_path: Path) -> None:
-    repo, v1, _ = versions(bed, "uptodate", size=20_000)
+    repo, _v1, _ = versions(bed, "uptodate", size=20_000)
     layout = pulled_v1(bed, repo, tmp_path)
     bed.proxy.reset_counters()
     again = bed.pull_cli(f"{bed.host}/{repo}:v1", layout, "--verify-key", str(bed.key.public_path))
@@ -488,9 +487,8 @@ def test_gc_keeps_signatures_with_their_images(bed: TrustBed, tmp_path: Path) ->
 
 def test_the_reference_for_verification_is_the_resolved_digest(bed: TrustBed, tmp_path: Path) -> None:
     """A pull by digest verifies that digest; by tag, the digest the tag resolves to right then."""
-    repo, v1, v2 = versions(bed, "by-digest", size=10_000)
+    repo, v1, _v2 = versions(bed, "by-digest", size=10_000)
     proc = bed.pull_cli(f"{bed.host}/{repo}@{v1}", tmp_path / "L", "--verify-key", str(bed.key.public_path),
                         server=False)
     assert proc.returncode == 0, proc.stderr
     assert one_json(proc)["trust"]["signature"]["digest"] == v1
-    assert Reference.parse(f"{bed.host}/{repo}@{v1}").digest == v1
