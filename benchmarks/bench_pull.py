@@ -572,12 +572,18 @@ def main() -> None:
         for link, rate in links:
             bed.set_rate(rate)
             for case in cases:
-                for tool in tools:
-                    if (rate and not tool.startswith("ours-delta") and case.size > args.slow_full_max_mib * MiB):
-                        continue
-                    timeout = 120 + (case.size / rate * 1.5 if rate else 60)
-                    reps = args.repeat if (not rate or tool.startswith("ours-delta")) else 1
-                    rows.append(combine([run_tool(bed, case, tool, link, timeout) for _ in range(reps)]))
+                chosen = [t for t in tools
+                          if not (rate and not t.startswith("ours-delta") and case.size > args.slow_full_max_mib * MiB)]
+                timeout = 120 + (case.size / rate * 1.5 if rate else 60)
+                reps = {t: args.repeat if (not rate or t.startswith("ours-delta")) else 1 for t in chosen}
+                runs: dict[str, list[Row]] = {t: [] for t in chosen}
+                # repeats interleaved (tool A, B, C, A, B, C, ...): a drift of the machine's load
+                # shows in every tool's spread instead of biasing one tool's median
+                for rep in range(max(reps.values(), default=0)):
+                    for tool in chosen:
+                        if rep < reps[tool]:
+                            runs[tool].append(run_tool(bed, case, tool, link, timeout))
+                rows.extend(combine(runs[tool]) for tool in chosen)
         if bed.doras.builds != builds_before:
             raise SystemExit("the server built deltas during the timed runs")
     total = time.perf_counter() - started
