@@ -84,3 +84,20 @@ def test_the_documented_script_installs_signed_updates_only(oci_registry: Regist
     assert image.source_digest == v2
     check_layout(tmp_path / "oci", "stable")
     assert run_script().returncode == 5  # and stays refused until a signed version comes
+
+
+def test_the_documented_policy_is_valid(signing_key: SigningKey, tmp_path: Path) -> None:
+    from doras_oras.reference import Reference
+    from doras_oras.trust import parse_policy
+
+    text = (REPO_ROOT / "docs" / "quickstart.md").read_text()
+    match = re.search(r"A fleet ships a trust policy.*?```json\n(.*?)```", text, re.S)
+    assert match is not None
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "release.pub").write_bytes(signing_key.public_path.read_bytes())
+    import json
+
+    policy = parse_policy(json.loads(match.group(1)), base_dir=tmp_path)
+    fleet = policy.requirement_for(Reference.parse("registry.example:5000/fleet/firmware:v2"))
+    assert fleet.required and fleet.keys[0].identity.name == "release.pub"
+    assert not policy.requirement_for(Reference.parse("registry.example:5000/tools/jq:1")).required
