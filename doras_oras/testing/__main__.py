@@ -38,9 +38,9 @@ from typing import Any
 
 import requests
 
+from ..trust import parse_annotation
 from .registry import RegistryServer, find_tool
 from .server import DorasServer
-from ..trust import parse_annotation
 from .signing import MODES, SigningKey, sign
 
 log = logging.getLogger("doras_oras.testing")
