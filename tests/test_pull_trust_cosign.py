@@ -211,6 +211,14 @@ def case_payload_changed_in_the_registry_storage(e: Env) -> Case:
     return Case(f"{e.bed.host}/{repo}:v2", e.keys.a.public, False, error="MalformedSignatureError", layout=layout)
 
 
+def case_signature_layer_lost_its_annotation(e: Env) -> Case:
+    repo, _, v2, layout = _file_versions(e, "no-annotation", sign="a")
+    document = json.loads(get_manifest(e.bed.registry.url, repo, signature_tag(v2))[0])
+    del document["layers"][0]["annotations"]
+    put_manifest(e.bed.registry.url, repo, signature_tag(v2), json.dumps(document).encode(), OCI_MANIFEST)
+    return Case(f"{e.bed.host}/{repo}:v2", e.keys.a.public, False, error="MalformedSignatureError", layout=layout)
+
+
 CASES: dict[str, Callable[[Env], Case]] = {
     name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_") and callable(fn)
 }
