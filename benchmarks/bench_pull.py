@@ -20,10 +20,15 @@ Each tool pulls v2 into a copy of a layout already holding v1, in a child
 process (wall time and peak RSS from ``wait4`` of a small launcher): our
 delta pull (``doras-oras pull --server``; ``ours-delta`` without numpy, as the
 runtime dependencies install it, ``ours-delta+np`` with the test extra's
-numpy allowed), our full pull (no ``--server``),
+numpy allowed, ``ours-delta+verify`` as ``ours-delta`` with ``--verify-key``:
+v2 carries a cosign signature made by the test bed's signer, legacy tag
+scheme), our full pull (no ``--server``),
 oras-py ``Layout.pull_from_registry``, ``skopeo copy`` and ``oras copy
 --to-oci-layout``. Bytes are the response bodies counted by the proxies
-(registry + Doras server). Each result is checked (the v2 layer is in the layout).
+(registry + Doras server), requests are counted by the proxies too. Each
+result is checked (the v2 layer is in the layout). The ``trust`` part of the
+report is what verification adds: ``ours-delta+verify`` minus ``ours-delta``
+in requests, bytes and wall time (medians, with their spreads, with ``--repeat``).
 ``--quick`` runs small sizes (for CI).
 """
 
@@ -68,6 +73,7 @@ from doras_oras.testing.bsdiff_build import go_patch_frame  # noqa: E402
 from doras_oras.testing.faultproxy import FaultProxy  # noqa: E402
 from doras_oras.testing.registry import RegistryServer, find_tool  # noqa: E402
 from doras_oras.testing.server import Algorithm, DorasServer, delta_tag, pack_manifest  # noqa: E402
+from doras_oras.testing.signing import SigningKey, sign  # noqa: E402
 
 MiB = 1 << 20
 RSS_TARGET = 64 * MiB
@@ -79,7 +85,7 @@ GO_FACTS: dict[str, dict[str, Any]] = {
     "bin256": {"wall_loopback_s": 3.11, "rss_mb": (868, 868)},
 }
 
-TOOLS = ("ours-delta", "ours-delta+np", "ours-full", "oras-py", "skopeo", "oras-cli")
+TOOLS = ("ours-delta", "ours-delta+np", "ours-delta+verify", "ours-full", "oras-py", "skopeo", "oras-cli")
 
 
 # --------------------------------------------------------------------------- data
@@ -185,6 +191,7 @@ class Bed:
     doras: BenchDoras
     doras_proxy: FaultProxy
     work: Path
+    key: SigningKey
 
     @property
     def host(self) -> str:
@@ -207,6 +214,10 @@ class Bed:
             proxy.wait_idle(60)
         return self.reg_proxy.bytes_sent() + self.doras_proxy.bytes_sent()
 
+    def requests(self) -> int:
+        """Requests the client sent to the registry and the Doras server since the last reset."""
+        return len(self.reg_proxy.requests()) + len(self.doras_proxy.requests())
+
 
 @contextmanager
 def test_bed(work: Path) -> Iterator[Bed]:
@@ -215,7 +226,7 @@ def test_bed(work: Path) -> Iterator[Bed]:
         reg_proxy = stack.enter_context(FaultProxy(registry.url))
         doras = stack.enter_context(BenchDoras(registry.url, reg_proxy.host))
         doras_proxy = stack.enter_context(FaultProxy(doras.url))
-        yield Bed(registry, reg_proxy, doras, doras_proxy, work)
+        yield Bed(registry, reg_proxy, doras, doras_proxy, work, SigningKey.generate(work / "signing-key"))
 
 
 def oras_push(ref: str, directory: Path, name: str) -> None:
@@ -287,6 +298,8 @@ class Row:
     peak_rss: int
     detail: str = ""
     walls: list[float] = field(default_factory=list)
+    requests: int = 0
+    """Requests sent to the registry and the Doras server (the largest count when repeated)."""
     """Every run's wall time when repeated (``wall_s`` is then their median)."""
 
 
@@ -307,6 +320,8 @@ def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: 
         oras_push(f"{bed.registry.host}/{case.repo}:v2", t2.parent, t2.name)
     case.v1_digest, _ = manifest_of(bed, case.repo, "v1")
     case.v2_digest, v2_manifest = manifest_of(bed, case.repo, "v2")
+    # as cosign sign --key --tlog-upload=false would, for the name clients pull under (the proxy's)
+    sign(bed.registry.url, case.repo, case.v2_digest, bed.key, docker_reference=f"{bed.host}/{case.repo}")
     case.v2_layer = v2_manifest["layers"][0]
     case.size = int(case.v2_layer["size"])
     if kind == "bin":
@@ -339,9 +354,10 @@ def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: 
 def tool_argv(tool: str, bed: Bed, case: Case, layout: Path) -> list[str]:
     ref = f"{bed.host}/{case.repo}:v2"
     py = sys.executable
-    if tool in ("ours-delta", "ours-delta+np"):
+    if tool in ("ours-delta", "ours-delta+np", "ours-delta+verify"):
+        verify = ["--verify-key", str(bed.key.public_path)] if tool == "ours-delta+verify" else []
         return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http",
-                "--server", bed.doras_proxy.url, "--json"]
+                "--server", bed.doras_proxy.url, "--json", *verify]
     if tool == "ours-full":
         return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http", "--json"]
     if tool == "oras-py":
@@ -364,6 +380,8 @@ def check_result(tool: str, case: Case, layout: Path, output: Path) -> str:
             return f"full; {result['blobs_fetched']} blob(s) fetched"
         if result["status"] != "delta" or result["to_digest"] != case.v2_digest:
             raise RuntimeError(f"{tool} on {case.name}: {result}")
+        if (tool == "ours-delta+verify") != bool(result.get("trust")):
+            raise RuntimeError(f"{tool} on {case.name}: trust {result.get('trust')}")
         what = f"{result['status']} {result['algorithm'] or ''}".strip()
         return f"{what}; pull_delta {result['duration_s']:.2f} s"
     blob = layout / "blobs" / "sha256" / case.v2_layer["digest"].split(":", 1)[1]
@@ -385,15 +403,16 @@ def run_tool(bed: Bed, case: Case, tool: str, link: str, timeout_s: float) -> Ro
     # installed on a device, without it; "ours-delta+np" lets the applier use numpy.
     env = dict(os.environ)
     env.pop("DORAS_ORAS_NO_NUMPY", None)
-    if tool != "ours-delta+np":
+    if tool != "ours-delta+np":  # ours-delta+verify runs as ours-delta does, plus the verification
         env["DORAS_ORAS_NO_NUMPY"] = "1"
     bed.reset()
     wall, rss = run_child(tool_argv(tool, bed, case, layout), output=output, env=env, timeout_s=timeout_s)
     received = bed.received()
+    sent = bed.requests()
     detail = check_result(tool, case, layout, output)
     shutil.rmtree(layout)
-    row = Row(case.name, link, tool, received, round(wall, 3), rss, detail)
-    print(f"# {case.name:<7} {link:<9} {tool:<13} {received:>12,} B {wall:8.2f} s "
+    row = Row(case.name, link, tool, received, round(wall, 3), rss, detail, requests=sent)
+    print(f"# {case.name:<7} {link:<9} {tool:<17} {received:>12,} B {sent:>4} req {wall:8.2f} s "
           f"{rss / MiB:7.1f} MiB  {detail}", file=sys.stderr, flush=True)
     return row
 
@@ -405,7 +424,7 @@ def combine(runs: list[Row]) -> Row:
     first = runs[0]
     return Row(first.case, first.link, first.tool, max(r.bytes_received for r in runs),
                round(statistics.median(r.wall_s for r in runs), 3), max(r.peak_rss for r in runs),
-               first.detail, [r.wall_s for r in runs])
+               first.detail, [r.wall_s for r in runs], max(r.requests for r in runs))
 
 
 # --------------------------------------------------------------------------- report
@@ -422,6 +441,28 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
                     "bytes_x": round(row.bytes_received / max(1, ours.bytes_received), 1),
                     "time_x": round(row.wall_s / ours.wall_s, 2),
                     "rss_x": round(row.peak_rss / ours.peak_rss, 2)})
+    return out
+
+
+def trust_overhead(rows: list[Row]) -> list[dict[str, Any]]:
+    """What ``--verify-key`` adds to our delta pull, per case and link: requests, bytes, wall time.
+
+    ``noise_s``: the spread (max - min) of the unverified pull's repeated wall times; a time
+    difference within it is noise.
+    """
+    out = []
+    for row in rows:
+        if row.tool != "ours-delta+verify":
+            continue
+        plain = next(r for r in rows if (r.case, r.link, r.tool) == (row.case, row.link, "ours-delta"))
+        noise = round(max(plain.walls) - min(plain.walls), 3) if plain.walls else None
+        out.append({"case": row.case, "link": row.link,
+                    "extra_requests": row.requests - plain.requests,
+                    "extra_bytes": row.bytes_received - plain.bytes_received,
+                    "plain_s": plain.wall_s, "verified_s": row.wall_s,
+                    "extra_s": round(row.wall_s - plain.wall_s, 3), "noise_s": noise,
+                    "target_met": row.requests - plain.requests <= 2
+                    and row.bytes_received - plain.bytes_received <= 3000})
     return out
 
 
@@ -446,16 +487,21 @@ def go_comparison(rows: list[Row]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[Row], cases: list[dict[str, Any]]) -> None:
-    print(f"{'case':<8}{'link':<10}{'tool':<14}{'bytes recv':>14}{'wall s':>9}{'peak RSS MiB':>14}"
+    print(f"{'case':<8}{'link':<10}{'tool':<18}{'bytes recv':>14}{'req':>5}{'wall s':>9}{'peak RSS MiB':>14}"
           f"{'bytes x':>10}{'time x':>9}{'RSS x':>8}  what")
     rat = {(r["case"], r["link"], r["vs"]): r for r in ratios(rows)}
     for row in rows:
         r = rat.get((row.case, row.link, row.tool))
         tail = (f"{r['bytes_x']:>10}{r['time_x']:>9}{r['rss_x']:>8}" if r else f"{'1':>10}{'1':>9}{'1':>8}")
         spread = f" ({min(row.walls):.2f}-{max(row.walls):.2f} s, n={len(row.walls)})" if row.walls else ""
-        print(f"{row.case:<8}{row.link:<10}{row.tool:<14}{row.bytes_received:>14,}{row.wall_s:>9.2f}"
-              f"{row.peak_rss / MiB:>14.1f}{tail}  {row.detail}{spread}")
+        print(f"{row.case:<8}{row.link:<10}{row.tool:<18}{row.bytes_received:>14,}{row.requests:>5}"
+              f"{row.wall_s:>9.2f}{row.peak_rss / MiB:>14.1f}{tail}  {row.detail}{spread}")
     print("# x: the alternative's figure over our delta pull's (bytes x 1000 = a thousand times more)")
+    for t in trust_overhead(rows):
+        noise = "n/a" if t["noise_s"] is None else f"{t['noise_s']:.2f} s"
+        print(f"# trust, {t['case']} {t['link']}: --verify-key adds {t['extra_requests']} request(s), "
+              f"{t['extra_bytes']:,} B, {t['extra_s']:+.2f} s ({t['plain_s']:.2f} -> {t['verified_s']:.2f} s; "
+              f"spread of the unverified runs {noise}); target <= 2 requests and 3 KB: {t['target_met']}")
     for case in cases:
         print(f"# {case['name']}: v2 layer {case['layer_size']:,} bytes, delta blob {case['delta_size']:,} bytes")
     for g in go_comparison(rows):
@@ -526,12 +572,18 @@ def main() -> None:
         for link, rate in links:
             bed.set_rate(rate)
             for case in cases:
-                for tool in tools:
-                    if (rate and not tool.startswith("ours-delta") and case.size > args.slow_full_max_mib * MiB):
-                        continue
-                    timeout = 120 + (case.size / rate * 1.5 if rate else 60)
-                    reps = args.repeat if (not rate or tool.startswith("ours-delta")) else 1
-                    rows.append(combine([run_tool(bed, case, tool, link, timeout) for _ in range(reps)]))
+                chosen = [t for t in tools
+                          if not (rate and not t.startswith("ours-delta") and case.size > args.slow_full_max_mib * MiB)]
+                timeout = 120 + (case.size / rate * 1.5 if rate else 60)
+                reps = {t: args.repeat if (not rate or t.startswith("ours-delta")) else 1 for t in chosen}
+                runs: dict[str, list[Row]] = {t: [] for t in chosen}
+                # repeats interleaved (tool A, B, C, A, B, C, ...): a drift of the machine's load
+                # shows in every tool's spread instead of biasing one tool's median
+                for rep in range(max(reps.values(), default=0)):
+                    for tool in chosen:
+                        if rep < reps[tool]:
+                            runs[tool].append(run_tool(bed, case, tool, link, timeout))
+                rows.extend(combine(runs[tool]) for tool in chosen)
         if bed.doras.builds != builds_before:
             raise SystemExit("the server built deltas during the timed runs")
     total = time.perf_counter() - started
@@ -539,7 +591,8 @@ def main() -> None:
                   "v1": c.v1_digest, "v2": c.v2_digest} for c in cases]
     if args.json:
         print(json.dumps({"rows": [asdict(r) for r in rows], "ratios": ratios(rows),
-                          "go": go_comparison(rows), "cases": case_info, "total_s": round(total, 1)}))
+                          "trust": trust_overhead(rows), "go": go_comparison(rows), "cases": case_info,
+                          "total_s": round(total, 1)}))
     else:
         print_table(rows, case_info)
         print(f"# total {total:.0f} s")

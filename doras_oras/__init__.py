@@ -8,6 +8,10 @@ stays light on small devices)::
     result = registry.pull_delta("registry.example:5000/app:v2", "/var/lib/app/oci",
                                  doras_url="https://doras.example:8080")
 
+    # signed updates only (docs/trust.md):
+    from doras_oras import Requirement, load_public_keys
+    result = registry.pull_delta(..., verify=Requirement.from_keys(load_public_keys(["cosign.pub"])))
+
 See ``docs/`` for the guide.
 """
 
@@ -26,19 +30,26 @@ _EXPORTS = {
     "PullResult": "pull",
     "Reference": "reference",
     "RegistryClient": "registry_client",
+    "Requirement": "trust",
+    "TrustError": "errors",
+    "TrustPolicy": "trust",
+    "Verification": "trust",
+    "load_policy": "trust",
+    "load_public_keys": "trust",
     "pull_delta": "pull",
     "pull_full": "full",
 }
 
 if TYPE_CHECKING:
     from .edgeapi import EdgeClient
-    from .errors import DorasOrasError
+    from .errors import DorasOrasError, TrustError
     from .full import pull_full
     from .layout import OCILayout
     from .pull import PullResult, pull_delta
     from .reference import Reference
     from .registry import DeltaRegistry
     from .registry_client import RegistryClient
+    from .trust import Requirement, TrustPolicy, Verification, load_policy, load_public_keys
 
 
 def __getattr__(name: str) -> Any:
@@ -56,7 +67,13 @@ __all__ = [
     "PullResult",
     "Reference",
     "RegistryClient",
+    "Requirement",
+    "TrustError",
+    "TrustPolicy",
+    "Verification",
     "__version__",
+    "load_policy",
+    "load_public_keys",
     "pull_delta",
     "pull_full",
 ]

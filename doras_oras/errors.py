@@ -51,6 +51,7 @@ translated at the module boundary that meets them, with the original kept as
         ├── AnnotationMismatchError    a verified payload lacks a required optional annotation
         ├── PayloadMismatchError       a verified payload names another digest, repository or type
         ├── UntrustedRepositoryError   the trust policy has no rule for the repository
+        ├── TrustChainError            offline: the stored image cannot be tied to the signed digest
         └── TrustConfigError           a key file or trust policy file is unusable
 
 A :class:`TrustError` is never a reason to fall back: no code path may catch
@@ -234,7 +235,7 @@ class TrustError(DorasOrasError):
 
     ``reason`` is a short machine-readable word (``not-found``, ``malformed``,
     ``limit``, ``bad-signature``, ``annotation``, ``payload``, ``untrusted``,
-    ``config``); the message names what was wrong. The CLI exits with code 5.
+    ``chain``, ``config``); the message names what was wrong. The CLI exits with code 5.
     """
 
     reason = "trust"
@@ -285,6 +286,17 @@ class UntrustedRepositoryError(TrustError):
     """The trust policy names no rule for the repository (deny unless listed)."""
 
     reason = "untrusted"
+
+
+class TrustChainError(TrustError):
+    """Offline re-verification: a signature verifies, but the stored image cannot be tied to its digest.
+
+    The signed document (an image index, or the registry manifest of a
+    rewritten tar-diff result) is missing from the layout or does not name
+    the stored manifest.
+    """
+
+    reason = "chain"
 
 
 class TrustConfigError(TrustError):

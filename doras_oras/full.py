@@ -5,22 +5,39 @@ dropped link or a killed run left in ``ingest/``), checks every blob against
 its descriptor while it arrives, and commits ``index.json`` last. An image
 index is resolved to the manifest of one platform. Nothing of a failed pull
 stays in ``blobs/``.
+
+With ``verify`` (keys, a trust policy, or both: docs/trust.md) the digest the
+reference resolves to is verified first, before its manifest is fetched; an
+image index is verified by its own digest, then the platform manifest is
+reached through it. The signature manifests that verified are committed
+beside the image in the same ``index.json`` write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import schemas
 from .descriptor import EMPTY_DIGEST, EMPTY_JSON, Descriptor
 from .errors import InvalidArgumentError
-from .layout import ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM, ImageEntry, OCILayout
+from .layout import (
+    ANNOTATION_SOURCE_INDEX,
+    ANNOTATION_SOURCE_PLATFORM,
+    Attachment,
+    ImageEntry,
+    OCILayout,
+)
 from .platforms import choose_manifest, host_platform, parse_platform, platform_text
 from .reference import Reference
 from .registry_client import RegistryClient, SupportsRegistryClient, registry_client_of
+
+if TYPE_CHECKING:
+    from .trust import Requirement, TrustPolicy, TrustResult, Verification
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +60,8 @@ class FullPullResult:
     """Bytes of manifests and blobs received from the registry."""
     blobs_fetched: int
     blobs_reused: int
+    trust: TrustResult | None = None
+    """The signature check made with ``verify`` (which key verified), else ``None``."""
 
 
 def pull_full(
@@ -54,6 +73,8 @@ def pull_full(
     lock_timeout: float = 300.0,
     parsed: schemas.ParsedManifest | None = None,
     progress: Progress | None = None,
+    verify: Verification | Requirement | TrustPolicy | None = None,
+    attachments: Sequence[Attachment] = (),
 ) -> FullPullResult:
     """Verified full pull of ``ref`` into ``layout``; ``index.json`` is written last.
 
@@ -63,7 +84,10 @@ def pull_full(
     share one deadline (``policy.deadline_s``, or the enclosing ``pull_deadline``).
     ``parsed``: the manifest (or index) of ``ref`` as ``fetch_parsed`` already
     returned it, so it is not fetched again. ``progress("full", done, total)`` follows
-    the blobs' bytes.
+    the blobs' bytes. ``verify``: refuse (:class:`~doras_oras.errors.TrustError`,
+    nothing fetched but the signature, nothing written) unless the resolved
+    digest is signed as required. ``attachments``: manifests to commit beside
+    the image (signatures the caller verified; :func:`doras_oras.pull.pull_delta` does).
     """
     client = registry_client_of(registry)
     ref = Reference.parse(ref) if isinstance(ref, str) else ref
@@ -72,14 +96,39 @@ def pull_full(
     if parsed is not None and ref.digest and parsed.descriptor.digest != ref.digest:
         raise InvalidArgumentError(
             f"pull_full: the manifest given is {parsed.descriptor.digest}, {ref} names another")
+    if verify is not None and attachments:
+        raise InvalidArgumentError("pull_full: verify= and attachments= exclude each other")
     with client.pull_deadline():
-        return _pull_full(client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
-                          progress=progress)
+        start = client.bytes_received
+        trust = None
+        if verify is not None:
+            trust, parsed, attachments = _verified(client, ref, parsed, verify)
+        result = _pull_full(client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
+                            progress=progress, attachments=attachments)
+    return dataclasses.replace(result, bytes_received=client.bytes_received - start, trust=trust)
+
+
+def _verified(
+    client: RegistryClient, ref: Reference, parsed: schemas.ParsedManifest | None,
+    verify: Verification | Requirement | TrustPolicy,
+) -> tuple[TrustResult, schemas.ParsedManifest, list[Attachment]]:
+    """Resolve, verify the digest, then fetch exactly that manifest (or index)."""
+    from .signatures import (  # cryptography loads only for a verified pull
+        attachments_of,
+        verify_in_registry,
+    )
+    from .trust import Verification
+
+    resolved = parsed.descriptor if parsed is not None else client.resolve(ref)
+    trust = verify_in_registry(client, ref.with_digest(resolved.digest), Verification.of(verify))
+    if parsed is None:
+        parsed = client.fetch_parsed(ref, expected=resolved)
+    return trust, parsed, attachments_of(trust, parsed.body)
 
 
 def _pull_full(
     client: RegistryClient, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout: float,
-    parsed: schemas.ParsedManifest | None, progress: Progress | None,
+    parsed: schemas.ParsedManifest | None, progress: Progress | None, attachments: Sequence[Attachment],
 ) -> FullPullResult:
     start = client.bytes_received
     top = parsed if parsed is not None else client.fetch_parsed(ref)
@@ -128,7 +177,8 @@ def _pull_full(
                     progress("full", done, total)
                 fetched += 1
             image = layout.commit_image(
-                own, repository=ref.name, tag=ref.tag, source_digest=own.digest, annotations=notes
+                own, repository=ref.name, tag=ref.tag, source_digest=own.digest, annotations=notes,
+                attachments=attachments,
             )
         except BaseException:
             # Nothing of a failed pull stays in blobs/ (partials of dropped links stay in ingest/).

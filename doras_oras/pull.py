@@ -13,6 +13,9 @@ The steps (DESIGN.md §1), one forward walk
 
 1. resolve the target (a ``HEAD``); an image of the layout that stands for it
    means up to date;
+   with ``verify``: the resolved digest's signature must verify now, before
+   anything else is asked for (docs/trust.md); every later step works on
+   that digest, the fallbacks too;
 2. fetch the target manifest (verified, schema-checked), check the limits
    (``max_size``, download budget) before downloading;
 3. find the base: the newest image of the same repository in the layout, or
@@ -38,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import plan as _plan
 from . import schemas
@@ -58,15 +61,25 @@ from .errors import (
     IncompatibleArtifactsError,
     InvalidArgumentError,
     TransportError,
+    TrustError,
     VerificationError,
 )
 from .full import Progress, pull_full
-from .layout import ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM, ImageEntry, OCILayout
+from .layout import (
+    ANNOTATION_SOURCE_INDEX,
+    ANNOTATION_SOURCE_PLATFORM,
+    Attachment,
+    ImageEntry,
+    OCILayout,
+)
 from .plan import ReasonCode
 from .platforms import host_platform, parse_platform, platform_matches
 from .reference import Reference
 from .registry_client import RegistryClient, SupportsRegistryClient, registry_client_of
 from .schemas import ParsedManifest
+
+if TYPE_CHECKING:
+    from .trust import Requirement, TrustPolicy, TrustResult, Verification
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +135,9 @@ class PullResult:
     """For a full pull: blobs already in the layout, not downloaded."""
     reason_code: str = ReasonCode.PATCHED.value
     """Why this status, as a :class:`~doras_oras.plan.ReasonCode` value (stable, for scripts)."""
+    trust: dict[str, Any] | None = None
+    """With ``verify``: the signature check (``TrustResult.to_json()``: which key verified, which
+    signature manifest, where it was found, ``origin`` registry or layout); ``None`` without."""
 
     @property
     def updated(self) -> bool:
@@ -263,6 +279,7 @@ def pull_delta(
     edge_client: EdgeClient | None = None,
     lock_timeout_s: float = 300.0,
     platform: str | None = None,
+    verify: Verification | Requirement | TrustPolicy | None = None,
 ) -> PullResult:
     """Update ``oci_layout`` to ``target``, by delta when possible. See the module docstring.
 
@@ -271,7 +288,10 @@ def pull_delta(
     (``os/arch[/variant]``) chooses from an image index target (default: this machine).
     ``on_timeout`` is what to do when ``timeout_s`` runs out while the server builds:
     ``"full"`` or ``"pending"``. Bad arguments raise :class:`InvalidArgumentError` before
-    anything is sent.
+    anything is sent. ``verify`` (a :class:`~doras_oras.trust.Verification`, or keys as a
+    :class:`~doras_oras.trust.Requirement`, or a :class:`~doras_oras.trust.TrustPolicy`):
+    refuse the target with a :class:`~doras_oras.errors.TrustError` unless its signature
+    verifies, before a delta is asked for or a blob fetched (docs/trust.md).
     """
     schemas.warm_up()  # compile the validators while the first requests travel
     client = registry_client_of(registry)
@@ -284,6 +304,7 @@ def pull_delta(
     base_ref = Reference.parse(from_ref) if isinstance(from_ref, str) else from_ref
     if base_ref is not None and not base_ref.same_repository(target_ref):
         raise InvalidArgumentError(f"--from {base_ref} is not in the repository of {target_ref}")
+    verification = _verification(verify)
     layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout)
     run = _PullRun(
         registry=client,
@@ -301,9 +322,18 @@ def pull_delta(
         max_size=max_size,
         ledger=DownloadBudget(layout.root, budget[0], budget[1]) if budget else None,
         platform=platform,
+        verification=verification,
     )
     with layout.lock(timeout=lock_timeout_s), client.pull_deadline():
         return run.execute(base_ref)
+
+
+def _verification(verify: Verification | Requirement | TrustPolicy | None) -> Verification | None:
+    if verify is None:
+        return None
+    from .trust import Verification  # cryptography loads only for a verified pull
+
+    return Verification.of(verify)
 
 
 @dataclass
@@ -325,9 +355,15 @@ class _PullRun:
     max_size: int | None
     ledger: DownloadBudget | None
     platform: str | None
+    verification: Verification | None = None
     started: float = field(default_factory=time.monotonic)
     edge_received: int = 0
     recorded: bool = False
+    trust: TrustResult | None = None
+    verified: str | None = None
+    """The digest whose signature verified: the only one this pull may install."""
+    keep: list[Attachment] = field(default_factory=list)
+    """The signature manifests to commit beside the target."""
 
     def __post_init__(self) -> None:
         self.received_at_start = self.registry.bytes_received
@@ -356,6 +392,7 @@ class _PullRun:
             bytes_received=self.received,
             full_size=tgt.full_size if tgt else 0,
             duration_s=round(time.monotonic() - self.started, 3),
+            trust=self.trust.to_json() if self.trust is not None else None,
             **extra,
         )
 
@@ -374,15 +411,19 @@ class _PullRun:
         base = find_base(layout, target, base_ref)
         held = _holding(layout, target, resolved.digest, self.platform or host_platform())
         if held is not None:
-            if held.tag != target.tag and target.tag:
+            attachments = self.verify_held(held, resolved)
+            if (held.tag != target.tag and target.tag) or attachments:
                 notes = {key: value for key, value in held.descriptor.annotations.items()
                          if key in (ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM)}
-                layout.commit_image(held.descriptor, repository=target.name, tag=target.tag,
-                                    source_digest=held.source_digest, annotations=notes or None)
+                layout.commit_image(held.descriptor, repository=target.name, tag=target.tag or held.tag,
+                                    source_digest=held.source_digest, annotations=notes or None,
+                                    attachments=attachments)
             return self.result(STATUS_UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
                                None, from_digest=held.source_digest, stored_digest=held.descriptor.digest,
                                to_digest=resolved.digest)
+        self.verify(resolved.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
         tgt = _Target(target, registry.fetch_parsed(target, expected=resolved))
+        self.keep = self.attachments(tgt)  # the verified signatures, committed with the target
         if tgt.descriptor.media_type in INDEX_MEDIA_TYPES:
             return self.full(tgt, ReasonCode.INDEX_TARGET, "the target is an image index; Doras deltas are "
                              "for single-manifest artifacts", base=base)
@@ -406,6 +447,55 @@ class _PullRun:
                              "(its layer was lost) was dropped from the layout's index")
         return result
 
+    def verify(self, digest: str) -> None:
+        """With ``verify``: refuse ``digest`` unless its signature verifies in the registry (:class:`TrustError`).
+
+        A transport error while reading signatures propagates too: the pull fails, it never falls back.
+        """
+        if self.verification is None:
+            return
+        from .signatures import verify_in_registry  # cryptography loads only for a verified pull
+
+        self.trust = verify_in_registry(self.registry, self.target.with_digest(digest), self.verification)
+        self.verified = digest
+
+    def verify_held(self, held: ImageEntry, resolved: Descriptor) -> list[Attachment]:
+        """Up to date, with ``verify``: the stored copy of the signature is checked again (no request).
+
+        When the layout keeps none that passes (the image was stored before
+        verification was asked for, or the keys changed), the registry's is
+        checked and returned, to be kept beside the image.
+        """
+        if self.verification is None:
+            return []
+        from .signatures import (  # cryptography loads only for a verified pull
+            attachments_of,
+            verify_in_layout,
+        )
+
+        try:
+            self.trust = verify_in_layout(self.layout, self.target.with_digest(resolved.digest), self.verification)
+            self.verified = resolved.digest
+            return []
+        except TrustError as exc:
+            log.info("the layout's copy of the signature does not pass (%s); checking the registry's", exc)
+        self.verify(resolved.digest)
+        assert self.trust is not None
+        signed = None if resolved.digest == held.descriptor.digest else (
+            self.registry.fetch_parsed(self.target, expected=resolved).body)  # an index, a rewritten original
+        return attachments_of(self.trust, signed)
+
+    def attachments(self, tgt: _Target) -> list[Attachment]:
+        """The verified signature manifests to commit beside ``tgt``; ``tgt`` must be the verified digest."""
+        if self.verification is None or self.trust is None:
+            return []
+        if tgt.descriptor.digest != self.verified:
+            raise VerificationError(f"{tgt.ref}: about to install {tgt.descriptor.digest}, but "
+                                    f"{self.verified} is the digest that was verified")
+        from .signatures import attachments_of
+
+        return attachments_of(self.trust, tgt.body)
+
     def _forget_if_lost(self, image: ImageEntry) -> bool:
         """Drop ``image`` from the index when a blob it needs is gone (found corrupt and removed)."""
         try:
@@ -422,7 +512,7 @@ class _PullRun:
         if self.ledger is not None:
             self.ledger.check(tgt.full_size, what=f"a full pull of {tgt.ref}")
         pulled = pull_full(self.registry, tgt.ref, self.layout, parsed=tgt.parsed, platform=self.platform,
-                           progress=self.progress)
+                           progress=self.progress, attachments=self.keep)
         return self.result(STATUS_FULL, code, reason, tgt, from_digest=base.source_digest if base else None,
                            stored_digest=pulled.manifest.digest, blobs_fetched=pulled.blobs_fetched,
                            blobs_reused=pulled.blobs_reused)
@@ -543,13 +633,15 @@ class _PullRun:
         if self.progress is not None:
             self.progress("apply", stored.size, stored.size)
         registry.fetch_into(tgt.ref, tgt.config, layout)
+        attachments = self.keep
         if expected.is_registry_blob:
             layout.ingest_bytes(tgt.descriptor, tgt.body)
             return layout.commit_image(tgt.descriptor, repository=tgt.ref.name, tag=tgt.ref.tag,
-                                       source_digest=tgt.descriptor.digest)
+                                       source_digest=tgt.descriptor.digest, attachments=attachments)
         layer = _plan.uncompressed_layer(target_layer, stored.digest, stored.size)
         return layout.commit_rewritten(tgt.body, 0, layer, repository=tgt.ref.name,
-                                       tag=tgt.ref.tag, source_digest=tgt.descriptor.digest)
+                                       tag=tgt.ref.tag, source_digest=tgt.descriptor.digest,
+                                       attachments=attachments)
 
     def _reporter(self, phase: str, total: int) -> Callable[[int], None] | None:
         progress = self.progress

@@ -24,7 +24,7 @@ import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import oras.provider
 
@@ -36,6 +36,9 @@ from .pull import PullResult, pull_delta
 from .reference import Reference
 from .registry_client import RegistryClient
 from .transport import TransferPolicy, Transport
+
+if TYPE_CHECKING:
+    from .trust import Requirement, TrustPolicy, Verification
 
 __all__ = ["DeltaRegistry"]
 
@@ -168,10 +171,15 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         lock_timeout: float = 300.0,
         parsed: schemas.ParsedManifest | None = None,
         progress: Progress | None = None,
+        verify: Verification | Requirement | TrustPolicy | None = None,
     ) -> FullPullResult:
-        """Verified full pull of ``ref`` into ``layout`` (see :func:`doras_oras.full.pull_full`)."""
+        """Verified full pull of ``ref`` into ``layout`` (see :func:`doras_oras.full.pull_full`).
+
+        ``verify``: a :class:`~doras_oras.trust.Verification`, ``Requirement`` or
+        ``TrustPolicy``; the target is refused unless its signature verifies (docs/trust.md).
+        """
         return pull_full(self.client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
-                         progress=progress)
+                         progress=progress, verify=verify)
 
     def pull_delta(
         self,
@@ -184,7 +192,8 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         """Update ``oci_layout`` to ``target`` by a delta from the Doras server at ``doras_url``.
 
         Falls back to a verified full pull when a delta cannot be used; see
-        :func:`doras_oras.pull.pull_delta` for the options and :class:`PullResult`.
+        :func:`doras_oras.pull.pull_delta` for the options (``verify=`` among them:
+        signed updates only) and :class:`PullResult`.
         """
         layout = oci_layout if isinstance(oci_layout, OCILayout) else Path(oci_layout)
         return pull_delta(self.client, target, layout, doras_url=doras_url, **options)

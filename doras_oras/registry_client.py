@@ -339,6 +339,33 @@ class RegistryClient:
         parsed = self.fetch_parsed(ref)
         return parsed.body, parsed.descriptor.media_type
 
+    def get_optional(self, ref: Reference, path: str, *, max_bytes: int,
+                     accept: str | None = None) -> tuple[bytes, Mapping[str, str]] | None:
+        """GET ``path`` (``/v2/...``) of ``ref``'s registry: the body (at most ``max_bytes``) and the headers.
+
+        ``None`` when the registry answers 404 (a read that may find nothing:
+        a signature tag, the referrers API). Any other failure raises as
+        every request does (:class:`RegistryError`, :class:`TransportError`,
+        :class:`BodyTooLargeError`); the body is not checked here (the caller
+        verifies it). Counted in :attr:`bytes_received`.
+        """
+        if not path.startswith("/v2/"):
+            raise InvalidArgumentError(f"registry path {path[:100]!r} does not start with /v2/")
+        self._prepare(ref)
+        url = f"{self.prefix}://{ref.registry}{path}"
+        headers = self._headers({"Accept": accept} if accept else {})
+        try:
+            body, response = self.transport.get_bytes(url, max_bytes=max_bytes, headers=headers,
+                                                      deadline=self._deadline)
+        except RegistryAuthError:
+            raise
+        except RegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self.bytes_received += len(body)
+        return body, response.headers
+
     # --- blobs -----------------------------------------------------------------------
     def open_blob(self, ref: Reference | str, descriptor: Descriptor) -> BinaryIO:
         """A stream of the blob that yields at most ``size`` bytes and fails on a wrong size or digest.

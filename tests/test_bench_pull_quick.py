@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_pull.py"
-TOOLS = {"ours-delta", "ours-delta+np", "ours-full", "oras-py", "skopeo", "oras-cli"}
+TOOLS = {"ours-delta", "ours-delta+np", "ours-delta+verify", "ours-full", "oras-py", "skopeo", "oras-cli"}
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +73,30 @@ def test_delta_pull_receives_far_fewer_bytes_than_full_pulls(quick: dict[str, ob
 def test_ratios_and_table(quick: dict[str, object], tmp_path: Path) -> None:
     ratios = quick["ratios"]
     assert isinstance(ratios, list) and len(ratios) == 2 * 2 * (len(TOOLS) - 1)
-    for r in ratios:  # the full pulls cost far more bytes; the other delta pull about the same
-        assert (r["bytes_x"] > 50) if r["vs"] != "ours-delta+np" else (r["bytes_x"] == 1.0), r
+    for r in ratios:  # the full pulls cost far more bytes; the other delta pulls about the same
+        if r["vs"] == "ours-delta+np":
+            assert r["bytes_x"] == 1.0, r
+        elif r["vs"] == "ours-delta+verify":
+            assert 1.0 <= r["bytes_x"] <= 1.5, r
+        else:
+            assert r["bytes_x"] > 50, r
     saved = tmp_path / "run.json"
     saved.write_text(json.dumps(quick))
     table = subprocess.run([sys.executable, str(SCRIPT), "--table-from", str(saved)],
                            capture_output=True, text=True, timeout=60, check=True).stdout
     assert table.splitlines()[0].split()[:3] == ["case", "link", "tool"]
     assert sum(line.startswith(("bin2", "tree")) for line in table.splitlines()) == len(_rows(quick))
+
+
+def test_verification_overhead_is_reported_and_within_the_target(quick: dict[str, object]) -> None:
+    """--verify-key costs the signature manifest and its payload: 2 requests, ~1 KB."""
+    trust = quick["trust"]
+    assert isinstance(trust, list) and len(trust) == 4  # bin2 and tree, on both links
+    for t in trust:
+        assert t["extra_requests"] == 2, t
+        assert 0 < t["extra_bytes"] <= 3000, t
+        assert t["target_met"] is True and t["noise_s"] is not None, t
+    verified = [r for r in _rows(quick) if r["tool"] == "ours-delta+verify"]
+    plain = {(r["case"], r["link"]): r for r in _rows(quick) if r["tool"] == "ours-delta"}
+    for row in verified:
+        assert row["requests"] == plain[(row["case"], row["link"])]["requests"] + 2, row

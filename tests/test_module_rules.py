@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("codecs",),
     ("layout", "budget", "trust"),
     ("transport", "auth"),
-    ("registry_client", "extract"),
+    ("registry_client", "extract", "signatures"),
     ("edgeapi",),
     ("full",),
     ("pull",),

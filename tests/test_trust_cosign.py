@@ -421,14 +421,23 @@ def test_any_one_of_several_keys_suffices_and_is_reported(env: Env) -> None:
         verify_signature(RequestsSource(env.registry.url), target, keys[:2])
 
 
-def test_legacy_signature_found_with_one_manifest_request_and_two_blobs(env: Env) -> None:
-    """The legacy tag is asked first; the referrers are not asked once it verified."""
+def test_legacy_signature_found_with_one_manifest_request_and_one_blob(env: Env) -> None:
+    """The legacy tag is asked first; the referrers are not asked once it verified; cosign's config
+    (derived from the layers) is rebuilt and checked against its digest, not fetched."""
     repo = unique("requests")
     digest = env.push(repo, "v1", b"cheap\n")
     env.sign(env.keys.ecdsa, repo, digest)
+    env.sign(env.keys.other, repo, digest, annotations={"second": "signature"})
     source = RequestsSource(env.registry.url)
-    verify_signature(source, Reference.parse(f"{env.host}/{repo}@{digest}"), [env.keys.ecdsa.trusted])
+    result = verify_signature(source, Reference.parse(f"{env.host}/{repo}@{digest}"), [env.keys.ecdsa.trusted])
+    # the payload of the signature that verified, then the other layer's (the manifest is kept whole)
     assert [p.split("/")[-2] for p in source.requests] == ["manifests", "blobs", "blobs"]
+    manifest = manifest_json(result.manifest_body)
+    config = manifest["config"]["digest"]  # type: ignore[index]
+    assert not any(p.endswith(str(config)) for p in source.requests)
+    assert set(result.blobs) == {config, *(layer["digest"] for layer in manifest["layers"])}  # type: ignore[attr-defined]
+    real = __import__("requests").get(f"{env.registry.url}/v2/{repo}/blobs/{config}", timeout=10).content
+    assert result.blobs[str(config)] == real  # exactly the bytes cosign wrote
 
 
 def test_unsigned_error_names_every_place_looked(env: Env) -> None:

@@ -299,7 +299,8 @@ def test_enforce(signer: Signer) -> None:
     assert result.to_json()["signature"]["key"]["name"] == "cosign.pub"
     nothing = MemorySource()
     free = enforce(nothing, TARGET, Requirement(keys=(), rule="tools/**"))
-    assert free.to_json() == {"required": False, "rule": "tools/**", "signature": None}
+    assert free.to_json() == {"required": False, "rule": "tools/**", "signature": None, "origin": "registry",
+                              "checks": []}
     assert nothing.calls == []
     with pytest.raises(errors.SignatureNotFoundError):
         enforce(nothing, TARGET, Requirement.from_keys([signer.key]))

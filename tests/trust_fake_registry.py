@@ -25,6 +25,8 @@ class Content:
     blobs: dict[tuple[str, str], bytes] = field(default_factory=dict)
     referrers: dict[tuple[str, str], bytes] = field(default_factory=dict)
     """(repository, digest) -> the referrers API answer; absent: 404 (no API)."""
+    pages: dict[str, tuple[bytes, str | None, str]] = field(default_factory=dict)
+    """Exact ``path?query`` -> (body, ``Link`` header or None, content type): answers served before any other."""
     requests: list[str] = field(default_factory=list)
 
     def add_manifest(self, repository: str, body: bytes, media_type: str, *tags: str) -> str:
@@ -53,9 +55,11 @@ class FakeRegistry:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
+            def _send(self, status: int, body: bytes, content_type: str, link: str | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                if link is not None:
+                    self.send_header("Link", link)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
@@ -67,7 +71,12 @@ class FakeRegistry:
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 path = parts.path
-                content.requests.append(path + (f"?{parts.query}" if parts.query else ""))
+                full = path + (f"?{parts.query}" if parts.query else "")
+                content.requests.append(full)
+                if full in content.pages:
+                    body, link, content_type = content.pages[full]
+                    self._send(200, body, content_type, link)
+                    return
                 for kind in ("manifests", "blobs", "referrers"):
                     marker = f"/{kind}/"
                     if path.startswith("/v2/") and marker in path:

@@ -3,12 +3,20 @@
 Modules: :mod:`.main` (parser, command list, error boundary), :mod:`.options`
 (the flags ``pull`` and ``delta`` share), :mod:`.output` (results, errors, JSON),
 :mod:`.exits` (exit codes), one module per command: :mod:`.pull`,
-:mod:`.delta`, :mod:`.apply`, :mod:`.gc`.
+:mod:`.delta`, :mod:`.apply`, :mod:`.gc`, :mod:`.verify`.
 """
 
 from __future__ import annotations
 
-from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE, EXIT_USAGE
+from .exits import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_TRUST,
+    EXIT_UP_TO_DATE,
+    EXIT_USAGE,
+)
 from .main import main, run
 
 __all__ = [
@@ -16,6 +24,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_PENDING",
+    "EXIT_TRUST",
     "EXIT_UP_TO_DATE",
     "EXIT_USAGE",
     "main",

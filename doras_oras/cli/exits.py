@@ -6,23 +6,29 @@
 2     usage error (bad flags or arguments, missing files named by flags)
 3     up to date (nothing to do; the images are identical)
 4     pending (the delta is still being built; ask again later)
+5     trust failure: a signature that does not verify, an untrusted repository, an
+      unusable key or policy file (every :class:`~doras_oras.errors.TrustError`);
+      nothing was asked for, downloaded or written (docs/trust.md)
 130   interrupted (SIGINT / Ctrl-C); the layout is unchanged
 ====  ==========================================================
 """
 
 from __future__ import annotations
 
-from ..errors import DorasOrasError, InvalidArgumentError
+from ..errors import DorasOrasError, InvalidArgumentError, TrustError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UP_TO_DATE = 3
 EXIT_PENDING = 4
+EXIT_TRUST = 5
+"""Every :class:`~doras_oras.errors.TrustError` (the same value as ``doras_oras.trust.EXIT_TRUST``)."""
 EXIT_INTERRUPTED = 130
 
 _BY_ERROR: tuple[tuple[type[DorasOrasError], int], ...] = (
     (InvalidArgumentError, EXIT_USAGE),
+    (TrustError, EXIT_TRUST),
 )
 
 

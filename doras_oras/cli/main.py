@@ -20,11 +20,11 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import DorasOrasError
-from . import apply, delta, gc, pull
+from . import apply, delta, gc, pull, verify
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_code_for
 from .output import report_error
 
-COMMANDS: tuple[ModuleType, ...] = (pull, delta, apply, gc)
+COMMANDS: tuple[ModuleType, ...] = (pull, delta, apply, gc, verify)
 """The subcommands, in the order ``--help`` lists them."""
 
 

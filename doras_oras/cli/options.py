@@ -2,6 +2,8 @@
 
 - :func:`add_server_options`: ``--server``, ``--accept``, ``--async``, ``--timeout``;
 - :func:`add_connection_options`: TLS, credentials, timeouts (registry and Doras server alike);
+- :func:`add_trust_options`: ``--verify-key``, ``--verify-annotation``, ``--trust-policy``
+  (``pull`` and ``verify``), read by :func:`verification_from_args`;
 - :func:`registry_from_args`, :func:`edge_auth_from_args`, :func:`policy_from_args`.
 
 Contradicting or unusable flags raise :class:`~doras_oras.errors.InvalidArgumentError`
@@ -14,6 +16,7 @@ import argparse
 import math
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from ..algorithms import ALGORITHM_NAMES
 from ..auth import DockerConfigAuth, default_docker_config
@@ -21,6 +24,9 @@ from ..edgeapi import AuthArg, BasicAuth, BearerAuth
 from ..errors import InvalidArgumentError
 from ..registry_client import RegistryClient
 from ..transport import TransferPolicy
+
+if TYPE_CHECKING:
+    from ..trust import Verification
 
 
 def seconds(text: str) -> float:
@@ -146,3 +152,54 @@ def edge_auth_from_args(args: argparse.Namespace, credentials: tuple[str, str] |
     if credentials is not None:
         return BasicAuth(*credentials)
     return DockerConfigAuth([default_docker_config(), *args.registry_config])
+
+
+def add_trust_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """Which signatures make an artifact acceptable (docs/trust.md); with none, nothing is verified.
+
+    ``required``: at least one of ``--verify-key`` and ``--trust-policy`` must be given.
+    """
+    group = parser.add_argument_group("signature verification (cosign, docs/trust.md)")
+    group.add_argument("--verify-key", metavar="FILE", action="append", default=[],
+                       help="refuse the artifact unless a cosign signature by this public key verifies "
+                            "(PEM; repeatable: any one key suffices)")
+    group.add_argument("--verify-annotation", metavar="KEY=VALUE", action="append", default=[],
+                       help="and unless its signed payload carries this annotation (repeatable: all must be "
+                            "there; needs --verify-key)")
+    group.add_argument("--trust-policy", metavar="FILE",
+                       help="a trust policy (JSON, schemas/trust-policy.json): which keys each repository "
+                            "needs; with --verify-key, both must pass")
+    parser.set_defaults(trust_required=required)
+
+
+def verification_from_args(args: argparse.Namespace) -> Verification | None:
+    """The :class:`~doras_oras.trust.Verification` of :func:`add_trust_options` flags (``None``: none given).
+
+    ``--verify-annotation`` without ``--verify-key``, or a bad ``KEY=VALUE``, is a
+    usage error; an unusable key or policy file is a trust failure
+    (:class:`~doras_oras.errors.TrustConfigError`, exit 5). Keys and the policy are
+    loaded here, before anything is sent.
+    """
+    keys_given, annotations_given, policy_file = args.verify_key, args.verify_annotation, args.trust_policy
+    if annotations_given and not keys_given:
+        raise InvalidArgumentError("--verify-annotation needs --verify-key (the annotation is checked in a "
+                                   "payload that key signed)")
+    if not keys_given and policy_file is None:
+        if getattr(args, "trust_required", False):
+            raise InvalidArgumentError("give --verify-key FILE or --trust-policy FILE")
+        return None
+    from ..errors import TrustConfigError
+    from ..trust import Requirement, Verification, load_policy, load_public_keys, parse_annotation
+
+    annotations: dict[str, str] = {}
+    for text in annotations_given:
+        try:
+            key, value = parse_annotation(text)
+        except TrustConfigError as exc:
+            raise InvalidArgumentError(f"--verify-annotation: {exc}") from exc
+        if key in annotations and annotations[key] != value:
+            raise InvalidArgumentError(f"--verify-annotation {key} given twice with different values")
+        annotations[key] = value
+    requirement = Requirement.from_keys(load_public_keys(keys_given), annotations) if keys_given else None
+    policy = load_policy(policy_file) if policy_file is not None else None
+    return Verification(policy=policy, keys=requirement)

@@ -30,9 +30,11 @@ from .exits import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE
 from .options import (
     add_connection_options,
     add_server_options,
+    add_trust_options,
     credentials_from_args,
     registry_from_args,
     seconds_or_zero,
+    verification_from_args,
 )
 from .output import emit
 
@@ -88,6 +90,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock-timeout", type=seconds_or_zero, default=300.0, metavar="S",
                         help="how long to wait for another process using the layout (default 300)")
     add_connection_options(parser)
+    add_trust_options(parser)
 
 
 def _progress() -> Progress:
@@ -116,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from_ref = Reference.parse(args.from_ref) if args.from_ref else None
     if from_ref is not None and not from_ref.same_repository(ref):
         raise InvalidArgumentError(f"--from {from_ref} is not in the repository of {ref}")
+    verification = verification_from_args(args)  # keys and policy loaded before anything is sent
     credentials = credentials_from_args(args)
     registry = registry_from_args(args, credentials)
     edge = edge_client_for(registry, args.server, ref.registry) if args.server else None
@@ -127,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             accepted_algorithms=args.accept, wait=not args.async_, timeout_s=args.delta_timeout,
             on_timeout=args.on_timeout, allow_unverified=args.allow_unverified, progress=show,
             max_size=args.max_size, budget=args.budget, lock_timeout_s=args.lock_timeout,
-            platform=args.platform,
+            platform=args.platform, verify=verification,
         )
     finally:
         if edge is not None:

@@ -5,6 +5,7 @@ Modules, one job each:
 - :mod:`.store`: :class:`OCILayout`, blobs in and out, commits of ``index.json``;
 - :mod:`.writer`: :class:`BlobWriter`, the one writer (hash while writing, fsync, rename; resumable partials);
 - :mod:`.index`: :class:`ImageEntry` and the ``index.json`` document;
+- :mod:`.attachments`: :class:`Attachment`, signature manifests kept beside an image;
 - :mod:`.lock`: the writer lock;
 - :mod:`.maintenance`: leftovers, ``verify``, ``rebuild_index``, ``gc``;
 - :mod:`.files`: the atomic write, directory fsync, disk errors.
@@ -12,6 +13,7 @@ Modules, one job each:
 
 from __future__ import annotations
 
+from .attachments import ANNOTATION_SUBJECT, Attachment
 from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, atomic_write, disk_error, fsync_dir
 from .index import (
     ANNOTATION_PULLED,
@@ -28,6 +30,7 @@ __all__ = [
     "ANNOTATION_PULLED",
     "ANNOTATION_SOURCE_INDEX",
     "ANNOTATION_SOURCE_PLATFORM",
+    "ANNOTATION_SUBJECT",
     "INGEST_DIR",
     "LAYOUT_VERSION",
     "LOCK_FILE",
@@ -35,6 +38,7 @@ __all__ = [
     "PARTIAL_SUFFIX",
     "STALE_PARTIAL_SECONDS",
     "TEMP_SUFFIX",
+    "Attachment",
     "BlobWriter",
     "GCResult",
     "ImageEntry",

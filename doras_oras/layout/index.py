@@ -36,6 +36,9 @@ ANNOTATION_SOURCE_INDEX = ANNOTATION_PREFIX + "source.index"
 ANNOTATION_SOURCE_PLATFORM = ANNOTATION_PREFIX + "source.platform"
 """With ``source.index``: the platform (``os/arch[/variant]``) of the manifest chosen from it."""
 
+ANNOTATION_SUBJECT = ANNOTATION_PREFIX + "subject"
+"""On an attachment's entry (a signature manifest, :mod:`.attachments`): the registry digest it belongs to."""
+
 RECOVER_HINT = "run `doras-oras gc --rebuild --oci-layout DIR` (OCILayout.rebuild_index()) to recover"
 
 
@@ -75,6 +78,11 @@ class ImageEntry:
     def source_index(self) -> str | None:
         """The registry image index this manifest was chosen from, if any."""
         return self.descriptor.annotations.get(ANNOTATION_SOURCE_INDEX)
+
+    @property
+    def subject(self) -> str | None:
+        """For an attachment (a signature manifest): the registry digest it belongs to; else ``None``."""
+        return self.descriptor.annotations.get(ANNOTATION_SUBJECT)
 
     @property
     def stands_for(self) -> tuple[str, ...]:

@@ -102,10 +102,13 @@ def clean(layout: OCILayout, *, stale_after: float = STALE_PARTIAL_SECONDS) -> l
 
 
 def verify(layout: OCILayout) -> list[ImageEntry]:
-    """Check the whole layout: files, schemas, every referenced blob's digest. Returns the images."""
+    """Check the whole layout: files, schemas, every referenced blob's digest. Returns the images.
+
+    Attachments (signature manifests) are checked like images.
+    """
     layout.check_layout_file()
     images = layout.images()
-    for image in images:
+    for image in [*images, *layout.attachments()]:
         for item in layout.closure(image.descriptor, verify=False):
             layout.forget_verified(item.digest)  # hash everything again
         layout.closure(image.descriptor, verify=True)
@@ -166,6 +169,8 @@ def gc(layout: OCILayout, keep: int) -> GCResult:
     """Keep the newest ``keep`` images per repository; remove unreferenced blobs and partials.
 
     Entries that doras-oras did not write (no source repository) are never collected.
+    An attachment (signature manifest) stays while a kept image of its
+    repository stands for its subject, and goes with the last such image.
     """
     if not isinstance(keep, int) or keep < 0:
         raise InvalidArgumentError(f"keep must be an integer >= 0, not {keep!r}")
@@ -181,8 +186,12 @@ def gc(layout: OCILayout, keep: int) -> GCResult:
         drop.update(position for position, _ in ordered[keep:])
     kept = [image for position, image in enumerate(images) if position not in drop]
     removed_images = tuple(image for position, image in enumerate(images) if position in drop)
-    if removed_images:
-        layout._write_index([image.descriptor.to_json() for image in kept])
+    wanted = {(image.repository, digest) for image in kept for digest in image.stands_for}
+    attachments = layout.attachments()
+    kept_attachments = [a for a in attachments if (a.repository, a.subject) in wanted]
+    if removed_images or len(kept_attachments) != len(attachments):
+        layout._write_index([image.descriptor.to_json() for image in kept]
+                            + [a.descriptor.to_json() for a in kept_attachments])
     live = layout.live_digests()
     removed: list[str] = []
     freed = 0

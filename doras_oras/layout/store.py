@@ -47,6 +47,13 @@ from ..errors import (
 )
 from ..verify import verifying_reader
 from . import maintenance
+from .attachments import (
+    ANNOTATION_SUBJECT,
+    Attachment,
+    attachment_entry,
+    is_attachment,
+    replaced_by,
+)
 from .files import INGEST_DIR, PARTIAL_SUFFIX, atomic_write, disk_error
 from .index import (
     RECOVER_HINT,
@@ -320,8 +327,17 @@ class OCILayout:
         return read_index(self.root / "index.json")
 
     def images(self) -> list[ImageEntry]:
-        """The images of ``index.json``, in its order (oldest commit first)."""
-        return [ImageEntry(Descriptor.from_json(entry)) for entry in self.read_index()["manifests"]]
+        """The images of ``index.json``, in its order (oldest commit first); attachments left out."""
+        return [ImageEntry(Descriptor.from_json(entry)) for entry in self.read_index()["manifests"]
+                if not is_attachment(entry)]
+
+    def attachments(self, repository: str | None = None, subject: str | None = None) -> list[ImageEntry]:
+        """The attachments (signature manifests) of ``index.json``, of ``repository`` and ``subject`` if given."""
+        found = [ImageEntry(Descriptor.from_json(entry)) for entry in self.read_index()["manifests"]
+                 if is_attachment(entry)]
+        return [entry for entry in found
+                if (repository is None or entry.repository == repository)
+                and (subject is None or entry.descriptor.annotations.get(ANNOTATION_SUBJECT) == subject)]
 
     def find_image(self, repository: str, tag: str | None = None) -> ImageEntry | None:
         """The newest image of ``repository`` (``registry/repo``), with ``tag`` if given; else None."""
@@ -385,11 +401,15 @@ class OCILayout:
         tag: str | None,
         source_digest: str | None = None,
         annotations: Mapping[str, str] | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> ImageEntry:
         """Record ``manifest`` (already stored with all it references) as the image ``repository:tag``.
 
-        Checks that every referenced blob is present and verified, then replaces
-        ``index.json`` atomically; an entry of the same repository and tag is replaced.
+        Checks that every referenced blob is present and verified, stores the
+        ``attachments`` (signature manifests, :mod:`.attachments`) and their
+        blobs, then replaces ``index.json`` atomically, once, with the image and
+        its attachments: an entry of the same repository and tag is replaced,
+        as is an attachment of the same repository with the same digest or tag.
         """
         self._require_lock()
         if manifest.media_type not in MANIFEST_MEDIA_TYPES + INDEX_MEDIA_TYPES:
@@ -399,14 +419,53 @@ class OCILayout:
         validate_digest(source)
         entry = entry_for(manifest, repository=repository, tag=tag, source_digest=source,
                           annotations=annotations)
-        kept = [
-            item.descriptor.to_json()
-            for item in self.images()
-            if not (item.repository == repository and item.tag == tag)
-        ]
-        self._write_index([*kept, entry.to_json()])
-        log.info("committed %s:%s -> %s", repository, tag, manifest.digest)
+        placed: list[str] = []
+        try:
+            extra = [self._store_attachment(attachment, repository, placed) for attachment in attachments]
+            kept = []
+            for raw in self.read_index()["manifests"]:
+                item = ImageEntry(Descriptor.from_json(raw))
+                if not is_attachment(raw) and item.repository == repository and item.tag == tag:
+                    continue
+                if any(replaced_by(raw, new) for new in extra):
+                    continue
+                kept.append(raw)
+            self._write_index([*kept, entry.to_json(), *(new.to_json() for new in extra)])
+        except BaseException:
+            with contextlib.suppress(Exception):  # the attachments' blobs go with a failed commit
+                self.discard_unreferenced(placed)
+            raise
+        log.info("committed %s:%s -> %s%s", repository, tag, manifest.digest,
+                 f" with {len(extra)} signature manifest(s)" if extra else "")
         return ImageEntry(entry)
+
+    def _store_attachment(self, attachment: Attachment, repository: str, placed: list[str]) -> Descriptor:
+        """Store an attachment's blobs, its subject's bytes and its manifest (blobs first); its entry.
+
+        The digests of blobs that were not there before are added to ``placed``.
+        """
+        manifest = attachment.manifest
+        if manifest.media_type not in MANIFEST_MEDIA_TYPES:
+            raise LayoutError(f"attachment {manifest.digest}: {manifest.media_type!r} is not a manifest")
+        document = schemas.parse_manifest(attachment.body, manifest.media_type, expected=manifest,
+                                          what=f"attachment {manifest.digest}").document
+        todo: list[tuple[Descriptor, bytes]] = []
+        for raw in [document["config"], *document["layers"]]:
+            blob = Descriptor.from_json(raw)
+            data = blob.data if blob.data is not None else attachment.blobs.get(blob.digest)
+            if data is None:
+                raise LayoutError(f"attachment {manifest.digest}: blob {blob.digest} not given")
+            todo.append((blob, data))
+        if attachment.subject_body is not None:
+            todo.append((Descriptor("application/octet-stream", attachment.subject, len(attachment.subject_body)),
+                         attachment.subject_body))
+        todo.append((manifest, attachment.body))
+        for blob, data in todo:
+            if not self.has_blob(blob):
+                placed.append(blob.digest)
+            self.ingest_bytes(blob, data)
+        self.closure(manifest, verify=True)
+        return attachment_entry(attachment, repository=repository)
 
     def commit_rewritten(
         self,
@@ -417,8 +476,9 @@ class OCILayout:
         repository: str,
         tag: str | None,
         source_digest: str,
+        attachments: Sequence[Attachment] = (),
     ) -> ImageEntry:
-        """Store a manifest rewritten for an uncompressed tar layer and commit it.
+        """Store a manifest rewritten for an uncompressed tar layer and commit it (with ``attachments``).
 
         ``original`` is the registry's manifest (digest ``source_digest``);
         its layer ``layer_index`` is replaced by ``layer`` (already stored:
@@ -453,7 +513,8 @@ class OCILayout:
             artifact_type=document.get("artifactType"),
         )
         self.ingest_bytes(manifest, body)
-        return self.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest)
+        return self.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest,
+                                 attachments=attachments)
 
     def forget_image(self, image: ImageEntry) -> bool:
         """Drop ``image``'s entry from ``index.json`` (atomically); False if it is not there.
@@ -473,11 +534,25 @@ class OCILayout:
         return True
 
     def live_digests(self) -> set[str]:
-        """Every digest an image of ``index.json`` reaches."""
+        """Every digest an entry of ``index.json`` reaches (images and attachments).
+
+        An attachment also keeps its subject's bytes when they are stored (an
+        image index, a rewritten image's registry manifest: :mod:`.attachments`).
+        """
         live: set[str] = set()
-        for image in self.images():
-            live.update(d.digest for d in self.closure(image.descriptor, verify=False))
+        for raw in self.read_index()["manifests"]:
+            entry = Descriptor.from_json(raw)
+            live.update(d.digest for d in self.closure(entry, verify=False))
+            subject = entry.annotations.get(ANNOTATION_SUBJECT)
+            if subject is not None and self._blob_file(subject):
+                live.add(subject)
         return live
+
+    def _blob_file(self, digest: str) -> bool:
+        try:
+            return self.blob_path(digest).is_file()
+        except ValueError:
+            return False
 
     def discard_unreferenced(self, digests: Sequence[str]) -> list[str]:
         """Remove those of ``digests`` that no image of ``index.json`` reaches (a rollback helper)."""

@@ -6,7 +6,12 @@
 - ``demo``: the whole story of the README's main job: start both, publish
   v1 and v2 of a file and of a directory with the oras CLI, pull v1 into an
   OCI layout with ``doras-oras pull``, then delta-pull v2, and print what was
-  received against what a full pull costs.
+  received against what a full pull costs. ``--sign`` signs what it
+  publishes (as ``cosign sign --key`` does) and pulls with ``--verify-key``.
+- ``sign``: sign an artifact already in a registry, as ``cosign sign --key
+  K --tlog-upload=false`` would (:mod:`.signing`; a key pair is made in
+  ``--key-dir`` when there is none), so scripts can be tried with signed
+  artifacts without cosign.
 - ``delta-demo``: start both, push two versions of a file with the oras CLI,
   request the delta (202 while it is built, then 200), print the server's
   answer and the delta manifest.
@@ -33,8 +38,10 @@ from typing import Any
 
 import requests
 
+from ..trust import parse_annotation
 from .registry import RegistryServer, find_tool
 from .server import DorasServer
+from .signing import MODES, SigningKey, sign
 
 log = logging.getLogger("doras_oras.testing")
 
@@ -177,9 +184,22 @@ def _publish_versions(oras: str, repo_host: str, workdir: Path) -> None:
             print(f"published {repo_host}/{repo}:v{version} ({what})")
 
 
-def _pull(ref: str, layout: Path, server: str, output: Path) -> dict[str, Any]:
+def _sign_versions(registry: RegistryServer, key: SigningKey) -> None:
+    """Sign v1 and v2 of both demo repositories with ``key`` (legacy ``.sig`` tags)."""
+    for repo in ("demo/firmware", "demo/config"):
+        for version in ("v1", "v2"):
+            head = requests.head(f"{registry.url}/v2/{repo}/manifests/{version}", timeout=10,
+                                 headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            head.raise_for_status()
+            signature = sign(registry.url, repo, head.headers["Docker-Content-Digest"], key)
+            print(f"signed {registry.host}/{repo}:{version} (signature manifest {signature[:19]}...)")
+
+
+def _pull(ref: str, layout: Path, server: str, output: Path, key: Path | None = None) -> dict[str, Any]:
     command = [sys.executable, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout),
                "--server", server, "--plain-http", "--output", str(output), "--json"]
+    if key is not None:
+        command += ["--verify-key", str(key)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode not in (0, 3):
         sys.stderr.write(done.stderr)
@@ -196,12 +216,21 @@ def demo(args: argparse.Namespace) -> int:
         work = Path(tmp)
         print(f"registry {registry.url}, Doras server {server.url}")
         _publish_versions(oras, registry.host, work / "publish")
+        key = None
+        if args.sign:
+            signing = SigningKey.generate(work / "keys")
+            _sign_versions(registry, signing)
+            key = signing.public_path
         layout = work / "device" / "oci-layout"
         rows = []
         for repo in ("demo/firmware", "demo/config"):
             for version in ("v1", "v2"):
                 result = _pull(f"{registry.host}/{repo}:{version}", layout, server.url,
-                               work / "device" / "files" / repo)
+                               work / "device" / "files" / repo, key)
+                if key is not None:
+                    signature = (result.get("trust") or {}).get("signature") or {}
+                    print(f"verified {repo}:{version} with {signature.get('key', {}).get('name')} "
+                          f"({signature.get('found_via')} {signature.get('location')})")
                 rows.append(result)
                 print(f"pulled {repo}:{version}: {result['status']}"
                       + (f" ({result['algorithm']})" if result.get("algorithm") else "")
@@ -220,12 +249,38 @@ def demo(args: argparse.Namespace) -> int:
         if len(saved) != 2:
             print("expected both v2 pulls to be deltas", file=sys.stderr)
             return 1
-        index = json.loads((layout / "index.json").read_text())
-        print(f"\nthe layout {layout} records {len(index['manifests'])} images; "
-              "its files were written under device/files (like `oras pull`)")
+        entries = json.loads((layout / "index.json").read_text())["manifests"]
+        signatures = sum("io.doras-oras.subject" in (e.get("annotations") or {}) for e in entries)
+        print(f"\nthe layout {layout} records {len(entries) - signatures} images"
+              + (f" and {signatures} signature manifests" if signatures else "")
+              + "; its files were written under device/files (like `oras pull`)")
         skopeo = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:v2"],
                                 capture_output=True, text=True, timeout=60)
         print(f"skopeo inspect --raw oci:LAYOUT:v2 -> exit {skopeo.returncode}")
+    return 0
+
+
+def sign_command(args: argparse.Namespace) -> int:
+    """Sign REF (``host:port/repository@sha256:...``, or a tag, resolved first) in the registry."""
+    key = SigningKey.load_or_generate(args.key_dir)
+    scheme = "http" if args.plain_http else "https"
+    host, _, rest = args.reference.partition("/")
+    repository, _, digest = rest.partition("@")
+    url = f"{scheme}://{host}"
+    auth = (args.username, args.password or "") if args.username else None
+    if not digest:
+        repository, _, tag = repository.partition(":")
+        head = requests.head(f"{url}/v2/{repository}/manifests/{tag or 'latest'}", timeout=10, auth=auth,
+                             verify=args.ca_file or True,
+                             headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                                                "application/vnd.oci.image.index.v1+json"})
+        head.raise_for_status()
+        digest = head.headers["Docker-Content-Digest"]
+    annotations = dict(parse_annotation(item) for item in args.annotation)
+    signature = sign(url, repository, digest, key, annotations=annotations, mode=args.mode, auth=auth,
+                     ca_file=args.ca_file)
+    print(json.dumps({"signed": f"{host}/{repository}@{digest}", "signature_manifest": signature,
+                      "mode": args.mode, "public_key": str(key.public_path)}))
     return 0
 
 
@@ -250,7 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_story = sub.add_parser("demo", help="publish v1 and v2, pull v1, delta-pull v2, print the savings")
     p_story.add_argument("--build-delay", type=float, default=0.0, metavar="SECONDS",
                          help="server build delay (default 0)")
+    p_story.add_argument("--sign", action="store_true",
+                         help="sign what is published (as cosign sign --key does) and pull with --verify-key")
     p_story.set_defaults(run=demo)
+    p_sign = sub.add_parser("sign", help="sign an artifact in a registry as `cosign sign --key` does")
+    p_sign.add_argument("reference", metavar="HOST:PORT/REPOSITORY[:TAG|@DIGEST]")
+    p_sign.add_argument("--key-dir", required=True, type=Path,
+                        help="where the key pair is (cosign.pub, testbed.key); made when missing")
+    p_sign.add_argument("-a", "--annotation", action="append", default=[], metavar="KEY=VALUE",
+                        help="an annotation of the signed payload (repeatable)")
+    p_sign.add_argument("--mode", choices=MODES, default="tag",
+                        help="tag: the legacy sha256-<hex>.sig tag (default); referrers: an OCI 1.1 referrer")
+    p_sign.add_argument("--plain-http", action="store_true", help="the registry speaks plain HTTP")
+    p_sign.add_argument("--ca-file", help="CA bundle of the registry's TLS certificate")
+    p_sign.add_argument("-u", "--username")
+    p_sign.add_argument("-p", "--password")
+    p_sign.set_defaults(run=sign_command)
     p_demo = sub.add_parser("delta-demo", help="push two versions and request their delta")
     p_demo.add_argument("--accept", action="append", default=[], metavar="ALGO",
                         help="accepted algorithm (bsdiff, tardiff, gzip, zstd); repeatable")

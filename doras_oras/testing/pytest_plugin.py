@@ -6,6 +6,13 @@ Fixtures:
 - ``oci_registry_auth``: one with htpasswd basic auth (user ``doras``, password ``s3cret``);
 - ``oci_registry_tls``: one serving HTTPS with a fresh CA (``.ca_file``);
 - ``oras_cli``: path of the oras CLI binary (v1.3.6 from scripts/bootstrap.sh);
+- ``signing_key``: a session-wide ECDSA P-256 key pair of the test bed
+  (:class:`~doras_oras.testing.signing.SigningKey`; ``.public_path`` is the
+  ``cosign.pub`` to verify with);
+- ``sign_artifact``: ``sign_artifact(repository, digest, *, annotations=None,
+  mode="tag"|"referrers", key=signing_key, registry=oci_registry)`` signs an
+  artifact as ``cosign sign --key --tlog-upload=false`` does
+  (:func:`doras_oras.testing.signing.sign`); returns the signature manifest digest;
 - ``doras_server``: a Doras-compatible server (:class:`DorasServer`) in front of
   ``oci_registry``, function scope (a fresh server per test: its counters
   ``builds``/``build_errors`` and knobs belong to that test; starting one costs
@@ -29,6 +36,7 @@ from .registry import RegistryServer, find_tool
 
 if TYPE_CHECKING:
     from .server import DorasServer
+    from .signing import SigningKey
 
 REGISTRY_USER = "doras"
 REGISTRY_PASSWORD = "s3cret"
@@ -82,3 +90,29 @@ def doras_server_factory(oci_registry: RegistryServer) -> Iterator[DorasServerFa
 @pytest.fixture
 def doras_server(doras_server_factory: DorasServerFactory) -> DorasServer:
     return doras_server_factory()
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
+    from .signing import SigningKey  # imported here: cryptography loads only for tests that sign
+
+    return SigningKey.generate(tmp_path_factory.mktemp("testbed-key"))
+
+
+SignArtifact = Callable[..., str]
+
+
+@pytest.fixture
+def sign_artifact(oci_registry: RegistryServer, signing_key: SigningKey) -> SignArtifact:
+    from .signing import sign
+
+    def sign_it(repository: str, digest: str, *, annotations: dict[str, str] | None = None, mode: str = "tag",
+                key: SigningKey | None = None, registry: RegistryServer | None = None,
+                docker_reference: str | None = None) -> str:
+        target = registry or oci_registry
+        auth = (target.username, target.password or "") if target.username else None
+        return sign(target.url, repository, digest, key or signing_key, annotations=annotations, mode=mode,
+                    docker_reference=docker_reference, auth=auth,
+                    ca_file=str(target.ca_file) if target.ca_file else None)
+
+    return sign_it

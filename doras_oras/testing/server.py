@@ -320,6 +320,8 @@ class DorasServer:
         self.dummy_ttl_s = dummy_ttl_s
         self.tamper_delta = tamper_delta
         self.builds = 0
+        self.delta_requests = 0
+        """``GET /api/v1/delta/`` requests answered (a pull that must not ask for a delta leaves it alone)."""
         self.build_errors: list[str] = []
         self._requested_port = port
         self._lock = threading.Lock()
@@ -396,6 +398,8 @@ class DorasServer:
     # --- the API -------------------------------------------------------------
     def handle_delta(self, query: Mapping[str, list[str]], authorization: str | None) -> _Answer:
         """Answer one ``GET /api/v1/delta/`` request."""
+        with self._lock:
+            self.delta_requests += 1
         unauthorized = _json_answer(401, error_body(401, "unauthorized"))
         from_text = (query.get("from_digest") or [""])[0]
         to_tag = (query.get("to_tag") or [""])[0]

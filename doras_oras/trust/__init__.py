@@ -7,6 +7,8 @@ Pure apart from reading key and policy files: registry reads go through a
     requirement = Requirement.from_keys(keys, {"channel": "stable"})
     # or: requirement = load_policy("trust.json").requirement_for(reference)
     result = enforce(source, reference.with_digest(resolved_digest), requirement)
+    # a policy and command-line keys together (both must pass):
+    result = check(source, reference.with_digest(resolved_digest), Verification(policy=policy, keys=requirement))
     result.signature.key          # which key verified (KeyIdentity)
     result.signature.manifest_body, result.signature.blobs   # to keep beside the image
 
@@ -28,6 +30,7 @@ from .policy import (
     PolicyRule,
     Requirement,
     TrustPolicy,
+    Verification,
     load_policy,
     parse_annotation,
     parse_policy,
@@ -38,14 +41,19 @@ from .source import (
     MAX_SIGNATURE_BLOB_BYTES,
     MAX_SIGNATURE_LAYERS,
     MAX_SIGNATURE_MANIFESTS,
+    CachingSource,
     FetchedManifest,
     SignatureSource,
 )
 from .verifier import (
+    ORIGIN_LAYOUT,
+    ORIGIN_REGISTRY,
     SIGNATURE_ANNOTATION,
     SIMPLE_SIGNING_MEDIA_TYPE,
     TrustResult,
     VerifiedSignature,
+    check,
+    cosign_config,
     enforce,
     verify_signature,
 )
@@ -60,10 +68,13 @@ __all__ = [
     "MAX_SIGNATURE_BLOB_BYTES",
     "MAX_SIGNATURE_LAYERS",
     "MAX_SIGNATURE_MANIFESTS",
+    "ORIGIN_LAYOUT",
+    "ORIGIN_REGISTRY",
     "SIGNATURE_ANNOTATION",
     "SIGNATURE_ARTIFACT_TYPE",
     "SIMPLE_SIGNING_MEDIA_TYPE",
     "SIMPLE_SIGNING_TYPE",
+    "CachingSource",
     "FetchedManifest",
     "KeyIdentity",
     "PolicyRule",
@@ -73,7 +84,10 @@ __all__ = [
     "TrustPolicy",
     "TrustResult",
     "TrustedKey",
+    "Verification",
     "VerifiedSignature",
+    "check",
+    "cosign_config",
     "enforce",
     "load_policy",
     "load_public_key",

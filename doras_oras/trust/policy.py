@@ -167,6 +167,48 @@ class TrustPolicy:
         return Requirement(keys=rule.keys, annotations=rule.annotations, rule=rule.pattern)
 
 
+@dataclass(frozen=True)
+class Verification:
+    """What a pull must check: a trust policy, command-line keys, or both.
+
+    With both, **both must pass** (the policy's rule for the repository, and
+    the keys with their annotations): the command line can add a requirement,
+    never waive one. A policy rule with ``keys: []`` plus command-line keys
+    therefore still needs one of those keys; a repository the policy does not
+    list is refused whatever the command line says.
+    """
+
+    policy: TrustPolicy | None = None
+    keys: Requirement | None = None
+    """``--verify-key``/``--verify-annotation`` (:meth:`Requirement.from_keys`)."""
+
+    def __post_init__(self) -> None:
+        if self.policy is None and self.keys is None:
+            raise TrustConfigError("a verification needs a trust policy or keys")
+        if self.keys is not None and not self.keys.required:
+            raise TrustConfigError("command-line verification without a key: nothing could verify")
+
+    @classmethod
+    def of(cls, value: Verification | Requirement | TrustPolicy) -> Verification:
+        """``pull_delta(verify=...)`` takes any of the three; this is the one shape."""
+        if isinstance(value, Verification):
+            return value
+        if isinstance(value, TrustPolicy):
+            return cls(policy=value)
+        if isinstance(value, Requirement):
+            return cls(keys=value)
+        raise TypeError(f"verify= takes a Verification, Requirement or TrustPolicy, not {type(value).__name__}")
+
+    def requirements_for(self, target: Reference) -> tuple[Requirement, ...]:
+        """Every requirement that applies to ``target`` (policy first); :class:`UntrustedRepositoryError`."""
+        found: list[Requirement] = []
+        if self.policy is not None:
+            found.append(self.policy.requirement_for(target))
+        if self.keys is not None:
+            found.append(self.keys)
+        return tuple(found)
+
+
 KeyLoader = Callable[[Path], TrustedKey]
 
 

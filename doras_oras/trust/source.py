@@ -70,3 +70,41 @@ class SignatureSource(Protocol):
     def fetch_blob(self, repository: Reference, descriptor: Descriptor, *, max_bytes: int) -> bytes | None:
         """``GET /v2/<name>/blobs/<digest>``, at most ``max_bytes``; ``None`` when not found."""
         ...
+
+
+class CachingSource:
+    """A :class:`SignatureSource` that asks ``inner`` each question once (answers and "not found").
+
+    Errors are not kept: a failed read fails again when asked again.
+    """
+
+    def __init__(self, inner: SignatureSource) -> None:
+        self.inner = inner
+        self._answers: dict[tuple[str, ...], object] = {}
+
+    def fetch_manifest(self, repository: Reference, reference: str, *, max_bytes: int) -> FetchedManifest | None:
+        key = ("manifest", repository.name, reference, str(max_bytes))
+        if key not in self._answers:
+            self._answers[key] = self.inner.fetch_manifest(repository, reference, max_bytes=max_bytes)
+        answer = self._answers[key]
+        assert answer is None or isinstance(answer, FetchedManifest)
+        return answer
+
+    def fetch_referrers(
+        self, repository: Reference, digest: str, *, artifact_type: str | None, max_bytes: int
+    ) -> FetchedManifest | None:
+        key = ("referrers", repository.name, digest, artifact_type or "", str(max_bytes))
+        if key not in self._answers:
+            self._answers[key] = self.inner.fetch_referrers(
+                repository, digest, artifact_type=artifact_type, max_bytes=max_bytes)
+        answer = self._answers[key]
+        assert answer is None or isinstance(answer, FetchedManifest)
+        return answer
+
+    def fetch_blob(self, repository: Reference, descriptor: Descriptor, *, max_bytes: int) -> bytes | None:
+        key = ("blob", repository.name, descriptor.digest, str(max_bytes))
+        if key not in self._answers:
+            self._answers[key] = self.inner.fetch_blob(repository, descriptor, max_bytes=max_bytes)
+        answer = self._answers[key]
+        assert answer is None or isinstance(answer, bytes)
+        return answer

@@ -25,7 +25,7 @@ import binascii
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 from ..descriptor import Descriptor, validate_digest
@@ -44,8 +44,8 @@ from ..reference import Reference
 from .discovery import Candidate, Failure, Stage, discover
 from .keys import KeyIdentity, TrustedKey
 from .payload import SimpleSigningPayload, check_claims, parse_payload
-from .policy import Requirement
-from .source import MAX_SIGNATURE_BLOB_BYTES, MAX_SIGNATURE_LAYERS, SignatureSource
+from .policy import Requirement, Verification
+from .source import MAX_SIGNATURE_BLOB_BYTES, MAX_SIGNATURE_LAYERS, CachingSource, SignatureSource
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,30 @@ def _try_candidate(
     return _Outcome(failures=tuple(failures))
 
 
+def cosign_config(layers: list[Descriptor]) -> bytes:
+    """The config blob ``cosign sign`` v2.6.5 writes for a signature manifest of these layers.
+
+    go-containerregistry derives it from the layers alone (one history entry and
+    one ``diff_id`` per layer, zero times), in both referrers modes; only its
+    media type differs. When these bytes hash to the manifest's config digest,
+    the config need not be fetched (one request less per pull); otherwise it is.
+    """
+    history = ",".join('{"created":"0001-01-01T00:00:00Z"}' for _ in layers)
+    diff_ids = ",".join(f'"{layer.digest}"' for layer in layers)
+    return (
+        '{"architecture":"","created":"0001-01-01T00:00:00Z","history":[' + history + '],"os":"",'
+        '"rootfs":{"type":"layers","diff_ids":[' + diff_ids + ']},"config":{}}'
+    ).encode()
+
+
+def _predicted(config: Descriptor, layers: list[Descriptor]) -> bytes | None:
+    """The config's bytes when they are cosign's own (checked against the digest), else ``None``."""
+    data = cosign_config(layers)
+    if len(data) == config.size and hashlib.new(config.algorithm, data).hexdigest() == config.hex:
+        return data
+    return None
+
+
 def _complete_blobs(
     source: SignatureSource,
     target: Reference,
@@ -237,12 +261,18 @@ def _complete_blobs(
     blobs: dict[str, bytes],
     what: str,
 ) -> dict[str, bytes] | Failure:
-    """Fetch the config and the layers not fetched yet, so the whole manifest can be stored."""
+    """Fetch the config and the layers not fetched yet, so the whole manifest can be stored.
+
+    A config that cosign derived from the layers (:func:`cosign_config`) is rebuilt, not fetched.
+    """
     try:
         config = Descriptor.from_json(candidate.manifest.document.get("config") or {})
     except (ValueError, InvalidDigestError) as exc:
         return Failure(Stage.MALFORMED, f"{what}: config: {exc}")
     out = dict(blobs)
+    rebuilt = _predicted(config, layers)
+    if rebuilt is not None:
+        out[config.digest] = rebuilt
     for position, descriptor in [(-1, config), *enumerate(layers)]:
         if descriptor.digest in out:
             continue
@@ -311,6 +341,10 @@ def verify_signature(
     _raise(failures, target, digest)
 
 
+ORIGIN_REGISTRY = "registry"
+ORIGIN_LAYOUT = "layout"
+
+
 @dataclass(frozen=True)
 class TrustResult:
     """What the trust check decided for one artifact (for ``PullResult.trust`` and ``--json``)."""
@@ -320,14 +354,33 @@ class TrustResult:
     rule: str | None = None
     """The policy pattern that decided, ``None`` for command-line keys or no check."""
     signature: VerifiedSignature | None = None
-    """The signature that verified, when one was required."""
+    """The signature that verified, when one was required (with several checks: the first)."""
+    checks: tuple[TrustResult, ...] = ()
+    """With a policy *and* command-line keys: each check's own result (policy first); else empty."""
+    origin: str = ORIGIN_REGISTRY
+    """Where the signatures were read: ``registry``, or ``layout`` (the copy kept beside the image)."""
+
+    @property
+    def signatures(self) -> tuple[VerifiedSignature, ...]:
+        """Every signature that verified (one per check; the same manifest once)."""
+        found: dict[str, VerifiedSignature] = {}
+        for result in (self, *self.checks):
+            if result.signature is not None:
+                found.setdefault(result.signature.signature_manifest.digest, result.signature)
+        return tuple(found.values())
 
     def to_json(self) -> dict[str, Any]:
-        """``{"required", "rule", "signature": {...} | null}``."""
+        """``{"required", "rule", "signature": {...} | null, "origin", "checks": [...]}``."""
         return {
             "required": self.required,
             "rule": self.rule,
             "signature": self.signature.to_json() if self.signature is not None else None,
+            "origin": self.origin,
+            "checks": [
+                {"required": c.required, "rule": c.rule,
+                 "signature": c.signature.to_json() if c.signature is not None else None}
+                for c in self.checks
+            ],
         }
 
 
@@ -342,3 +395,29 @@ def enforce(source: SignatureSource, target: Reference, requirement: Requirement
         return TrustResult(required=False, rule=requirement.rule)
     verified = verify_signature(source, target, requirement.keys, annotations=requirement.annotations)
     return TrustResult(required=True, rule=requirement.rule, signature=verified)
+
+
+def check(
+    source: SignatureSource, target: Reference, verification: Verification, *, origin: str = ORIGIN_REGISTRY
+) -> TrustResult:
+    """Every requirement of ``verification`` for ``target`` must pass (:class:`~.policy.Verification`).
+
+    ``target`` carries the digest being installed. The source is read through
+    a cache, so two requirements met by one signature manifest cost its
+    requests once. Raises the first requirement's :class:`~doras_oras.errors.TrustError`.
+    """
+    if target.digest is None:
+        raise ValueError("check needs the digest being installed (target.digest)")
+    requirements = verification.requirements_for(target)
+    cached = CachingSource(source)
+    results = [enforce(cached, target, requirement) for requirement in requirements]
+    if len(results) == 1:
+        return replace(results[0], origin=origin)
+    signed = next((r.signature for r in results if r.signature is not None), None)
+    return TrustResult(
+        required=any(r.required for r in results),
+        rule=next((r.rule for r in results if r.rule is not None), None),
+        signature=signed,
+        checks=tuple(results),
+        origin=origin,
+    )
