@@ -29,7 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from .errors import InsecureTransportError, InvalidArgumentError, RegistryAuthError
+from .errors import Fix, InsecureTransportError, InvalidArgumentError, RegistryAuthError
 from .urls import origin, safe_url
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ class RegistryAuth:
         except RegistryAuthError as exc:
             raise RegistryAuthError(
                 f"token server {safe_url(realm)} refused the credentials for {self.registry}",
-                status=exc.status,
+                status=exc.status, fix=Fix.REGISTRY_CREDENTIALS,
             ) from exc
         try:
             data = json.loads(body)

@@ -15,12 +15,13 @@ lock while they use it.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ArtifactTooLargeError, BudgetExceededError
+from .errors import ArtifactTooLargeError, BudgetExceededError, Fix, InvalidArgumentError
 from .layout.files import atomic_write
 
 LEDGER_DIR = ".doras-oras"
@@ -31,7 +32,7 @@ def check_max_size(declared: int, max_size: int | None, *, what: str) -> None:
     """Raise :class:`ArtifactTooLargeError` when ``declared`` exceeds ``max_size``."""
     if max_size is not None and declared > max_size:
         raise ArtifactTooLargeError(
-            f"{what} declares {declared} bytes, more than the limit of {max_size} bytes"
+            f"{what} declares {declared} bytes, more than the limit of {max_size} bytes", fix=Fix.MAX_SIZE
         )
 
 
@@ -43,6 +44,12 @@ class DownloadBudget:
     limit_bytes: int
     period_s: float
     clock: Callable[[], float] = field(default=time.time)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.limit_bytes, int) and self.limit_bytes >= 0):
+            raise InvalidArgumentError(f"budget limit must be an integer number of bytes >= 0, not {self.limit_bytes!r}")
+        if not (isinstance(self.period_s, int | float) and math.isfinite(self.period_s) and self.period_s > 0):
+            raise InvalidArgumentError(f"budget period must be a positive number of seconds, not {self.period_s!r}")
 
     @property
     def ledger(self) -> Path:
@@ -73,7 +80,7 @@ class DownloadBudget:
         if used + about_to_download > self.limit_bytes:
             raise BudgetExceededError(
                 f"{what} needs {about_to_download} bytes; {used} of the budget of "
-                f"{self.limit_bytes} bytes per {self.period_s:g} s are already used"
+                f"{self.limit_bytes} bytes per {self.period_s:g} s are already used", fix=Fix.BUDGET
             )
 
     def record(self, received: int) -> None:

@@ -27,6 +27,7 @@ translated at the module boundary that meets them, with the original kept as
     ├── LayoutError                    the local OCI image layout (a full disk is one too)
     │   ├── LayoutLockedError          another process holds the layout lock
     │   ├── CorruptLayoutError         index.json / oci-layout unreadable or invalid
+    │   ├── NotALayoutError            the path is a file, or a directory holding something else
     │   └── ImageNotFoundError         no such image in the layout
     ├── ExtractError                   an artifact's files cannot be written out safely
     ├── TransportError                 HTTP transfer failed
@@ -56,13 +57,97 @@ translated at the module boundary that meets them, with the original kept as
 
 A :class:`TrustError` is never a reason to fall back: no code path may catch
 it and continue without verification (docs/trust.md).
+
+**Fixes.** An error that the caller can make go away by changing a setting
+carries a :class:`Fix` (``error.fix``): a stable code of the situation. The
+library words it in Python API terms (``str(error)`` is ``error.detail``, then
+``"; "`` and :attr:`Fix.hint`); the command renders the same code as its flags
+(``doras_oras.cli.output``), so neither names the other's vocabulary.
 """
 
 from __future__ import annotations
 
+import enum
+
+
+class Fix(enum.Enum):
+    """What would make an error go away, as a stable code; :attr:`hint` says it for library users."""
+
+    INSECURE_AUTH = "insecure-auth"
+    """Credentials were refused over plain HTTP."""
+    PLAIN_HTTP = "plain-http"
+    """The registry speaks plain HTTP, the client asked for HTTPS."""
+    TLS_REGISTRY = "tls-registry"
+    """The registry's TLS certificate does not verify."""
+    SERVER_PLAIN_HTTP = "server-plain-http"
+    """An ``http://`` Doras server URL that the client does not allow."""
+    SERVER_SPEAKS_HTTP = "server-speaks-http"
+    """The Doras server speaks plain HTTP, its URL says https."""
+    TLS_SERVER = "tls-server"
+    """The Doras server's TLS certificate does not verify."""
+    REGISTRY_CREDENTIALS = "registry-credentials"
+    """The registry wants (other) credentials: 401/403."""
+    SERVER_CREDENTIALS = "server-credentials"
+    """The Doras server wants (other) credentials: 401."""
+    REBUILD_INDEX = "rebuild-index"
+    """``index.json`` is missing or corrupt; it can be rebuilt from the blobs."""
+    LOCK_TIMEOUT = "lock-timeout"
+    """Another process holds the layout's lock longer than the caller waits."""
+    MAX_SIZE = "max-size"
+    """The artifact is larger than the size limit."""
+    BUDGET = "budget"
+    """The download budget of the period is spent."""
+    DEADLINE = "deadline"
+    """The overall deadline of the transfers passed."""
+
+    @property
+    def hint(self) -> str:
+        """The fix in Python API terms."""
+        return _LIBRARY_HINTS[self]
+
+
+_LIBRARY_HINTS: dict[Fix, str] = {
+    Fix.INSECURE_AUTH: "allow it with allow_insecure_auth=True (DeltaRegistry, RegistryClient)",
+    Fix.PLAIN_HTTP: "it speaks plain HTTP: make the client with plain_http=True (DeltaRegistry: insecure=True)",
+    Fix.TLS_REGISTRY: "pass the CA bundle that signed the registry's certificate as tls_verify=PATH, "
+                      "or turn verification off with tls_verify=False",
+    Fix.SERVER_PLAIN_HTTP: "allow it with EdgeClient(allow_http=True)",
+    Fix.SERVER_SPEAKS_HTTP: "it speaks plain HTTP: give the server URL as http://HOST:PORT",
+    Fix.TLS_SERVER: "pass the CA bundle that signed the Doras server's certificate (EdgeClient ca_file=PATH, "
+                    "or the registry's tls_verify=PATH), or insecure=True",
+    Fix.REGISTRY_CREDENTIALS: "give credentials: DeltaRegistry.auth.set_basic_auth(user, password), "
+                              "RegistryClient(credentials=...), or a docker config file (registry_configs=[...])",
+    Fix.SERVER_CREDENTIALS: "give the Doras server credentials: EdgeClient(auth=BasicAuth(...) or BearerAuth(...)), "
+                            "or basic credentials on the registry client (they are passed on)",
+    Fix.REBUILD_INDEX: "OCILayout.rebuild_index() recreates it from blobs/ (the tags are lost)",
+    Fix.LOCK_TIMEOUT: "wait longer (lock_timeout_s=..., OCILayout.lock(timeout=...))",
+    Fix.MAX_SIZE: "raise max_size",
+    Fix.BUDGET: "raise the budget, or wait for the period to pass",
+    Fix.DEADLINE: "raise TransferPolicy.deadline_s",
+}
+
 
 class DorasOrasError(Exception):
-    """Base class of every error raised by doras-oras."""
+    """Base class of every error raised by doras-oras.
+
+    ``fix`` (keyword-only): the :class:`Fix` of the situation, if the caller can
+    change something to make it go away. :attr:`detail` is the message without it.
+    """
+
+    fix: Fix | None = None
+
+    def __init__(self, *args: object, fix: Fix | None = None) -> None:
+        super().__init__(*args)
+        if fix is not None:
+            self.fix = fix
+
+    @property
+    def detail(self) -> str:
+        """What went wrong, without the fix."""
+        return super().__str__()
+
+    def __str__(self) -> str:
+        return f"{self.detail}; {self.fix.hint}" if self.fix is not None else self.detail
 
 
 class InvalidArgumentError(DorasOrasError, ValueError):
@@ -148,6 +233,13 @@ class CorruptLayoutError(LayoutError):
     """``index.json`` or ``oci-layout`` is unreadable or invalid."""
 
 
+class NotALayoutError(LayoutError):
+    """The path given as a layout is not a directory, or holds something other than an OCI layout.
+
+    The command reports it as a usage error (exit 2): the flag names the wrong path.
+    """
+
+
 class ImageNotFoundError(LayoutError):
     """The layout holds no image for the given reference."""
 
@@ -175,8 +267,8 @@ class InsecureTransportError(TransportError):
 class RegistryError(TransportError):
     """The registry answered with an HTTP error status."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, status: int | None = None, fix: Fix | None = None) -> None:
+        super().__init__(message, fix=fix)
         self.status = status
 
 
@@ -192,14 +284,14 @@ class DorasServerError(DorasOrasError):
     details) when it could be parsed.
     """
 
-    def __init__(self, status: int, message: str, context: str | None = None) -> None:
+    def __init__(self, status: int, message: str, context: str | None = None, *, fix: Fix | None = None) -> None:
         self.status = status
         self.message = message
         self.context = context
         text = f"Doras server answered {status}: {message}"
         if context:
             text += f" ({context})"
-        super().__init__(text)
+        super().__init__(text, fix=fix)
 
 
 class BadRequestError(DorasServerError):

@@ -79,10 +79,22 @@ def _layer_stream(layout: OCILayout, layer: Descriptor) -> Iterator[BinaryIO]:
 
 
 def extract_image(layout: OCILayout, manifest: Descriptor, output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write the titled layers of the stored ``manifest`` to ``output_dir``; return what was written."""
+    """Write the titled layers of the stored ``manifest`` to ``output_dir``; return what was written.
+
+    :class:`ExtractError` when ``output_dir`` is not a directory or cannot be written.
+    """
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ExtractError(f"cannot write the files to {out}: not a directory")
+    try:
+        return _extract(layout, manifest, out)
+    except OSError as exc:  # named by the output directory, not by a staging file inside it
+        raise ExtractError(f"cannot write the files to {out}: {exc.strerror or exc}") from exc
+
+
+def _extract(layout: OCILayout, manifest: Descriptor, out: Path) -> list[Path]:
     import json
 
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     document = json.loads(layout.read_blob(manifest))
     written: list[Path] = []

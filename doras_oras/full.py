@@ -26,6 +26,7 @@ from . import schemas
 from .descriptor import EMPTY_DIGEST, EMPTY_JSON, Descriptor
 from .errors import InvalidArgumentError
 from .layout import (
+    ANNOTATION_PULLED_BY,
     ANNOTATION_SOURCE_INDEX,
     ANNOTATION_SOURCE_PLATFORM,
     Attachment,
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done_bytes, total_bytes)``; phases: ``full`` (blobs of a full pull),
 ``delta`` (the delta download), ``apply``."""
+
+BeforeCommit = Callable[[Descriptor], None]
+"""Called with the stored manifest after every blob is in the layout, before ``index.json``
+names it (under the lock): raising leaves the layout as it was (e.g. files written first)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ def pull_full(
     progress: Progress | None = None,
     verify: Verification | Requirement | TrustPolicy | None = None,
     attachments: Sequence[Attachment] = (),
+    before_commit: BeforeCommit | None = None,
 ) -> FullPullResult:
     """Verified full pull of ``ref`` into ``layout``; ``index.json`` is written last.
 
@@ -88,6 +94,7 @@ def pull_full(
     nothing fetched but the signature, nothing written) unless the resolved
     digest is signed as required. ``attachments``: manifests to commit beside
     the image (signatures the caller verified; :func:`doras_oras.pull.pull_delta` does).
+    ``before_commit(manifest)`` runs before ``index.json`` is written (:data:`BeforeCommit`).
     """
     client = registry_client_of(registry)
     ref = Reference.parse(ref) if isinstance(ref, str) else ref
@@ -104,7 +111,8 @@ def pull_full(
         if verify is not None:
             trust, parsed, attachments = _verified(client, ref, parsed, verify)
         result = _pull_full(client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
-                            progress=progress, attachments=attachments)
+                            progress=progress, attachments=attachments,
+                            before_commit=before_commit)
     return dataclasses.replace(result, bytes_received=client.bytes_received - start, trust=trust)
 
 
@@ -129,12 +137,13 @@ def _verified(
 def _pull_full(
     client: RegistryClient, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout: float,
     parsed: schemas.ParsedManifest | None, progress: Progress | None, attachments: Sequence[Attachment],
+    before_commit: BeforeCommit | None,
 ) -> FullPullResult:
     start = client.bytes_received
     top = parsed if parsed is not None else client.fetch_parsed(ref)
     resolved = top.descriptor
     manifest = top
-    notes: dict[str, str] = {}
+    notes: dict[str, str] = {ANNOTATION_PULLED_BY: "full"}
     if top.is_index:
         chosen = choose_manifest(top.document, platform or host_platform(), what=str(ref))
         manifest = client.fetch_parsed(ref, expected=chosen)
@@ -176,6 +185,8 @@ def _pull_full(
                 if progress is not None:
                     progress("full", done, total)
                 fetched += 1
+            if before_commit is not None:
+                before_commit(own)
             image = layout.commit_image(
                 own, repository=ref.name, tag=ref.tag, source_digest=own.digest, annotations=notes,
                 attachments=attachments,

@@ -26,7 +26,13 @@ The steps (DESIGN.md §1), one forward walk
    backoff, or once with ``wait=False``), check the answer and the delta manifest;
 7. download the delta blob into the layout's ``ingest/`` (verified, resumable);
 8. apply it to the base layer into a blob writer of the layout (verified), store;
-9. commit ``index.json``.
+9. with ``output_dir``, write the image's files there (all or nothing), then commit
+   ``index.json``: a failure to write the files leaves the layout as it was, so the
+   next run does the update again (and says so).
+
+The base may be an entry that another tool wrote (``oras copy --to-oci-layout``,
+``skopeo copy ... oci:DIR:TAG``): it is recognised by its ``ref.name``
+(:meth:`~doras_oras.layout.ImageEntry.belongs_to`).
 
 Anything that makes the delta unusable (server down, 4xx/5xx, timeout,
 corrupt or unverifiable delta, a delta of a kind that was not asked for)
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -56,16 +63,20 @@ from .errors import (
     DocumentError,
     DorasOrasError,
     DorasServerError,
+    Fix,
     ImageNotFoundError,
     ImagesIdenticalError,
     IncompatibleArtifactsError,
+    InsecureTransportError,
     InvalidArgumentError,
     TransportError,
     TrustError,
     VerificationError,
 )
+from .extract import extract_image
 from .full import Progress, pull_full
 from .layout import (
+    ANNOTATION_PULLED_BY,
     ANNOTATION_SOURCE_INDEX,
     ANNOTATION_SOURCE_PLATFORM,
     Attachment,
@@ -77,6 +88,7 @@ from .platforms import host_platform, parse_platform, platform_matches
 from .reference import Reference
 from .registry_client import RegistryClient, SupportsRegistryClient, registry_client_of
 from .schemas import ParsedManifest
+from .urls import safe_url
 
 if TYPE_CHECKING:
     from .trust import Requirement, TrustPolicy, TrustResult, Verification
@@ -138,6 +150,11 @@ class PullResult:
     trust: dict[str, Any] | None = None
     """With ``verify``: the signature check (``TrustResult.to_json()``: which key verified, which
     signature manifest, where it was found, ``origin`` registry or layout); ``None`` without."""
+    output: list[str] | None = None
+    """With ``output_dir``: the files and directories written there (None without)."""
+    fix: Fix | None = None
+    """For a fallback that a setting would have avoided (a TLS or credentials problem with the
+    Doras server, ...): the :class:`~doras_oras.errors.Fix`; ``fix.hint`` words it. Its value in JSON."""
 
     @property
     def updated(self) -> bool:
@@ -149,16 +166,28 @@ class PullResult:
         return self.reason_code if self.status == STATUS_FULL else None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        document["fix"] = self.fix.value if self.fix is not None else None
+        return document
 
 
 class _Fallback(Exception):
-    """Internal: the delta path cannot continue; do a full pull for ``reason``."""
+    """Internal: the delta path cannot continue; do a full pull for ``reason`` (``fix`` would avoid it)."""
 
-    def __init__(self, code: ReasonCode, reason: str) -> None:
+    def __init__(self, code: ReasonCode, reason: str, fix: Fix | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.fix = fix
+
+
+def _detail(exc: BaseException) -> str:
+    """What went wrong, without the library's wording of the fix (that travels as ``PullResult.fix``)."""
+    return exc.detail if isinstance(exc, DorasOrasError) else str(exc)
+
+
+def _fix(exc: BaseException) -> Fix | None:
+    return exc.fix if isinstance(exc, DorasOrasError) else None
 
 
 class _Pending(Exception):
@@ -230,24 +259,31 @@ def edge_client_for(registry: RegistryClient | SupportsRegistryClient, doras_url
     credentials = client.credentials_for(registry_host)
     auth = BasicAuth(*credentials) if credentials is not None else None
     plain = doras_url.startswith("http://")
-    allow_http = plain and (auth is None or bool(client.allow_insecure_auth))
+    if plain and auth is not None and not client.allow_insecure_auth:
+        raise InsecureTransportError(
+            f"the credentials for {registry_host} would go to the Doras server {safe_url(doras_url)} over plain "
+            "HTTP; refused", fix=Fix.INSECURE_AUTH)
     verify = client.tls_verify
-    return EdgeClient(doras_url, allow_http, auth, ca_file=verify if isinstance(verify, str) else None,
+    return EdgeClient(doras_url, plain, auth, ca_file=verify if isinstance(verify, str) else None,
                       insecure=verify is False, policy=client.policy)
 
 
 def _holding(layout: OCILayout, target: Reference, digest: str, platform: str) -> ImageEntry | None:
     """The newest image of ``target``'s repository that a pull of ``digest`` (for ``platform``,
     when ``digest`` is an index) would store, if any."""
-    for image in reversed(layout.images()):
-        if image.repository == target.name and _serves(image, digest, platform):
+    for image in reversed(layout.images_of(target.name)):
+        if _serves(image, digest, platform):
             return image
     return None
 
 
 def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) -> ImageEntry | None:
-    """The layout's image to patch: ``from_ref`` if given, else the newest of the repository."""
-    images = [image for image in layout.images() if image.repository == target.name]
+    """The layout's image to patch: ``from_ref`` if given, else the newest of the repository.
+
+    Images doras-oras stored are preferred; else an entry another tool wrote that belongs to
+    the repository (:meth:`OCILayout.images_of`).
+    """
+    images = layout.images_of(target.name)
     if from_ref is None:
         return images[-1] if images else None
     if not from_ref.same_repository(target):
@@ -280,6 +316,7 @@ def pull_delta(
     lock_timeout_s: float = 300.0,
     platform: str | None = None,
     verify: Verification | Requirement | TrustPolicy | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
 ) -> PullResult:
     """Update ``oci_layout`` to ``target``, by delta when possible. See the module docstring.
 
@@ -287,11 +324,16 @@ def pull_delta(
     or up to date. ``budget`` is ``(limit_bytes, period_s)``. ``platform``
     (``os/arch[/variant]``) chooses from an image index target (default: this machine).
     ``on_timeout`` is what to do when ``timeout_s`` runs out while the server builds:
-    ``"full"`` or ``"pending"``. Bad arguments raise :class:`InvalidArgumentError` before
-    anything is sent. ``verify`` (a :class:`~doras_oras.trust.Verification`, or keys as a
+    ``"full"`` or ``"pending"``. ``from_ref``: a tag (``v1``), a digest (``sha256:...``) or a
+    reference of the target's repository. ``output_dir``: also write the image's files there,
+    as ``oras pull -o`` does, before ``index.json`` is committed (also when up to date;
+    not when pending). Bad arguments raise :class:`InvalidArgumentError` before anything
+    is sent. ``verify`` (a :class:`~doras_oras.trust.Verification`, or keys as a
     :class:`~doras_oras.trust.Requirement`, or a :class:`~doras_oras.trust.TrustPolicy`):
     refuse the target with a :class:`~doras_oras.errors.TrustError` unless its signature
-    verifies, before a delta is asked for or a blob fetched (docs/trust.md).
+    verifies, before a delta is asked for or a blob fetched (docs/trust.md). A layout this
+    call created is removed again when the pull fails and leaves nothing in it (no partial
+    download to resume, no budget record).
     """
     schemas.warm_up()  # compile the validators while the first requests travel
     client = registry_client_of(registry)
@@ -301,10 +343,14 @@ def pull_delta(
         parse_platform(platform)
     requested = check_algorithm_names(accepted_algorithms) if accepted_algorithms is not None else None
     target_ref = Reference.parse(target) if isinstance(target, str) else target
-    base_ref = Reference.parse(from_ref) if isinstance(from_ref, str) else from_ref
+    base_ref = Reference.parse_relative(from_ref, target_ref) if isinstance(from_ref, str) else from_ref
     if base_ref is not None and not base_ref.same_repository(target_ref):
         raise InvalidArgumentError(f"--from {base_ref} is not in the repository of {target_ref}")
     verification = _verification(verify)
+    created: bool | None = None  # None: the caller's layout; else whether this call made its directory
+    if not isinstance(oci_layout, OCILayout):
+        root = Path(oci_layout)
+        created = not root.exists() if not (root.is_dir() and any(root.iterdir())) else None
     layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout)
     run = _PullRun(
         registry=client,
@@ -323,9 +369,15 @@ def pull_delta(
         ledger=DownloadBudget(layout.root, budget[0], budget[1]) if budget else None,
         platform=platform,
         verification=verification,
+        output_dir=Path(output_dir) if output_dir is not None else None,
     )
-    with layout.lock(timeout=lock_timeout_s), client.pull_deadline():
-        return run.execute(base_ref)
+    try:
+        with layout.lock(timeout=lock_timeout_s), client.pull_deadline():
+            return run.execute(base_ref)
+    except BaseException:
+        if created is not None:
+            layout.remove_if_unused(remove_root=created)
+        raise
 
 
 def _verification(verify: Verification | Requirement | TrustPolicy | None) -> Verification | None:
@@ -356,6 +408,8 @@ class _PullRun:
     ledger: DownloadBudget | None
     platform: str | None
     verification: Verification | None = None
+    output_dir: Path | None = None
+    written: list[str] | None = None
     started: float = field(default_factory=time.monotonic)
     edge_received: int = 0
     recorded: bool = False
@@ -393,8 +447,14 @@ class _PullRun:
             full_size=tgt.full_size if tgt else 0,
             duration_s=round(time.monotonic() - self.started, 3),
             trust=self.trust.to_json() if self.trust is not None else None,
+            output=self.written,
             **extra,
         )
+
+    def before_commit(self, manifest: Descriptor) -> None:
+        """Write the files of the stored ``manifest`` to ``output_dir`` (all or nothing), if asked."""
+        if self.output_dir is not None:
+            self.written = [str(path) for path in extract_image(self.layout, manifest, self.output_dir)]
 
     def execute(self, base_ref: Reference | None) -> PullResult:
         """Decide and do (the caller holds the layout lock)."""
@@ -412,9 +472,10 @@ class _PullRun:
         held = _holding(layout, target, resolved.digest, self.platform or host_platform())
         if held is not None:
             attachments = self.verify_held(held, resolved)
+            self.before_commit(held.descriptor)
             if (held.tag != target.tag and target.tag) or attachments:
                 notes = {key: value for key, value in held.descriptor.annotations.items()
-                         if key in (ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM)}
+                         if key in (ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM, ANNOTATION_PULLED_BY)}
                 layout.commit_image(held.descriptor, repository=target.name, tag=target.tag or held.tag,
                                     source_digest=held.source_digest, annotations=notes or None,
                                     attachments=attachments)
@@ -441,7 +502,7 @@ class _PullRun:
             return self.result(STATUS_PENDING, pending.code, pending.reason, tgt, from_digest=base.source_digest)
         except _Fallback as fallback:
             log.warning("falling back to a full pull: %s", fallback.reason)
-            result = self.full(tgt, fallback.code, fallback.reason, base=base)
+            result = self.full(tgt, fallback.code, fallback.reason, base=base, fix=fallback.fix)
         if self._forget_if_lost(base):
             result = replace(result, reason=result.reason + f"; the damaged image {base.tag or base.source_digest} "
                              "(its layer was lost) was dropped from the layout's index")
@@ -506,16 +567,17 @@ class _PullRun:
             return False
         return self.layout.forget_image(image)
 
-    def full(self, tgt: _Target, code: ReasonCode, reason: str, *, base: ImageEntry | None) -> PullResult:
+    def full(self, tgt: _Target, code: ReasonCode, reason: str, *, base: ImageEntry | None,
+             fix: Fix | None = None) -> PullResult:
         """A verified full pull of the target."""
         check_max_size(tgt.full_size, self.max_size, what=str(tgt.ref))
         if self.ledger is not None:
             self.ledger.check(tgt.full_size, what=f"a full pull of {tgt.ref}")
         pulled = pull_full(self.registry, tgt.ref, self.layout, parsed=tgt.parsed, platform=self.platform,
-                           progress=self.progress, attachments=self.keep)
+                           progress=self.progress, attachments=self.keep, before_commit=self.before_commit)
         return self.result(STATUS_FULL, code, reason, tgt, from_digest=base.source_digest if base else None,
                            stored_digest=pulled.manifest.digest, blobs_fetched=pulled.blobs_fetched,
-                           blobs_reused=pulled.blobs_reused)
+                           blobs_reused=pulled.blobs_reused, fix=fix)
 
     def delta(self, tgt: _Target, base: ImageEntry) -> PullResult:
         """Patch ``base`` into the target; :class:`_Fallback` when a delta cannot be used."""
@@ -580,21 +642,21 @@ class _PullRun:
                 raise _Pending(ReasonCode.BUILDING, "the Doras server is building the delta; ask again later")
             return delta
         except BackoffExhausted as exc:
-            reason = f"the delta was not ready in time: {exc}"
+            reason = f"the delta was not ready in time: {_detail(exc)}"
             if self.on_timeout == STATUS_PENDING:
                 raise _Pending(ReasonCode.DELTA_TIMEOUT, reason) from exc
             raise _Fallback(ReasonCode.DELTA_TIMEOUT, reason) from exc
         except ImagesIdenticalError as exc:
             raise _Fallback(ReasonCode.SERVER_IDENTICAL,
-                            f"the server calls different digests identical: {exc}") from exc
+                            f"the server calls different digests identical: {_detail(exc)}") from exc
         except IncompatibleArtifactsError as exc:
-            raise _Fallback(ReasonCode.INCOMPATIBLE, f"delta unavailable: {exc}") from exc
+            raise _Fallback(ReasonCode.INCOMPATIBLE, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
         except DorasServerError as exc:
-            raise _Fallback(ReasonCode.SERVER_ERROR, f"delta unavailable: {exc}") from exc
+            raise _Fallback(ReasonCode.SERVER_ERROR, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
         except TransportError as exc:
-            raise _Fallback(ReasonCode.SERVER_UNREACHABLE, f"delta unavailable: {exc}") from exc
+            raise _Fallback(ReasonCode.SERVER_UNREACHABLE, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
         except (DocumentError, VerificationError, CodecError) as exc:
-            raise _Fallback(ReasonCode.BAD_DELTA, f"delta unavailable: {exc}") from exc
+            raise _Fallback(ReasonCode.BAD_DELTA, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
         finally:
             self.edge_received += client.bytes_received - before
             if self.edge_client is None:
@@ -620,13 +682,14 @@ class _PullRun:
                                 scratch=layout.scratch_file)
                     stored = layout.store(out)  # the digest was computed while writing: no second pass
             except TransportError as exc:
-                raise _Fallback(ReasonCode.DELTA_DOWNLOAD_FAILED, f"the delta could not be applied: {exc}") from exc
+                raise _Fallback(ReasonCode.DELTA_DOWNLOAD_FAILED, f"the delta could not be applied: {_detail(exc)}",
+                                _fix(exc)) from exc
             except (CodecError, VerificationError, OSError) as exc:
                 if not layout.has_blob(base_layer):
                     raise _Fallback(ReasonCode.BASE_CORRUPT,
                                     f"the stored base layer {base_layer.digest} is missing or corrupt "
-                                    f"(the delta did not give the target: {exc})") from exc
-                raise _Fallback(ReasonCode.DELTA_FAILED, f"the delta could not be applied: {exc}") from exc
+                                    f"(the delta did not give the target: {_detail(exc)})") from exc
+                raise _Fallback(ReasonCode.DELTA_FAILED, f"the delta could not be applied: {_detail(exc)}") from exc
             finally:
                 if not keep_partial:  # the delta is used or refused: its download is of no further use
                     download.discard()
@@ -636,12 +699,19 @@ class _PullRun:
         attachments = self.keep
         if expected.is_registry_blob:
             layout.ingest_bytes(tgt.descriptor, tgt.body)
-            return layout.commit_image(tgt.descriptor, repository=tgt.ref.name, tag=tgt.ref.tag,
-                                       source_digest=tgt.descriptor.digest, attachments=attachments)
-        layer = _plan.uncompressed_layer(target_layer, stored.digest, stored.size)
-        return layout.commit_rewritten(tgt.body, 0, layer, repository=tgt.ref.name,
-                                       tag=tgt.ref.tag, source_digest=tgt.descriptor.digest,
-                                       attachments=attachments)
+            manifest = tgt.descriptor
+        else:
+            layer = _plan.uncompressed_layer(target_layer, stored.digest, stored.size)
+            manifest = layout.store_rewritten(tgt.body, 0, layer, source_digest=tgt.descriptor.digest)
+        try:
+            self.before_commit(manifest)
+        except BaseException:
+            layout.discard_unreferenced([manifest.digest, stored.digest, tgt.config.digest])
+            raise
+        return layout.commit_image(manifest, repository=tgt.ref.name, tag=tgt.ref.tag,
+                                   source_digest=tgt.descriptor.digest,
+                                   annotations={ANNOTATION_PULLED_BY: f"delta {delta.algorithm.value}"},
+                                   attachments=attachments)
 
     def _reporter(self, phase: str, total: int) -> Callable[[int], None] | None:
         progress = self.progress

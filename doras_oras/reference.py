@@ -6,6 +6,13 @@ contains a ``.`` or a ``:`` or is ``localhost``; repository path components
 are lowercase alphanumerics joined by ``.``, ``_``, ``__`` or ``-``; a tag is
 ``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}``; a digest is validated by
 :func:`doras_oras.descriptor.validate_digest`.
+
+Two obvious mistakes are refused rather than read by the grammar: a URL
+(``http://host/repo``) and a registry without a repository (``host:5000``,
+which the grammar reads as ``docker.io/library/host`` at tag ``5000``).
+:func:`names_registry` tells whether a text names its registry (else it is
+``docker.io``); :meth:`Reference.parse_relative` reads ``v1`` or
+``sha256:...`` in the repository of another reference (``--from``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,24 @@ _HOST_RE = re.compile(
     r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
 )
 _MAX_NAME = 255
+_PORT_RE = re.compile(r"^[0-9]{1,5}$")
+_DIGEST_START_RE = re.compile(r"^sha(?:256|512):")
+
+
+def _is_host(component: str) -> bool:
+    """Whether the first path component of a reference is a registry host (the grammar's rule)."""
+    return "." in component or ":" in component or component == "localhost" or component.startswith("[")
+
+
+def is_tag(text: str) -> bool:
+    """Whether ``text`` is a valid tag."""
+    return _TAG_RE.match(text) is not None
+
+
+def names_registry(text: str) -> bool:
+    """Whether the reference ``text`` names its registry host (``host[:port]/repo``); else it means docker.io."""
+    first, sep, _rest = text.partition("/")
+    return bool(sep) and _is_host(first)
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,10 @@ class Reference:
         """Parse ``text``; raise :class:`InvalidReferenceError` naming what is wrong."""
         if not text or text != text.strip():
             raise InvalidReferenceError(f"invalid reference {text!r}: empty or surrounded by spaces")
+        scheme, sep, after = text.partition("://")
+        if sep:
+            raise InvalidReferenceError(f"invalid reference {text!r}: a URL; write it without {scheme}:// "
+                                        f"(e.g. {after or 'HOST/REPOSITORY:TAG'})")
         rest = text
         digest: str | None = None
         if "@" in rest:
@@ -57,8 +86,12 @@ class Reference:
             rest, tag = rest[:colon], rest[colon + 1 :]
             if not _TAG_RE.match(tag):
                 raise InvalidReferenceError(f"invalid reference {text!r}: bad tag {tag!r}")
+        if tag is not None and _PORT_RE.match(tag) and "/" not in rest and _is_host(rest):
+            raise InvalidReferenceError(
+                f"invalid reference {text!r}: {rest}:{tag} names a registry but no repository; "
+                f"write {rest}:{tag}/REPOSITORY[:TAG]")
         first, sep, remainder = rest.partition("/")
-        if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+        if sep and _is_host(first):
             registry, repository = first, remainder
             if not _HOST_RE.match(registry):
                 raise InvalidReferenceError(f"invalid reference {text!r}: bad registry {registry!r}")
@@ -74,6 +107,27 @@ class Reference:
         if len(registry) + 1 + len(repository) > _MAX_NAME:
             raise InvalidReferenceError(f"invalid reference {text!r}: name longer than {_MAX_NAME}")
         return cls(registry=registry, repository=repository, tag=tag, digest=digest)
+
+    @classmethod
+    def parse_relative(cls, text: str, base: Reference) -> Reference:
+        """``text`` in the repository of ``base`` when it names only a tag or digest, else parsed.
+
+        ``v1`` → ``base``'s repository at tag ``v1``; ``sha256:<hex>`` or ``@sha256:<hex>`` →
+        at that digest; ``v1@sha256:<hex>`` → both; anything with a ``/`` (or a name
+        ``repo:tag``) is a whole reference (:meth:`parse`).
+        """
+        if "/" not in text and text == text.strip() and text:
+            if _DIGEST_START_RE.match(text):
+                text = "@" + text
+            tag, _at, digest = text.partition("@")
+            if (not tag or _TAG_RE.match(tag)) and (tag or digest):
+                if digest:
+                    try:
+                        validate_digest(digest)
+                    except InvalidDigestError as exc:
+                        raise InvalidReferenceError(f"invalid reference {text!r}: {exc}") from exc
+                return cls(base.registry, base.repository, tag or None, digest or None)
+        return cls.parse(text)
 
     @property
     def name(self) -> str:

@@ -46,6 +46,7 @@ from .descriptor import (
 from .errors import (
     BodyTooLargeError,
     DigestMismatchError,
+    Fix,
     InsecureTransportError,
     InvalidArgumentError,
     RegistryAuthError,
@@ -56,7 +57,7 @@ from .errors import (
 from .layout import BlobWriter, OCILayout
 from .reference import Reference
 from .transport import ByteCounter, TransferPolicy, Transport
-from .transport.failures import NETWORK_ERRORS, translate
+from .transport.failures import NETWORK_ERRORS, REGISTRY_PEER, translate
 from .urls import origin, safe_url
 from .verify import VerifyingReader
 
@@ -140,8 +141,7 @@ class _AuthHook:
             return False
         if origin(url)[0] == "http" and auth.has_credentials and not self._owner.allow_insecure_auth:
             raise InsecureTransportError(
-                f"{safe_url(url)} asks for credentials over plain HTTP; refused "
-                "(allow_insecure_auth permits it)"
+                f"{safe_url(url)} asks for credentials over plain HTTP; refused", fix=Fix.INSECURE_AUTH
             )
         return auth.on_unauthorized(url, response, transport)
 
@@ -196,7 +196,7 @@ class RegistryClient:
         self.session = session if session is not None else requests.Session()
         self._own_session = session is None
         self.transport = Transport(self.session, self.policy, verify=tls_verify, auth=_AuthHook(self),
-                                   peer="the registry")
+                                   peer=REGISTRY_PEER)
         self.bytes_received = 0
         """Body bytes of manifests and blobs received so far (exact; retries and restarts included)."""
         self._deadline: float | None = None

@@ -5,11 +5,25 @@
 #     bsdiff/bspatch, openssl, apache2-utils (htpasswd), iproute2
 #   - the oras CLI v1.3.6 and cosign v2.6.5 into .tools/bin (git-ignored)
 #   - a virtualenv in .venv (git-ignored) with doras-oras and its test extras
+# What apt-get, go and pip print goes to .tools/bootstrap.log; it is shown when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+mkdir -p .tools/bin
+logfile="$root/.tools/bootstrap.log"
+printf '== bootstrap %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$logfile"  # the last run only
+# quiet CMD...: run CMD with its output in the log; on failure show the log's end and stop
+quiet() {
+  printf '$ %s\n' "$*" >>"$logfile"
+  if ! "$@" >>"$logfile" 2>&1; then
+    log "failed: $* (the end of $logfile follows)"
+    tail -n 40 "$logfile" >&2
+    exit 1
+  fi
+}
 
 need_apt=()
 for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci bspatch:bsdiff \
@@ -20,27 +34,26 @@ done
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
+  quiet apt-get update -qq
+  quiet apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-mkdir -p .tools/bin
 if [ ! -x .tools/bin/oras ] || ! .tools/bin/oras version 2>/dev/null | grep 'Version: *1.3.6' >/dev/null; then
   log "go install oras.land/oras/cmd/oras@v1.3.6"
-  GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod go install oras.land/oras/cmd/oras@v1.3.6 >&2
+  GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod quiet go install oras.land/oras/cmd/oras@v1.3.6
 fi
 # cosign (signing and the reference verifier of the trust tests, docs/trust.md)
 if [ ! -x .tools/bin/cosign ] || ! .tools/bin/cosign version 2>/dev/null | grep 'GitVersion: *v2.6.5$' >/dev/null; then
   log "go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 (takes minutes)"
-  GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 >&2
+  GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod quiet go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
 fi
 
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   log "creating .venv and installing doras-oras[test]"
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >&2
-  .venv/bin/pip install -q -e ".[test]" >&2
+  [ -x .venv/bin/python ] || quiet python3 -m venv .venv
+  quiet .venv/bin/pip install -q --upgrade pip
+  quiet .venv/bin/pip install -q -e ".[test]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

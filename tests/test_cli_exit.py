@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bsdiff4
 
-from tests.layout_support import REPO_ROOT, cli
+from tests.layout_support import REPO_ROOT, cli, sha256
 
 
 def test_output_and_exit_codes_survive_the_fast_exit(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_output_and_exit_codes_survive_the_fast_exit(tmp_path: Path) -> None:
     (tmp_path / "base").write_bytes(base)
     (tmp_path / "delta").write_bytes(bsdiff4.diff(base, new))
     ok = cli("-v", "apply", "--base", str(tmp_path / "base"), "--delta", str(tmp_path / "delta"),
-             "--output", str(tmp_path / "out"), "--json")
+             "--output", str(tmp_path / "out"), "--json", "--expect-digest", sha256(new))
     assert ok.returncode == 0, ok.stderr
     answer = json.loads(ok.stdout)  # one whole JSON object, flushed before the exit
     assert answer["size"] == len(new)
@@ -27,7 +27,7 @@ def test_output_and_exit_codes_survive_the_fast_exit(tmp_path: Path) -> None:
     assert "applied" in ok.stderr  # the -v log line reached stderr too
 
     bad = cli("apply", "--base", str(tmp_path / "base"), "--delta", str(tmp_path / "base"),
-              "--output", str(tmp_path / "out2"))
+              "--output", str(tmp_path / "out2"), "--allow-unverified")
     assert bad.returncode == 1
     assert "error" in bad.stderr and not (tmp_path / "out2").exists()
 
@@ -45,7 +45,8 @@ def test_output_that_cannot_be_delivered_is_an_error_without_a_traceback(tmp_pat
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "doras_oras", "apply", "--base", str(tmp_path / "base"),
-             "--delta", str(tmp_path / "delta"), "--output", str(tmp_path / "out"), "--json"],
+             "--delta", str(tmp_path / "delta"), "--output", str(tmp_path / "out"), "--json",
+             "--allow-unverified"],
             stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO_ROOT,
             # buffered stdout, as usual: the answer is written only by the final flush
             env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -130,31 +131,32 @@ def test_cli_apply_detects_the_algorithm_and_prints_json(tmp_path: Path) -> None
     assert res.returncode == 0, res.stderr
     answer = json.loads(res.stdout)
     assert answer == {"output": str(tmp_path / "out"), "algorithm": "bsdiff+zstd",
-                      "digest": layer["digest"], "size": layer["size"]}
+                      "digest": layer["digest"], "size": layer["size"], "verified": True}
     assert (tmp_path / "out").read_bytes() == (case / "to.layer").read_bytes()
 
 
 def test_cli_apply_tardiff_plain_output(tmp_path: Path) -> None:
     case = vectors_dir() / "tardiff-hello"
+    target = gzip.decompress((case / "to.tar.gz").read_bytes())
     res = _cli("apply", "--base", str(case / "from.tar.gz"), "--delta",
                str(case / "delta.patch.tardiff"), "--output", str(tmp_path / "out.tar"),
-               "--algorithm", "tardiff")
+               "--algorithm", "tardiff", "--expect-digest", "sha256:" + hashlib.sha256(target).hexdigest())
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"{tmp_path / 'out.tar'}: sha256:")
-    assert (tmp_path / "out.tar").read_bytes() == gzip.decompress((case / "to.tar.gz").read_bytes())
+    assert (tmp_path / "out.tar").read_bytes() == target
 
 
 def test_cli_apply_failures_leave_nothing(tmp_path: Path) -> None:
     (tmp_path / "old").write_bytes(b"old")
     (tmp_path / "bad").write_bytes(make_bsdiff([(5, 0, 0)], bytes(5), b"", 10))
     res = _cli("apply", "--base", str(tmp_path / "old"), "--delta", str(tmp_path / "bad"),
-               "--output", str(tmp_path / "out"))
+               "--output", str(tmp_path / "out"), "--allow-unverified")
     assert res.returncode == 1
     assert "control stream" in res.stderr
     # a tar-diff forced onto a bsdiff patch, a wrong expected digest, a bad digest, a missing file
     (tmp_path / "good").write_bytes(make_bsdiff([(3, 0, 0)], bytes(3), b"", 3))
     res = _cli("apply", "--base", str(tmp_path / "old"), "--delta", str(tmp_path / "good"),
-               "--output", str(tmp_path / "out"), "--algorithm", "tardiff")
+               "--output", str(tmp_path / "out"), "--algorithm", "tardiff", "--allow-unverified")
     assert res.returncode == 1 and "not a tar-diff delta" in res.stderr
     res = _cli("apply", "--base", str(tmp_path / "old"), "--delta", str(tmp_path / "good"),
                "--output", str(tmp_path / "out"), "--expect-digest", "sha256:" + "1" * 64)
@@ -163,7 +165,7 @@ def test_cli_apply_failures_leave_nothing(tmp_path: Path) -> None:
                "--output", str(tmp_path / "out"), "--expect-digest", "md5:abc")
     assert res.returncode == 2 and "invalid digest" in res.stderr
     res = _cli("apply", "--base", str(tmp_path / "missing"), "--delta", str(tmp_path / "good"),
-               "--output", str(tmp_path / "out"))
+               "--output", str(tmp_path / "out"), "--allow-unverified")
     assert res.returncode == 1 and "missing" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "good", "old"]
 

@@ -48,7 +48,7 @@ def test_cli_pull_exit_codes_and_json(oci_registry: RegistryServer, doras_server
     assert first.returncode == 0, first.stderr
     summary = one_json(first)
     assert summary["status"] == "full" and summary["layout"] == str(layout)
-    assert "doras-oras: INFO:" in first.stderr  # -v logs go to stderr only
+    assert "doras-oras: info:" in first.stderr  # -v logs go to stderr only
 
     # v2: the server builds for 0.5 s; --async reports pending (exit 4) and changes nothing
     before = snapshot(layout)

@@ -11,6 +11,7 @@ import sys
 
 from ..edgeapi import DEFAULT_TIMEOUT_S, EdgeClient
 from ..errors import BackoffExhausted, ImagesIdenticalError, InvalidArgumentError
+from ..reference import Reference
 from ..transport import TransferPolicy
 from .exits import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE
 from .options import (
@@ -20,7 +21,7 @@ from .options import (
     edge_auth_from_args,
     tls_from_args,
 )
-from .output import emit
+from .output import emit, warn
 
 NAME = "delta"
 HELP = "ask a Doras server for a delta between two images and print its answer"
@@ -28,17 +29,20 @@ HELP = "ask a Doras server for a delta between two images and print its answer"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="from_image", required=True, metavar="REF",
-                        help="the image you have, as a digest reference registry/repo@sha256:...")
+                        help="the image you have, as a digest reference registry/repo@sha256:... "
+                             "(or sha256:... in the repository of --to)")
     parser.add_argument("--to", dest="to_image", required=True, metavar="REF",
                         help="the image you want: registry/repo:tag or registry/repo@sha256:...")
     add_server_options(parser, required=True)
     parser.add_argument("--token-stdin", action="store_true",
                         help="read a bearer token for the Doras server from stdin")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    add_connection_options(parser)
+    add_connection_options(parser, registry=False)
 
 
 def _client(args: argparse.Namespace) -> EdgeClient:
+    # --from sha256:<hex> (or a tag) is read in the repository of --to
+    args.from_image = str(Reference.parse_relative(args.from_image, Reference.parse(args.to_image)))
     if str(args.server).startswith("http://") and not args.plain_http:
         raise InvalidArgumentError(f"--server {args.server} is plain HTTP: add --plain-http to allow it "
                                    "(credentials then travel in clear)")
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             emit(args, {"status": "identical"}, "up to date: from and to are the same image")
             return EXIT_UP_TO_DATE
         except BackoffExhausted as exc:
-            print(f"doras-oras: {exc}", file=sys.stderr)
+            warn(str(exc))
             emit(args, {"status": "pending", "message": str(exc)},
                  "pending: the delta is still being built; ask again later")
             return EXIT_PENDING

@@ -3,7 +3,8 @@
 ====  ==========================================================
 0     success (updated / applied / answer printed)
 1     error (any failure not covered below); the layout is unchanged
-2     usage error (bad flags or arguments, missing files named by flags)
+2     usage error (bad flags or arguments, missing files named by flags, a layout path that is a
+      file or a directory holding something else)
 3     up to date (nothing to do; the images are identical)
 4     pending (the delta is still being built; ask again later)
 5     trust failure: a signature that does not verify, an untrusted repository, an
@@ -15,7 +16,7 @@
 
 from __future__ import annotations
 
-from ..errors import DorasOrasError, InvalidArgumentError, TrustError
+from ..errors import DorasOrasError, InvalidArgumentError, NotALayoutError, TrustError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -29,6 +30,7 @@ EXIT_INTERRUPTED = 130
 _BY_ERROR: tuple[tuple[type[DorasOrasError], int], ...] = (
     (InvalidArgumentError, EXIT_USAGE),
     (TrustError, EXIT_TRUST),
+    (NotALayoutError, EXIT_USAGE),
 )
 
 

@@ -6,6 +6,13 @@ parses, sets up logging to stderr, runs the command and turns every failure
 into one message (``doras-oras: error: ...``, and a JSON object with
 ``--json``) and an exit code (:mod:`.exits`). The command package is the only
 place that prints.
+
+The parser's errors (bad flags) take the same way: :class:`_Parser` raises
+:class:`UsageError` instead of exiting, so a usage error prints the
+subcommand's usage, the one error line, and with ``--json`` the one JSON
+object. Unknown flags are reported by the subcommand they follow; ``-v`` and
+``-q`` are accepted before and after the subcommand; long flags are never
+abbreviated.
 """
 
 from __future__ import annotations
@@ -14,49 +21,112 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
 from .. import __version__
 from ..errors import DorasOrasError
-from . import apply, delta, gc, pull, verify
+from . import apply, delta, gc, listing, pull, verify
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_code_for
 from .output import report_error
 
-COMMANDS: tuple[ModuleType, ...] = (pull, delta, apply, gc, verify)
+COMMANDS: tuple[ModuleType, ...] = (pull, delta, apply, gc, verify, listing)
 """The subcommands, in the order ``--help`` lists them."""
+
+EPILOG = ("exit codes: 0 success, 1 error, 2 usage error, 3 up to date, 4 pending, "
+          "5 trust failure, 130 interrupted (Ctrl-C; the layout is unchanged); see docs/cli.md")
+
+
+class UsageError(Exception):
+    """Raised instead of argparse's exit: bad flags of ``parser`` (its usage is printed)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors reach :func:`main` (one error format, JSON with ``--json``)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+def _add_log_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``-v``/``-q``: before the subcommand or after it (counted together)."""
+    suffix = "" if top else "_after"
+    default: object = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", dest="verbose" + suffix, action="count", default=default,
+                        help="more logs on stderr (-vv: debug)")
+    parser.add_argument("-q", "--quiet", dest="quiet" + suffix, action="store_true",
+                        default=False if top else argparse.SUPPRESS, help="only errors on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the command line (abbreviated long flags are not accepted)."""
-    parser = argparse.ArgumentParser(
-        prog="doras-oras",
-        description="Delta-aware pulls of OCI artifacts through a Doras delta server.",
-        allow_abbrev=False,
-    )
+    parser = _Parser(prog="doras-oras", description="Delta-aware pulls of OCI artifacts through a Doras delta "
+                     "server.", epilog=EPILOG, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"doras-oras {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logs on stderr")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_log_flags(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
-        configure = command.configure
-        configure(sub.add_parser(command.NAME, help=command.HELP, description=command.HELP, allow_abbrev=False))
+        child = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP, epilog=EPILOG,
+                               allow_abbrev=False)
+        _add_log_flags(child, top=False)
+        command.configure(child)
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (the top-level parser when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            chosen: argparse.ArgumentParser = action.choices[name]
+            return chosen
+    return parser
+
+
+class _Formatter(logging.Formatter):
+    """``doras-oras: warning: ...``: the level in lower case, as the error prefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname_lower = record.levelname.lower()
+        return super().format(record)
+
+
 def _logging(args: argparse.Namespace) -> None:
-    level = logging.ERROR if args.quiet else (logging.DEBUG if args.verbose > 1 else
-                                              logging.INFO if args.verbose else logging.WARNING)
-    logging.basicConfig(level=level, stream=sys.stderr, format="doras-oras: %(levelname)s: %(message)s")
+    verbose = int(args.verbose) + int(getattr(args, "verbose_after", 0))
+    quiet = bool(args.quiet or getattr(args, "quiet_after", False))
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else
+                                         logging.INFO if verbose else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("doras-oras: %(levelname_lower)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``--json`` was asked for (also when the flags did not parse)."""
+    words = list(argv)
+    if "--" in words:
+        words = words[: words.index("--")]
+    return "--json" in words
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # usage errors (2), --help and --version (0)
+        args, extra = parser.parse_known_args(words)
+        if extra:
+            _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as exc:
+        exc.parser.print_usage(sys.stderr)
+        return report_error(None, exc.message, EXIT_USAGE, json_output=_wants_json(words))
+    except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     _logging(args)
     if not args.command:
@@ -70,10 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(args, exc, exit_code_for(exc))
     except OSError as exc:  # a file named by the user (apply's --base, ...) cannot be read or written
         text = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-        return report_error(args, text, EXIT_ERROR)
+        return report_error(args, text, EXIT_ERROR, kind=type(exc).__name__)
     except KeyboardInterrupt:
-        print("doras-oras: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report_error(args, "interrupted", EXIT_INTERRUPTED, kind="Interrupted")
+    except Exception as exc:  # a bug: still one JSON object for a script, and the traceback for a report
+        report_error(args, f"internal error: {type(exc).__name__}: {exc}", EXIT_ERROR, kind="InternalError")
+        traceback.print_exc(file=sys.stderr)
+        return EXIT_ERROR
 
 
 def run() -> NoReturn:

@@ -4,7 +4,9 @@
 - :func:`add_connection_options`: TLS, credentials, timeouts (registry and Doras server alike);
 - :func:`add_trust_options`: ``--verify-key``, ``--verify-annotation``, ``--trust-policy``
   (``pull`` and ``verify``), read by :func:`verification_from_args`;
-- :func:`registry_from_args`, :func:`edge_auth_from_args`, :func:`policy_from_args`.
+- :func:`registry_from_args`, :func:`edge_auth_from_args`, :func:`policy_from_args`;
+- the argparse types of numbers (:func:`seconds`, :func:`seconds_or_zero`, :func:`count`):
+  finite, in range, or a usage error.
 
 Contradicting or unusable flags raise :class:`~doras_oras.errors.InvalidArgumentError`
 (a usage error, exit 2).
@@ -51,9 +53,46 @@ def seconds_or_zero(text: str) -> float:
     return value
 
 
+def count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text!r}")
+    return value
+
+
+def server_url(text: str) -> str:
+    """argparse type: a Doras server URL (not empty: an unset variable in a script is a mistake)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty URL (is the variable that should hold it set?)")
+    return text
+
+
+#: The flags of ``pull`` that only mean something with ``--server``: (dest, flag).
+SERVER_ONLY: tuple[tuple[str, str], ...] = (
+    ("accept", "--accept"), ("async_", "--async"), ("delta_timeout", "--timeout"),
+)
+
+
+def check_server_only(args: argparse.Namespace, flags: tuple[tuple[str, str], ...] = SERVER_ONLY) -> None:
+    """A usage error when flags of the delta path are given without ``--server``.
+
+    A flag that would be silently ignored hides a mistake (an empty variable, a missing ``--server``).
+    """
+    if getattr(args, "server", None):
+        return
+    given = [flag for dest, flag in flags if getattr(args, dest, None) not in (None, False, [])]
+    if given:
+        raise InvalidArgumentError(f"{', '.join(given)} only apply with --server (a delta pull); "
+                                   "without it the pull is a verified full pull")
+
+
 def add_server_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     """The Doras server and how to ask it."""
-    parser.add_argument("--server", metavar="URL", required=required,
+    parser.add_argument("--server", metavar="URL", required=required, type=server_url,
                         help="the Doras server, https://host[:port]"
                              + ("" if required else "; without it: a verified full pull"))
     parser.add_argument("--accept", action="append", choices=ALGORITHM_NAMES, metavar="ALGO",
@@ -64,15 +103,23 @@ def add_server_options(parser: argparse.ArgumentParser, *, required: bool) -> No
                         help="bound the wait for the delta to S seconds")
 
 
-def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    """How to talk to the registry and the Doras server (TLS, credentials, time bounds)."""
+def add_connection_options(parser: argparse.ArgumentParser, *, registry: bool = True) -> None:
+    """How to talk to the registry and the Doras server (TLS, credentials, time bounds).
+
+    ``registry`` False: the command talks to the Doras server only (``delta``), and the help says so.
+    """
+    peers = "the registry and the Doras server" if registry else "the Doras server"
     parser.add_argument("--plain-http", action="store_true",
-                        help="talk plain HTTP (to the registry; an http:// --server is allowed too)")
+                        help="talk plain HTTP to the registry (an http:// --server needs no flag)" if registry
+                        else "allow an http:// --server (credentials then travel in clear)")
     parser.add_argument("--insecure", action="store_true",
-                        help="do not verify TLS certificates (registry and Doras server)")
+                        help=f"do not verify the TLS certificates of {peers}")
     parser.add_argument("--ca-file", metavar="FILE",
-                        help="CA bundle to verify the TLS certificates of the registry and the Doras server")
-    parser.add_argument("-u", "--username", help="registry user name (the Doras server is given it too)")
+                        help=f"CA bundle to verify the TLS certificates of {peers} with "
+                             "(instead of the system's CAs)")
+    parser.add_argument("-u", "--username",
+                        help="registry user name (the Doras server is given it too)" if registry
+                        else "user name given to the Doras server (it reads the registry with it)")
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("-p", "--password", help="registry password (prefer --password-stdin)")
     secret.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
@@ -80,10 +127,11 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--registry-config", metavar="FILE", action="append", default=[],
         help="docker config.json with registry credentials (repeatable; ~/.docker/config.json is read too)",
     )
-    parser.add_argument(
-        "--allow-insecure-auth", action="store_true",
-        help="allow sending credentials over plain HTTP (with --plain-http)",
-    )
+    if registry:
+        parser.add_argument(
+            "--allow-insecure-auth", action="store_true",
+            help="allow sending credentials over plain HTTP (to a --plain-http registry or an http:// --server)",
+        )
     defaults = TransferPolicy()
     parser.add_argument("--connect-timeout", type=seconds, default=defaults.connect_timeout_s, metavar="S",
                         help=f"TCP/TLS connect timeout per request (default {defaults.connect_timeout_s:g})")

@@ -2,8 +2,13 @@
 
 Every error goes through :func:`report_error`: one line ``doras-oras: error: ...``
 on stderr and, with ``--json``, one object ``{"status": "error", "error": CLASS,
-"message": ..., "exit_code": N}`` on stdout (plus the Doras server's fields for
-its errors), so that a script always gets one JSON object.
+"message": ..., "exit_code": N, "fix": CODE, "hint": ...}`` on stdout (plus the
+Doras server's fields for its errors), so that a script always gets one JSON object.
+
+The library words the fix of an error (:class:`~doras_oras.errors.Fix`) in
+Python API terms; the command says it in its own flags: :data:`CLI_HINTS`
+(:func:`describe` puts them together). Sizes in text are human
+(:func:`human_size`); JSON keeps bytes.
 """
 
 from __future__ import annotations
@@ -13,9 +18,74 @@ import json
 import sys
 from typing import Any
 
-from ..errors import DorasOrasError, DorasServerError
+from ..errors import DorasOrasError, DorasServerError, Fix
+from ..reference import Reference
 
 PREFIX = "doras-oras: error: "
+
+CLI_HINTS: dict[Fix, str] = {
+    Fix.INSECURE_AUTH: "add --allow-insecure-auth to send them anyway (they travel in clear)",
+    Fix.PLAIN_HTTP: "add --plain-http: the registry speaks plain HTTP",
+    Fix.TLS_REGISTRY: "give --ca-file FILE (the CA that signed the registry's certificate) or --insecure "
+                      "(no verification); --plain-http if the registry speaks plain HTTP",
+    Fix.SERVER_PLAIN_HTTP: "add --plain-http to allow an http:// --server (credentials then travel in clear)",
+    Fix.SERVER_SPEAKS_HTTP: "the Doras server speaks plain HTTP: give --server {server_http}",
+    Fix.TLS_SERVER: "the certificate of the Doras server {server} does not verify: give --ca-file FILE "
+                    "(the CA that signed it; --ca-file applies to the registry too, so give a bundle "
+                    "with both CAs if they differ) or --insecure",
+    Fix.REGISTRY_CREDENTIALS: "give credentials with -u USER and --password-stdin, or --registry-config FILE, "
+                              "or log in with `oras login {registry}` (~/.docker/config.json is read)",
+    Fix.SERVER_CREDENTIALS: "the Doras server wants credentials: -u USER with --password-stdin, or "
+                            "--registry-config FILE (pull passes the registry's credentials on; "
+                            "`doras-oras delta` also takes --token-stdin)",
+    Fix.REBUILD_INDEX: "run `doras-oras gc --rebuild --oci-layout {layout}` to rebuild it from the blobs "
+                       "(the tags are lost)",
+    Fix.LOCK_TIMEOUT: "wait longer with --lock-timeout S",
+    Fix.MAX_SIZE: "raise --max-size",
+    Fix.BUDGET: "raise --budget, or wait until the period has passed",
+    Fix.DEADLINE: "raise --deadline S",
+}
+"""The fix of each :class:`Fix` in the command's flags (``{...}`` filled in from the command line)."""
+
+
+def _context(args: argparse.Namespace | None) -> dict[str, str]:
+    """What the hints name: the layout, the Doras server, the registry host of the command line."""
+    values = {"layout": "DIR", "server": "", "server_http": "http://HOST:PORT", "registry": "HOST"}
+    if args is None:
+        return values
+    layout = getattr(args, "oci_layout", None)
+    if layout:
+        values["layout"] = str(layout)
+    server = getattr(args, "server", None)
+    if server:
+        values["server"] = str(server)
+        values["server_http"] = "http://" + str(server).split("://", 1)[-1]
+    for name in ("reference", "from_image"):
+        text = getattr(args, name, None)
+        if text:
+            try:
+                values["registry"] = Reference.parse(str(text)).registry
+            except DorasOrasError:
+                continue
+            break
+    return values
+
+
+def hint(fix: Fix | None, args: argparse.Namespace | None = None) -> str | None:
+    """The fix in the command's flags, or None."""
+    if fix is None:
+        return None
+    return CLI_HINTS[fix].format(**_context(args)).replace("  ", " ")
+
+
+def describe(error: BaseException | str, args: argparse.Namespace | None = None) -> str:
+    """The message of a failure as the command says it: what went wrong, then the fix in flags."""
+    if isinstance(error, str):
+        return error
+    if not isinstance(error, DorasOrasError):
+        return str(error)
+    words = hint(error.fix, args)
+    return f"{error.detail}; {words}" if words else error.detail
 
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
@@ -26,30 +96,46 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
         print(text)
 
 
-def error_object(error: BaseException | str, code: int) -> dict[str, Any]:
-    """The ``--json`` object of a failure."""
-    if isinstance(error, str):
-        return {"status": "error", "error": "UsageError", "message": error, "exit_code": code}
-    obj: dict[str, Any] = {"status": "error", "error": type(error).__name__, "message": str(error),
-                           "exit_code": code}
+def error_object(error: BaseException | str, code: int, args: argparse.Namespace | None = None,
+                 *, kind: str = "UsageError") -> dict[str, Any]:
+    """The ``--json`` object of a failure (``kind`` names a failure given as text)."""
+    fix = error.fix if isinstance(error, DorasOrasError) else None
+    obj: dict[str, Any] = {
+        "status": "error",
+        "error": kind if isinstance(error, str) else type(error).__name__,
+        "message": describe(error, args),
+        "exit_code": code,
+        "fix": fix.value if fix is not None else None,
+        "hint": hint(fix, args),
+    }
     if isinstance(error, DorasServerError):
         obj.update(http_status=error.status, server_message=error.message, context=error.context)
     return obj
 
 
-def report_error(args: argparse.Namespace | None, error: DorasOrasError | str, code: int) -> int:
-    """Say what went wrong (stderr; and stdout as JSON with ``--json``); return ``code``."""
-    print(f"{PREFIX}{error}", file=sys.stderr)
-    if args is not None and getattr(args, "json", False):
-        print(json.dumps(error_object(error, code), sort_keys=True))
+def report_error(args: argparse.Namespace | None, error: BaseException | str, code: int, *,
+                 json_output: bool | None = None, kind: str = "UsageError") -> int:
+    """Say what went wrong (stderr; and stdout as JSON with ``--json``); return ``code``.
+
+    ``json_output`` overrides ``args.json`` (for failures found before the flags parsed).
+    """
+    print(f"{PREFIX}{describe(error, args)}", file=sys.stderr)
+    wanted = json_output if json_output is not None else bool(getattr(args, "json", False))
+    if wanted:
+        print(json.dumps(error_object(error, code, args, kind=kind), sort_keys=True))
     return code
 
 
+def warn(text: str) -> None:
+    """A warning the user should see (stderr, the command's prefix); not an error."""
+    print(f"doras-oras: warning: {text}", file=sys.stderr)
+
+
 def human_size(n: int) -> str:
-    """``1536`` -> ``1.5 KiB`` (bytes below 1 KiB stay exact)."""
+    """``1536`` -> ``1.5 KiB`` (bytes below 1 KiB stay exact, ``512 B``)."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
+        if abs(size) < 1024 or unit == "TiB":
             return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"  # pragma: no cover

@@ -8,35 +8,39 @@ in both cases: 0 updated, 3 up to date, 4 pending.
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import sys
-import time
+from pathlib import Path
 from typing import Any
 
 from .. import schemas
 from ..errors import InvalidArgumentError
-from ..extract import extract_image
-from ..layout import OCILayout
 from ..pull import (
     STATUS_DELTA,
     STATUS_PENDING,
     STATUS_UP_TO_DATE,
-    Progress,
     PullResult,
     edge_client_for,
     pull_delta,
 )
-from ..reference import Reference
+from ..reference import Reference, names_registry
 from .exits import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE
+from .options import SERVER_ONLY as OPTIONS_SERVER_ONLY
 from .options import (
     add_connection_options,
     add_server_options,
     add_trust_options,
+    check_server_only,
     credentials_from_args,
     registry_from_args,
     seconds_or_zero,
     verification_from_args,
 )
-from .output import emit
+from .output import emit, hint, human_size
+from .progress import Display
+
+log = logging.getLogger(__name__)
 
 NAME = "pull"
 HELP = "update an OCI image layout to an image: by delta through a Doras server, else a verified full pull"
@@ -49,7 +53,7 @@ def _size(text: str) -> int:
     factor = units.get(text[-1:], 1)
     number = text[:-1] if text[-1:] in units else text
     try:
-        value = int(float(number) * factor)
+        value = int(float(number) * factor)  # nan and inf raise here
     except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: use BYTES with K/M/G/T suffixes") from None
     if value < 0:
@@ -64,18 +68,29 @@ def _budget(text: str) -> tuple[int, float]:
         seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}
         factor = seconds.get(period[-1:].lower(), 1)
         number = period[:-1] if period[-1:].lower() in seconds else period
-        return _size(amount), float(number) * factor
+        value = float(number) * factor
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(period)
+        return _size(amount), value
     except (ValueError, IndexError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(f"invalid budget {text!r}: use BYTES/PERIOD, e.g. 100M/1d") from None
+        raise argparse.ArgumentTypeError(f"invalid budget {text!r}: use BYTES/PERIOD with a positive period, "
+                                         "e.g. 100M/1d") from None
+
+
+#: The flags of ``pull`` that only mean something with ``--server`` (a usage error without it).
+SERVER_ONLY = (*OPTIONS_SERVER_ONLY, ("from_ref", "--from"), ("on_timeout", "--on-timeout"),
+               ("allow_unverified", "--allow-unverified"))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", metavar="REF", help="registry/repository[:tag][@digest]")
-    parser.add_argument("--oci-layout", required=True, metavar="DIR", help="the OCI image layout to pull into")
+    parser.add_argument("--oci-layout", required=True, metavar="DIR",
+                        help="the OCI image layout to pull into (created when missing or empty)")
     add_server_options(parser, required=False)
     parser.add_argument("--from", dest="from_ref", metavar="REF",
-                        help="the image of the layout to patch (default: its newest of the repository)")
-    parser.add_argument("--on-timeout", choices=("full", "pending"), default="full",
+                        help="the image of the layout to patch: a tag (v1), a digest (sha256:...) or a "
+                             "reference of the same repository (default: its newest)")
+    parser.add_argument("--on-timeout", choices=("full", "pending"), default=None,
                         help="when the delta is not ready in time: full pull (default) or exit 4")
     parser.add_argument("--allow-unverified", action="store_true",
                         help="accept a tar-diff result that cannot be verified (no content digest)")
@@ -83,79 +98,86 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="refuse artifacts declaring more bytes (K/M/G suffixes)")
     parser.add_argument("--budget", type=_budget, metavar="BYTES/PERIOD",
                         help="download budget counted across runs in the layout, e.g. 100M/1d")
-    parser.add_argument("--output", "-o", metavar="DIR", help="also write the artifact's files to DIR")
+    parser.add_argument("--output", "-o", metavar="DIR",
+                        help="also write the artifact's files to DIR (as oras pull -o), before the layout "
+                             "records the image")
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to choose from an image index")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar or spinner (they are drawn only when stderr is a terminal)")
     parser.add_argument("--lock-timeout", type=seconds_or_zero, default=300.0, metavar="S",
-                        help="how long to wait for another process using the layout (default 300)")
+                        help="seconds to wait while another process writes the layout (default 300; 0: do not wait)")
     add_connection_options(parser)
     add_trust_options(parser)
 
 
-def _progress() -> Progress:
-    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
-    last = [0.0]
+def _check_paths(args: argparse.Namespace) -> None:
+    """``--oci-layout`` and ``--output`` must be directories (or not exist yet): usage errors else."""
+    for flag, value in (("--oci-layout", args.oci_layout), ("--output", args.output)):
+        if value is not None and Path(value).exists() and not Path(value).is_dir():
+            raise InvalidArgumentError(f"{flag} {value}: not a directory")
+    if args.output is not None and Path(args.output).resolve() == Path(args.oci_layout).resolve():
+        raise InvalidArgumentError("--output and --oci-layout must be different directories")
 
-    def show(phase: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - last[0] < 0.1:
-            return
-        last[0] = now
-        width = 30
-        filled = width * done // total if total else width
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\r{phase:>6} [{bar}] {done:>12,}/{total:,} bytes")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
-    return show
+def _understood(text: str, ref: Reference) -> None:
+    """Say what a reference without a registry host means (docker.io), before anything is sent."""
+    if not names_registry(text):
+        log.warning("%s names no registry host: understood as %s (write HOST[:PORT]/REPOSITORY[:TAG] "
+                    "for another registry)", text, ref)
 
 
 def run(args: argparse.Namespace) -> int:
     schemas.warm_up()  # the validators compile while the arguments are checked and the first request travels
     ref = Reference.parse(args.reference)
-    from_ref = Reference.parse(args.from_ref) if args.from_ref else None
+    check_server_only(args, SERVER_ONLY)
+    from_ref = Reference.parse_relative(args.from_ref, ref) if args.from_ref else None
     if from_ref is not None and not from_ref.same_repository(ref):
         raise InvalidArgumentError(f"--from {from_ref} is not in the repository of {ref}")
+    _check_paths(args)
     verification = verification_from_args(args)  # keys and policy loaded before anything is sent
     credentials = credentials_from_args(args)
     registry = registry_from_args(args, credentials)
+    _understood(args.reference, ref)
     edge = edge_client_for(registry, args.server, ref.registry) if args.server else None
-    show = None if args.no_progress or args.json or not sys.stderr.isatty() else _progress()
-    layout = OCILayout.open(args.oci_layout)
+    display = None if args.no_progress or args.json or not sys.stderr.isatty() else Display(sys.stderr)
     try:
         result = pull_delta(
-            registry, ref, layout, doras_url=args.server, edge_client=edge, from_ref=from_ref,
+            registry, ref, args.oci_layout, doras_url=args.server, edge_client=edge, from_ref=from_ref,
             accepted_algorithms=args.accept, wait=not args.async_, timeout_s=args.delta_timeout,
-            on_timeout=args.on_timeout, allow_unverified=args.allow_unverified, progress=show,
+            on_timeout=args.on_timeout or "full", allow_unverified=args.allow_unverified,
+            progress=display.progress if display else None, on_wait=display.waiting if display else None,
             max_size=args.max_size, budget=args.budget, lock_timeout_s=args.lock_timeout,
-            platform=args.platform, verify=verification,
+            platform=args.platform, verify=verification, output_dir=args.output,
         )
     finally:
+        if display is not None:
+            display.close()
         if edge is not None:
             edge.close()
         registry.close()
     summary: dict[str, Any] = result.to_json()
-    summary["layout"] = str(layout.root)
-    if args.output and result.stored_digest and result.status != STATUS_PENDING:
-        image = next((i for i in layout.images() if i.descriptor.digest == result.stored_digest), None)
-        if image is not None:
-            summary["output"] = [str(p) for p in extract_image(layout, image.descriptor, args.output)]
-    emit(args, summary, _describe(result))
+    summary["layout"] = str(args.oci_layout)
+    summary["hint"] = hint(result.fix, args)
+    emit(args, summary, _describe(result, args))
     return {STATUS_UP_TO_DATE: EXIT_UP_TO_DATE, STATUS_PENDING: EXIT_PENDING}.get(result.status, EXIT_OK)
 
 
-def _describe(result: PullResult) -> str:
+def _describe(result: PullResult, args: argparse.Namespace) -> str:
+    """The one line of text output (sizes for people; ``--json`` keeps bytes)."""
+    files = f"; files written to {args.output}" if result.output is not None else ""
     if result.status == STATUS_UP_TO_DATE:
-        return f"{result.reference}: up to date ({result.to_digest})"
+        return f"{result.reference}: up to date ({result.to_digest}){files}"
     if result.status == STATUS_PENDING:
         return f"{result.reference}: pending: {result.reason}"
     saved = ""
     if result.full_size:
         share = 100.0 * result.bytes_received / result.full_size
-        saved = f", {share:.1f}% of a full pull ({result.full_size} bytes)"
-    how = f"delta {result.algorithm}" if result.status == STATUS_DELTA else f"full pull ({result.reason})"
+        saved = f", {share:.1f}% of a full pull ({human_size(result.full_size)})"
+    reason = result.reason
+    words = hint(result.fix, args)
+    if words:
+        reason += f"; {words}"
+    how = f"delta {result.algorithm}" if result.status == STATUS_DELTA else f"full pull ({reason})"
     return (f"{result.reference}: updated to {result.to_digest} by {how}: "
-            f"{result.bytes_received} bytes received{saved} in {result.duration_s:.2f} s")
+            f"{human_size(result.bytes_received)} received{saved} in {result.duration_s:.2f} s{files}")

@@ -56,6 +56,7 @@ from ..errors import (
     BodyTooLargeError,
     DocumentError,
     DorasServerError,
+    Fix,
     ImagesIdenticalError,
     IncompatibleArtifactsError,
     InsecureTransportError,
@@ -68,7 +69,7 @@ from ..errors import (
 from ..redact import excerpt, mask, secrets_of
 from ..reference import Reference
 from ..transport import RETRY_STATUSES, TransferPolicy, Transport
-from ..transport.failures import read_error_body
+from ..transport.failures import SERVER_PEER, read_error_body
 from ..urls import safe_url
 from ..verify import VerifyingReader
 from .answers import (
@@ -136,9 +137,7 @@ def _check_server_url(server_url: str, allow_http: bool) -> str:
             f"server URL {safe_url(server_url)!r} must not carry a query, fragment or user info"
         )
     if parts.scheme == "http" and not allow_http:
-        raise InsecureTransportError(
-            f"server URL {server_url!r} is plain http: allow plain HTTP (allow_http=True) to use it"
-        )
+        raise InsecureTransportError(f"the Doras server URL {server_url!r} is plain http", fix=Fix.SERVER_PLAIN_HTTP)
     return server_url.rstrip("/")
 
 
@@ -197,7 +196,7 @@ class EdgeClient:
             policy, allow_http=allow_http, retry_statuses=EDGE_RETRY_STATUSES, cross_host_redirects=False,
             max_redirects=MAX_REDIRECTS,
         )
-        self.transport = Transport(self.session, self.policy, verify=self.verify, peer="the Doras server")
+        self.transport = Transport(self.session, self.policy, verify=self.verify, peer=SERVER_PEER)
         self.bytes_received = 0
         """Body bytes of the server's answers read so far."""
         self._registry: RegistryClient | None = None
@@ -431,7 +430,8 @@ class EdgeClient:
         ``Location`` is a :class:`ServerError`.
         """
         if urlsplit(url).scheme != "https" and header and not self.allow_http:
-            raise InsecureTransportError(f"refusing to send credentials over plain http to {safe_url(url)}")
+            raise InsecureTransportError(f"refusing to send credentials over plain http to {safe_url(url)}",
+                                         fix=Fix.INSECURE_AUTH)
         headers = {"Accept": "application/json"}
         if header:
             headers["Authorization"] = header
@@ -488,7 +488,7 @@ class EdgeClient:
             cls = NotFoundError
         else:
             cls = ServerError
-        return cls(status, message, context)
+        return cls(status, message, context, fix=Fix.SERVER_CREDENTIALS if cls is UnauthorizedError else None)
 
 
 class _ClosingVerifyingReader(VerifyingReader):

@@ -17,6 +17,7 @@ from .attachments import ANNOTATION_SUBJECT, Attachment
 from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, atomic_write, disk_error, fsync_dir
 from .index import (
     ANNOTATION_PULLED,
+    ANNOTATION_PULLED_BY,
     ANNOTATION_SOURCE_INDEX,
     ANNOTATION_SOURCE_PLATFORM,
     ImageEntry,
@@ -28,6 +29,7 @@ from .writer import META_SUFFIX, BlobWriter
 
 __all__ = [
     "ANNOTATION_PULLED",
+    "ANNOTATION_PULLED_BY",
     "ANNOTATION_SOURCE_INDEX",
     "ANNOTATION_SOURCE_PLATFORM",
     "ANNOTATION_SUBJECT",

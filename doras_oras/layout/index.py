@@ -5,8 +5,16 @@ tag, as skopeo and the oras CLI read it) and, under the project's prefix
 ``io.doras-oras.``: ``source.repository`` (``registry/repository``),
 ``source.digest`` (the registry manifest digest the entry stands for: its own
 digest unless a tar-diff result was stored as an uncompressed tar), ``pulled``
-(when it was committed) and, for a manifest chosen from an image index,
-``source.index`` and ``source.platform``.
+(when it was committed), ``pulled.by`` (how: ``full`` or ``delta ALGORITHM``) and,
+for a manifest chosen from an image index, ``source.index`` and ``source.platform``.
+
+Entries written by other tools (``oras copy --to-oci-layout DIR:TAG``, ``skopeo
+copy ... oci:DIR:TAG``) carry only ``ref.name``: they are *foreign*
+(:attr:`ImageEntry.foreign`). A foreign entry whose name is a bare tag belongs to
+whatever repository the caller pulls (the layout says no more); one named by a
+whole reference (``skopeo copy ... oci:DIR:host/repo:tag``) to that reference's
+repository (:meth:`ImageEntry.belongs_to`). The pull uses them as delta bases
+and replaces one when it commits the same tag, as those tools do.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from ..descriptor import (
     OCI_INDEX,
     Descriptor,
 )
-from ..errors import CorruptLayoutError, SchemaValidationError
+from ..errors import CorruptLayoutError, DorasOrasError, Fix, SchemaValidationError
+from ..reference import Reference, is_tag
 
 ANNOTATION_PULLED = ANNOTATION_PREFIX + "pulled"
 """When doras-oras committed the entry (RFC 3339, UTC); orders images for ``gc``."""
@@ -35,11 +44,11 @@ ANNOTATION_SOURCE_INDEX = ANNOTATION_PREFIX + "source.index"
 """On an entry: the registry image index the platform manifest was chosen from."""
 ANNOTATION_SOURCE_PLATFORM = ANNOTATION_PREFIX + "source.platform"
 """With ``source.index``: the platform (``os/arch[/variant]``) of the manifest chosen from it."""
+ANNOTATION_PULLED_BY = ANNOTATION_PREFIX + "pulled.by"
+"""How the image came: ``full`` (a verified full pull) or ``delta ALGORITHM`` (e.g. ``delta bsdiff+zstd``)."""
 
 ANNOTATION_SUBJECT = ANNOTATION_PREFIX + "subject"
 """On an attachment's entry (a signature manifest, :mod:`.attachments`): the registry digest it belongs to."""
-
-RECOVER_HINT = "run `doras-oras gc --rebuild --oci-layout DIR` (OCILayout.rebuild_index()) to recover"
 
 
 @dataclass(frozen=True)
@@ -50,14 +59,56 @@ class ImageEntry:
     """The entry as written: the stored manifest's media type, digest, size, annotations."""
 
     @property
-    def tag(self) -> str | None:
-        """``org.opencontainers.image.ref.name``."""
+    def ref_name(self) -> str | None:
+        """``org.opencontainers.image.ref.name`` as written."""
         return self.descriptor.annotations.get(ANNOTATION_REF_NAME)
+
+    @property
+    def tag(self) -> str | None:
+        """The tag: ``ref.name``, or the tag of a foreign entry named by a whole reference."""
+        named = self.named_reference
+        return named.tag if named is not None else self.ref_name
 
     @property
     def repository(self) -> str | None:
         """The source ``registry/repository`` (None for entries doras-oras did not write)."""
         return self.descriptor.annotations.get(ANNOTATION_SOURCE_REPOSITORY)
+
+    @property
+    def foreign(self) -> bool:
+        """Whether another tool (oras, skopeo) wrote this entry: it has no source repository."""
+        return self.repository is None
+
+    @property
+    def named_reference(self) -> Reference | None:
+        """For a foreign entry whose ``ref.name`` is a whole reference (``host/repo:tag``): it parsed."""
+        name = self.ref_name
+        if not self.foreign or not name or "/" not in name:
+            return None
+        try:
+            return Reference.parse(name)
+        except DorasOrasError:
+            return None
+
+    def belongs_to(self, repository: str) -> bool:
+        """Whether this is an image of ``repository`` (``registry/repository``).
+
+        Ours by the recorded source; a foreign one by its ``ref.name``: a whole reference
+        must name ``repository``, a bare tag belongs to any (the caller's); an entry
+        without a usable name belongs to none.
+        """
+        if not self.foreign:
+            return self.repository == repository
+        named = self.named_reference
+        if named is not None:
+            return named.name == repository
+        name = self.ref_name
+        return name is not None and is_tag(name)
+
+    @property
+    def pulled_by(self) -> str | None:
+        """``full`` or ``delta ALGORITHM`` (None: a foreign entry, or stored before this was recorded)."""
+        return self.descriptor.annotations.get(ANNOTATION_PULLED_BY)
 
     @property
     def source_digest(self) -> str:
@@ -107,7 +158,7 @@ def read_index(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             body = handle.read(schemas.MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as exc:
-        raise CorruptLayoutError(f"{path} is missing; {RECOVER_HINT}") from exc
+        raise CorruptLayoutError(f"{path} is missing", fix=Fix.REBUILD_INDEX) from exc
     except OSError as exc:
         raise CorruptLayoutError(f"{path} cannot be read ({exc})") from exc
     if len(body) > schemas.MAX_MANIFEST_BYTES:
@@ -116,9 +167,9 @@ def read_index(path: Path) -> dict[str, Any]:
         document = json.loads(body)
         schemas.validate(document, "index")
     except (ValueError, SchemaValidationError) as exc:
-        raise CorruptLayoutError(f"{path} is corrupt ({exc}); {RECOVER_HINT}") from exc
+        raise CorruptLayoutError(f"{path} is corrupt ({exc})", fix=Fix.REBUILD_INDEX) from exc
     if not isinstance(document, dict):
-        raise CorruptLayoutError(f"{path} is not a JSON object; {RECOVER_HINT}")
+        raise CorruptLayoutError(f"{path} is not a JSON object", fix=Fix.REBUILD_INDEX)
     return document
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..backoff import next_delay
-from ..errors import InvalidArgumentError, LayoutLockedError
+from ..errors import Fix, InvalidArgumentError, LayoutLockedError
 
 LOCK_FILE = "lock"
 _WAIT_INITIAL_S = 0.01
@@ -58,7 +58,8 @@ class LayoutLock:
                 if left <= 0:
                     os.close(fd)
                     raise LayoutLockedError(
-                        f"{self.what} is locked by another process (waited {timeout:g} s)"
+                        f"{self.what} is locked by another process (waited {timeout:g} s)",
+                        fix=Fix.LOCK_TIMEOUT,
                     ) from None
                 wait = next_delay(attempt, base_delay_s=_WAIT_INITIAL_S, max_delay_s=_WAIT_MAX_S,
                                   jitter=random.random())

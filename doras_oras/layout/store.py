@@ -40,8 +40,11 @@ from ..descriptor import (
 from ..errors import (
     CorruptLayoutError,
     DigestMismatchError,
+    DorasOrasError,
+    Fix,
     ImageNotFoundError,
     LayoutError,
+    NotALayoutError,
     SchemaValidationError,
     SizeMismatchError,
 )
@@ -56,7 +59,6 @@ from .attachments import (
 )
 from .files import INGEST_DIR, PARTIAL_SUFFIX, atomic_write, disk_error
 from .index import (
-    RECOVER_HINT,
     ImageEntry,
     entry_for,
     index_document,
@@ -90,27 +92,29 @@ class OCILayout:
 
     # --- opening -------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> OCILayout:
+    def open(cls, path: str | os.PathLike[str], *, create: bool = True, require_index: bool = True) -> OCILayout:
         """Open the layout at ``path``; create it (when ``create``) if absent or empty.
 
         Refuses a path that is not a directory, a directory that holds something
-        other than an OCI layout, and an ``oci-layout`` file that is not
-        ``{"imageLayoutVersion": "1.0.0"}``.
+        other than an OCI layout (:class:`NotALayoutError`), and an ``oci-layout`` file
+        that is not ``{"imageLayoutVersion": "1.0.0"}``. A missing ``index.json`` is a
+        :class:`CorruptLayoutError` unless ``require_index`` is False (to rebuild it).
         """
         root = Path(path)
         if root.exists() and not root.is_dir():
-            raise LayoutError(f"{root} is not a directory")
+            raise NotALayoutError(f"{root} is not a directory")
         names = {p.name for p in root.iterdir()} if root.is_dir() else set()
         if "oci-layout" not in names:
             foreign = sorted(names - _OUR_NAMES)
             if foreign:
-                raise LayoutError(
+                raise NotALayoutError(
                     f"{root} is not an OCI image layout (no oci-layout file; contains {', '.join(foreign[:5])})"
                 )
             if names and "blobs" not in names and "index.json" in names:
-                raise LayoutError(f"{root} is not an OCI image layout (no oci-layout file)")
+                raise NotALayoutError(f"{root} is not an OCI image layout (no oci-layout file)")
             if not create:
-                raise LayoutError(f"{root} is not an OCI image layout (no oci-layout file)")
+                what = "does not exist" if not root.exists() else "is not an OCI image layout (no oci-layout file)"
+                raise NotALayoutError(f"{root} {what}")
             layout = cls(root)
             layout._create()
             return layout
@@ -118,8 +122,8 @@ class OCILayout:
         layout.check_layout_file()
         for sub in ("blobs", INGEST_DIR):
             (root / sub).mkdir(exist_ok=True)
-        if not (root / "index.json").exists():
-            raise CorruptLayoutError(f"{root}: index.json is missing; {RECOVER_HINT}")
+        if require_index and not (root / "index.json").exists():
+            raise CorruptLayoutError(f"{root}: index.json is missing", fix=Fix.REBUILD_INDEX)
         return layout
 
     def _create(self) -> None:
@@ -340,13 +344,19 @@ class OCILayout:
                 and (subject is None or entry.descriptor.annotations.get(ANNOTATION_SUBJECT) == subject)]
 
     def find_image(self, repository: str, tag: str | None = None) -> ImageEntry | None:
-        """The newest image of ``repository`` (``registry/repo``), with ``tag`` if given; else None."""
-        matches = [
-            image
-            for image in self.images()
-            if image.repository == repository and (tag is None or image.tag == tag)
-        ]
+        """The newest image of ``repository`` (``registry/repo``), with ``tag`` if given; else None.
+
+        Images doras-oras stored come first; else a foreign entry (oras, skopeo) that belongs
+        to the repository (:meth:`ImageEntry.belongs_to`), the last one in ``index.json``.
+        """
+        matches = [image for image in self.images_of(repository) if tag is None or image.tag == tag]
         return matches[-1] if matches else None
+
+    def images_of(self, repository: str) -> list[ImageEntry]:
+        """The images of ``repository``, best last: foreign entries that belong to it (in index
+        order), then the ones doras-oras stored (in commit order)."""
+        images = [image for image in self.images() if image.belongs_to(repository)]
+        return [image for image in images if image.foreign] + [image for image in images if not image.foreign]
 
     def get_image(self, repository: str, tag: str | None = None) -> ImageEntry:
         """Like :meth:`find_image` but raises :class:`ImageNotFoundError`."""
@@ -408,7 +418,8 @@ class OCILayout:
         Checks that every referenced blob is present and verified, stores the
         ``attachments`` (signature manifests, :mod:`.attachments`) and their
         blobs, then replaces ``index.json`` atomically, once, with the image and
-        its attachments: an entry of the same repository and tag is replaced,
+        its attachments: an entry of the same repository and tag is replaced, and
+        so is a foreign entry of that name (as ``skopeo copy ... oci:DIR:TAG`` replaces it),
         as is an attachment of the same repository with the same digest or tag.
         """
         self._require_lock()
@@ -419,17 +430,25 @@ class OCILayout:
         validate_digest(source)
         entry = entry_for(manifest, repository=repository, tag=tag, source_digest=source,
                           annotations=annotations)
+        def replaced(raw: Mapping[str, Any], extra: Sequence[Descriptor]) -> bool:
+            if is_attachment(raw):
+                return any(replaced_by(raw, new) for new in extra)
+            item = ImageEntry(Descriptor.from_json(raw))
+            if item.foreign:
+                return tag is not None and item.tag == tag and item.belongs_to(repository)
+            return item.repository == repository and item.tag == tag
+
         placed: list[str] = []
         try:
             extra = [self._store_attachment(attachment, repository, placed) for attachment in attachments]
-            kept = []
-            for raw in self.read_index()["manifests"]:
-                item = ImageEntry(Descriptor.from_json(raw))
-                if not is_attachment(raw) and item.repository == repository and item.tag == tag:
-                    continue
-                if any(replaced_by(raw, new) for new in extra):
-                    continue
-                kept.append(raw)
+            kept = [raw for raw in self.read_index()["manifests"] if not replaced(raw, extra)]
+            shared = sorted({str(item.repository) for item in self.images()
+                             if tag and item.ref_name == tag and not item.foreign
+                             and not (item.repository == repository and item.tag == tag)})
+            if shared:
+                log.warning("tag %s of %s is also the tag of %s in %s: skopeo and oras may read another image "
+                            "for oci:%s:%s; keep one repository per layout", tag, repository, ", ".join(shared),
+                            self.root, self.root, tag)
             self._write_index([*kept, entry.to_json(), *(new.to_json() for new in extra)])
         except BaseException:
             with contextlib.suppress(Exception):  # the attachments' blobs go with a failed commit
@@ -476,6 +495,7 @@ class OCILayout:
         repository: str,
         tag: str | None,
         source_digest: str,
+        annotations: Mapping[str, str] | None = None,
         attachments: Sequence[Attachment] = (),
     ) -> ImageEntry:
         """Store a manifest rewritten for an uncompressed tar layer and commit it (with ``attachments``).
@@ -483,8 +503,15 @@ class OCILayout:
         ``original`` is the registry's manifest (digest ``source_digest``);
         its layer ``layer_index`` is replaced by ``layer`` (already stored:
         the uncompressed tar), media type ``application/vnd.oci.image.layer.v1.tar``,
-        the original layer's annotations kept.
+        the original layer's annotations kept (:meth:`store_rewritten`, then :meth:`commit_image`).
         """
+        manifest = self.store_rewritten(original, layer_index, layer, source_digest=source_digest)
+        return self.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest,
+                                 annotations=annotations, attachments=attachments)
+
+    def store_rewritten(self, original: bytes, layer_index: int, layer: Descriptor, *,
+                        source_digest: str) -> Descriptor:
+        """Store the manifest ``original`` rewritten for the uncompressed tar ``layer``; return it (not committed)."""
         self._require_lock()
         try:
             declared = json.loads(original).get("mediaType") or OCI_MANIFEST
@@ -513,8 +540,7 @@ class OCILayout:
             artifact_type=document.get("artifactType"),
         )
         self.ingest_bytes(manifest, body)
-        return self.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest,
-                                 attachments=attachments)
+        return manifest
 
     def forget_image(self, image: ImageEntry) -> bool:
         """Drop ``image``'s entry from ``index.json`` (atomically); False if it is not there.
@@ -567,6 +593,37 @@ class OCILayout:
                 removed.append(digest)
             self._verified.discard(digest)
         return removed
+
+    def remove_if_unused(self, *, remove_root: bool) -> bool:
+        """Remove a layout that holds nothing: no image, no blob, no partial download, no ledger.
+
+        For a layout a failed first pull created: it leaves no empty layout behind (a partial
+        download or a budget record is state for the next run, and keeps it). ``remove_root``:
+        also remove the directory itself (it did not exist before). Returns whether it was removed.
+        """
+        try:
+            with self.lock(timeout=0):
+                if self.images() or any(p.is_file() for p in (self.root / "blobs").rglob("*")):
+                    return False
+                ingest = self.root / INGEST_DIR
+                leftovers = {p.name for p in ingest.iterdir()} - {LOCK_FILE} if ingest.is_dir() else set()
+                if leftovers or set(p.name for p in self.root.iterdir()) - _OUR_NAMES:
+                    return False
+                for name in ("index.json", "oci-layout"):
+                    (self.root / name).unlink(missing_ok=True)
+                for directory in sorted((self.root / "blobs").rglob("*"), reverse=True):
+                    directory.rmdir()
+                (self.root / "blobs").rmdir()
+                (ingest / LOCK_FILE).unlink(missing_ok=True)
+                ingest.rmdir()
+        except (DorasOrasError, OSError) as exc:
+            log.debug("left %s in place: %s", self.root, exc)
+            return False
+        if remove_root:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
+        log.info("removed the unused layout %s", self.root)
+        return True
 
     def forget_verified(self, digest: str) -> None:
         """Forget that ``digest`` was verified (its file was removed)."""

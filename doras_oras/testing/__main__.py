@@ -5,9 +5,12 @@
   run until Ctrl-C (or SIGTERM).
 - ``demo``: the whole story of the README's main job: start both, publish
   v1 and v2 of a file and of a directory with the oras CLI, pull v1 into an
-  OCI layout with ``doras-oras pull``, then delta-pull v2, and print what was
-  received against what a full pull costs. ``--sign`` signs what it
-  publishes (as ``cosign sign --key`` does) and pulls with ``--verify-key``.
+  OCI layout (one per repository) with ``doras-oras pull``, then delta-pull
+  v2, print what was received against what a full pull costs, and check the
+  result: skopeo reads every image by its own name as the registry's bytes,
+  and the extracted files hash to what was published. Logs go to a file
+  (shown on failure); ``--keep`` keeps the work directory. ``--sign`` signs
+  what it publishes (as ``cosign sign --key`` does) and pulls with ``--verify-key``.
 - ``sign``: sign an artifact already in a registry, as ``cosign sign --key
   K --tlog-upload=false`` would (:mod:`.signing`; a key pair is made in
   ``--key-dir`` when there is none), so scripts can be tried with signed
@@ -22,9 +25,11 @@ This is a command-line module: results go to stdout, logs to stderr.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +43,8 @@ from typing import Any
 
 import requests
 
+from ..errors import DorasOrasError
+from ..layout import OCILayout
 from ..trust import parse_annotation
 from .registry import RegistryServer, find_tool
 from .server import DorasServer
@@ -184,9 +191,17 @@ def _publish_versions(oras: str, repo_host: str, workdir: Path) -> None:
             print(f"published {repo_host}/{repo}:v{version} ({what})")
 
 
+REPOSITORIES = (("demo/firmware", "firmware.bin"), ("demo/config", "config"))
+"""The demo's artifacts: a file and a directory, each in its own repository (and layout)."""
+
+
+class DemoFailure(Exception):
+    """A step of the demo failed (its message says which); the logs are shown."""
+
+
 def _sign_versions(registry: RegistryServer, key: SigningKey) -> None:
     """Sign v1 and v2 of both demo repositories with ``key`` (legacy ``.sig`` tags)."""
-    for repo in ("demo/firmware", "demo/config"):
+    for repo, _what in REPOSITORIES:
         for version in ("v1", "v2"):
             head = requests.head(f"{registry.url}/v2/{repo}/manifests/{version}", timeout=10,
                                  headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
@@ -195,38 +210,132 @@ def _sign_versions(registry: RegistryServer, key: SigningKey) -> None:
             print(f"signed {registry.host}/{repo}:{version} (signature manifest {signature[:19]}...)")
 
 
-def _pull(ref: str, layout: Path, server: str, output: Path, key: Path | None = None) -> dict[str, Any]:
+def _pull(ref: str, layout: Path, server: str, output: Path, log_file: Path,
+          key: Path | None = None) -> dict[str, Any]:
+    """``doras-oras pull REF --json`` (with ``--verify-key`` when signed); its stderr goes to the log file."""
     command = [sys.executable, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout),
                "--server", server, "--plain-http", "--output", str(output), "--json"]
     if key is not None:
         command += ["--verify-key", str(key)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    with log_file.open("a") as log_out:
+        log_out.write(f"$ doras-oras pull {ref} ...\n{done.stderr}")
     if done.returncode not in (0, 3):
-        sys.stderr.write(done.stderr)
-        raise RuntimeError(f"doras-oras pull {ref} failed with exit code {done.returncode}")
+        raise DemoFailure(f"doras-oras pull {ref} failed with exit code {done.returncode}:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
+def _digests(root: Path) -> dict[str, str]:
+    """sha256 of a file, or of every regular file below a directory, by relative path."""
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(path.relative_to(root.parent if root.is_file() else root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in files}
+
+
+def _size(n: int) -> str:
+    from ..cli.output import human_size
+
+    return human_size(n)
+
+
+def _holds_the_tar_of(stored: bytes, published: bytes) -> bool:
+    """Whether ``stored`` is ``published`` rewritten for its uncompressed tar (DESIGN.md §4): the same
+    config and annotations, the layer replaced by the tar whose digest the original layer declares."""
+    mine, theirs = json.loads(stored), json.loads(published)
+    if len(mine.get("layers", [])) != 1 or len(theirs.get("layers", [])) != 1:
+        return False
+    layer, original = mine["layers"][0], theirs["layers"][0]
+    declared = original.get("annotations", {}).get("io.deis.oras.content.digest")
+    return bool(mine["config"] == theirs["config"] and declared and layer["digest"] == declared
+                and layer.get("annotations") == original.get("annotations"))
+
+
+def _check(registry: RegistryServer, work: Path) -> list[str]:
+    """What proves the demo: skopeo reads each image by its own name as the registry's bytes, and
+    every extracted file hashes to what was published. Returns the problems (none: all good)."""
+    problems: list[str] = []
+    skopeo = find_tool("skopeo")
+    for repo, what in REPOSITORIES:
+        name = repo.split("/")[1]
+        layout = work / "device" / "oci" / name
+        for tag in ("v1", "v2"):
+            raw = subprocess.run([skopeo, "inspect", "--raw", f"oci:{layout}:{tag}"], capture_output=True,
+                                 timeout=60)
+            published = requests.get(f"{registry.url}/v2/{repo}/manifests/{tag}", timeout=10,
+                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            digest = published.headers.get("Docker-Content-Digest", "?")
+            where = f"oci:device/oci/{name}:{tag}"
+            if raw.returncode == 0 and raw.stdout == published.content:
+                print(f"  skopeo reads {where} as {repo}:{tag}, byte for byte ({digest[:19]})")
+            elif raw.returncode == 0 and _holds_the_tar_of(raw.stdout, published.content):
+                print(f"  skopeo reads {where} as {repo}:{tag} stored as its uncompressed tar (a tar-diff result: "
+                      "its layer has the digest the registry's layer declares in io.deis.oras.content.digest)")
+            else:
+                problems.append(f"skopeo inspect --raw oci:{layout}:{tag} does not give {repo}:{tag} ({digest}) "
+                                f"{raw.stderr.decode(errors='replace').strip()}")
+        try:
+            opened = OCILayout.open(layout, create=False)
+            images = opened.verify()
+            kept = len(opened.attachments())
+            print(f"  the layout device/oci/{name} verifies: {len(images)} images"
+                  + (f" and {kept} signature manifests" if kept else "") + ", every blob matches its digest")
+        except DorasOrasError as exc:
+            problems.append(f"the layout {layout} does not verify: {exc}")
+        sent = _digests(work / "publish" / "v2" / what)
+        got = _digests(work / "device" / "files" / name / what)
+        if not sent or sent != got:
+            differ = sorted(set(sent.items()) ^ set(got.items()))[:3]
+            problems.append(f"the files of {repo}:v2 differ from what was published: {differ}")
+        else:
+            print(f"  the {len(got)} extracted file(s) of {repo}:v2 have the sha256 of what was published")
+    return problems
+
+
 def demo(args: argparse.Namespace) -> int:
-    """The README's main job, end to end on loopback."""
+    """The README's main job, end to end on loopback; logs go to a file, shown on failure."""
+    work = Path(tempfile.mkdtemp(prefix="doras-oras-demo-"))
+    log_file = work / "logs" / "demo.log"
+    log_file.parent.mkdir(parents=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
+    try:
+        code = _demo(args, work, log_file)
+    except (DemoFailure, subprocess.CalledProcessError, OSError, RuntimeError) as exc:
+        detail = getattr(exc, "stderr", None)
+        print(f"\ndemo failed: {exc}" + (f"\n{detail.decode(errors='replace')}" if isinstance(detail, bytes) else ""),
+              file=sys.stderr)
+        code = 1
+    finally:
+        handler.close()
+    if code != 0 and log_file.exists():
+        print(f"--- the last lines of {log_file}:", file=sys.stderr)
+        print("\n".join(log_file.read_text(errors="replace").splitlines()[-40:]), file=sys.stderr)
+    if args.keep or code != 0:
+        print(f"\nkept {work}: device/oci/* (the layouts), device/files/* (the files), logs/demo.log"
+              + ("" if args.keep else " (kept because the demo failed)"))
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return code
+
+
+def _demo(args: argparse.Namespace, work: Path, log_file: Path) -> int:
     oras = find_tool("oras")
-    with tempfile.TemporaryDirectory(prefix="doras-oras-demo-") as tmp, \
-            RegistryServer() as registry, _server(args, registry) as server:
-        work = Path(tmp)
-        print(f"registry {registry.url}, Doras server {server.url}")
+    with RegistryServer() as registry, _server(args, registry) as server:
+        print(f"registry {registry.url}, Doras server {server.url} (logs: {log_file})")
         _publish_versions(oras, registry.host, work / "publish")
         key = None
         if args.sign:
             signing = SigningKey.generate(work / "keys")
             _sign_versions(registry, signing)
             key = signing.public_path
-        layout = work / "device" / "oci-layout"
         rows = []
-        for repo in ("demo/firmware", "demo/config"):
+        for repo, _what in REPOSITORIES:
+            name = repo.split("/")[1]
             for version in ("v1", "v2"):
-                result = _pull(f"{registry.host}/{repo}:{version}", layout, server.url,
-                               work / "device" / "files" / repo, key)
+                result = _pull(f"{registry.host}/{repo}:{version}", work / "device" / "oci" / name, server.url,
+                               work / "device" / "files" / name, log_file, key)
                 if key is not None:
                     signature = (result.get("trust") or {}).get("signature") or {}
                     print(f"verified {repo}:{version} with {signature.get('key', {}).get('name')} "
@@ -234,8 +343,8 @@ def demo(args: argparse.Namespace) -> int:
                 rows.append(result)
                 print(f"pulled {repo}:{version}: {result['status']}"
                       + (f" ({result['algorithm']})" if result.get("algorithm") else "")
-                      + f", {result['bytes_received']:,} bytes received"
-                      + f" for a {result['full_size']:,}-byte artifact"
+                      + f", {_size(result['bytes_received'])} received"
+                      + f" for a {_size(result['full_size'])} artifact"
                       + (f" [{result['reason']}]" if result["status"] == "full" else ""))
         print()
         print(f"{'image':<22} {'how':<18} {'received':>12} {'full pull':>12} {'share':>7}")
@@ -243,20 +352,18 @@ def demo(args: argparse.Namespace) -> int:
             name = result["reference"].split("/", 1)[1]
             how = result["status"] + (f" {result['algorithm']}" if result.get("algorithm") else "")
             share = 100.0 * result["bytes_received"] / max(1, result["full_size"])
-            print(f"{name:<22} {how:<18} {result['bytes_received']:>12,} {result['full_size']:>12,} "
+            print(f"{name:<22} {how:<18} {_size(result['bytes_received']):>12} {_size(result['full_size']):>12} "
                   f"{share:>6.1f}%")
-        saved = [r for r in rows if r["status"] == "delta"]
-        if len(saved) != 2:
-            print("expected both v2 pulls to be deltas", file=sys.stderr)
-            return 1
-        entries = json.loads((layout / "index.json").read_text())["manifests"]
-        signatures = sum("io.doras-oras.subject" in (e.get("annotations") or {}) for e in entries)
-        print(f"\nthe layout {layout} records {len(entries) - signatures} images"
-              + (f" and {signatures} signature manifests" if signatures else "")
-              + "; its files were written under device/files (like `oras pull`)")
-        skopeo = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:v2"],
-                                capture_output=True, text=True, timeout=60)
-        print(f"skopeo inspect --raw oci:LAYOUT:v2 -> exit {skopeo.returncode}")
+        print("\nchecks:")
+        problems = _check(registry, work)
+        if [r["status"] for r in rows] != ["full", "delta", "full", "delta"]:
+            problems.append("expected a full pull of each v1 and a delta for each v2: "
+                            + ", ".join(f"{r['reference']}: {r['status']}" for r in rows))
+    for problem in problems:
+        print(f"  FAILED: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print("all checks passed")
     return 0
 
 
@@ -307,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="server build delay (default 0)")
     p_story.add_argument("--sign", action="store_true",
                          help="sign what is published (as cosign sign --key does) and pull with --verify-key")
+    p_story.add_argument("--keep", action="store_true",
+                         help="keep the work directory (the layouts, the files, the logs) and print its path")
     p_story.set_defaults(run=demo)
     p_sign = sub.add_parser("sign", help="sign an artifact in a registry as `cosign sign --key` does")
     p_sign.add_argument("reference", metavar="HOST:PORT/REPOSITORY[:TAG|@DIGEST]")

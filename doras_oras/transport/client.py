@@ -28,6 +28,7 @@ import requests
 from ..backoff import parse_retry_after
 from ..errors import (
     BodyTooLargeError,
+    Fix,
     InsecureTransportError,
     InvalidArgumentError,
     RegistryAuthError,
@@ -39,6 +40,7 @@ from ..urls import origin, safe_url
 from . import download as _download
 from .failures import (
     NETWORK_ERRORS,
+    REGISTRY_PEER,
     Retryable,
     Stalled,
     error_body,
@@ -101,7 +103,7 @@ class Transport:
         *,
         verify: bool | str | Path = True,
         auth: AuthHook | None = None,
-        peer: str = "the registry",
+        peer: str = REGISTRY_PEER,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -261,14 +263,14 @@ class Transport:
         budget.failures += 1
         if budget.failures >= self.policy.max_attempts:
             raise type(failure.error)(
-                f"{failure.error} (gave up after {budget.failures} attempts)",
+                f"{failure.error.detail} (gave up after {budget.failures} attempts)",
                 **error_kwargs(failure.error),
             ) from failure.error
         wait = retry_wait_s(budget.failures, self.policy, retry_after_s=failure.retry_after_s, rand=self._rand)
         left = budget.remaining_s()
         if left is not None and wait >= left:
             raise TransferTimeoutError(
-                f"{failure.error}; the next attempt would pass the overall deadline"
+                f"{failure.error.detail}; the next attempt would pass the overall deadline", fix=failure.error.fix,
             ) from failure.error
         log.info("attempt %d failed (%s); retrying in %.2f s", budget.failures, failure.error, wait)
         self._sleep(wait)
@@ -314,7 +316,7 @@ class Transport:
                 raise InsecureTransportError(f"unsupported URL scheme in {safe_url(current)}")
             if scheme == "http" and not self.policy.allow_http:
                 raise InsecureTransportError(
-                    f"refusing plain http to {safe_url(current)}: allow_http is off"
+                    f"refusing plain http to {safe_url(current)}: the transfer policy allows only https"
                 )
             same_origin = origin(current) == origin(start)
             send = {k: v for k, v in headers.items() if same_origin or k.lower() != "authorization"}
@@ -378,7 +380,7 @@ class Transport:
             if body:
                 message += f": {body[:300]}"
             if status in (401, 403):
-                raise RegistryAuthError(message, status=status)
+                raise RegistryAuthError(message, status=status, fix=Fix.REGISTRY_CREDENTIALS)
             if status in self.policy.retry_statuses:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
                 raise Retryable(RegistryError(message, status=status), retry_after)

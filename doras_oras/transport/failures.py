@@ -3,10 +3,12 @@
 body is not wanted.
 
 :func:`translate` is the only place that turns a lower-level exception into a project
-error. It keeps the cause a user can act on ("connection refused", "name resolution
-failed", "certificate verify failed") and nothing that may hold a secret (URLs lose their
-userinfo and query, texts are redacted). The internal exceptions :class:`Retryable` and
-:class:`Stalled` carry a failure from an attempt to the retry loop.
+error. It keeps the cause a user can act on ("connection refused", "cannot resolve host
+registry.example (Name or service not known)", "certificate verify failed") and nothing
+that may hold a secret (URLs lose their userinfo and query, texts are redacted); a TLS
+failure carries the :class:`~doras_oras.errors.Fix` of its peer (:func:`tls_error`). The
+internal exceptions :class:`Retryable` and :class:`Stalled` carry a failure from an
+attempt to the retry loop.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import http.client
 import socket
 import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
 
-from ..errors import ConnectError, RegistryError, TransferTimeoutError, TransportError
+from ..errors import ConnectError, Fix, RegistryError, TransferTimeoutError, TransportError
 from ..redact import redact, shorten
-from ..urls import safe_url
+from ..urls import origin, safe_url
 
 #: Error bodies are read up to this many bytes, never more.
 ERROR_BODY_CAP = 64 * 1024
@@ -38,6 +41,14 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _TIMEOUTS = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError, socket.timeout)
+
+#: How a :class:`Transport` names its peer in messages; the Doras server's TLS fixes differ.
+REGISTRY_PEER = "the registry"
+SERVER_PEER = "the Doras server"
+
+#: OpenSSL reasons of a TLS client talking to a plain HTTP server (its answer is no TLS record).
+_PLAIN_HTTP_ANSWERS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure",
+                       "RECORD_LAYER_FAILURE", "packet length too long", "http request")
 
 
 class Retryable(Exception):
@@ -78,13 +89,18 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def cause(exc: BaseException) -> str:
-    """The innermost reason of a network failure, short and redacted (``connection refused``)."""
+def cause(exc: BaseException, url: str | None = None) -> str:
+    """The innermost reason of a network failure, short and redacted (``connection refused``).
+
+    A name resolution failure names the host of ``url`` and the resolver's words.
+    """
     chain = _chain(exc)
-    for item in chain:
-        if isinstance(item, socket.gaierror) or "NameResolution" in type(item).__name__:
-            strerror = getattr(item, "strerror", None)
-            return "name resolution failed" + (f" ({strerror})" if strerror else "")
+    if any(isinstance(item, socket.gaierror) or "NameResolution" in type(item).__name__ for item in chain):
+        strerror = next((str(item.strerror) for item in chain
+                         if isinstance(item, socket.gaierror) and item.strerror), None)
+        host = origin(url)[1] if url else None
+        text = f"cannot resolve host {host}" if host else "name resolution failed"
+        return text + (f" ({strerror})" if strerror else "")
     for item in reversed(chain):
         if isinstance(item, ssl.SSLError):
             text = getattr(item, "verify_message", None) or getattr(item, "reason", None) or str(item)
@@ -105,22 +121,37 @@ def translate(exc: BaseException, url: str, *, at: int | None = None, method: st
     # (urllib3's NewConnectionError derives from its ConnectTimeoutError: a refusal is no timeout)
     if isinstance(exc, _TIMEOUTS) and not isinstance(exc, urllib3.exceptions.NewConnectionError):
         return TransferTimeoutError(f"{where}: timed out ({type(exc).__name__})")
-    return ConnectError(f"{where}: connection failed ({cause(exc)})")
+    return ConnectError(f"{where}: {cause(exc, url)}")
+
+
+def speaks_plain_http(exc: BaseException) -> bool:
+    """Whether a TLS failure says the peer answered plain HTTP (no TLS record)."""
+    return any(isinstance(item, ssl.SSLError) and any(word in str(item) for word in _PLAIN_HTTP_ANSWERS)
+               for item in _chain(exc))
 
 
 def tls_error(exc: BaseException, url: str, *, peer: str) -> ConnectError:
-    """A TLS handshake or verification failure with ``peer`` (``the registry``, ``the Doras server``)."""
-    reason = cause(exc)
-    hint = (f"if {peer} speaks plain HTTP, allow plain HTTP for it; otherwise give the CA file that "
-            f"signed {peer}'s certificate, or turn TLS verification off explicitly")
-    return ConnectError(f"TLS with {peer} at {safe_url(url)} failed ({reason}); {hint}")
+    """A TLS handshake or verification failure with ``peer`` (:data:`REGISTRY_PEER`, :data:`SERVER_PEER`).
+
+    Its :class:`~doras_oras.errors.Fix`: the peer speaks plain HTTP (an answer that is no TLS
+    record), else its certificate does not verify (a CA bundle, or verification off).
+    """
+    parts = urlsplit(url)
+    where = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+    server = peer == SERVER_PEER
+    if speaks_plain_http(exc):
+        fix = Fix.SERVER_SPEAKS_HTTP if server else Fix.PLAIN_HTTP
+        return ConnectError(f"TLS with {peer} at {where} failed: it answers plain HTTP ({cause(exc)})", fix=fix)
+    fix = Fix.TLS_SERVER if server else Fix.TLS_REGISTRY
+    return ConnectError(f"TLS with {peer} at {where} failed ({cause(exc)})", fix=fix)
 
 
 def error_kwargs(error: TransportError) -> dict[str, Any]:
-    """The keyword arguments that rebuild ``error`` with another message."""
+    """The keyword arguments that rebuild ``error`` with another message (its fix kept)."""
+    kwargs: dict[str, Any] = {"fix": error.fix}
     if isinstance(error, RegistryError):
-        return {"status": error.status}
-    return {}
+        kwargs["status"] = error.status
+    return kwargs
 
 
 def release(response: requests.Response) -> None:

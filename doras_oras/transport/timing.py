@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import TransferTimeoutError
+from ..errors import Fix, TransferTimeoutError
 from .failures import Stalled
 from .policy import TransferPolicy
 
@@ -27,7 +27,7 @@ class CallBudget:
     def check_deadline(self, what: str) -> None:
         left = self.remaining_s()
         if left is not None and left <= 0:
-            raise TransferTimeoutError(f"{what}: overall deadline of the transfer passed")
+            raise TransferTimeoutError(f"{what}: overall deadline of the transfer passed", fix=Fix.DEADLINE)
 
     def timeouts(self) -> tuple[float, float]:
         connect, read = self.policy.connect_timeout_s, self.policy.read_timeout_s

@@ -1,0 +1,298 @@
+"""What a cron script acts on (issue #15): exit codes that tell the truth, one JSON shape, the bytes
+counted, ``--output`` all or nothing with the layout, and layouts of oras and skopeo as bases.
+
+Against the real registry, the test Doras server, the oras CLI and skopeo.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from doras_oras.layout import OCILayout
+from doras_oras.testing.pytest_plugin import DorasServerFactory
+from doras_oras.testing.registry import RegistryServer, find_tool
+from tests.layout_support import REPO_ROOT, cli, layout_problems, run, sha256
+from tests.pull_support import (
+    check_layout,
+    edit,
+    layer_of,
+    manifest_of,
+    oras_push_file,
+    payload,
+    snapshot,
+    tree,
+    unique,
+)
+
+
+def one_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, (proc.stdout, proc.stderr)
+    document: dict[str, Any] = json.loads(lines[0])
+    return document
+
+
+@pytest.fixture
+def versions(oci_registry: RegistryServer, tmp_path: Path) -> tuple[str, bytes, bytes]:
+    """A repository with v1 and v2 of one file (``x.bin``), pushed with the oras CLI."""
+    repo = unique("outcomes")
+    v1 = payload(60000, 11)
+    v2 = edit(v1, 6, 12)
+    oras_push_file(oci_registry.host, f"{repo}:v1", tmp_path / "p1", "x.bin", v1)
+    oras_push_file(oci_registry.host, f"{repo}:v2", tmp_path / "p2", "x.bin", v2)
+    return repo, v1, v2
+
+
+def test_extraction_failure_rolls_the_commit_back(oci_registry: RegistryServer, versions: tuple[str, bytes, bytes],
+                                                  doras_server_factory: DorasServerFactory, tmp_path: Path) -> None:
+    """``-o`` that cannot be written: exit 1 and the layout unchanged, so the next run updates (exit 0)."""
+    repo, v1, v2 = versions
+    host = oci_registry.host
+    server = doras_server_factory()
+    layout = tmp_path / "L"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    bad = str(blocker / "sub")  # below a file: found only when the files are written
+    common = ["--oci-layout", str(layout), "--plain-http", "--json"]
+
+    first = cli("pull", f"{host}/{repo}:v1", *common, "-o", bad)  # a full pull
+    assert first.returncode == 1 and one_json(first)["error"] == "ExtractError", first.stderr
+    assert f"cannot write the files to {bad}" in first.stderr
+    assert not layout.exists()  # the new layout is gone again: nothing was committed
+    ok = cli("pull", f"{host}/{repo}:v1", *common, "-o", str(tmp_path / "out"))
+    assert ok.returncode == 0 and one_json(ok)["status"] == "full", ok.stderr
+    assert tree(tmp_path / "out") == {"x.bin": v1}
+
+    before = snapshot(layout)
+    delta = cli("pull", f"{host}/{repo}:v2", *common, "--server", server.url, "-o", bad)
+    assert delta.returncode == 1 and one_json(delta)["error"] == "ExtractError", delta.stderr
+    assert snapshot(layout) == before  # index.json and the blobs as they were
+    again = cli("pull", f"{host}/{repo}:v2", *common, "--server", server.url, "-o", str(tmp_path / "out"))
+    assert again.returncode == 0, again.stderr  # "updated": the cron script restarts the app
+    result = one_json(again)
+    assert (result["status"], result["output"]) == ("delta", [str(tmp_path / "out" / "x.bin")])
+    assert tree(tmp_path / "out") == {"x.bin": v2}
+    check_layout(layout, "v2", manifest=manifest_of(oci_registry, repo, "v2")[0])
+    up = cli("pull", f"{host}/{repo}:v2", *common, "-o", str(tmp_path / "out2"))
+    assert up.returncode == 3 and tree(tmp_path / "out2") == {"x.bin": v2}
+
+
+def test_one_json_shape_with_and_without_server(oci_registry: RegistryServer, versions: tuple[str, bytes, bytes],
+                                                doras_server_factory: DorasServerFactory, tmp_path: Path) -> None:
+    repo, _v1, _v2 = versions
+    host = oci_registry.host
+    server = doras_server_factory()
+    keys = set()
+    for name, extra in (("A", []), ("B", ["--server", server.url])):
+        common = ["--oci-layout", str(tmp_path / name), "--plain-http", "--json", *extra]
+        for tag, status, code in (("v1", "full", 0), ("v2", "delta" if extra else "full", 0), ("v2", "up-to-date", 3)):
+            proc = cli("pull", f"{host}/{repo}:{tag}", *common)
+            assert proc.returncode == code, proc.stderr
+            result = one_json(proc)
+            assert result["status"] == status, result
+            keys.add(frozenset(result))
+    assert len(keys) == 1, keys
+    assert {"status", "reason_code", "stored_digest", "to_digest", "bytes_received", "output", "fix", "hint",
+            "layout"} <= set(next(iter(keys)))
+
+
+def test_up_to_date_without_server_is_exit_3_and_one_head(oci_registry: RegistryServer, tmp_path: Path,
+                                                          versions: tuple[str, bytes, bytes]) -> None:
+    repo, _v1, _v2 = versions
+    from doras_oras.testing.faultproxy import FaultProxy
+
+    with FaultProxy(oci_registry.url) as proxy:
+        common = ["--oci-layout", str(tmp_path / "L"), "--plain-http", "--json"]
+        assert cli("pull", f"{proxy.host}/{repo}:v1", *common).returncode == 0
+        proxy.wait_idle()
+        seen = len(proxy.log)
+        again = cli("pull", f"{proxy.host}/{repo}:v1", *common)
+        assert again.returncode == 3, again.stderr
+        result = one_json(again)
+        assert (result["status"], result["bytes_received"]) == ("up-to-date", 0)
+        proxy.wait_idle()
+        assert [r.method for r in proxy.log[seen:]] == ["HEAD"]  # the manifest is not fetched again
+
+
+def test_bytes_are_counted_from_the_first_request_without_server(
+        oci_registry: RegistryServer, versions: tuple[str, bytes, bytes], tmp_path: Path) -> None:
+    repo, _v1, _v2 = versions
+    body, _digest = manifest_of(oci_registry, repo, "v1")
+    layer, _blob = layer_of(oci_registry, repo, "v1")
+    expected = len(body) + int(str(layer["size"]))  # the manifest and the layer; the empty config is inline
+    layout = tmp_path / "L"
+    proc = cli("pull", f"{oci_registry.host}/{repo}:v1", "--oci-layout", str(layout), "--plain-http", "--json",
+               "--max-size", "1M", "--budget", "10M/1d")
+    assert proc.returncode == 0, proc.stderr
+    result = one_json(proc)
+    assert result["bytes_received"] == expected, (result, expected)
+    ledger = json.loads((layout / ".doras-oras" / "downloads.json").read_text())
+    assert [n for _t, n in ledger["records"]] == [expected]
+
+
+def test_from_a_tag_or_a_digest_of_the_same_repository(oci_registry: RegistryServer, tmp_path: Path,
+                                                       doras_server_factory: DorasServerFactory) -> None:
+    repo = unique("from")
+    host = oci_registry.host
+    data = payload(40000, 21)
+    for number in (1, 2, 3):
+        oras_push_file(host, f"{repo}:v{number}", tmp_path / f"p{number}", "x.bin", edit(data, number * 3, number))
+    server = doras_server_factory()
+    layout = tmp_path / "L"
+    common = ["--oci-layout", str(layout), "--plain-http", "--server", server.url, "--json"]
+    assert cli("pull", f"{host}/{repo}:v1", *common).returncode == 0
+    assert cli("pull", f"{host}/{repo}:v2", *common).returncode == 0
+    v1_digest = manifest_of(oci_registry, repo, "v1")[1]
+    for given in ("v1", v1_digest, "@" + v1_digest, f"{host}/{repo}:v1"):
+        proc = cli("pull", f"{host}/{repo}:v3", *common, "--from", given)
+        assert proc.returncode == 0, (given, proc.stderr)
+        result = one_json(proc)
+        assert (result["status"], result["from_digest"]) == ("delta", v1_digest), (given, result)
+        (layout / "index.json").write_text(json.dumps(json.loads((layout / "index.json").read_text()) | {
+            "manifests": [m for m in json.loads((layout / "index.json").read_text())["manifests"]
+                          if m["annotations"].get("org.opencontainers.image.ref.name") != "v3"]}))
+    missing = cli("pull", f"{host}/{repo}:v3", *common, "--from", "v0")
+    assert missing.returncode == 1 and f"--from {host}/{repo}:v0: no such image" in missing.stderr
+
+
+@pytest.mark.parametrize("tool", ["oras", "skopeo-tag", "skopeo-reference"])
+def test_layouts_of_oras_and_skopeo_are_delta_bases(oci_registry: RegistryServer, tmp_path: Path,
+                                                    versions: tuple[str, bytes, bytes], tool: str,
+                                                    doras_server_factory: DorasServerFactory) -> None:
+    repo, _v1, v2 = versions
+    host = oci_registry.host
+    layout = tmp_path / "L"
+    if tool == "oras":
+        run(find_tool("oras"), "copy", "--from-plain-http", f"{host}/{repo}:v1", "--to-oci-layout", f"{layout}:v1")
+    else:
+        name = "v1" if tool == "skopeo-tag" else f"{host}/{repo}:v1"
+        run("skopeo", "copy", "--src-tls-verify=false", f"docker://{host}/{repo}:v1", f"oci:{layout}:{name}")
+    listed = cli("list", "--oci-layout", str(layout), "--json")
+    [entry] = one_json(listed)["images"]
+    assert (entry["tag"], entry["foreign"], entry["pulled_by"]) == ("v1", True, None)
+    assert entry["repository"] == (f"{host}/{repo}" if tool == "skopeo-reference" else None)
+    server = doras_server_factory()
+    common = ["--oci-layout", str(layout), "--plain-http", "--server", server.url, "--json"]
+    up = cli("pull", f"{host}/{repo}:v1", *common)
+    assert up.returncode == 3, up.stderr  # the layout holds v1: up to date, nothing written
+    proc = cli("pull", f"{host}/{repo}:v2", *common, "-o", str(tmp_path / "out"), "--from", "v1")
+    assert proc.returncode == 0, proc.stderr  # --from names the tool's image by its tag
+    result = one_json(proc)
+    assert (result["status"], result["from_digest"]) == ("delta", manifest_of(oci_registry, repo, "v1")[1]), result
+    assert tree(tmp_path / "out") == {"x.bin": v2}
+    readable(layout, "v2", manifest_of(oci_registry, repo, "v2")[0])
+    run("skopeo", "inspect", "--raw", f"oci:{layout}:{'v1' if tool != 'skopeo-reference' else f'{host}/{repo}:v1'}")
+    # the same tag again from the registry replaces the tool's entry (one ref.name per tag, as skopeo does)
+    if tool != "skopeo-reference":
+        oras_push_file(host, f"{repo}:v1", tmp_path / "p3", "x.bin", edit(v2, 2, 13))
+        moved = cli("pull", f"{host}/{repo}:v1", *common, "--from", "v2")
+        assert moved.returncode == 0, moved.stderr
+        names = [m["annotations"]["org.opencontainers.image.ref.name"]
+                 for m in json.loads((layout / "index.json").read_text())["manifests"]]
+        assert sorted(names) == ["v1", "v2"], names
+        readable(layout, "v1", manifest_of(oci_registry, repo, "v1")[0])
+
+
+def readable(layout: Path, tag: str, manifest: bytes) -> None:
+    """Valid (the modes of blobs another tool wrote are its own: oras writes 0444), skopeo reads ``tag``."""
+    assert [p for p in layout_problems(layout) if not p.startswith("mode ")] == []
+    OCILayout.open(layout, create=False).verify()
+    assert run("skopeo", "inspect", "--raw", f"oci:{layout}:{tag}").stdout.encode() == manifest
+
+
+def test_list_shows_how_images_came(oci_registry: RegistryServer, versions: tuple[str, bytes, bytes],
+                                    doras_server_factory: DorasServerFactory, tmp_path: Path) -> None:
+    repo, _v1, _v2 = versions
+    host = oci_registry.host
+    server = doras_server_factory()
+    layout = tmp_path / "L"
+    empty = cli("list", "--oci-layout", str(tmp_path / "none"))
+    assert empty.returncode == 2 and "does not exist" in empty.stderr
+    for tag in ("v1", "v2"):
+        assert cli("pull", f"{host}/{repo}:{tag}", "--oci-layout", str(layout), "--plain-http", "--server",
+                   server.url).returncode == 0
+    listed = cli("list", "--oci-layout", str(layout))
+    assert listed.returncode == 0, listed.stderr
+    header, first, second = listed.stdout.splitlines()
+    assert header.split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE", "PULLED"]
+    assert first.split()[:2] == [f"{host}/{repo}", "v1"] and " full " in first and "KiB" in first
+    assert second.split()[:2] == [f"{host}/{repo}", "v2"] and "delta bsdiff+zstd" in second
+    rows = one_json(cli("list", "--oci-layout", str(layout), "--json"))["images"]
+    body, digest = manifest_of(oci_registry, repo, "v2")
+    layer, _ = layer_of(oci_registry, repo, "v2")
+    assert rows[1]["digest"] == digest and rows[1]["size"] == len(body) + int(str(layer["size"])) + 2
+    assert [r["pulled_by"] for r in rows] == ["full", "delta bsdiff+zstd"]
+
+
+def test_text_output_has_human_sizes(oci_registry: RegistryServer, versions: tuple[str, bytes, bytes],
+                                     tmp_path: Path) -> None:
+    repo, _v1, _v2 = versions
+    proc = cli("pull", f"{oci_registry.host}/{repo}:v1", "--oci-layout", str(tmp_path / "L"), "--plain-http")
+    assert proc.returncode == 0, proc.stderr
+    assert " KiB received, 100.0% of a full pull (" in proc.stdout and " bytes" not in proc.stdout, proc.stdout
+    gc = cli("gc", "--oci-layout", str(tmp_path / "L"), "--keep", "0")
+    assert gc.returncode == 0 and "KiB freed" in gc.stdout, gc.stdout
+
+
+def test_apply_refuses_what_nothing_verifies(tmp_path: Path) -> None:
+    import bsdiff4
+
+    base = payload(20000, 31)
+    new = edit(base, 5, 32)
+    wrong = payload(20000, 33)
+    for name, data in (("base", base), ("wrong", wrong), ("delta", bsdiff4.diff(base, new))):
+        (tmp_path / name).write_bytes(data)
+    common = ["--delta", str(tmp_path / "delta"), "--output", str(tmp_path / "out"), "--json"]
+    refused = cli("apply", "--base", str(tmp_path / "wrong"), *common)
+    assert refused.returncode == 2 and "--expect-digest" in refused.stderr and "--allow-unverified" in refused.stderr
+    assert not (tmp_path / "out").exists()
+    checked = cli("apply", "--base", str(tmp_path / "wrong"), *common, "--expect-digest", sha256(new))
+    assert checked.returncode == 1 and "expected " + sha256(new)[:15] in checked.stderr, checked.stderr
+    assert not (tmp_path / "out").exists()
+    loud = cli("apply", "--base", str(tmp_path / "wrong"), *common, "--allow-unverified")
+    assert loud.returncode == 0 and one_json(loud)["verified"] is False
+    assert "doras-oras: warning:" in loud.stderr and "NOT verified" in loud.stderr
+    good = cli("apply", "--base", str(tmp_path / "base"), *common, "--expect-digest", sha256(new))
+    assert good.returncode == 0 and one_json(good)["verified"] is True
+    assert (tmp_path / "out").read_bytes() == new
+    directory = cli("apply", "--base", str(tmp_path / "base"), "--delta", str(tmp_path / "delta"), "--output",
+                    str(tmp_path), "--expect-digest", sha256(new))
+    assert directory.returncode == 2 and f"--output {tmp_path} is a directory" in directory.stderr
+    missing = cli("apply", "--base", str(tmp_path / "base"), "--delta", str(tmp_path / "delta"), "--output",
+                  str(tmp_path / "nodir" / "out"), "--expect-digest", sha256(new))
+    assert missing.returncode == 2 and f"the directory {tmp_path / 'nodir'} does not exist" in missing.stderr
+    assert ".tmp" not in missing.stderr and "ingest" not in missing.stderr
+
+
+def test_sigint_exits_130_and_changes_nothing(oci_registry: RegistryServer, versions: tuple[str, bytes, bytes],
+                                              doras_server_factory: DorasServerFactory, tmp_path: Path) -> None:
+    from doras_oras.testing.faultproxy import FaultProxy
+
+    repo, _v1, _v2 = versions
+    host = oci_registry.host
+    server = doras_server_factory(build_delay_s=5)
+    layout = tmp_path / "L"
+    assert cli("pull", f"{host}/{repo}:v1", "--oci-layout", str(layout), "--plain-http").returncode == 0
+    before = snapshot(layout)
+    with FaultProxy(server.url) as front:
+        proc = subprocess.Popen([sys.executable, "-m", "doras_oras", "pull", f"{host}/{repo}:v2", "--oci-layout",
+                                 str(layout), "--plain-http", "--server", front.url, "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        deadline = time.monotonic() + 30
+        while not front.requests("/api/v1/delta/") and time.monotonic() < deadline:  # it waits for the delta
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "doras-oras: error: interrupted" in err and "Traceback" not in err
+    assert json.loads(out)["exit_code"] == 130
+    assert snapshot(layout) == before
