@@ -654,6 +654,8 @@ def test_non_zero_blocks_stay_within_the_memory_cap(tmp_path: Path) -> None:
 
 def test_worker_count_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, opened: list[str]) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    nothing = tmp_path / "no-cgroup"
+    monkeypatch.setattr(bzp, "CGROUP_CPU_FILES", (nothing / "cpu.max", (nothing / "q", nothing / "p")))
     monkeypatch.delenv("DORAS_ORAS_BZ2_WORKERS", raising=False)
     assert bzp.decoder_count() == bzp.MAX_WORKERS
     most = bzp.MAX_WORKERS
@@ -672,3 +674,29 @@ def test_worker_count_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, o
     _apply(tmp_path, old, patch)
     assert (tmp_path / "out" / "new").read_bytes() == new
     assert opened == ["diff"]
+
+
+@pytest.mark.parametrize(("v2", "v1", "cpus"), [
+    ("max 100000\n", None, 8),  # cgroup v2, no limit
+    ("100000 100000\n", None, 1),  # docker run --cpus 1
+    ("150000 100000\n", None, 2),  # 1.5 CPUs: rounded up
+    ("5000 100000\n", None, 1),  # a small share still decodes
+    ("1600000 100000\n", None, 8),  # more quota than CPUs: the affinity decides
+    (None, ("200000", "100000"), 2),  # cgroup v1
+    (None, ("-1", "100000"), 8),  # cgroup v1, no limit
+    ("garbage\n", None, 8),  # unreadable: the affinity decides
+    (None, None, 8),  # no cgroup files at all
+])
+def test_usable_cpus_follow_the_cgroup_quota(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                             v2: str | None, v1: tuple[str, str] | None, cpus: int) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    files = (tmp_path / "cpu.max", (tmp_path / "cpu.cfs_quota_us", tmp_path / "cpu.cfs_period_us"))
+    if v2 is not None:
+        files[0].write_text(v2)
+    if v1 is not None:
+        files[1][0].write_text(v1[0])
+        files[1][1].write_text(v1[1])
+    assert bzp.usable_cpus(files) == cpus
+    monkeypatch.setattr(bzp, "CGROUP_CPU_FILES", files)
+    monkeypatch.delenv("DORAS_ORAS_BZ2_WORKERS", raising=False)
+    assert bzp.decoder_count() == min(cpus, bzp.MAX_WORKERS)

@@ -199,20 +199,6 @@ def put_manifest(base_url: str, repository: str, reference: str, body: bytes, me
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def put_blob(base_url: str, repository: str, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    start = requests.post(f"{base_url}/v2/{repository}/blobs/uploads/", timeout=30)
-    assert start.status_code == 202, start.text
-    location = start.headers["Location"]
-    if location.startswith("/"):
-        location = base_url + location
-    sep = "&" if "?" in location else "?"
-    done = requests.put(f"{location}{sep}digest={digest}", data=data,
-                        headers={"Content-Type": "application/octet-stream"}, timeout=30)
-    assert done.status_code == 201, done.text
-    return digest
-
-
 def blob_path(storage: Path, digest: str) -> Path:
     """Where docker-registry's filesystem driver keeps a blob's bytes."""
     hexpart = digest.split(":", 1)[1]

@@ -62,9 +62,11 @@ from __future__ import annotations
 import bz2
 import collections
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 __all__ = [
@@ -82,6 +84,7 @@ __all__ = [
     "block_stream",
     "decoder_count",
     "split_stream",
+    "usable_cpus",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,17 +123,52 @@ class ParallelDecodeError(Exception):
 
 def decoder_count() -> int:
     """Workers per stream: ``DORAS_ORAS_BZ2_WORKERS`` when set to a positive integer (1 =
-
-    no parallel decoding), else the CPUs this process may use; at most :data:`MAX_WORKERS`.
+    no parallel decoding), else :func:`usable_cpus`; at most :data:`MAX_WORKERS`.
     """
     setting = os.environ.get("DORAS_ORAS_BZ2_WORKERS", "").strip()
     if setting.isdigit() and int(setting) > 0:
         return min(int(setting), MAX_WORKERS)
+    return max(1, min(usable_cpus(), MAX_WORKERS))
+
+
+#: Where the CPU quota of this process's cgroup is read (cgroup v2, then v1).
+CGROUP_CPU_FILES = (Path("/sys/fs/cgroup/cpu.max"),
+                    (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")))
+
+
+def usable_cpus(cgroup: tuple[Path, tuple[Path, Path]] | None = None) -> int:
+    """The CPUs this process may run on (its affinity), capped by its cgroup's CPU quota.
+
+    A container limited to one CPU (``docker run --cpus 1``, a systemd ``CPUQuota=100%``)
+    still sees every CPU in its affinity; decoding a second block there only adds memory.
+    The quota is rounded up (1.5 CPUs: 2 workers). ``cgroup``: the files to read
+    (default :data:`CGROUP_CPU_FILES`).
+    """
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_WORKERS))
+    quota = _cgroup_quota(*(cgroup or CGROUP_CPU_FILES))
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus
+
+
+def _cgroup_quota(v2: Path, v1: tuple[Path, Path]) -> float | None:
+    """CPUs of quota (``quota / period``), or None when unlimited or unreadable."""
+    try:
+        fields = v2.read_text().split()
+        if len(fields) == 2 and fields[0] != "max":
+            return int(fields[0]) / int(fields[1])
+        if fields:
+            return None
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota, period = (int(path.read_text().strip()) for path in v1)
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 # --- splitting ----------------------------------------------------------------------------------
