@@ -700,3 +700,29 @@ def test_usable_cpus_follow_the_cgroup_quota(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setattr(bzp, "CGROUP_CPU_FILES", files)
     monkeypatch.delenv("DORAS_ORAS_BZ2_WORKERS", raising=False)
     assert bzp.decoder_count() == min(cpus, bzp.MAX_WORKERS)
+
+
+def test_numpy_is_never_switched_on_while_decoding_in_parallel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               opened: list[str]) -> None:
+    """Parallel decoders and numpy's import together would pass the 48 MiB bound of a dense apply."""
+    from doras_oras.codecs import _addmod
+
+    asked: list[bool | None] = []
+    real = _addmod.select_adder
+
+    def select(use_numpy: bool | None = None) -> _addmod.AddFn:
+        asked.append(use_numpy)
+        return real(False)  # the result does not depend on the adder; numpy stays unloaded
+
+    monkeypatch.setattr(_addmod, "select_adder", select)
+    monkeypatch.setattr(_addmod, "NUMPY_AFTER", 0)  # any add would switch
+    monkeypatch.delenv("DORAS_ORAS_NO_NUMPY", raising=False)
+    old, patch, new = _go_shape(tmp_path, 12 * MB, 400, seed=21)
+    monkeypatch.setenv("DORAS_ORAS_BZ2_WORKERS", "2")
+    _apply(tmp_path, old, patch)
+    assert (tmp_path / "out" / "new").read_bytes() == new
+    assert opened == ["diff"] and asked == []
+    monkeypatch.setenv("DORAS_ORAS_BZ2_WORKERS", "1")  # sequential: the adaptive switch still works
+    _apply(tmp_path, old, patch)
+    assert (tmp_path / "out" / "new").read_bytes() == new
+    assert asked == [None]

@@ -103,6 +103,18 @@ def test_signed_delta_pull_of_a_file_costs_two_requests_and_keeps_the_signature(
     assert one_json(verify)["signed_digest"] == v2
 
 
+def test_the_text_line_names_the_key_that_verified(bed: TrustBed, tmp_path: Path) -> None:
+    repo, _v1, v2 = versions(bed, "text-line")
+    layout = pulled_v1(bed, repo, tmp_path)
+    proc = cli("pull", f"{bed.host}/{repo}:v2", "--oci-layout", str(layout), "--plain-http",
+               "--server", bed.server.url, "--verify-key", str(bed.key.public_path))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    assert f"updated to {v2} by delta" in line and line.endswith(f"; signed by {bed.key.public_path.name}"), line
+    unsigned = cli("pull", f"{bed.host}/{repo}:v1", "--oci-layout", str(tmp_path / "plain"), "--plain-http")
+    assert unsigned.returncode == 0 and "signed by" not in unsigned.stdout, unsigned.stdout
+
+
 def test_signed_delta_of_a_directory_is_rewritten_and_still_verifies_offline(bed: TrustBed, tmp_path: Path) -> None:
     repo = bed.repo("delta-dir")
     files = {f"etc/{i}.conf": payload(4000, i) for i in range(10)}

@@ -166,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
 def _describe(result: PullResult, args: argparse.Namespace) -> str:
     """The one line of text output (sizes for people; ``--json`` keeps bytes)."""
     files = f"; files written to {args.output}" if result.output is not None else ""
+    signature = (result.trust or {}).get("signature") or {}
+    if signature:
+        files = f"; signed by {signature.get('key', {}).get('name')}{files}"
     if result.status == STATUS_UP_TO_DATE:
         return f"{result.reference}: up to date ({result.to_digest}){files}"
     if result.status == STATUS_PENDING:
