@@ -122,7 +122,7 @@ def child(mode: str, args: list[str]) -> None:
                         break
                 else:
                     data = b""
-                dec.decompress(data, 1 << 19)
+                dec.decompress(data, 1 << 16)  # 64 KiB pieces: libbz2's fastest here (512 KiB: ~25 % slower)
     elif mode in ("ours", "ours-seq", "ours-auto", "ours+numpy"):
         old, patch, out, digest = args
         use_numpy = {"ours": False, "ours-seq": False, "ours-auto": None, "ours+numpy": True}[mode]

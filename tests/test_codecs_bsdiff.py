@@ -100,6 +100,28 @@ def test_threaded_and_single_thread_agree(tmp_path: Path) -> None:
     assert outs == [new, new]
 
 
+@pytest.mark.parametrize(("cpus", "threads"), [(2, 1), (1, 0)])
+def test_a_decoding_thread_only_with_a_second_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                  cpus: int, threads: int) -> None:
+    from doras_oras.codecs import bsdiff as bsdiff_mod
+
+    started: list[int] = []
+    real = bsdiff_mod._run_threaded
+
+    def counting(*args: object) -> None:
+        started.append(1)
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bsdiff_mod, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(bsdiff_mod, "_run_threaded", counting)
+    old, new = _random_pair(random.Random(9), 200_000)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "patch").write_bytes(bsdiff4.diff(old, new))
+    out = io.BytesIO()
+    apply_bsdiff(tmp_path / "old", tmp_path / "patch", out, parallel=False, use_numpy=False)
+    assert out.getvalue() == new and len(started) == threads
+
+
 def _inputs() -> st.SearchStrategy[tuple[bytes, bytes]]:
     blob = st.binary(max_size=3000)
 
