@@ -10,12 +10,13 @@ control triple ``(size, 0, 0)``, a diff block of zeros holding the edits, an
 empty extra block (built directly: bsdiff4 is too slow at 1 GiB). It then
 times, each in a child process whose peak RSS is read with ``wait4``:
 
-* ``libbz2``: decoding the diff block only (the floor of a sequential applier);
+* ``libbz2``: decoding the diff block only, in 64 KiB pieces (the floor of a sequential applier);
 * ``ours``: ``doras_oras.codecs.apply_delta`` (verifying sha256), numpy off: the blocks
   of multi-block bzip2 streams are decoded in parallel (one worker per usable CPU, at
   most 4; the diff block of a Go server patch has one bzip2 block per ~45 MB of output);
 * ``ours-seq``: the same with ``DORAS_ORAS_BZ2_WORKERS=1`` (sequential bzip2 decoding);
-* ``ours-auto``: the default (numpy once 4 MiB were added; dense case only);
+* ``ours-auto``: the default (numpy once 32 MiB were added, only while decoding sequentially;
+  dense case only);
 * ``ours+numpy``: numpy from the first add;
 * ``bsdiff4``: ``bsdiff4.file_patch`` (64 MiB only: it holds the whole file);
 * ``bspatch``: Debian's ``bspatch`` program.
