@@ -347,10 +347,15 @@ def pull_delta(
     if base_ref is not None and not base_ref.same_repository(target_ref):
         raise InvalidArgumentError(f"--from {base_ref} is not in the repository of {target_ref}")
     verification = _verification(verify)
-    created: bool | None = None  # None: the caller's layout; else whether this call made its directory
+    # A layout this call creates (None: one that exists, or the caller's object) is removed
+    # again if the pull fails: True when the directory is new too, False when it was empty.
+    created: bool | None = None
     if not isinstance(oci_layout, OCILayout):
         root = Path(oci_layout)
-        created = not root.exists() if not (root.is_dir() and any(root.iterdir())) else None
+        if not root.exists():
+            created = True
+        elif root.is_dir() and not any(root.iterdir()):
+            created = False
     layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout)
     run = _PullRun(
         registry=client,
@@ -705,13 +710,13 @@ class _PullRun:
             manifest = layout.store_rewritten(tgt.body, 0, layer, source_digest=tgt.descriptor.digest)
         try:
             self.before_commit(manifest)
-        except BaseException:
+            return layout.commit_image(manifest, repository=tgt.ref.name, tag=tgt.ref.tag,
+                                       source_digest=tgt.descriptor.digest,
+                                       annotations={ANNOTATION_PULLED_BY: f"delta {delta.algorithm.value}"},
+                                       attachments=attachments)
+        except BaseException:  # files not written or the commit failed: nothing of this pull stays in blobs/
             layout.discard_unreferenced([manifest.digest, stored.digest, tgt.config.digest])
             raise
-        return layout.commit_image(manifest, repository=tgt.ref.name, tag=tgt.ref.tag,
-                                   source_digest=tgt.descriptor.digest,
-                                   annotations={ANNOTATION_PULLED_BY: f"delta {delta.algorithm.value}"},
-                                   attachments=attachments)
 
     def _reporter(self, phase: str, total: int) -> Callable[[int], None] | None:
         progress = self.progress

@@ -40,11 +40,17 @@ def cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
     )
 
 
+def one_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """stdout holds exactly one JSON object, on one line: it."""
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, (proc.stdout, proc.stderr)
+    document: dict[str, Any] = json.loads(lines[0])
+    return document
+
+
 def error_json(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
     """The one JSON object ``--json`` prints on stdout for a failure (and what it must hold)."""
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1, proc.stdout
-    obj: dict[str, object] = json.loads(lines[0])
+    obj: dict[str, object] = one_json(proc)
     assert obj["status"] == "error" and obj["exit_code"] == proc.returncode != 0, obj
     assert obj["message"] and isinstance(obj["error"], str), obj
     return obj

@@ -12,14 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from doras_oras.layout import OCILayout
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer, find_tool
-from tests.layout_support import REPO_ROOT, cli, layout_problems, run, sha256
+from tests.layout_support import REPO_ROOT, cli, layout_problems, one_json, run, sha256
 from tests.pull_support import (
     check_layout,
     edit,
@@ -31,13 +30,6 @@ from tests.pull_support import (
     tree,
     unique,
 )
-
-
-def one_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1, (proc.stdout, proc.stderr)
-    document: dict[str, Any] = json.loads(lines[0])
-    return document
 
 
 @pytest.fixture

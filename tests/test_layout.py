@@ -325,3 +325,17 @@ def test_commit_rewritten_records_the_registry_digest(tmp_path: Path) -> None:
     assert stored["layers"][0]["digest"] == sha256(tar)
     assert stored["layers"][0]["annotations"]["io.deis.oras.content.unpack"] == "true"
     assert layout_problems(tmp_path / "L") == []
+
+
+def test_a_tag_shared_by_two_repositories_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """skopeo and oras read ``oci:DIR:TAG`` by ``ref.name`` alone: two repositories with one tag are ambiguous."""
+    layout = OCILayout.open(tmp_path / "L")
+    other = "registry.example:5000/team/other"
+    with caplog.at_level("WARNING", logger="doras_oras.layout.store"):
+        store_image(layout, b"first", "v1")
+        store_image(layout, b"first, again", "v1")  # the same repository: replaced, no warning
+        assert not [r for r in caplog.records if "is also the tag of" in r.getMessage()]
+        store_image(layout, b"second", "v1", repo=other)
+    (warning,) = [r.getMessage() for r in caplog.records if "is also the tag of" in r.getMessage()]
+    assert f"tag v1 of {other} is also the tag of {REPO}" in warning
+    assert [(i.repository, i.tag) for i in layout.images()] == [(REPO, "v1"), (other, "v1")]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
-from tests.layout_support import cli, error_json
+from tests.layout_support import cli, error_json, one_json
 from tests.pull_support import (
     check_layout,
     edit,
@@ -22,14 +21,6 @@ from tests.pull_support import (
     tree,
     unique,
 )
-
-
-def one_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    """stdout holds exactly one JSON object on one line."""
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1, proc.stdout
-    document: dict[str, Any] = json.loads(lines[0])
-    return document
 
 
 def test_cli_pull_exit_codes_and_json(oci_registry: RegistryServer, doras_server_factory: DorasServerFactory,

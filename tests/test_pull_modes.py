@@ -314,3 +314,27 @@ def test_failing_builds_end_in_a_full_pull_at_the_deadline(oci_registry: Registr
     assert (result.status, result.reason_code) == ("full", "delta-timeout")
     assert server.build_errors and server.builds == 0
     check_layout(layout, "v2", manifest=v2_manifest)
+
+
+def test_a_failed_commit_after_a_delta_leaves_nothing_in_blobs(oci_registry: RegistryServer,
+                                                               doras_server: DorasServer, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delta's output and the manifest go again when index.json cannot be written (a full disk)."""
+    repo, _ = two_versions(oci_registry, tmp_path)
+    layout = tmp_path / "L"
+    assert pull(oci_registry.host, repo, "v1", layout, None).status == "full"
+    before = snapshot(layout)
+    real = OCILayout._write_index
+
+    def full_disk(self: OCILayout, entries: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(OCILayout, "_write_index", full_disk)
+    asked = doras_server.delta_requests
+    with pytest.raises(OSError, match="No space left"):
+        pull(oci_registry.host, repo, "v2", layout, doras_server.url)
+    assert doras_server.delta_requests > asked  # the delta path ran up to the commit
+    assert snapshot(layout) == before
+    monkeypatch.setattr(OCILayout, "_write_index", real)
+    assert pull(oci_registry.host, repo, "v2", layout, doras_server.url).status == "delta"
+    check_layout(layout, "v2")

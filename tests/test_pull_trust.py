@@ -24,9 +24,9 @@ from doras_oras.pull import pull_delta
 from doras_oras.registry_client import RegistryClient
 from doras_oras.testing.registry import find_tool
 from doras_oras.trust import Requirement, load_public_key, signature_tag
-from tests.layout_support import build_container_layout, cli, error_json, push_layout, run
+from tests.layout_support import build_container_layout, cli, error_json, one_json, push_layout, run
 from tests.pull_support import check_layout, edit, payload
-from tests.trust_pull_support import TrustBed, layout_state, one_json, trust_bed
+from tests.trust_pull_support import TrustBed, layout_state, trust_bed
 from tests.trust_support import get_manifest, put_manifest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -21,9 +21,9 @@ import pytest
 
 from doras_oras.testing.registry import find_tool
 from doras_oras.trust import signature_tag
-from tests.layout_support import build_container_layout, push_layout, run
+from tests.layout_support import build_container_layout, one_json, push_layout, run
 from tests.pull_support import edit, payload
-from tests.trust_pull_support import TrustBed, layout_state, one_json, trust_bed
+from tests.trust_pull_support import TrustBed, layout_state, trust_bed
 from tests.trust_support import (
     KeyPair,
     blob_path,

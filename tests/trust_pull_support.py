@@ -8,7 +8,6 @@ registry with the oras CLI and signed for the proxy's name (the name the devices
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import uuid
@@ -120,12 +119,6 @@ def trust_bed(work: Path, cosign_binary: str | None = None) -> Iterator[TrustBed
         yield TrustBed(registry=registry, proxy=proxy, server=server, key=SigningKey.generate(work / "key-a"),
                        other=SigningKey.generate(work / "key-b"), cosign=cosign, work=work / "data")
 
-
-def one_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1, (proc.stdout, proc.stderr)
-    document: dict[str, Any] = json.loads(lines[0])
-    return document
 
 
 def layout_state(layout: Path) -> dict[str, bytes]:

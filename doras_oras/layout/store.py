@@ -441,10 +441,11 @@ class OCILayout:
         placed: list[str] = []
         try:
             extra = [self._store_attachment(attachment, repository, placed) for attachment in attachments]
-            kept = [raw for raw in self.read_index()["manifests"] if not replaced(raw, extra)]
-            shared = sorted({str(item.repository) for item in self.images()
-                             if tag and item.ref_name == tag and not item.foreign
-                             and not (item.repository == repository and item.tag == tag)})
+            entries = self.read_index()["manifests"]  # read once: what is kept and what shares the tag
+            kept = [raw for raw in entries if not replaced(raw, extra)]
+            others = [ImageEntry(Descriptor.from_json(raw)) for raw in kept if not is_attachment(raw)]
+            shared = sorted({str(item.repository) for item in others
+                             if tag and item.ref_name == tag and not item.foreign})
             if shared:
                 log.warning("tag %s of %s is also the tag of %s in %s: skopeo and oras may read another image "
                             "for oci:%s:%s; keep one repository per layout", tag, repository, ", ".join(shared),
