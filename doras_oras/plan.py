@@ -70,6 +70,7 @@ class ReasonCode(enum.StrEnum):
     SERVER_ERROR = "server-error"
     INCOMPATIBLE = "incompatible"
     SERVER_IDENTICAL = "server-identical"
+    ANSWER_TOO_LARGE = "answer-too-large"
     BAD_DELTA = "bad-delta"
     UNEXPECTED_ALGORITHM = "unexpected-algorithm"
     DELTA_DOWNLOAD_FAILED = "delta-download-failed"
