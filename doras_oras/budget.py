@@ -27,7 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ArtifactTooLargeError, BudgetExceededError, DiskSpaceError, Fix, InvalidArgumentError
+from .errors import (
+    ArtifactTooLargeError,
+    BudgetExceededError,
+    DiskSpaceError,
+    Fix,
+    InvalidArgumentError,
+)
 from .layout.files import atomic_write
 
 LEDGER_DIR = ".doras-oras"

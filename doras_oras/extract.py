@@ -167,7 +167,7 @@ def extract_image(layout: OCILayout, manifest: Descriptor, output_dir: str | os.
         if len(os.fsencode(out / name)) > _PATH_MAX:
             raise ExtractError(f"refusing to write layer title {title[:200]!r}: {out / name} would be too long")
         named.append((number, layer, name))
-    check_free_space(output_needs([layer for _n, layer, _name in named], out), what=f"the files for {out}")
+    check_free_space(output_needs([layer for _n, layer, _name in named], out), what=f"writing the files to {out}")
     created = not out.exists()
     try:
         try:
