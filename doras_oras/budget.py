@@ -53,15 +53,14 @@ def check_free_space(needs: Sequence[tuple[Path, int]], *, what: str) -> None:
 
     ``needs``: ``(path, bytes)`` pairs, one a file to be written below ``path`` (a
     directory that may not exist yet: its nearest existing parent is asked). Each
-    file counts whole blocks plus one (its inode, a directory entry); the
-    pairs on one file system are summed and compared with the space free to
+    file counts whole blocks; the pairs on one file system are summed and compared with the space free to
     unprivileged users (``statvfs`` ``f_bavail``).
     """
     totals: dict[int, tuple[Path, int]] = {}
     for path, size in needs:
         where = _existing(path)
         stat = os.statvfs(where)
-        blocks = -(-max(size, 0) // stat.f_frsize) + 1
+        blocks = -(-max(size, 0) // stat.f_frsize)
         device = where.stat().st_dev
         first, total = totals.get(device, (where, 0))
         totals[device] = (first, total + blocks * stat.f_frsize)
