@@ -74,6 +74,7 @@ CASES: dict[str, tuple[Case, type[DorasOrasError], str]] = {
                        SchemaValidationError, r"layers[0].digest"),
     "header-digest-lie": (Case(manifest_with(), manifest_headers={"Docker-Content-Digest": sha256(b"other")}),
                           DigestMismatchError, "registry says"),
+    "nested-too-deep": (Case(b"[" * 20_000 + b"]" * 20_000), SchemaValidationError, "not JSON"),
     # A layer claimed larger than any disk, served as zeros until the connection closes: refused before
     # its first byte (a 1 PiB claim: more than this machine's free space, whatever it is).
     "pebibyte-layer": (Case(manifest_with({"mediaType": "application/vnd.oci.image.layer.v1.tar",

@@ -245,3 +245,14 @@ def test_an_oversized_server_answer_is_a_fallback(oci_registry: RegistryServer, 
         proxy.add("status", path="/api/v1/delta", status=status, body=b" " * (5 << 20))
         result = pull_v2(oci_registry, bed, proxy.url)
     assert_full_fallback(bed, result, code)
+
+
+@pytest.mark.parametrize(("status", "code"), [(200, "bad-delta"), (500, "server-error")])
+def test_a_deeply_nested_server_answer_is_a_fallback(oci_registry: RegistryServer, doras_server: DorasServer,
+                                                    tmp_path: Path, status: int, code: str) -> None:
+    """JSON nested 20,000 deep (20 KB, under every cap) is more than Python's parser takes: a fallback."""
+    bed = prepared(oci_registry, tmp_path)
+    with FaultProxy(doras_server.url) as proxy:
+        proxy.add("status", path="/api/v1/delta", status=status, body=b"[" * 20_000 + b"]" * 20_000)
+        result = pull_v2(oci_registry, bed, proxy.url)
+    assert_full_fallback(bed, result, code)
