@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from doras_oras.descriptor import Descriptor
 from doras_oras.extract import ExtractError, extract_image
 from doras_oras.layout import OCILayout
-from tests.layout_support import sha256
+from doras_oras.testing.registry import RegistryServer, find_tool
+from tests.layout_support import cli, error_json, run, sha256
 
 EMPTY = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2}
 
@@ -289,3 +290,19 @@ def test_any_titles_leave_the_new_content_or_the_old(specs: list[tuple[str, bool
             assert contents(out) == before
         else:
             assert contents(out) == _model(before, specs)  # type: ignore[arg-type]
+
+
+def test_the_command_refuses_a_dot_title_and_keeps_the_output_directory(oci_registry: RegistryServer,
+                                                                        tmp_path: Path) -> None:
+    """The reported case: ``pull --output OUT`` of a layer titled ``.`` removed OUT, the user's files with it."""
+    made = OCILayout.open(tmp_path / "made")
+    store(made, [(b"payload\n", {TITLE: "."}, TAR)])
+    ref = f"{oci_registry.host}/extract/dot:v1"
+    run(find_tool("oras"), "copy", "--to-plain-http", "--from-oci-layout", f"{tmp_path / 'made'}:v1", ref)
+    out = tmp_path / "devout"
+    out.mkdir()
+    (out / "unrelated.txt").write_bytes(b"the user's\n")
+    proc = cli("pull", ref, "--oci-layout", str(tmp_path / "L"), "--plain-http", "--output", str(out), "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert "refusing to write layer title '.'" in error_json(proc)["message"]
+    assert contents(out) == {"unrelated.txt": b"the user's\n"}
