@@ -75,6 +75,7 @@ class ReasonCode(enum.StrEnum):
     UNEXPECTED_ALGORITHM = "unexpected-algorithm"
     DELTA_DOWNLOAD_FAILED = "delta-download-failed"
     DELTA_FAILED = "delta-failed"
+    DELTA_NO_SPACE = "delta-no-space"
     BASE_CORRUPT = "base-corrupt"
 
 

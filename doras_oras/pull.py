@@ -60,6 +60,7 @@ from .edgeapi import BasicAuth, Delta, EdgeClient
 from .errors import (
     BackoffExhausted,
     CodecError,
+    DiskSpaceError,
     DocumentError,
     DorasOrasError,
     DorasServerError,
@@ -630,8 +631,11 @@ class _PullRun:
         if self.ledger is not None:
             self.ledger.check(delta.layer.size + tgt.config.size, what=f"the delta for {tgt.ref}")
         expected = _plan.expected_result(delta.algorithm.patch.value, target_layer)
-        self.check_space(tgt, _apply_needs(self.layout.root, delta, base_layer, target_layer, tgt.config),
-                         what=f"the delta for {tgt.ref}")
+        try:  # a full pull may fit where the delta, its result and its scratch do not
+            self.check_space(tgt, _apply_needs(self.layout.root, delta, base_layer, target_layer, tgt.config),
+                             what=f"the delta for {tgt.ref}")
+        except DiskSpaceError as exc:
+            raise _Fallback(ReasonCode.DELTA_NO_SPACE, f"no room for the delta: {_detail(exc)}", _fix(exc)) from exc
         image = self._apply_and_commit(tgt, base_layer, target_layer, delta, expected)
         verified = expected.digest is not None
         reason = "patched the stored image with a delta from the Doras server"

@@ -64,23 +64,48 @@ def test_output_that_cannot_fit_is_refused_before_the_download(oci_registry: Reg
     assert list(small_disk.iterdir()) == []
 
 
-def test_a_delta_that_cannot_fit_is_refused_before_its_download(oci_registry: RegistryServer,
-                                                              doras_server: DorasServer, tmp_path: Path,
-                                                              small_disk: Path) -> None:
-    """The layout holds v1 (1 MiB); less than the 1 MiB result is free: refused before the delta blob."""
+def delta_bed(registry: RegistryServer, server: DorasServer, tmp_path: Path, layout: Path) -> str:
+    """v1 (1 MiB) pulled into ``layout``; v2 (2,000 scattered edits: a delta of ~20 KB) pushed. Returns v2's ref."""
     repo = unique("disk-delta")
     v1 = payload(1 << 20, 1)
-    oras_push_file(oci_registry.host, f"{repo}:v1", tmp_path / "p1", "app.bin", v1)
-    oras_push_file(oci_registry.host, f"{repo}:v2", tmp_path / "p2", "app.bin", edit(v1, 20, 2))
+    oras_push_file(registry.host, f"{repo}:v1", tmp_path / "p1", "app.bin", v1)
+    oras_push_file(registry.host, f"{repo}:v2", tmp_path / "p2", "app.bin", edit(v1, 2000, 2))
+    first = DeltaRegistry(insecure=True).pull_delta(f"{registry.host}/{repo}:v1", layout, doras_url=server.url)
+    assert first.status == "full"
+    return f"{registry.host}/{repo}:v2"
+
+
+def leave_free(mount: Path, pages: int) -> None:
+    """Fill ``mount`` until ``pages`` pages are free."""
+    stat = os.statvfs(mount)
+    with (mount / "filler").open("wb") as handle:
+        handle.write(bytes((stat.f_bavail - pages) * stat.f_frsize))
+    assert os.statvfs(mount).f_bavail == pages
+
+
+def test_neither_delta_nor_full_fits_refused_before_any_blob(oci_registry: RegistryServer,
+                                                             doras_server: DorasServer, tmp_path: Path,
+                                                             small_disk: Path) -> None:
+    """512 KiB free, the 1 MiB result does not fit: the delta is not downloaded, nor the full layer."""
     layout = small_disk / "L"
-    client = DeltaRegistry(insecure=True)
-    assert client.pull_delta(f"{oci_registry.host}/{repo}:v1", layout, doras_url=doras_server.url).status == "full"
-    stat = os.statvfs(small_disk)
-    with (small_disk / "filler").open("wb") as handle:
-        handle.write(bytes(stat.f_bavail * stat.f_frsize - (512 << 10)))
+    v2 = delta_bed(oci_registry, doras_server, tmp_path, layout)
+    leave_free(small_disk, 128)
     before = index_of(layout)
-    received = client.bytes_received
-    with pytest.raises(DiskSpaceError, match="the delta for"):
-        client.pull_delta(f"{oci_registry.host}/{repo}:v2", layout, doras_url=doras_server.url)
-    assert client.bytes_received - received < 1 << 16  # manifests and the answer, not the 1 MiB
+    client = DeltaRegistry(insecure=True)
+    with pytest.raises(DiskSpaceError, match="a full pull of"):
+        client.pull_delta(v2, layout, doras_url=doras_server.url)
+    assert client.bytes_received < 1 << 14  # manifests, not the ~20 KB delta nor the 1 MiB layer
     assert index_of(layout) == before
+
+
+def test_a_delta_that_cannot_fit_falls_back_to_a_full_pull_that_does(oci_registry: RegistryServer,
+                                                                     doras_server: DorasServer, tmp_path: Path,
+                                                                     small_disk: Path) -> None:
+    """Room for the 1 MiB layer and a few pages, not for the delta + its spool + the result."""
+    layout = small_disk / "L"
+    v2 = delta_bed(oci_registry, doras_server, tmp_path, layout)
+    leave_free(small_disk, 256 + 8)
+    result = DeltaRegistry(insecure=True).pull_delta(v2, layout, doras_url=doras_server.url)
+    assert (result.status, result.reason_code) == ("full", "delta-no-space"), result.reason
+    assert result.fix is not None and result.fix.value == "disk-space"
+    assert result.bytes_received < (1 << 20) + (8 << 10)  # the layer and manifests: no delta blob (~20 KB)
