@@ -7,6 +7,11 @@
   (``<layout>/.doras-oras/downloads.json``). A pull checks what it is about to
   download against what is left, and records what it received.
 
+- free space: :func:`check_free_space` refuses, before the first byte is
+  downloaded, a pull whose blobs, scratch and extracted files would not fit
+  on their file systems (a disk that fills anyway is still a clean error of
+  the writer).
+
 The ledger is replaced atomically (temp file, fsync, rename); records older
 than the period are dropped when it is rewritten. Callers hold the layout
 lock while they use it.
@@ -16,12 +21,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ArtifactTooLargeError, BudgetExceededError, Fix, InvalidArgumentError
+from .errors import (
+    ArtifactTooLargeError,
+    BudgetExceededError,
+    DiskSpaceError,
+    Fix,
+    InvalidArgumentError,
+)
 from .layout.files import atomic_write
 
 LEDGER_DIR = ".doras-oras"
@@ -34,6 +46,38 @@ def check_max_size(declared: int, max_size: int | None, *, what: str) -> None:
         raise ArtifactTooLargeError(
             f"{what} declares {declared} bytes, more than the limit of {max_size} bytes", fix=Fix.MAX_SIZE
         )
+
+
+def check_free_space(needs: Sequence[tuple[Path, int]], *, what: str) -> None:
+    """Raise :class:`DiskSpaceError` unless every file system has room for what is to be written there.
+
+    ``needs``: ``(path, bytes)`` pairs, one a file to be written below ``path`` (a
+    directory that may not exist yet: its nearest existing parent is asked). Each
+    file counts whole blocks; the pairs on one file system are summed and compared with the space free to
+    unprivileged users (``statvfs`` ``f_bavail``).
+    """
+    totals: dict[int, tuple[Path, int]] = {}
+    for path, size in needs:
+        where = _existing(path)
+        stat = os.statvfs(where)
+        blocks = -(-max(size, 0) // stat.f_frsize)
+        device = where.stat().st_dev
+        first, total = totals.get(device, (where, 0))
+        totals[device] = (first, total + blocks * stat.f_frsize)
+    for where, total in totals.values():
+        stat = os.statvfs(where)
+        free = stat.f_bavail * stat.f_frsize
+        if total > free:
+            raise DiskSpaceError(f"{what} needs {total} bytes on the file system of {where}, which has "
+                                 f"{free} bytes free", fix=Fix.DISK_SPACE)
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest parent that exists."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 @dataclass

@@ -20,7 +20,8 @@ translated at the module boundary that meets them, with the original kept as
     ├── LimitExceededError             a cap was hit
     │   ├── BodyTooLargeError          a body over its cap (JSON 4 MiB, errors 64 KiB)
     │   ├── ArtifactTooLargeError      the artifact declares more than max_size
-    │   └── BudgetExceededError        the download budget of the period is spent
+    │   ├── BudgetExceededError        the download budget of the period is spent
+    │   └── DiskSpaceError             a file system has less free space than the pull needs
     ├── CodecError                     a delta or compressed stream cannot be decoded
     │   ├── CorruptDeltaError          malformed or hostile patch / stream
     │   └── UnsupportedAlgorithmError  a delta kind this client cannot apply
@@ -99,6 +100,8 @@ class Fix(enum.Enum):
     """The download budget of the period is spent."""
     DEADLINE = "deadline"
     """The overall deadline of the transfers passed."""
+    DISK_SPACE = "disk-space"
+    """A file system (the layout's, the output directory's) has too little free space for the pull."""
 
     @property
     def hint(self) -> str:
@@ -124,6 +127,7 @@ _LIBRARY_HINTS: dict[Fix, str] = {
     Fix.MAX_SIZE: "raise max_size",
     Fix.BUDGET: "raise the budget, or wait for the period to pass",
     Fix.DEADLINE: "raise TransferPolicy.deadline_s",
+    Fix.DISK_SPACE: "free space on that file system (OCILayout.gc() drops old images), or use another one",
 }
 
 
@@ -207,6 +211,10 @@ class ArtifactTooLargeError(LimitExceededError):
 
 class BudgetExceededError(LimitExceededError):
     """A pull would exceed the download budget of the current period."""
+
+
+class DiskSpaceError(LimitExceededError):
+    """A file system has less free space than a pull needs; found before the first byte is written."""
 
 
 class CodecError(DorasOrasError):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import schemas
+from .budget import check_free_space
 from .descriptor import EMPTY_DIGEST, EMPTY_JSON, Descriptor
 from .errors import InvalidArgumentError
 from .layout import (
@@ -161,6 +162,8 @@ def _pull_full(
     total = sum(blob.size for blob in blobs)
     done = 0
     with layout.lock(timeout=lock_timeout):
+        missing = [blob for blob in [*blobs, own] if blob.data is None and not layout.blob_present(blob)]
+        check_free_space([(layout.root, blob.size) for blob in missing], what=f"a full pull of {ref}")
         placed: list[str] = []
         try:
             for blob in [*blobs, own]:

@@ -70,10 +70,12 @@ class ReasonCode(enum.StrEnum):
     SERVER_ERROR = "server-error"
     INCOMPATIBLE = "incompatible"
     SERVER_IDENTICAL = "server-identical"
+    ANSWER_TOO_LARGE = "answer-too-large"
     BAD_DELTA = "bad-delta"
     UNEXPECTED_ALGORITHM = "unexpected-algorithm"
     DELTA_DOWNLOAD_FAILED = "delta-download-failed"
     DELTA_FAILED = "delta-failed"
+    DELTA_NO_SPACE = "delta-no-space"
     BASE_CORRUPT = "base-corrupt"
 
 

@@ -52,14 +52,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import plan as _plan
 from . import schemas
-from .algorithms import check_algorithm_names
-from .budget import DownloadBudget, check_max_size
+from .algorithms import Compression, check_algorithm_names
+from .budget import DownloadBudget, check_free_space, check_max_size
 from .codecs import apply_delta
-from .descriptor import INDEX_MEDIA_TYPES, Descriptor
+from .descriptor import INDEX_MEDIA_TYPES, OCI_LAYER_TAR, Descriptor
 from .edgeapi import BasicAuth, Delta, EdgeClient
 from .errors import (
     BackoffExhausted,
     CodecError,
+    DiskSpaceError,
     DocumentError,
     DorasOrasError,
     DorasServerError,
@@ -69,11 +70,12 @@ from .errors import (
     IncompatibleArtifactsError,
     InsecureTransportError,
     InvalidArgumentError,
+    LimitExceededError,
     TransportError,
     TrustError,
     VerificationError,
 )
-from .extract import extract_image
+from .extract import extract_image, output_needs
 from .full import Progress, pull_full
 from .layout import (
     ANNOTATION_PULLED_BY,
@@ -385,6 +387,20 @@ def pull_delta(
         raise
 
 
+def _apply_needs(root: Path, delta: Delta, base_layer: Descriptor, target_layer: Descriptor,
+                 config: Descriptor) -> list[tuple[Path, int]]:
+    """What a delta pull writes into the layout, at least: the delta blob, its result (the target
+    layer's size: a tar-diff result, the uncompressed tar, is larger), the config, and the scratch
+    of the apply (a compressed bsdiff patch spooled decompressed, a compressed tar-diff base spooled
+    as a tar: at least their compressed sizes)."""
+    needs = [(root, delta.layer.size), (root, target_layer.size), (root, config.size)]
+    if delta.algorithm.compression is not Compression.NONE:
+        needs.append((root, delta.layer.size))  # bsdiff+zstd, bsdiff+gzip: the patch is spooled
+    if not delta.algorithm.is_bsdiff and base_layer.media_type != OCI_LAYER_TAR:
+        needs.append((root, base_layer.size))
+    return needs
+
+
 def _verification(verify: Verification | Requirement | TrustPolicy | None) -> Verification | None:
     if verify is None:
         return None
@@ -459,7 +475,16 @@ class _PullRun:
     def before_commit(self, manifest: Descriptor) -> None:
         """Write the files of the stored ``manifest`` to ``output_dir`` (all or nothing), if asked."""
         if self.output_dir is not None:
-            self.written = [str(path) for path in extract_image(self.layout, manifest, self.output_dir)]
+            self.written = [str(path) for path in extract_image(self.layout, manifest, self.output_dir,
+                                                                max_bytes=self.max_size)]
+
+    def check_space(self, tgt: _Target, layout_needs: list[tuple[Path, int]], *, what: str) -> None:
+        """:class:`DiskSpaceError` before the first blob byte when ``layout_needs`` and the
+        files for ``output_dir`` do not fit (an index target's files are not known yet)."""
+        needs = list(layout_needs)
+        if self.output_dir is not None and "config" in tgt.document:
+            needs += output_needs(tgt.layers, self.output_dir)
+        check_free_space(needs, what=what)
 
     def execute(self, base_ref: Reference | None) -> PullResult:
         """Decide and do (the caller holds the layout lock)."""
@@ -578,6 +603,11 @@ class _PullRun:
         check_max_size(tgt.full_size, self.max_size, what=str(tgt.ref))
         if self.ledger is not None:
             self.ledger.check(tgt.full_size, what=f"a full pull of {tgt.ref}")
+        if "config" in tgt.document:
+            missing = [blob for blob in (tgt.descriptor, tgt.config, *tgt.layers)
+                       if not self.layout.blob_present(blob)]
+            self.check_space(tgt, [(self.layout.root, blob.size) for blob in missing],
+                             what=f"a full pull of {tgt.ref}")
         pulled = pull_full(self.registry, tgt.ref, self.layout, parsed=tgt.parsed, platform=self.platform,
                            progress=self.progress, attachments=self.keep, before_commit=self.before_commit)
         return self.result(STATUS_FULL, code, reason, tgt, from_digest=base.source_digest if base else None,
@@ -601,6 +631,11 @@ class _PullRun:
         if self.ledger is not None:
             self.ledger.check(delta.layer.size + tgt.config.size, what=f"the delta for {tgt.ref}")
         expected = _plan.expected_result(delta.algorithm.patch.value, target_layer)
+        try:  # a full pull may fit where the delta, its result and its scratch do not
+            self.check_space(tgt, _apply_needs(self.layout.root, delta, base_layer, target_layer, tgt.config),
+                             what=f"the delta for {tgt.ref}")
+        except DiskSpaceError as exc:
+            raise _Fallback(ReasonCode.DELTA_NO_SPACE, f"no room for the delta: {_detail(exc)}", _fix(exc)) from exc
         image = self._apply_and_commit(tgt, base_layer, target_layer, delta, expected)
         verified = expected.digest is not None
         reason = "patched the stored image with a delta from the Doras server"
@@ -660,6 +695,8 @@ class _PullRun:
             raise _Fallback(ReasonCode.SERVER_ERROR, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
         except TransportError as exc:
             raise _Fallback(ReasonCode.SERVER_UNREACHABLE, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
+        except LimitExceededError as exc:
+            raise _Fallback(ReasonCode.ANSWER_TOO_LARGE, f"delta unavailable: {_detail(exc)}") from exc
         except (DocumentError, VerificationError, CodecError) as exc:
             raise _Fallback(ReasonCode.BAD_DELTA, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
         finally:

@@ -243,7 +243,7 @@ def parse_manifest(
             raise DigestMismatchError(f"{what}: expected {expected.digest}, got {algorithm}:{actual}")
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # nested too deep: RecursionError
         raise SchemaValidationError(f"invalid {what}: not JSON ({exc})") from exc
     if not isinstance(document, dict):
         raise SchemaValidationError(f"invalid {what}: (document): not a JSON object")

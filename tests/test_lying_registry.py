@@ -19,6 +19,7 @@ import pytest
 from doras_oras.errors import (
     BodyTooLargeError,
     DigestMismatchError,
+    DiskSpaceError,
     DorasOrasError,
     InsecureTransportError,
     MediaTypeMismatchError,
@@ -73,6 +74,12 @@ CASES: dict[str, tuple[Case, type[DorasOrasError], str]] = {
                        SchemaValidationError, r"layers[0].digest"),
     "header-digest-lie": (Case(manifest_with(), manifest_headers={"Docker-Content-Digest": sha256(b"other")}),
                           DigestMismatchError, "registry says"),
+    "nested-too-deep": (Case(b"[" * 20_000 + b"]" * 20_000), SchemaValidationError, "not JSON"),
+    # A layer claimed larger than any disk, served as zeros until the connection closes: refused before
+    # its first byte (a 1 PiB claim: more than this machine's free space, whatever it is).
+    "pebibyte-layer": (Case(manifest_with({"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                           "digest": sha256(b"never"), "size": 1 << 50}),
+                            blob=bytes(1 << 20), blob_length=-1), DiskSpaceError, "needs 11258999068"),
     # Redirects to other hosts are followed without credentials (blob storage); these are not.
     "redirect-to-file": (Case(manifest_with(), blob_status=307, blob_headers={"Location": "file:///etc/passwd"}),
                          InsecureTransportError, "unsupported URL scheme"),

@@ -47,3 +47,11 @@ def test_the_documented_script_keeps_a_device_current(oci_registry: RegistryServ
     assert tree(tmp_path / "files") == tree(tmp_path / "oras") != {}
     assert run_script().startswith(f"up-to-date: {ref} sha256:")
     check_layout(tmp_path / "oci", "latest")
+
+
+def test_every_reason_code_is_documented() -> None:
+    """Scripts read ``reason_code``: each one is in docs/pull.md, as a code in backquotes."""
+    from doras_oras.plan import ReasonCode
+
+    text = (REPO_ROOT / "docs" / "pull.md").read_text()
+    assert [code.value for code in ReasonCode if f"`{code.value}`" not in text] == []

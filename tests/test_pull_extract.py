@@ -6,14 +6,18 @@ import gzip
 import io
 import json
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from doras_oras.descriptor import Descriptor
 from doras_oras.extract import ExtractError, extract_image
 from doras_oras.layout import OCILayout
-from tests.layout_support import sha256
+from doras_oras.testing.registry import RegistryServer, find_tool
+from tests.layout_support import cli, error_json, run, sha256
 
 EMPTY = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2}
 
@@ -55,7 +59,7 @@ def test_titles_outside_the_directory_are_refused(tmp_path: Path, title: str) ->
     with pytest.raises(ExtractError, match="refusing to write layer title"):
         extract_image(layout, manifest, out)
     assert not (tmp_path / "out" / "escape.txt").exists()
-    assert not list(out.iterdir())
+    assert not out.exists()  # refused before the output directory was made
 
 
 def test_tar_members_escaping_are_refused(tmp_path: Path) -> None:
@@ -72,7 +76,7 @@ def test_tar_members_escaping_are_refused(tmp_path: Path) -> None:
         with pytest.raises(ExtractError, match="cannot unpack"):
             extract_image(layout, manifest, out)
         assert not (tmp_path / "out" / "escape.txt").exists()
-        assert not list(out.iterdir())  # the staging directory is gone too
+        assert not out.exists()  # the staging directory is gone, and the directory this call made
 
 
 def test_files_and_directories_are_written(tmp_path: Path) -> None:
@@ -157,3 +161,148 @@ def test_a_later_layer_replaces_a_file_or_link_where_it_needs_a_directory(tmp_pa
     assert not (out / "link").is_symlink() and (out / "link" / "c").read_bytes() == b"third\n"
     assert list(outside.iterdir()) == []
     assert sorted(p.name for p in out.iterdir()) == ["a", "link"]  # no staging directory left
+
+
+TAR = "application/vnd.oci.image.layer.v1.tar"
+TITLE = "org.opencontainers.image.title"
+
+
+def contents(root: Path) -> dict[str, bytes | str | None]:
+    """Everything below ``root``: a file's bytes, a link's target (as text), a directory as None."""
+    found: dict[str, bytes | str | None] = {}
+    if not root.exists():
+        return found
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        found[name] = str(path.readlink()) if path.is_symlink() else None if path.is_dir() else path.read_bytes()
+    return found
+
+
+@pytest.mark.parametrize("title", [".", "./", "./.", "a/..", "a/./b", "a/", "a//b", "."*3 + "/../.."])
+def test_a_title_that_is_not_strictly_inside_is_refused_and_nothing_is_lost(tmp_path: Path, title: str) -> None:
+    """``.`` once made the output directory itself the target: it was removed, the user's files with it."""
+    layout = OCILayout.open(tmp_path / "L")
+    manifest = store(layout, [(b"payload\n", {TITLE: title}, TAR)])
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "mine.txt").write_bytes(b"the user's\n")
+    (out / "sub" / "b").write_bytes(b"also the user's\n")
+    before = contents(out)
+    with pytest.raises(ExtractError, match="refusing to write layer title"):
+        extract_image(layout, manifest, out)
+    assert contents(out) == before
+
+
+def test_a_tar_bomb_is_refused_at_the_bound(tmp_path: Path) -> None:
+    """A few KiB of zstd that unpack to 4 MiB, with a bound of 256 KiB: refused, nothing written."""
+    import zstandard
+
+    from doras_oras.errors import ArtifactTooLargeError
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("dir/zeros.bin")
+        info.size = 4 << 20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    bomb = zstandard.ZstdCompressor(level=19).compress(raw.getvalue())
+    assert len(bomb) < 8 << 10
+    layout = OCILayout.open(tmp_path / "L")
+    manifest = store(layout, [(bomb, {TITLE: "dir", "io.deis.oras.content.unpack": "true"},
+                               "application/vnd.oci.image.layer.v1.tar+zstd")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_bytes(b"the user's\n")
+    with pytest.raises(ArtifactTooLargeError, match="limit of 262144 bytes"):
+        extract_image(layout, manifest, out, max_bytes=256 << 10)
+    assert contents(out) == {"mine.txt": b"the user's\n"}
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]  # the staging directory is gone
+
+
+# --- every title, any mix of layers: the output directory is the new content or as it was ---
+
+SPECIAL_TITLES = [".", "./", "..", "./.", "a/../..", "a/./b", "a/", "b/", "a//b", "", "\0", "a\0b", "\ud800",
+                  "x" * 256, "/".join(["y" * 200] * 25), "a", "b", "a/b", "a/b/c", "t", "u", ".extract-x", "~a",
+                  "/abs", " ", "é/ü", "-", "a b"]
+TAR_MEMBERS = ["t/x", "t/y", "u", "a/b"]
+
+
+def _place_in_model(state: dict[str, bytes | None], final: str, entries: dict[str, bytes | None]) -> None:
+    """What ``_place`` does: files or links on the way become directories, ``final`` is replaced."""
+    parts = final.split("/")
+    for depth in range(1, len(parts)):
+        state["/".join(parts[:depth])] = None
+    for name in [n for n in state if n == final or n.startswith(final + "/")]:
+        del state[name]
+    state.update(entries)
+
+
+def _model(before: dict[str, bytes | None], layers: list[tuple[str, bool, bytes, list[str]]]) -> dict[str, object]:
+    state = dict(before)
+    for title, unpack, data, members in layers:
+        if not title:
+            continue
+        if not unpack:
+            _place_in_model(state, title, {title: data})
+            continue
+        for top in sorted({m.split("/")[0] for m in members}):
+            entries: dict[str, bytes | None] = {}
+            for member in members:
+                if member.split("/")[0] == top:
+                    parts = member.split("/")
+                    entries.update({"/".join(parts[:d]): None for d in range(1, len(parts))})
+                    entries[member] = member.encode() + data
+            _place_in_model(state, top, entries)
+    return dict(sorted(state.items()))
+
+
+titles = st.one_of(st.sampled_from(SPECIAL_TITLES), st.text(max_size=12),
+                   st.lists(st.sampled_from(["a", "b", ".", "..", ""]), min_size=1, max_size=3).map("/".join))
+layer_specs = st.lists(st.tuples(titles, st.booleans(), st.binary(max_size=8),
+                                 st.lists(st.sampled_from(TAR_MEMBERS), min_size=1, max_size=3, unique=True)),
+                       min_size=1, max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs=layer_specs)
+def test_any_titles_leave_the_new_content_or_the_old(specs: list[tuple[str, bool, bytes, list[str]]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        layout = OCILayout.open(root / "L")
+        layers = []
+        for title, unpack, data, members in specs:
+            annotations = {TITLE: title}
+            if unpack:
+                annotations["io.deis.oras.content.unpack"] = "true"
+                infos = [tarfile.TarInfo(m) for m in members]
+                layers.append((tar_of(infos, {m: m.encode() + data for m in members}), annotations,
+                               "application/vnd.oci.image.layer.v1.tar+gzip"))
+            else:
+                layers.append((data, annotations, TAR))
+        manifest = store(layout, layers)
+        out = root / "out"
+        (out / "a").mkdir(parents=True)
+        (out / "a" / "old").write_bytes(b"the user's\n")
+        (out / "mine.txt").write_bytes(b"the user's too\n")
+        before = contents(out)
+        try:
+            extract_image(layout, manifest, out)
+        except ExtractError:
+            assert contents(out) == before
+        else:
+            assert contents(out) == _model(before, specs)  # type: ignore[arg-type]
+
+
+def test_the_command_refuses_a_dot_title_and_keeps_the_output_directory(oci_registry: RegistryServer,
+                                                                        tmp_path: Path) -> None:
+    """The reported case: ``pull --output OUT`` of a layer titled ``.`` removed OUT, the user's files with it."""
+    made = OCILayout.open(tmp_path / "made")
+    store(made, [(b"payload\n", {TITLE: "."}, TAR)])
+    ref = f"{oci_registry.host}/extract/dot:v1"
+    run(find_tool("oras"), "copy", "--to-plain-http", "--from-oci-layout", f"{tmp_path / 'made'}:v1", ref)
+    out = tmp_path / "devout"
+    out.mkdir()
+    (out / "unrelated.txt").write_bytes(b"the user's\n")
+    proc = cli("pull", ref, "--oci-layout", str(tmp_path / "L"), "--plain-http", "--output", str(out), "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert "refusing to write layer title '.'" in error_json(proc)["message"]
+    assert contents(out) == {"unrelated.txt": b"the user's\n"}

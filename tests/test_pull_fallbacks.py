@@ -13,6 +13,7 @@ import requests
 
 from doras_oras import DeltaRegistry, PullResult
 from doras_oras.layout import OCILayout
+from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.server import Algorithm, DorasServer, delta_tag, pack_manifest
@@ -233,3 +234,25 @@ def test_truncated_base_layer_is_refused_before_asking(oci_registry: RegistrySer
     assert doras_server.builds == 0
     assert result.stored_digest == bed.to_digest
     assert run("skopeo", "inspect", "--raw", f"oci:{bed.layout}:v2").stdout.encode() == bed.v2
+
+
+@pytest.mark.parametrize(("status", "code"), [(200, "answer-too-large"), (500, "server-error")])
+def test_an_oversized_server_answer_is_a_fallback(oci_registry: RegistryServer, doras_server: DorasServer,
+                                                tmp_path: Path, status: int, code: str) -> None:
+    """A 5 MiB body (over the 4 MiB JSON cap), a success or an error, never stops an update: a full pull."""
+    bed = prepared(oci_registry, tmp_path)
+    with FaultProxy(doras_server.url) as proxy:
+        proxy.add("status", path="/api/v1/delta", status=status, body=b" " * (5 << 20))
+        result = pull_v2(oci_registry, bed, proxy.url)
+    assert_full_fallback(bed, result, code)
+
+
+@pytest.mark.parametrize(("status", "code"), [(200, "bad-delta"), (500, "server-error")])
+def test_a_deeply_nested_server_answer_is_a_fallback(oci_registry: RegistryServer, doras_server: DorasServer,
+                                                    tmp_path: Path, status: int, code: str) -> None:
+    """JSON nested 20,000 deep (20 KB, under every cap) is more than Python's parser takes: a fallback."""
+    bed = prepared(oci_registry, tmp_path)
+    with FaultProxy(doras_server.url) as proxy:
+        proxy.add("status", path="/api/v1/delta", status=status, body=b"[" * 20_000 + b"]" * 20_000)
+        result = pull_v2(oci_registry, bed, proxy.url)
+    assert_full_fallback(bed, result, code)

@@ -44,6 +44,8 @@ CLI_HINTS: dict[Fix, str] = {
     Fix.MAX_SIZE: "raise --max-size",
     Fix.BUDGET: "raise --budget, or wait until the period has passed",
     Fix.DEADLINE: "raise --deadline S",
+    Fix.DISK_SPACE: "free space on that file system (`doras-oras gc --oci-layout {layout} --keep N` drops old images), "
+                    "or give a --oci-layout or --output on another one",
 }
 """The fix of each :class:`Fix` in the command's flags (``{...}`` filled in from the command line)."""
 

@@ -243,7 +243,7 @@ def parse_error_body(data: bytes) -> tuple[str, str | None] | None:
     """``(message, context)`` from ``{"error": {...}}`` or RFC 9457 problem details, else ``None``."""
     try:
         obj: Any = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the parser goes: not a Doras error document
         return None
     if not isinstance(obj, dict):
         return None

@@ -453,7 +453,7 @@ class EdgeClient:
         self.bytes_received += len(data)
         try:
             return json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
             raise DocumentError(
                 f"{what}: status {resp.status_code} with a body that is not JSON: {excerpt(data)!r}"
             ) from exc
