@@ -87,6 +87,8 @@ class Fix(enum.Enum):
     """The Doras server's TLS certificate does not verify."""
     REGISTRY_CREDENTIALS = "registry-credentials"
     """The registry wants (other) credentials: 401/403."""
+    REALM_HOST = "realm-host"
+    """The registry's token realm is on another host or port than the registry."""
     SERVER_CREDENTIALS = "server-credentials"
     """The Doras server wants (other) credentials: 401."""
     REBUILD_INDEX = "rebuild-index"
@@ -117,6 +119,8 @@ _LIBRARY_HINTS: dict[Fix, str] = {
                     "or the registry's tls_verify=PATH), or insecure=True",
     Fix.REGISTRY_CREDENTIALS: "give credentials: DeltaRegistry.auth.set_basic_auth(user, password), "
                               "RegistryClient(credentials=...), or a docker config file (registry_configs=[...])",
+    Fix.REALM_HOST: "if you trust that token server, list it in allowed_realm_hosts=['HOST:PORT'] "
+                    "(RegistryClient, DeltaRegistry)",
     Fix.SERVER_CREDENTIALS: "give the Doras server credentials: EdgeClient(auth=BasicAuth(...) or BearerAuth(...)), "
                             "or basic credentials on the registry client (they are passed on)",
     Fix.REBUILD_INDEX: "OCILayout.rebuild_index() recreates it from blobs/ (the tags are lost)",
