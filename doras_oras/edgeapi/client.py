@@ -68,7 +68,7 @@ from ..errors import (
 )
 from ..redact import excerpt, mask, secrets_of
 from ..reference import Reference
-from ..transport import RETRY_STATUSES, TransferPolicy, Transport
+from ..transport import ERROR_BODY_CAP, REDIRECT_STATUSES, RETRY_STATUSES, TransferPolicy, Transport
 from ..transport.failures import SERVER_PEER, read_error_body
 from ..urls import safe_url
 from ..verify import VerifyingReader
@@ -89,13 +89,12 @@ log = logging.getLogger(__name__)
 
 API_DELTA_PATH = "/api/v1/delta/"
 MAX_REDIRECTS = 10
-MAX_ERROR_BODY_BYTES = 64 << 10
+MAX_ERROR_BODY_BYTES = ERROR_BODY_CAP
 DEFAULT_TIMEOUT_S = 30.0
 INCOMPATIBLE_MESSAGE = "artifacts are not compatible"
 #: Statuses of the Doras server retried by the transport. Not 500: the server
 #: answers its final errors (e.g. "artifacts are not compatible") with 500.
 EDGE_RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 
@@ -436,7 +435,7 @@ class EdgeClient:
         if header:
             headers["Authorization"] = header
         resp = self.transport.get(url, headers=headers, stream=True, authenticate=False, raise_for_status=False)
-        if resp.status_code in _REDIRECT_STATUSES:
+        if resp.status_code in REDIRECT_STATUSES:
             resp.close()
             raise ServerError(resp.status_code, "redirect without a Location header")
         return resp
