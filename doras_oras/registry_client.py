@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 import requests
 
@@ -56,10 +56,10 @@ from .errors import (
 )
 from .layout import BlobWriter, OCILayout
 from .reference import Reference
+from .stream import verifying_stream
 from .transport import ByteCounter, RetryBudget, TransferPolicy, Transport
 from .transport.failures import NETWORK_ERRORS, REGISTRY_PEER, translate
 from .urls import origin, safe_url
-from .verify import VerifyingReader
 
 log = logging.getLogger(__name__)
 
@@ -74,45 +74,6 @@ class SupportsRegistryClient(Protocol):
 
     @property
     def client(self) -> RegistryClient: ...
-
-
-class _ResponseStream(io.RawIOBase):
-    """Raw bytes of a streamed response (no content decoding); counts; closes the response."""
-
-    def __init__(self, response: requests.Response, owner: RegistryClient) -> None:
-        super().__init__()
-        self._response = response
-        self._owner = owner
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        try:
-            data = self._response.raw.read(len(view), decode_content=False)
-        except NETWORK_ERRORS as exc:
-            raise translate(exc, self._response.url) from exc
-        n = len(data)
-        view[:n] = data
-        self._owner.bytes_received += n
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._response.close()
-        super().close()
-
-
-class _BlobReader(VerifyingReader):
-    """A :class:`VerifyingReader` that closes its source."""
-
-    def close(self) -> None:
-        if not self.closed:
-            source = self._source
-            if isinstance(source, io.IOBase):
-                source.close()
-        super().close()
 
 
 class _AuthHook:
@@ -381,8 +342,8 @@ class RegistryClient:
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         validate_digest(descriptor.digest)
         if descriptor.data is not None:
-            return io.BufferedReader(VerifyingReader(io.BytesIO(descriptor.data), descriptor.digest,
-                                                     descriptor.size, what="inline blob"))
+            return verifying_stream(io.BytesIO(descriptor.data), descriptor.digest, descriptor.size,
+                                    what="inline blob")
         self._prepare(ref)
         url = self._url(ref, "blobs", descriptor.digest)
         response = self.transport.get(url, headers=self._headers({"Accept-Encoding": "identity"}), stream=True,
@@ -393,8 +354,16 @@ class RegistryClient:
             raise SizeMismatchError(
                 f"blob {descriptor.digest}: registry announces {length} bytes, descriptor says {descriptor.size}"
             )
-        raw = _ResponseStream(response, self)
-        return io.BufferedReader(_BlobReader(raw, descriptor.digest, descriptor.size, what="blob"))
+        response.raw.decode_content = False  # the blob's bytes as sent
+
+        def count(n: int) -> None:
+            self.bytes_received += n
+
+        def network_error(exc: Exception) -> Exception:
+            return translate(exc, response.url) if isinstance(exc, NETWORK_ERRORS) else exc
+
+        return verifying_stream(response.raw, descriptor.digest, descriptor.size, what="blob",
+                                on_read=count, on_error=network_error)
 
     def download(
         self, ref: Reference | str, descriptor: Descriptor, writer: BlobWriter, *,

@@ -31,7 +31,6 @@ caps (:data:`~doras_oras.schemas.MAX_JSON_BYTES`, :data:`MAX_ERROR_BODY_BYTES`).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -68,10 +67,10 @@ from ..errors import (
 )
 from ..redact import excerpt, mask, secrets_of
 from ..reference import Reference
+from ..stream import verifies, verifying_stream
 from ..transport import ERROR_BODY_CAP, REDIRECT_STATUSES, RETRY_STATUSES, TransferPolicy, Transport
 from ..transport.failures import SERVER_PEER, read_error_body
 from ..urls import safe_url
-from ..verify import VerifyingReader
 from .answers import (
     Delta,
     ImageRef,
@@ -394,8 +393,9 @@ class EdgeClient:
         delta = self.fetch_delta(from_image, to_image, accepted_algorithms, source, deadline_s=deadline_s)
         assert delta is not None  # waiting never returns "pending"
         stream = source.open_blob(delta.manifest_ref, delta.layer)
-        reader = _ClosingVerifyingReader(stream, delta.layer.digest, delta.layer.size, what="delta layer")
-        return delta.layer, delta.algorithm, io.BufferedReader(reader, buffer_size=1 << 16)
+        if not verifies(stream, delta.layer.digest, delta.layer.size):  # the registry client's already does
+            stream = verifying_stream(stream, delta.layer.digest, delta.layer.size, what="delta layer")
+        return delta.layer, delta.algorithm, stream
 
     def registry_client(self) -> RegistryClient:
         """The client this edge client reads the registry with when no fetcher is given.
@@ -488,22 +488,6 @@ class EdgeClient:
         else:
             cls = ServerError
         return cls(status, message, context, fix=Fix.SERVER_CREDENTIALS if cls is UnauthorizedError else None)
-
-
-class _ClosingVerifyingReader(VerifyingReader):
-    """A :class:`VerifyingReader` that also closes its source (the blob's HTTP stream)."""
-
-    def __init__(self, source: BinaryIO, digest: str, size: int, *, what: str) -> None:
-        super().__init__(source, digest, size, what=what)
-        self._closable = source
-
-    def close(self) -> None:
-        try:
-            if not self.closed:
-                self._closable.close()
-        finally:
-            super().close()
-
 
 
 def _as_reference(value: Reference | str, what: str) -> Reference:
