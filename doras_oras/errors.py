@@ -3,7 +3,9 @@
 Every error the library raises derives from :class:`DorasOrasError`; lower
 level exceptions (``requests``, ``OSError``, ``zstandard``, ``bz2``) are
 translated at the module boundary that meets them, with the original kept as
-``__cause__``::
+``__cause__``. An HTTP status is an attribute (``.status``), not a class: a
+subclass exists only for a meaning that code branches on (credentials
+refused, not found, not diffable)::
 
     DorasOrasError
     ├── InvalidArgumentError           (also ValueError) a bad argument: a value out of range,
@@ -34,14 +36,13 @@ translated at the module boundary that meets them, with the original kept as
     │   ├── ConnectError               cannot connect / connection reset
     │   ├── TransferTimeoutError       connect/read timeout, stall, overall deadline
     │   ├── InsecureTransportError     would send credentials in clear, bad redirect, ...
-    │   └── RegistryError              the registry answered an HTTP error (status)
-    │       └── RegistryAuthError      401/403 from the registry
-    ├── DorasServerError               the Doras server answered an error (status, message, context)
-    │   ├── BadRequestError            400
-    │   ├── UnauthorizedError          401
-    │   ├── NotFoundError              404
-    │   ├── IncompatibleArtifactsError message "artifacts are not compatible" (any status; 406 too)
-    │   └── ServerError                5xx and any other status
+    │   └── RegistryError              the registry answered an HTTP error: .status (404, 429, 5xx, ...)
+    │       └── RegistryAuthError      401/403: it refused the credentials
+    ├── DorasServerError               the Doras server answered an error: .status (400, 5xx, a 3xx
+    │   │                              without Location, ...), .message, .context
+    │   ├── UnauthorizedError          401: it wants (other) credentials
+    │   ├── NotFoundError              404: an image could not be resolved
+    │   └── IncompatibleArtifactsError "artifacts are not compatible" (any status; 406 too): pull in full
     ├── ImagesIdenticalError           204: from and to are the same image
     ├── BackoffExhausted               a polling loop ran out of attempts or time
     └── TrustError                     signature verification refused the artifact (CLI exit 5)
@@ -298,10 +299,6 @@ class DorasServerError(DorasOrasError):
         super().__init__(text, fix=fix)
 
 
-class BadRequestError(DorasServerError):
-    """400: the request was malformed (e.g. ``from`` not a digest reference)."""
-
-
 class UnauthorizedError(DorasServerError):
     """401: the server requires client credentials."""
 
@@ -312,10 +309,6 @@ class NotFoundError(DorasServerError):
 
 class IncompatibleArtifactsError(DorasServerError):
     """The artifacts cannot be diffed; do a full pull instead."""
-
-
-class ServerError(DorasServerError):
-    """5xx or any unexpected status."""
 
 
 class ImagesIdenticalError(DorasOrasError):

@@ -51,7 +51,6 @@ from ..descriptor import (
 )
 from ..errors import (
     BackoffExhausted,
-    BadRequestError,
     BodyTooLargeError,
     DocumentError,
     DorasServerError,
@@ -62,7 +61,6 @@ from ..errors import (
     InvalidArgumentError,
     InvalidReferenceError,
     NotFoundError,
-    ServerError,
     UnauthorizedError,
 )
 from ..redact import excerpt, mask, secrets_of
@@ -426,7 +424,7 @@ class EdgeClient:
         """GET through the transport (retries, checked redirects); the response is open (streamed).
 
         Any final status comes back (the caller maps it); a redirect without
-        ``Location`` is a :class:`ServerError`.
+        ``Location`` is a :class:`DorasServerError`.
         """
         if urlsplit(url).scheme != "https" and header and not self.allow_http:
             raise InsecureTransportError(f"refusing to send credentials over plain http to {safe_url(url)}",
@@ -437,7 +435,7 @@ class EdgeClient:
         resp = self.transport.get(url, headers=headers, stream=True, authenticate=False, raise_for_status=False)
         if resp.status_code in REDIRECT_STATUSES:
             resp.close()
-            raise ServerError(resp.status_code, "redirect without a Location header")
+            raise DorasServerError(resp.status_code, "redirect without a Location header")
         return resp
 
     def _read_json_body(self, resp: requests.Response, what: str) -> object:
@@ -479,14 +477,12 @@ class EdgeClient:
         cls: type[DorasServerError]
         if message == INCOMPATIBLE_MESSAGE or (context and INCOMPATIBLE_MESSAGE in context) or status == 406:
             cls = IncompatibleArtifactsError
-        elif status == 400:
-            cls = BadRequestError
         elif status == 401:
             cls = UnauthorizedError
         elif status == 404:
             cls = NotFoundError
         else:
-            cls = ServerError
+            cls = DorasServerError
         return cls(status, message, context, fix=Fix.SERVER_CREDENTIALS if cls is UnauthorizedError else None)
 
 
