@@ -124,9 +124,7 @@ def retry_wait_s(
     ``wait_initial_s`` with ±50 % jitter, capped at ``wait_max_s``; a server's
     ``Retry-After`` replaces it, capped at ``retry_after_max_s``.
     """
-    return next_delay(max(failures - 1, 0), base_delay_s=policy.wait_initial_s,
-                      max_delay_s=policy.wait_max_s, jitter=min(rand(), 0.999999),
-                      retry_after_s=retry_after_s, retry_after_max_s=policy.retry_after_max_s)
+    return RetryBudget.of(policy, rand=rand).delay_s(failures, retry_after_s)
 
 
 @dataclass(kw_only=True)
@@ -199,6 +197,12 @@ class RetryBudget:
                 if failure.response is not None:
                     failure.response.close()
 
+    def delay_s(self, failures: int, retry_after_s: float | None = None) -> float:
+        """The wait after ``failures`` failed attempts (>= 1): the project's one formula."""
+        return next_delay(max(failures - 1, 0), base_delay_s=self.wait_initial_s, max_delay_s=self.wait_max_s,
+                          jitter=min(self.rand(), 0.999999), retry_after_s=retry_after_s,
+                          retry_after_max_s=self.retry_after_max_s)
+
     def wait(self, failure: Retryable) -> None:
         """Count ``failure``; sleep before the next attempt, or raise when none is left."""
         self.failures += 1
@@ -207,9 +211,7 @@ class RetryBudget:
                 f"{failure.error.detail} (gave up after {self.failures} attempts)",
                 **error_kwargs(failure.error),
             ) from failure.error
-        wait = next_delay(self.failures - 1, base_delay_s=self.wait_initial_s, max_delay_s=self.wait_max_s,
-                          jitter=min(self.rand(), 0.999999), retry_after_s=failure.retry_after_s,
-                          retry_after_max_s=self.retry_after_max_s)
+        wait = self.delay_s(self.failures, failure.retry_after_s)
         left = self.remaining_s()
         if left is not None and wait >= left:
             raise TransferTimeoutError(
