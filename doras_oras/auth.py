@@ -5,8 +5,9 @@ the configured username and password, ``Bearer realm=…,service=…,scope=…``
 by fetching a token from the realm (with the basic credentials when there
 are any, anonymously otherwise). Credentials are only ever attached to
 requests for the registry's own origin. A realm over plain http (unless the
-transport's policy allows http) or on another host (unless listed in
-``allowed_realm_hosts``) is refused with :class:`InsecureTransportError`. A
+transport's policy allows http) or on another origin (scheme, host, port;
+unless its ``host:port`` or its host is listed in ``allowed_realm_hosts``) is
+refused with :class:`InsecureTransportError` before any request is sent. A
 token the registry stops accepting (it expired mid-pull) is renewed once per
 request. Credentials can come from docker ``config.json`` files and
 credential helpers (:class:`DockerConfigAuth`, :meth:`RegistryAuth.from_docker_config`);
@@ -67,7 +68,8 @@ class RegistryAuth:
     ``username``/``password`` (or ``identity_token`` as the password of the
     token request) are optional: without them, bearer tokens are requested
     anonymously and basic challenges fail. ``allowed_realm_hosts`` lists
-    other ``host[:port]`` values whose token realms are trusted.
+    the token realms trusted besides the registry's own origin: a
+    ``host:port`` allows that one port, a bare ``host`` every port of it.
     """
 
     def __init__(
@@ -173,15 +175,17 @@ class RegistryAuth:
             raise InsecureTransportError(f"refusing token realm over plain http: {safe_url(realm)}")
         if origin(url)[0] == "https" and realm_scheme == "http":
             raise InsecureTransportError(f"refusing plain-http token realm {safe_url(realm)} of an https registry")
+        if origin(realm) == origin(url):
+            return
+        registry = origin(url)
         realm_netloc = urlsplit(realm).netloc.rsplit("@", 1)[-1].lower()
-        realm_host = origin(realm)[1]
-        if realm_host != origin(url)[1] and not (
-            realm_netloc in self.allowed_realm_hosts or realm_host in self.allowed_realm_hosts
-        ):
-            raise InsecureTransportError(
-                f"refusing token realm {safe_url(realm)}: not on the registry's host "
-                f"{origin(url)[1]} and not in allowed_realm_hosts"
-            )
+        if realm_netloc in self.allowed_realm_hosts or origin(realm)[1] in self.allowed_realm_hosts:
+            return
+        raise InsecureTransportError(
+            f"refusing token realm {safe_url(realm)}: not on the registry's host and port "
+            f"({'://'.join((registry[0], f'{registry[1]}:{registry[2]}'))}) and not in allowed_realm_hosts",
+            fix=Fix.REALM_HOST,
+        )
 
     def _fetch_token(self, url: str, params: Mapping[str, str], transport: Transport) -> str:
         realm = params["realm"]

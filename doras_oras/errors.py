@@ -3,7 +3,9 @@
 Every error the library raises derives from :class:`DorasOrasError`; lower
 level exceptions (``requests``, ``OSError``, ``zstandard``, ``bz2``) are
 translated at the module boundary that meets them, with the original kept as
-``__cause__``::
+``__cause__``. An HTTP status is an attribute (``.status``), not a class: a
+subclass exists only for a meaning that code branches on (credentials
+refused, not found, not diffable)::
 
     DorasOrasError
     ├── InvalidArgumentError           (also ValueError) a bad argument: a value out of range,
@@ -35,14 +37,13 @@ translated at the module boundary that meets them, with the original kept as
     │   ├── ConnectError               cannot connect / connection reset
     │   ├── TransferTimeoutError       connect/read timeout, stall, overall deadline
     │   ├── InsecureTransportError     would send credentials in clear, bad redirect, ...
-    │   └── RegistryError              the registry answered an HTTP error (status)
-    │       └── RegistryAuthError      401/403 from the registry
-    ├── DorasServerError               the Doras server answered an error (status, message, context)
-    │   ├── BadRequestError            400
-    │   ├── UnauthorizedError          401
-    │   ├── NotFoundError              404
-    │   ├── IncompatibleArtifactsError message "artifacts are not compatible" (any status; 406 too)
-    │   └── ServerError                5xx and any other status
+    │   └── RegistryError              the registry answered an HTTP error: .status (404, 429, 5xx, ...)
+    │       └── RegistryAuthError      401/403: it refused the credentials
+    ├── DorasServerError               the Doras server answered an error: .status (400, 5xx, a 3xx
+    │   │                              without Location, ...), .message, .context
+    │   ├── UnauthorizedError          401: it wants (other) credentials
+    │   ├── NotFoundError              404: an image could not be resolved
+    │   └── IncompatibleArtifactsError "artifacts are not compatible" (any status; 406 too): pull in full
     ├── ImagesIdenticalError           204: from and to are the same image
     ├── BackoffExhausted               a polling loop ran out of attempts or time
     └── TrustError                     signature verification refused the artifact (CLI exit 5)
@@ -88,6 +89,8 @@ class Fix(enum.Enum):
     """The Doras server's TLS certificate does not verify."""
     REGISTRY_CREDENTIALS = "registry-credentials"
     """The registry wants (other) credentials: 401/403."""
+    REALM_HOST = "realm-host"
+    """The registry's token realm is on another host or port than the registry."""
     SERVER_CREDENTIALS = "server-credentials"
     """The Doras server wants (other) credentials: 401."""
     REBUILD_INDEX = "rebuild-index"
@@ -120,6 +123,8 @@ _LIBRARY_HINTS: dict[Fix, str] = {
                     "or the registry's tls_verify=PATH), or insecure=True",
     Fix.REGISTRY_CREDENTIALS: "give credentials: DeltaRegistry.auth.set_basic_auth(user, password), "
                               "RegistryClient(credentials=...), or a docker config file (registry_configs=[...])",
+    Fix.REALM_HOST: "if you trust that token server, list it in allowed_realm_hosts=['HOST:PORT'] "
+                    "(RegistryClient, DeltaRegistry)",
     Fix.SERVER_CREDENTIALS: "give the Doras server credentials: EdgeClient(auth=BasicAuth(...) or BearerAuth(...)), "
                             "or basic credentials on the registry client (they are passed on)",
     Fix.REBUILD_INDEX: "OCILayout.rebuild_index() recreates it from blobs/ (the tags are lost)",
@@ -302,10 +307,6 @@ class DorasServerError(DorasOrasError):
         super().__init__(text, fix=fix)
 
 
-class BadRequestError(DorasServerError):
-    """400: the request was malformed (e.g. ``from`` not a digest reference)."""
-
-
 class UnauthorizedError(DorasServerError):
     """401: the server requires client credentials."""
 
@@ -316,10 +317,6 @@ class NotFoundError(DorasServerError):
 
 class IncompatibleArtifactsError(DorasServerError):
     """The artifacts cannot be diffed; do a full pull instead."""
-
-
-class ServerError(DorasServerError):
-    """5xx or any unexpected status."""
 
 
 class ImagesIdenticalError(DorasOrasError):

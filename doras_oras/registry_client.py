@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 import requests
 
@@ -56,10 +56,10 @@ from .errors import (
 )
 from .layout import BlobWriter, OCILayout
 from .reference import Reference
-from .transport import ByteCounter, TransferPolicy, Transport
+from .stream import verifying_stream
+from .transport import ByteCounter, RetryBudget, TransferPolicy, Transport
 from .transport.failures import NETWORK_ERRORS, REGISTRY_PEER, translate
 from .urls import origin, safe_url
-from .verify import VerifyingReader
 
 log = logging.getLogger(__name__)
 
@@ -74,45 +74,6 @@ class SupportsRegistryClient(Protocol):
 
     @property
     def client(self) -> RegistryClient: ...
-
-
-class _ResponseStream(io.RawIOBase):
-    """Raw bytes of a streamed response (no content decoding); counts; closes the response."""
-
-    def __init__(self, response: requests.Response, owner: RegistryClient) -> None:
-        super().__init__()
-        self._response = response
-        self._owner = owner
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        try:
-            data = self._response.raw.read(len(view), decode_content=False)
-        except NETWORK_ERRORS as exc:
-            raise translate(exc, self._response.url) from exc
-        n = len(data)
-        view[:n] = data
-        self._owner.bytes_received += n
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._response.close()
-        super().close()
-
-
-class _BlobReader(VerifyingReader):
-    """A :class:`VerifyingReader` that closes its source."""
-
-    def close(self) -> None:
-        if not self.closed:
-            source = self._source
-            if isinstance(source, io.IOBase):
-                source.close()
-        super().close()
 
 
 class _AuthHook:
@@ -287,14 +248,16 @@ class RegistryClient:
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         self._prepare(ref)
         url = self._url(ref, "manifests", ref.reference)
+        chain = self.transport.budget(self._deadline)  # the HEAD and a GET after it share one budget
         try:
-            response = self.transport.head(url, headers=self._headers({"Accept": ACCEPT_MANIFESTS}),
-                                           deadline=self._deadline)
+            response = self.transport.head(url, headers=self._headers({"Accept": ACCEPT_MANIFESTS}), budget=chain)
         except RegistryAuthError:
             raise
         except RegistryError as exc:
+            if chain.spent:  # the registry kept failing: a GET would only wait more
+                raise
             log.debug("HEAD %s answered %s; asking with GET", safe_url(url), exc.status)
-            return self.fetch_parsed(ref).descriptor
+            return self.fetch_parsed(ref, budget=chain).descriptor
         digest = response.headers.get("Docker-Content-Digest", "")
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
         length = response.headers.get("Content-Length", "")
@@ -309,17 +272,21 @@ class RegistryClient:
             if size > schemas.MAX_MANIFEST_BYTES:
                 raise BodyTooLargeError(f"manifest {ref}: {size} bytes, over the cap")
             return Descriptor(media_type=media_type, digest=digest, size=size)
-        return self.fetch_parsed(ref).descriptor
+        return self.fetch_parsed(ref, budget=chain).descriptor
 
-    def fetch_parsed(self, ref: Reference | str, *, expected: Descriptor | None = None) -> schemas.ParsedManifest:
-        """GET a manifest or index (at most 4 MiB), checked by :func:`doras_oras.schemas.parse_manifest`."""
+    def fetch_parsed(self, ref: Reference | str, *, expected: Descriptor | None = None,
+                     budget: RetryBudget | None = None) -> schemas.ParsedManifest:
+        """GET a manifest or index (at most 4 MiB), checked by :func:`doras_oras.schemas.parse_manifest`.
+
+        ``budget``: the retry budget of the chain this read belongs to (default: its own).
+        """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         self._prepare(ref)
         target = expected.digest if expected is not None else ref.reference
         url = self._url(ref, "manifests", target)
         body, response = self.transport.get_bytes(
             url, max_bytes=schemas.MAX_MANIFEST_BYTES, headers=self._headers({"Accept": ACCEPT_MANIFESTS}),
-            deadline=self._deadline,
+            budget=budget if budget is not None else self.transport.budget(self._deadline),
         )
         self.bytes_received += len(body)
         content_type = response.headers.get("Content-Type", "")
@@ -356,7 +323,7 @@ class RegistryClient:
         headers = self._headers({"Accept": accept} if accept else {})
         try:
             body, response = self.transport.get_bytes(url, max_bytes=max_bytes, headers=headers,
-                                                      deadline=self._deadline)
+                                                      budget=self.transport.budget(self._deadline))
         except RegistryAuthError:
             raise
         except RegistryError as exc:
@@ -375,20 +342,28 @@ class RegistryClient:
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         validate_digest(descriptor.digest)
         if descriptor.data is not None:
-            return io.BufferedReader(VerifyingReader(io.BytesIO(descriptor.data), descriptor.digest,
-                                                     descriptor.size, what="inline blob"))
+            return verifying_stream(io.BytesIO(descriptor.data), descriptor.digest, descriptor.size,
+                                    what="inline blob")
         self._prepare(ref)
         url = self._url(ref, "blobs", descriptor.digest)
         response = self.transport.get(url, headers=self._headers({"Accept-Encoding": "identity"}), stream=True,
-                                      deadline=self._deadline)
+                                      budget=self.transport.budget(self._deadline))
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) != descriptor.size:
             response.close()
             raise SizeMismatchError(
                 f"blob {descriptor.digest}: registry announces {length} bytes, descriptor says {descriptor.size}"
             )
-        raw = _ResponseStream(response, self)
-        return io.BufferedReader(_BlobReader(raw, descriptor.digest, descriptor.size, what="blob"))
+        response.raw.decode_content = False  # the blob's bytes as sent
+
+        def count(n: int) -> None:
+            self.bytes_received += n
+
+        def network_error(exc: Exception) -> Exception:
+            return translate(exc, response.url) if isinstance(exc, NETWORK_ERRORS) else exc
+
+        return verifying_stream(response.raw, descriptor.digest, descriptor.size, what="blob",
+                                on_read=count, on_error=network_error)
 
     def download(
         self, ref: Reference | str, descriptor: Descriptor, writer: BlobWriter, *,
@@ -414,7 +389,7 @@ class RegistryClient:
         counter = ByteCounter(on_progress=on_progress)
         try:
             return self.transport.download(url, writer, headers=self._headers({}), counter=counter,
-                                           deadline=self._deadline, exact_length=True)
+                                           budget=self.transport.budget(self._deadline), exact_length=True)
         except VerificationError:
             writer.discard()
             raise

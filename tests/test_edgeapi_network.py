@@ -9,7 +9,7 @@ import pytest
 from test_edgeapi_real import client_for, push_two_versions
 
 from doras_oras.edgeapi import EdgeClient
-from doras_oras.errors import ConnectError, InsecureTransportError, ServerError
+from doras_oras.errors import ConnectError, DorasServerError, InsecureTransportError
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
@@ -39,7 +39,7 @@ def test_429_and_503_from_the_server_are_retried_with_retry_after(
         proxy.add("status", DELTA, status=503, retry_after="0",
                   body=b'{"error":{"code":503,"message":"overloaded"}}')
         proxy.reset_counters()
-        with pytest.raises(ServerError, match="overloaded") as info:
+        with pytest.raises(DorasServerError, match="overloaded") as info:
             edge.read_delta_async(pushed.from_ref, pushed.to_tag, ["bsdiff"])
         assert info.value.status == 503
         assert len(proxy.requests(DELTA)) == 3  # the client's three attempts
@@ -48,7 +48,7 @@ def test_429_and_503_from_the_server_are_retried_with_retry_after(
         proxy.clear()
         proxy.reset_counters()
         proxy.add("status", DELTA, status=500, body=b'{"error":{"code":500,"message":"boom"}}')
-        with pytest.raises(ServerError, match="boom"):
+        with pytest.raises(DorasServerError, match="boom"):
             edge.read_delta_async(pushed.from_ref, pushed.to_tag, ["bsdiff"])
         assert len(proxy.requests(DELTA)) == 1
 
@@ -83,6 +83,6 @@ def test_drops_are_retried_and_cross_host_redirects_refused(
         policy = TransferPolicy(max_attempts=2, wait_initial_s=0.01, allow_http=False, cross_host_redirects=True)
         strict = EdgeClient(proxy.url, allow_http=True, policy=policy)
         assert strict.policy.allow_http and not strict.policy.cross_host_redirects
-        with pytest.raises(ServerError):
+        with pytest.raises(DorasServerError):
             strict.read_delta_async(pushed.from_ref, pushed.to_tag, ["bsdiff"])
         assert len(proxy.requests(DELTA)) == 2

@@ -27,6 +27,7 @@ from doras_oras.errors import (
     UnsupportedAlgorithmError,
 )
 from doras_oras.reference import Reference
+from doras_oras.stream import verifies, verifying_stream
 from doras_oras.testing.registry import RegistryServer
 from tests.edgeapi_helpers import (
     DELTA_CASES,
@@ -282,3 +283,25 @@ def test_closing_the_stream_closes_the_blob_stream() -> None:
         assert not opened[0].closed
         stream.close()
     assert opened[0].closed
+
+
+
+def test_a_verifying_stream_is_not_wrapped_twice() -> None:
+    """A fetcher's stream that verifies already (the registry client's) is returned as it is."""
+    case, _manifest, answer = recorded()
+    opened = []
+
+    class Verifying(RequestsFetcher):
+        def open_blob(self, ref, descriptor):  # type: ignore[no-untyped-def]
+            stream = verifying_stream(super().open_blob(ref, descriptor), descriptor.digest, descriptor.size)
+            opened.append(stream)
+            return stream
+
+    with fake_registry(case["delta.manifest.json"], [case["delta.layer"]],
+                       "application/vnd.oci.image.manifest.v1+json") as reg, \
+            doras_answering(json.dumps(answer).encode()) as doras:
+        layer, _a, stream = EdgeClient(doras.url, allow_http=True).read_delta_as_stream(
+            FROM, TO_TAG, None, Verifying(reg.url))
+        assert stream is opened[0] and verifies(stream, layer.digest, layer.size)
+        assert stream.read() == case["delta.layer"]
+        stream.close()

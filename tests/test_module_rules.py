@@ -1,7 +1,8 @@
 """The shape of the package (docs/design.md): no import circles, the forward walk, pure modules pure.
 
 The imports are read from the source (``ast``), so these rules hold for every import a module
-makes, at its top or inside a function.
+makes, at its top or inside a function; the circle rules count imports for annotations only
+(under ``TYPE_CHECKING``) too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ IO_MODULES = {"requests", "urllib3", "socket", "subprocess", "oras"}
 #: cli -> pull -> registry fetch | edge conversation -> codecs -> layout, read bottom up).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "reference", "descriptor", "algorithms", "redact", "urls", "platforms", "plan", "backoff",
-     "_writeback", "verify", "schemas"),
+     "_writeback", "stream", "schemas"),
     ("codecs",),
     ("layout", "budget", "trust"),
     ("transport", "auth"),
@@ -43,15 +44,19 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Absolute names of the modules ``path`` imports (relative imports resolved)."""
+def _imports(path: Path, *, typing: bool = False) -> set[str]:
+    """Absolute names of the modules ``path`` imports (relative imports resolved).
+
+    With ``typing`` the imports under ``if TYPE_CHECKING:`` count too.
+    """
     tree = ast.parse(path.read_text(), str(path))
     here = _module_name(path)
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     found: set[str] = set()
-    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-                   for inner in ast.walk(node)}  # imports for annotations only: not made at run time
+    typing_only = set() if typing else {
+        id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
+        and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for inner in ast.walk(node)}  # imports for annotations only: not made at run time
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
@@ -77,11 +82,11 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-def _graph() -> dict[str, set[str]]:
+def _graph(*, typing: bool = False) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.rglob("*.py"):
         name = _module_name(path)
-        graph[name] = {m for m in _imports(path) if m.startswith("doras_oras") and m != name}
+        graph[name] = {m for m in _imports(path, typing=typing) if m.startswith("doras_oras") and m != name}
     return graph
 
 
@@ -91,10 +96,10 @@ def _top(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def _library_graph() -> dict[str, set[str]]:
+def _library_graph(*, typing: bool = False) -> dict[str, set[str]]:
     """The graph between the library's top-level modules and packages (``testing`` excluded)."""
     graph: dict[str, set[str]] = {}
-    for module, deps in _graph().items():
+    for module, deps in _graph(typing=typing).items():
         if _top(module) == "testing":
             continue
         graph.setdefault(_top(module), set()).update(
@@ -144,18 +149,27 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
+def test_the_circle_rules_count_imports_for_annotations_only() -> None:
+    source = PACKAGE / "auth.py"  # it names the Transport in annotations only
+    assert "doras_oras.transport" not in _imports(source)
+    assert "doras_oras.transport" in _imports(source, typing=True)
+
+
 def test_no_import_circle_between_modules() -> None:
-    """Not even inside a package, and not through imports made inside functions."""
-    graph = {m: {d for d in deps if not d.startswith("doras_oras.testing")} for m, deps in _graph().items()
-             if not m.startswith("doras_oras.testing")}
+    """Not even inside a package, not through imports made inside functions, nor for annotations only."""
+    graph = {m: {d for d in deps if not d.startswith("doras_oras.testing")}
+             for m, deps in _graph(typing=True).items() if not m.startswith("doras_oras.testing")}
     # a package's __init__ importing its own submodules is how a package exports: not a circle
     for module, deps in graph.items():
         graph[module] = {d for d in deps if not module.startswith(d + ".")}
+    # Known, and the only one: the store and its maintenance name each other in annotations.
+    # Issue #21's layout item ("the house, second round": layout/store <-> maintenance) removes it.
+    graph["doras_oras.layout.maintenance"].discard("doras_oras.layout.store")
     assert _cycles(graph) == []
 
 
 def test_no_import_circle_between_top_level_modules_and_packages() -> None:
-    assert _cycles(_library_graph()) == []
+    assert _cycles(_library_graph(typing=True)) == []
 
 
 def test_every_module_imports_only_its_layer_or_below() -> None:
@@ -177,7 +191,7 @@ def test_pure_modules_import_no_io() -> None:
 def test_codecs_know_only_streams() -> None:
     for path in (PACKAGE / "codecs").glob("*.py"):
         tops = {_top(m) for m in _imports(path) if m.startswith("doras_oras")}
-        assert tops <= {"codecs", "errors", "algorithms", "descriptor", "_writeback"}, (path.name, tops)
+        assert tops <= {"codecs", "errors", "algorithms", "descriptor", "_writeback", "stream"}, (path.name, tops)
 
 
 def test_the_library_never_imports_the_test_bed() -> None:

@@ -321,7 +321,8 @@ def test_token_auth_registry_library_and_cli(token_registry: TokenRegistry, tmp_
     ref = f"{token_registry.host}/net/token:v1"
     issuer = token_registry.issuer
     before = len(issuer.requests)
-    client = DeltaRegistry(insecure=True, allow_insecure_auth=True, policy=quick_policy())
+    client = DeltaRegistry(insecure=True, allow_insecure_auth=True, policy=quick_policy(),
+                           allowed_realm_hosts=["127.0.0.1"])  # the token server's port differs
     client.auth.set_basic_auth("alice", "wonderland")
     layout = OCILayout.open(tmp_path / "L")
     assert client.resolve(ref).digest == digest  # HEAD through the token dance
@@ -336,14 +337,14 @@ def test_token_auth_registry_library_and_cli(token_registry: TokenRegistry, tmp_
 
     # the CLI: --password-stdin, and the refusal of credentials over plain HTTP without the flag
     base = ["pull", ref, "--oci-layout", str(tmp_path / "C"), "--plain-http", "-u", "alice", "--password-stdin",
-            "--json"]
+            "--allow-realm-host", "127.0.0.1", "--json"]
     proc = cli(*base, input_text="wonderland\n", timeout=60)
     assert proc.returncode == 1 and "plain HTTP" in proc.stderr
     proc = cli(*base, "--allow-insecure-auth", input_text="wonderland\n", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["stored_digest"] == digest
     proc = cli("pull", ref, "--oci-layout", str(tmp_path / "W"), "--plain-http", "--allow-insecure-auth",
-               "-u", "alice", "--password-stdin", input_text="wrong\n", timeout=60)
+               "--allow-realm-host", "127.0.0.1", "-u", "alice", "--password-stdin", input_text="wrong\n", timeout=60)
     assert proc.returncode == 1 and "refused the credentials" in proc.stderr
     assert layout_problems(tmp_path / "C") == []
 

@@ -18,10 +18,11 @@ from doras_oras.errors import (
     RegistryError,
     TransferTimeoutError,
 )
+from doras_oras.registry_client import RegistryClient
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER
 from doras_oras.testing.registry import RegistryServer, make_tls
-from doras_oras.transport import ByteCounter, Transport
+from doras_oras.transport import ByteCounter, TransferPolicy, Transport
 
 SIZE = 256 * 1024
 
@@ -71,6 +72,26 @@ def test_endless_storm_gives_a_clear_error_after_max_attempts(proxy: FaultProxy,
         transport.get(proxy.url + blob.path)
     assert caught.value.status == 429
     assert len(proxy.requests(blob.path)) == 3 and len(sleeps) == 2
+
+
+@pytest.mark.timeout(30)
+def test_an_endless_429_costs_a_resolve_one_retry_budget(proxy: FaultProxy) -> None:
+    """Issue #20: HEAD then GET of a resolve share one budget (was 5 HEADs + 5 GETs, 480 s of waits)."""
+    proxy.add("status", "/v2/transport/storm/manifests/", status=429, retry_after="3600")
+    policy = TransferPolicy(allow_http=True)  # the defaults: 5 attempts, Retry-After capped at 60 s
+    now = [0.0]
+    sleeps = Sleeps()
+
+    def sleep(seconds: float) -> None:
+        sleeps(seconds)
+        now[0] += seconds
+
+    with RegistryClient(plain_http=True, policy=policy) as client:
+        client.transport = Transport(client.session, client.policy, sleep=sleep, clock=lambda: now[0])
+        with pytest.raises(RegistryError, match=r"answered 429.*gave up after 5 attempts"):
+            client.resolve(f"{proxy.host}/transport/storm:v1")
+    assert [r.method for r in proxy.requests("/v2/transport/storm/")] == ["HEAD"] * policy.max_attempts
+    assert sum(sleeps) == (policy.max_attempts - 1) * policy.retry_after_max_s == 240.0
 
 
 @pytest.mark.timeout(30)

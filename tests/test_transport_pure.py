@@ -97,7 +97,7 @@ def test_origin_normalises_default_ports() -> None:
 
 def test_throughput_guard_trips_only_below_the_minimum_over_a_full_window() -> None:
     from doras_oras.transport.failures import Stalled as _Stalled
-    from doras_oras.transport.timing import ThroughputGuard as _ThroughputGuard
+    from doras_oras.transport.policy import ThroughputGuard as _ThroughputGuard
 
     now = [0.0]
     policy = TransferPolicy(min_bytes_per_s=100.0, throughput_window_s=10.0)
@@ -112,3 +112,49 @@ def test_throughput_guard_trips_only_below_the_minimum_over_a_full_window() -> N
         for _ in range(3):  # 80 B/s from here on
             now[0] += 5.0
             slow.add(400)
+
+
+def test_requests_of_one_chain_share_one_retry_budget() -> None:
+    from doras_oras.errors import RegistryError
+    from doras_oras.transport import RetryBudget
+    from doras_oras.transport.failures import Retryable
+
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    budget = RetryBudget.of(TransferPolicy(max_attempts=3, retry_after_max_s=60.0, deadline_s=1000.0),
+                            clock=lambda: now[0], sleep=sleep, rand=lambda: 0.5)
+    calls: list[str] = []
+
+    def storm(name: str) -> str:
+        calls.append(name)
+        raise Retryable(RegistryError(f"{name} answered 429", status=429), retry_after_s=3600.0)
+
+    with pytest.raises(RegistryError, match="gave up after 3 attempts"):
+        budget.run(lambda: storm("HEAD"))
+    assert budget.spent
+    with pytest.raises(RegistryError, match="gave up after 4 attempts"):
+        budget.run(lambda: storm("GET"))  # the chain's second request: no wait, no fresh attempts
+    assert calls == ["HEAD", "HEAD", "HEAD", "GET"] and sleeps == [60.0, 60.0] and budget.waited_s == 120.0
+
+
+def test_a_retry_budget_never_waits_past_its_deadline() -> None:
+    from doras_oras.errors import ConnectError, TransferTimeoutError
+    from doras_oras.transport import RetryBudget
+    from doras_oras.transport.failures import Retryable
+
+    now = [0.0]
+    budget = RetryBudget(attempts=100, deadline=100.0, wait_initial_s=30.0, wait_max_s=30.0,
+                         retry_after_max_s=60.0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s),
+                         rand=lambda: 0.5)
+
+    def drop() -> None:
+        raise Retryable(ConnectError("connection reset"))
+
+    with pytest.raises(TransferTimeoutError, match="would pass the overall deadline"):
+        budget.run(drop)
+    assert budget.waited_s == 90.0 and budget.failures == 4  # 3 waits of 30 s; a 4th would end at 120 s

@@ -16,8 +16,11 @@ from token_registry import SERVICE, TokenRegistry
 from transport_helpers import Blob, download_file, push_blob, quick_policy
 
 from doras_oras.auth import RegistryAuth
-from doras_oras.errors import RegistryAuthError
+from doras_oras.errors import Fix, InsecureTransportError, RegistryAuthError
 from doras_oras.transport import ByteCounter, Transport
+
+#: The token server runs on another port of the registry's host: trusted only where the test says so.
+REALM_HOST = "127.0.0.1"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,8 @@ def blob(token_registry: TokenRegistry) -> Blob:
 def test_real_registry_token_dance(token_registry: TokenRegistry, blob: Blob, tmp_path: Path) -> None:
     issuer = token_registry.issuer
     before = len(issuer.requests)
-    auth = RegistryAuth(token_registry.host, username="alice", password="wonderland")
+    auth = RegistryAuth(token_registry.host, username="alice", password="wonderland",
+                        allowed_realm_hosts=[REALM_HOST])
     with Transport(policy=quick_policy(), auth=auth) as transport:
         counter = ByteCounter()
         result = download_file(transport, token_registry.url + blob.path, digest=blob.digest, size=blob.size,
@@ -53,7 +57,7 @@ def test_real_registry_refuses_without_a_valid_token(token_registry: TokenRegist
     with Transport(policy=quick_policy()) as transport, pytest.raises(RegistryAuthError) as caught:
         transport.get(url)  # no auth hook: the challenge cannot be answered
     assert caught.value.status == 401
-    wrong = RegistryAuth(token_registry.host, username="alice", password="nope")
+    wrong = RegistryAuth(token_registry.host, username="alice", password="nope", allowed_realm_hosts=[REALM_HOST])
     with Transport(policy=quick_policy(), auth=wrong) as transport, pytest.raises(
         RegistryAuthError, match="refused the credentials"
     ):
@@ -62,3 +66,18 @@ def test_real_registry_refuses_without_a_valid_token(token_registry: TokenRegist
     other = token_registry.issuer.sign("alice", ["repository:someone/else:pull"])
     with Transport(policy=quick_policy()) as transport, pytest.raises(RegistryAuthError):
         transport.get(url, headers={"Authorization": f"Bearer {other}"})
+
+
+@pytest.mark.timeout(60)
+def test_a_realm_on_another_port_of_the_host_gets_no_credentials(token_registry: TokenRegistry, blob: Blob) -> None:
+    """The realm is on 127.0.0.1 like the registry, on another port: another origin, refused."""
+    issuer = token_registry.issuer
+    before = len(issuer.requests)
+    auth = RegistryAuth(token_registry.host, username="alice", password="wonderland")
+    with Transport(policy=quick_policy(), auth=auth) as transport, pytest.raises(
+        InsecureTransportError, match="not on the registry's host and port"
+    ) as caught:
+        transport.get(token_registry.url + blob.path)
+    assert caught.value.fix is Fix.REALM_HOST
+    assert issuer.requests[before:] == []  # the basic credentials never left
+    assert auth.tokens_fetched == 0

@@ -132,6 +132,10 @@ def add_connection_options(parser: argparse.ArgumentParser, *, registry: bool = 
             "--allow-insecure-auth", action="store_true",
             help="allow sending credentials over plain HTTP (to a --plain-http registry or an http:// --server)",
         )
+        parser.add_argument(
+            "--allow-realm-host", metavar="HOST[:PORT]", action="append", default=[],
+            help="trust the registry's token server there, on another host or port than the registry (repeatable)",
+        )
     defaults = TransferPolicy()
     parser.add_argument("--connect-timeout", type=seconds, default=defaults.connect_timeout_s, metavar="S",
                         help=f"TCP/TLS connect timeout per request (default {defaults.connect_timeout_s:g})")
@@ -189,6 +193,7 @@ def registry_from_args(args: argparse.Namespace, credentials: tuple[str, str] | 
         plain_http=bool(args.plain_http), tls_verify=tls_from_args(args),
         allow_insecure_auth=bool(args.allow_insecure_auth), policy=policy_from_args(args),
         registry_configs=list(args.registry_config), credentials=credentials,
+        allowed_realm_hosts=list(args.allow_realm_host),
     )
 
 

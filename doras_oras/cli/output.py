@@ -35,6 +35,7 @@ CLI_HINTS: dict[Fix, str] = {
                     "with both CAs if they differ) or --insecure",
     Fix.REGISTRY_CREDENTIALS: "give credentials with -u USER and --password-stdin, or --registry-config FILE, "
                               "or log in with `oras login {registry}` (~/.docker/config.json is read)",
+    Fix.REALM_HOST: "if you trust that token server, add --allow-realm-host HOST:PORT",
     Fix.SERVER_CREDENTIALS: "the Doras server wants credentials: -u USER with --password-stdin, or "
                             "--registry-config FILE (pull passes the registry's credentials on; "
                             "`doras-oras delta` also takes --token-stdin)",

@@ -19,12 +19,13 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from ..algorithms import GZIP_MAGIC as _GZIP_MAGIC
 from ..algorithms import ZSTD_MAGIC as _ZSTD_MAGIC
 from ..algorithms import Compression
 from ..errors import CorruptDeltaError, InvalidArgumentError
+from ..stream import Readable
 
 __all__ = [
     "DEFAULT_MAX_WINDOW_SIZE",
@@ -42,12 +43,6 @@ _IN_CHUNK = 1 << 16
 
 Scratch = Callable[[], IO[bytes]]
 """A factory of anonymous temp files (read/write, gone when closed) for spooling."""
-
-
-class Readable(Protocol):
-    """Anything with ``read(n) -> bytes``."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class _CappedReader:

@@ -31,7 +31,6 @@ caps (:data:`~doras_oras.schemas.MAX_JSON_BYTES`, :data:`MAX_ERROR_BODY_BYTES`).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -52,7 +51,6 @@ from ..descriptor import (
 )
 from ..errors import (
     BackoffExhausted,
-    BadRequestError,
     BodyTooLargeError,
     DocumentError,
     DorasServerError,
@@ -63,15 +61,14 @@ from ..errors import (
     InvalidArgumentError,
     InvalidReferenceError,
     NotFoundError,
-    ServerError,
     UnauthorizedError,
 )
 from ..redact import excerpt, mask, secrets_of
 from ..reference import Reference
-from ..transport import RETRY_STATUSES, TransferPolicy, Transport
+from ..stream import verifies, verifying_stream
+from ..transport import ERROR_BODY_CAP, REDIRECT_STATUSES, RETRY_STATUSES, TransferPolicy, Transport
 from ..transport.failures import SERVER_PEER, read_error_body
 from ..urls import safe_url
-from ..verify import VerifyingReader
 from .answers import (
     Delta,
     ImageRef,
@@ -89,13 +86,12 @@ log = logging.getLogger(__name__)
 
 API_DELTA_PATH = "/api/v1/delta/"
 MAX_REDIRECTS = 10
-MAX_ERROR_BODY_BYTES = 64 << 10
+MAX_ERROR_BODY_BYTES = ERROR_BODY_CAP
 DEFAULT_TIMEOUT_S = 30.0
 INCOMPATIBLE_MESSAGE = "artifacts are not compatible"
 #: Statuses of the Doras server retried by the transport. Not 500: the server
 #: answers its final errors (e.g. "artifacts are not compatible") with 500.
 EDGE_RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 
@@ -395,8 +391,9 @@ class EdgeClient:
         delta = self.fetch_delta(from_image, to_image, accepted_algorithms, source, deadline_s=deadline_s)
         assert delta is not None  # waiting never returns "pending"
         stream = source.open_blob(delta.manifest_ref, delta.layer)
-        reader = _ClosingVerifyingReader(stream, delta.layer.digest, delta.layer.size, what="delta layer")
-        return delta.layer, delta.algorithm, io.BufferedReader(reader, buffer_size=1 << 16)
+        if not verifies(stream, delta.layer.digest, delta.layer.size):  # the registry client's already does
+            stream = verifying_stream(stream, delta.layer.digest, delta.layer.size, what="delta layer")
+        return delta.layer, delta.algorithm, stream
 
     def registry_client(self) -> RegistryClient:
         """The client this edge client reads the registry with when no fetcher is given.
@@ -427,7 +424,7 @@ class EdgeClient:
         """GET through the transport (retries, checked redirects); the response is open (streamed).
 
         Any final status comes back (the caller maps it); a redirect without
-        ``Location`` is a :class:`ServerError`.
+        ``Location`` is a :class:`DorasServerError`.
         """
         if urlsplit(url).scheme != "https" and header and not self.allow_http:
             raise InsecureTransportError(f"refusing to send credentials over plain http to {safe_url(url)}",
@@ -436,9 +433,9 @@ class EdgeClient:
         if header:
             headers["Authorization"] = header
         resp = self.transport.get(url, headers=headers, stream=True, authenticate=False, raise_for_status=False)
-        if resp.status_code in _REDIRECT_STATUSES:
+        if resp.status_code in REDIRECT_STATUSES:
             resp.close()
-            raise ServerError(resp.status_code, "redirect without a Location header")
+            raise DorasServerError(resp.status_code, "redirect without a Location header")
         return resp
 
     def _read_json_body(self, resp: requests.Response, what: str) -> object:
@@ -480,31 +477,13 @@ class EdgeClient:
         cls: type[DorasServerError]
         if message == INCOMPATIBLE_MESSAGE or (context and INCOMPATIBLE_MESSAGE in context) or status == 406:
             cls = IncompatibleArtifactsError
-        elif status == 400:
-            cls = BadRequestError
         elif status == 401:
             cls = UnauthorizedError
         elif status == 404:
             cls = NotFoundError
         else:
-            cls = ServerError
+            cls = DorasServerError
         return cls(status, message, context, fix=Fix.SERVER_CREDENTIALS if cls is UnauthorizedError else None)
-
-
-class _ClosingVerifyingReader(VerifyingReader):
-    """A :class:`VerifyingReader` that also closes its source (the blob's HTTP stream)."""
-
-    def __init__(self, source: BinaryIO, digest: str, size: int, *, what: str) -> None:
-        super().__init__(source, digest, size, what=what)
-        self._closable = source
-
-    def close(self) -> None:
-        try:
-            if not self.closed:
-                self._closable.close()
-        finally:
-            super().close()
-
 
 
 def _as_reference(value: Reference | str, what: str) -> Reference:

@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO
 
 from .. import schemas
 from ..descriptor import (
@@ -48,7 +48,7 @@ from ..errors import (
     SchemaValidationError,
     SizeMismatchError,
 )
-from ..verify import verifying_reader
+from ..stream import Readable, verifying_stream
 from . import maintenance
 from .attachments import (
     ANNOTATION_SUBJECT,
@@ -74,12 +74,6 @@ LAYOUT_VERSION = "1.0.0"
 CHUNK = 1 << 20
 
 _OUR_NAMES = {"oci-layout", "index.json", "blobs", INGEST_DIR}
-
-
-class Readable(Protocol):
-    """Anything with ``read(n) -> bytes``."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class OCILayout:
@@ -242,8 +236,7 @@ class OCILayout:
             raise ImageNotFoundError(f"blob {descriptor.digest} is not in {self.root}") from exc
         if descriptor.digest in self._verified:
             return handle
-        reader = verifying_reader(handle, descriptor.digest, descriptor.size, what="stored blob")
-        return io.BufferedReader(_ClosingReader(reader, handle))
+        return verifying_stream(handle, descriptor.digest, descriptor.size, what="stored blob")
 
     def read_blob(self, descriptor: Descriptor, *, limit: int = schemas.MAX_MANIFEST_BYTES) -> bytes:
         """The verified bytes of a small blob (manifest, config), at most ``limit``."""
@@ -644,27 +637,3 @@ class OCILayout:
         """Keep the newest ``keep`` images per repository; remove unreferenced blobs and partials."""
         self._require_lock()
         return maintenance.gc(self, keep)
-
-
-class _ClosingReader(io.RawIOBase):
-    """Reads from ``reader``; closing it closes ``handle`` too."""
-
-    def __init__(self, reader: BinaryIO, handle: IO[bytes]) -> None:
-        super().__init__()
-        self._reader = reader
-        self._handle = handle
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self._reader.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._reader.close()
-            self._handle.close()
-        super().close()

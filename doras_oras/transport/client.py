@@ -4,12 +4,13 @@
 read timeouts, a minimum throughput over a window, an overall deadline),
 follows redirects itself (at most ``max_redirects``, never from https to
 http, ``Authorization`` dropped when the origin changes), retries 429/5xx and
-connection failures with the project's one backoff formula honouring
-``Retry-After``, and answers registry authentication challenges through an
-:class:`~doras_oras.transport.policy.AuthHook`. :meth:`Transport.download`
-fills a blob writer resumably (:mod:`.download`). Every lower-level failure
-becomes a :class:`~doras_oras.errors.TransportError` in :mod:`.failures`.
-See ``docs/network.md``.
+connection failures under one :class:`~.policy.RetryBudget` per request chain
+(the project's one backoff formula, honouring ``Retry-After``), and answers
+registry authentication challenges through an :class:`AuthHook`.
+:meth:`Transport.download` fills a :class:`Sink` (the layout's blob writer)
+resumably. Every lower-level failure becomes a
+:class:`~doras_oras.errors.TransportError` in :mod:`.failures`. See
+``docs/network.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -28,36 +29,67 @@ import requests
 from ..backoff import parse_retry_after
 from ..errors import (
     BodyTooLargeError,
+    ConnectError,
+    DigestMismatchError,
     Fix,
     InsecureTransportError,
     InvalidArgumentError,
     RegistryAuthError,
     RegistryError,
+    SizeMismatchError,
     TransferTimeoutError,
-    TransportError,
 )
-from ..urls import origin, safe_url
-from . import download as _download
+from ..urls import origin, parse_content_range, safe_url
 from .failures import (
     NETWORK_ERRORS,
+    REDIRECT_STATUSES,
     REGISTRY_PEER,
     Retryable,
     Stalled,
     error_body,
-    error_kwargs,
     release,
     tls_error,
     translate,
 )
-from .policy import AuthHook, ByteCounter, TransferPolicy, retry_wait_s
-from .timing import CallBudget, ThroughputGuard
-
-if TYPE_CHECKING:
-    from .download import Sink
+from .policy import ByteCounter, RetryBudget, ThroughputGuard, TransferPolicy
 
 log = logging.getLogger(__name__)
 
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+class AuthHook(Protocol):
+    """Registry authentication as the transport sees it (see :mod:`doras_oras.auth`)."""
+
+    def headers_for(self, url: str) -> Mapping[str, str]:
+        """Headers (``Authorization``) to send with a request to ``url``; empty if none."""
+        ...
+
+    def on_unauthorized(self, url: str, response: requests.Response, transport: Transport) -> bool:
+        """Handle a 401 from ``url``; True when new credentials make a retry worthwhile."""
+        ...
+
+
+class Sink(Protocol):
+    """Where a download goes (a :class:`~doras_oras.layout.writer.BlobWriter`)."""
+
+    digest: str | None
+    size: int | None
+    offset: int
+
+    def write(self, data: bytes, /) -> int:
+        """Append ``data`` (a local failure raises a non-network error: it is not retried)."""
+        ...
+
+    def restart(self) -> None:
+        """Empty the sink: the next bytes written are the blob's first."""
+        ...
+
+    def discard(self) -> None:
+        """Drop what the sink holds (the server lied about the blob)."""
+        ...
+
+    def finish(self) -> str:
+        """Check size and digest (discarding on a mismatch); return the digest."""
+        ...
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -133,11 +165,27 @@ class Transport:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _budget(self, deadline: float | None) -> CallBudget:
-        """The attempts and deadline of one public call (``deadline``: a monotonic instant)."""
-        if deadline is None and self.policy.deadline_s is not None:
-            deadline = self._clock() + self.policy.deadline_s
-        return CallBudget(self.policy, self._clock, deadline)
+    def budget(self, deadline: float | None = None) -> RetryBudget:
+        """A fresh retry budget for one request chain under this transport's policy.
+
+        ``deadline`` (a :func:`time.monotonic` instant) overrides the policy's
+        ``deadline_s``. Pass the budget to every request of the chain (a
+        resolve's ``HEAD`` and ``GET``): they share its attempts and waits.
+        """
+        return RetryBudget.of(self.policy, deadline=deadline, clock=self._clock, sleep=self._sleep, rand=self._rand)
+
+    def _timeouts(self, budget: RetryBudget) -> tuple[float, float]:
+        connect, read = self.policy.connect_timeout_s, self.policy.read_timeout_s
+        left = budget.remaining_s()
+        if left is not None:
+            connect, read = max(0.01, min(connect, left)), max(0.01, min(read, left))
+        return connect, read
+
+    def _stalled(self, url: str, at: str = "") -> Retryable:
+        return Retryable(TransferTimeoutError(
+            f"GET {safe_url(url)}: slower than {self.policy.min_bytes_per_s:g} B/s over "
+            f"{self.policy.throughput_window_s:g} s{at}"
+        ))
 
     # -- requests ----------------------------------------------------------------
 
@@ -148,7 +196,7 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
         authenticate: bool = True,
-        deadline: float | None = None,
+        budget: RetryBudget | None = None,
         raise_for_status: bool = True,
     ) -> requests.Response:
         """GET ``url`` and return the final 2xx response (redirects followed, retried).
@@ -157,36 +205,27 @@ class Transport:
         :class:`RegistryAuthError` (401/403), :class:`RegistryError` (other
         statuses, after retries for 429/5xx), :class:`ConnectError`,
         :class:`TransferTimeoutError`, :class:`InsecureTransportError`.
-        ``deadline`` is a :func:`time.monotonic` instant that overrides the
-        policy's ``deadline_s``. With ``raise_for_status=False`` an error
-        status is returned instead of raised (body unread): a status of
+        ``budget`` is the retry budget of the chain this request belongs to
+        (default: a fresh :meth:`budget`). With ``raise_for_status=False`` an
+        error status is returned instead of raised (body unread): a status of
         ``policy.retry_statuses`` after its retries, when attempts or time
         run out; any other at once. Redirects and 401 challenges are handled
         as always.
         """
-        budget = self._budget(deadline)
-        while True:
-            try:
-                response = self._attempt(url, headers or {}, budget, authenticate=authenticate,
-                                         raise_for_status=raise_for_status)
-            except Retryable as failure:
-                if failure.response is None:
-                    self._after_failure(budget, failure)
-                    continue
-                try:
-                    self._after_failure(budget, failure)
-                except TransportError:
-                    return failure.response  # out of attempts or time: the caller reads the answer
-                failure.response.close()
-                continue
+        chain = budget if budget is not None else self.budget()
+
+        def attempt() -> requests.Response:
+            response = self._attempt(url, headers or {}, chain, authenticate=authenticate,
+                                     raise_for_status=raise_for_status)
             if not stream:
                 try:
                     _ = response.content
                 except NETWORK_ERRORS as exc:
                     response.close()
-                    self._after_failure(budget, Retryable(translate(exc, url)))
-                    continue
+                    raise Retryable(translate(exc, url)) from exc
             return response
+
+        return chain.run(attempt, give_up=_unread_answer)
 
     def get_bytes(
         self,
@@ -195,32 +234,25 @@ class Transport:
         max_bytes: int,
         headers: Mapping[str, str] | None = None,
         authenticate: bool = True,
-        deadline: float | None = None,
+        budget: RetryBudget | None = None,
     ) -> tuple[bytes, requests.Response]:
         """GET ``url`` and return its body, refusing one over ``max_bytes`` (:class:`BodyTooLargeError`)."""
-        budget = self._budget(deadline)
-        while True:
+        chain = budget if budget is not None else self.budget()
+
+        def attempt() -> tuple[bytes, requests.Response]:
+            response = self._attempt(url, headers or {}, chain, authenticate=authenticate)
             try:
-                response = self._attempt(url, headers or {}, budget, authenticate=authenticate)
-            except Retryable as failure:
-                self._after_failure(budget, failure)
-                continue
-            try:
-                body = self._read_capped(response, max_bytes, url, budget)
+                return self._read_capped(response, max_bytes, url, chain), response
             except Stalled:
-                self._after_failure(budget, Retryable(TransferTimeoutError(
-                    f"GET {safe_url(url)}: slower than {self.policy.min_bytes_per_s:g} B/s over "
-                    f"{self.policy.throughput_window_s:g} s"
-                )))
-                continue
+                raise self._stalled(url) from None
             except NETWORK_ERRORS as exc:
-                self._after_failure(budget, Retryable(translate(exc, url)))
-                continue
+                raise Retryable(translate(exc, url)) from exc
             finally:
                 response.close()
-            return body, response
 
-    def _read_capped(self, response: requests.Response, limit: int, url: str, budget: CallBudget) -> bytes:
+        return chain.run(attempt)
+
+    def _read_capped(self, response: requests.Response, limit: int, url: str, budget: RetryBudget) -> bytes:
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLargeError(
@@ -231,7 +263,7 @@ class Transport:
         total = 0
         while True:
             budget.check_deadline(safe_url(url))
-            chunk = response.raw.read1(64 * 1024, decode_content=True)
+            chunk = response.raw.read1(self.policy.chunk_size, decode_content=True)
             if not chunk:
                 break
             total += len(chunk)
@@ -241,39 +273,20 @@ class Transport:
             guard.add(len(chunk))
         return b"".join(parts)
 
-    def read_body(self, response: requests.Response, *, max_bytes: int, deadline: float | None = None) -> bytes:
+    def read_body(self, response: requests.Response, *, max_bytes: int) -> bytes:
         """The (decoded) body of an answer of :meth:`get` with ``stream=True``; closes it.
 
         More than ``max_bytes`` is a :class:`BodyTooLargeError`; a failure while reading is a
         :class:`TransportError` (not retried: the answer is spent).
         """
-        budget = self._budget(deadline)
         try:
-            return self._read_capped(response, max_bytes, response.url, budget)
+            return self._read_capped(response, max_bytes, response.url, self.budget())
         except Stalled:
-            raise TransferTimeoutError(
-                f"GET {safe_url(response.url)}: slower than {self.policy.min_bytes_per_s:g} B/s"
-            ) from None
+            raise self._stalled(response.url).error from None
         except NETWORK_ERRORS as exc:
             raise translate(exc, response.url) from exc
         finally:
             response.close()
-
-    def _after_failure(self, budget: CallBudget, failure: Retryable) -> None:
-        budget.failures += 1
-        if budget.failures >= self.policy.max_attempts:
-            raise type(failure.error)(
-                f"{failure.error.detail} (gave up after {budget.failures} attempts)",
-                **error_kwargs(failure.error),
-            ) from failure.error
-        wait = retry_wait_s(budget.failures, self.policy, retry_after_s=failure.retry_after_s, rand=self._rand)
-        left = budget.remaining_s()
-        if left is not None and wait >= left:
-            raise TransferTimeoutError(
-                f"{failure.error.detail}; the next attempt would pass the overall deadline", fix=failure.error.fix,
-            ) from failure.error
-        log.info("attempt %d failed (%s); retrying in %.2f s", budget.failures, failure.error, wait)
-        self._sleep(wait)
 
     def head(
         self,
@@ -281,24 +294,23 @@ class Transport:
         *,
         headers: Mapping[str, str] | None = None,
         authenticate: bool = True,
-        deadline: float | None = None,
+        budget: RetryBudget | None = None,
     ) -> requests.Response:
         """HEAD ``url`` (e.g. resolve a tag via ``Docker-Content-Digest``), like :meth:`get`."""
-        budget = self._budget(deadline)
-        while True:
-            try:
-                response = self._attempt(url, headers or {}, budget, authenticate=authenticate, method="HEAD")
-            except Retryable as failure:
-                self._after_failure(budget, failure)
-                continue
+        chain = budget if budget is not None else self.budget()
+
+        def attempt() -> requests.Response:
+            response = self._attempt(url, headers or {}, chain, authenticate=authenticate, method="HEAD")
             release(response)
             return response
+
+        return chain.run(attempt)
 
     def _attempt(
         self,
         url: str,
         headers: Mapping[str, str],
-        budget: CallBudget,
+        budget: RetryBudget,
         *,
         authenticate: bool,
         method: str = "GET",
@@ -329,7 +341,7 @@ class Transport:
                     headers=send,
                     stream=True,
                     allow_redirects=False,
-                    timeout=budget.timeouts(),
+                    timeout=self._timeouts(budget),
                     verify=self.verify,
                     auth=_ExactAuthorization(_header(send, "Authorization")),
                 )
@@ -338,7 +350,7 @@ class Transport:
             except NETWORK_ERRORS as exc:
                 raise Retryable(translate(exc, current, method=method)) from exc
             status = response.status_code
-            if status in _REDIRECT_STATUSES and "Location" in response.headers:
+            if status in REDIRECT_STATUSES and "Location" in response.headers:
                 release(response)
                 redirects += 1
                 if redirects > self.policy.max_redirects:
@@ -375,6 +387,7 @@ class Transport:
                     error = RegistryError(f"{method} {safe_url(current)} answered {status}", status=status)
                     raise Retryable(error, retry_after, response)
                 return response
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             body = error_body(response)
             message = f"{method} {safe_url(current)} answered {status}"
             if body:
@@ -382,7 +395,6 @@ class Transport:
             if status in (401, 403):
                 raise RegistryAuthError(message, status=status, fix=Fix.REGISTRY_CREDENTIALS)
             if status in self.policy.retry_statuses:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
                 raise Retryable(RegistryError(message, status=status), retry_after)
             raise RegistryError(message, status=status)
 
@@ -395,9 +407,165 @@ class Transport:
         *,
         headers: Mapping[str, str] | None = None,
         counter: ByteCounter | None = None,
-        deadline: float | None = None,
+        budget: RetryBudget | None = None,
         exact_length: bool = False,
     ) -> str:
-        """Fill ``sink`` with the blob at ``url``, resumably; return its digest (see :func:`.download.download`)."""
-        return _download.download(self, url, sink, headers=headers, counter=counter, deadline=deadline,
-                                  exact_length=exact_length)
+        """Fill ``sink`` with the blob at ``url`` (resuming from ``sink.offset``); return its digest.
+
+        Sends ``Range: bytes=N-`` when the sink already holds ``N`` bytes, restarts the sink
+        cleanly from zero when the server does not honour the range, stops reading at the
+        expected size, and retries drops and stalls under ``budget`` (an attempt that
+        advanced the sink resets its count of failures). The sink's ``size`` must be known.
+        On a digest or size mismatch the sink is discarded and
+        :class:`DigestMismatchError`/:class:`SizeMismatchError` is raised (not retried).
+        Transfer failures after the retries raise :class:`~doras_oras.errors.TransportError`
+        and leave the sink as it is (a partial file for the next run). With ``exact_length``
+        the server must agree with the descriptor: a ``Content-Length`` other than the bytes
+        still missing, or a body without ``Content-Length`` that ends before ``size`` or runs
+        past it, is a :class:`SizeMismatchError`. Without it, the descriptor alone decides
+        where the body ends. The transport never writes a file itself.
+        """
+        size = sink.size
+        if size is None:
+            raise InvalidArgumentError("download: the sink must know the blob's size")
+        chain = budget if budget is not None else self.budget()
+        count = counter if counter is not None else ByteCounter()
+
+        def attempt() -> str:
+            while sink.offset < size:  # a range the server did not honour: again from 0, no failure
+                start = sink.offset
+                try:
+                    self._download_attempt(url, headers or {}, sink, chain, count, exact_length=exact_length)
+                except (DigestMismatchError, SizeMismatchError):
+                    sink.discard()
+                    raise
+                except Retryable as failure:
+                    if sink.offset > start and not isinstance(failure.error, TransferTimeoutError):
+                        chain.failures = 0  # the link works, only slowly: a fresh count
+                    raise
+            return sink.finish()
+
+        return chain.run(attempt)
+
+    def _download_attempt(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        sink: Sink,
+        budget: RetryBudget,
+        counter: ByteCounter,
+        *,
+        exact_length: bool,
+    ) -> None:
+        size = sink.size or 0
+        send = dict(headers)
+        send["Accept-Encoding"] = "identity"
+        if sink.offset > 0:
+            send["Range"] = f"bytes={sink.offset}-"
+            if counter.resumed_from is None:
+                counter.resumed_from = sink.offset
+        counter.requests += 1
+        try:
+            response = self._attempt(url, send, budget, authenticate=True)
+        except RegistryError as exc:
+            if exc.status == 416 and sink.offset > 0:
+                sink.discard()
+                raise SizeMismatchError(
+                    f"blob {sink.digest}: the server has nothing past byte {sink.offset}, "
+                    f"the descriptor says {size} bytes"
+                ) from exc
+            raise
+        try:
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise RegistryError(
+                    f"GET {safe_url(url)}: unexpected Content-Encoding {encoding!r} for a blob",
+                    status=response.status_code,
+                )
+            status = response.status_code
+            if status == 206:
+                content_range = parse_content_range(response.headers.get("Content-Range"))
+                if content_range is None or content_range[0] != sink.offset or content_range[2] != size:
+                    if sink.offset == 0:
+                        raise Retryable(RegistryError(
+                            f"GET {safe_url(url)}: 206 with Content-Range "
+                            f"{response.headers.get('Content-Range')!r} for a whole blob of {size} bytes",
+                            status=status,
+                        ))
+                    log.warning(
+                        "%s: Content-Range %r does not continue at %d of %d; restarting from 0",
+                        safe_url(url), response.headers.get("Content-Range"), sink.offset, size,
+                    )
+                    counter.restarts += 1
+                    sink.restart()
+                    return  # the next request has no Range, so this cannot repeat
+            elif status == 200:
+                if sink.offset > 0:
+                    log.warning("%s: range ignored (200 instead of 206); restarting from 0", safe_url(url))
+                    counter.restarts += 1
+                    sink.restart()
+            else:
+                raise RegistryError(f"GET {safe_url(url)} answered {status} to a blob download", status=status)
+            if exact_length:
+                _check_length(response, sink, url)
+            self._copy_body(response, sink, budget, counter, url, exact_length=exact_length)
+        finally:
+            response.close()
+
+    def _copy_body(
+        self,
+        response: requests.Response,
+        sink: Sink,
+        budget: RetryBudget,
+        counter: ByteCounter,
+        url: str,
+        *,
+        exact_length: bool,
+    ) -> None:
+        assert sink.size is not None
+        raw = response.raw
+        guard = ThroughputGuard(self.policy, self._clock)
+        delimited = "Content-Length" not in response.headers
+        try:
+            while sink.offset < sink.size:
+                budget.check_deadline(safe_url(url))
+                want = min(self.policy.chunk_size, sink.size - sink.offset)
+                chunk = raw.read1(want, decode_content=False)
+                if not chunk and exact_length and delimited:
+                    # The body is complete by HTTP's rules (no length announced): the blob is short.
+                    raise SizeMismatchError(f"blob {sink.digest}: got {sink.offset} bytes, expected {sink.size}")
+                if not chunk:
+                    raise Retryable(ConnectError(
+                        f"GET {safe_url(url)}: connection ended at byte {sink.offset} of {sink.size}"
+                    ))
+                sink.write(chunk)
+                counter.add(len(chunk))
+                guard.add(len(chunk))
+            if exact_length and delimited and raw.read1(1, decode_content=False):
+                raise SizeMismatchError(f"blob {sink.digest}: more than the expected {sink.size} bytes")
+        except Stalled:
+            raise self._stalled(url, f" at byte {sink.offset} of {sink.size}") from None
+        except NETWORK_ERRORS as exc:
+            raise Retryable(translate(exc, url, at=sink.offset)) from exc
+
+
+def _unread_answer(failure: Retryable) -> requests.Response:
+    """The error answer a failure carries, handed to the caller when retries run out."""
+    assert failure.response is not None
+    return failure.response
+
+
+def _check_length(response: requests.Response, sink: Sink, url: str) -> None:
+    """With ``exact_length``: a ``Content-Length`` must announce exactly the missing bytes."""
+    assert sink.size is not None
+    declared = response.headers.get("Content-Length")
+    if declared is None:
+        return
+    missing = sink.size - sink.offset
+    if declared.strip().isdigit() and int(declared) == missing:
+        return
+    where = f" from byte {sink.offset}" if sink.offset else ""
+    raise SizeMismatchError(
+        f"blob {sink.digest}: {safe_url(url)} announces {declared.strip()!r} bytes{where}, "
+        f"the descriptor says {sink.size} bytes in all"
+    )

@@ -27,6 +27,8 @@ from ..errors import ConnectError, Fix, RegistryError, TransferTimeoutError, Tra
 from ..redact import redact, shorten
 from ..urls import origin, safe_url
 
+#: The statuses of a redirect (followed only with a ``Location``).
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Error bodies are read up to this many bytes, never more.
 ERROR_BODY_CAP = 64 * 1024
 #: Unwanted bodies (redirects, 401 challenges) up to this size are read to keep the connection.

@@ -1,22 +1,26 @@
 """The knobs that bound every transfer (:class:`TransferPolicy`), what a transfer cost
 (:class:`ByteCounter`), how long to wait before the next attempt (:func:`retry_wait_s`),
-and the protocol registry authentication answers (:class:`AuthHook`)."""
+the retry budget of a request chain with the one retry loop (:class:`RetryBudget`), and
+the minimum throughput of a body (:class:`ThroughputGuard`)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-from collections.abc import Callable, Mapping
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
-
-import requests
+from typing import TypeVar
 
 from ..backoff import next_delay
-from ..errors import InvalidArgumentError
+from ..errors import Fix, InvalidArgumentError, TransferTimeoutError, TransportError
+from .failures import Retryable, Stalled, error_kwargs
 
-if TYPE_CHECKING:
-    from .client import Transport
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Statuses that are retried (with backoff) besides connection failures.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -107,18 +111,6 @@ class ByteCounter:
             self.on_progress(self.received)
 
 
-class AuthHook(Protocol):
-    """Registry authentication as the transport sees it (see :mod:`doras_oras.auth`)."""
-
-    def headers_for(self, url: str) -> Mapping[str, str]:
-        """Headers (``Authorization``) to send with a request to ``url``; empty if none."""
-        ...
-
-    def on_unauthorized(self, url: str, response: requests.Response, transport: Transport) -> bool:
-        """Handle a 401 from ``url``; True when new credentials make a retry worthwhile."""
-        ...
-
-
 def retry_wait_s(
     failures: int,
     policy: TransferPolicy,
@@ -132,6 +124,124 @@ def retry_wait_s(
     ``wait_initial_s`` with ±50 % jitter, capped at ``wait_max_s``; a server's
     ``Retry-After`` replaces it, capped at ``retry_after_max_s``.
     """
-    return next_delay(max(failures - 1, 0), base_delay_s=policy.wait_initial_s,
-                      max_delay_s=policy.wait_max_s, jitter=min(rand(), 0.999999),
-                      retry_after_s=retry_after_s, retry_after_max_s=policy.retry_after_max_s)
+    return RetryBudget.of(policy, rand=rand).delay_s(failures, retry_after_s)
+
+
+@dataclass(kw_only=True)
+class RetryBudget:
+    """The attempts, waits and deadline of one request chain, and the one retry loop (:meth:`run`).
+
+    A chain is what one public operation sends: a resolve (``HEAD``, then a
+    ``GET`` where the ``HEAD`` was no use), a manifest read, a blob download
+    (its ranged resumes included). Every request of a chain draws on the same
+    budget: at most ``attempts`` consecutive failed attempts in all, the
+    waits between them from the one formula (``wait_initial_s`` doubling up
+    to ``wait_max_s``, ±50 % jitter; a ``Retry-After`` capped at
+    ``retry_after_max_s``), and no wait that would pass ``deadline`` (a
+    :func:`time.monotonic` instant; ``None``: none). ``clock``, ``sleep`` and
+    ``rand`` are injectable: tests assert waits without waiting.
+    """
+
+    attempts: int
+    deadline: float | None
+    wait_initial_s: float
+    wait_max_s: float
+    retry_after_max_s: float
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    rand: Callable[[], float] = random.random
+    failures: int = 0
+    waited_s: float = 0.0
+
+    @classmethod
+    def of(cls, policy: TransferPolicy, *, deadline: float | None = None,
+           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+           rand: Callable[[], float] = random.random) -> RetryBudget:
+        """The budget ``policy`` gives a chain starting now (``deadline`` overrides ``policy.deadline_s``)."""
+        if deadline is None and policy.deadline_s is not None:
+            deadline = clock() + policy.deadline_s
+        return cls(attempts=policy.max_attempts, deadline=deadline, wait_initial_s=policy.wait_initial_s,
+                   wait_max_s=policy.wait_max_s, retry_after_max_s=policy.retry_after_max_s,
+                   clock=clock, sleep=sleep, rand=rand)
+
+    @property
+    def spent(self) -> bool:
+        """Whether the chain has no attempt left."""
+        return self.failures >= self.attempts
+
+    def remaining_s(self) -> float | None:
+        return None if self.deadline is None else self.deadline - self.clock()
+
+    def check_deadline(self, what: str) -> None:
+        left = self.remaining_s()
+        if left is not None and left <= 0:
+            raise TransferTimeoutError(f"{what}: overall deadline of the transfer passed", fix=Fix.DEADLINE)
+
+    def run(self, attempt: Callable[[], T], *, give_up: Callable[[Retryable], T] | None = None) -> T:
+        """Call ``attempt`` until it returns, waiting after each :class:`Retryable` it raises.
+
+        When the budget is spent (attempts or deadline) the last failure is raised as its
+        :class:`TransportError`; with ``give_up`` a failure that carries an unread answer is
+        handed to it instead (the caller reads the error status itself).
+        """
+        while True:
+            try:
+                return attempt()
+            except Retryable as failure:
+                try:
+                    self.wait(failure)
+                except TransportError:
+                    if give_up is not None and failure.response is not None:
+                        return give_up(failure)
+                    raise
+                if failure.response is not None:
+                    failure.response.close()
+
+    def delay_s(self, failures: int, retry_after_s: float | None = None) -> float:
+        """The wait after ``failures`` failed attempts (>= 1): the project's one formula."""
+        return next_delay(max(failures - 1, 0), base_delay_s=self.wait_initial_s, max_delay_s=self.wait_max_s,
+                          jitter=min(self.rand(), 0.999999), retry_after_s=retry_after_s,
+                          retry_after_max_s=self.retry_after_max_s)
+
+    def wait(self, failure: Retryable) -> None:
+        """Count ``failure``; sleep before the next attempt, or raise when none is left."""
+        self.failures += 1
+        if self.failures >= self.attempts:
+            raise type(failure.error)(
+                f"{failure.error.detail} (gave up after {self.failures} attempts)",
+                **error_kwargs(failure.error),
+            ) from failure.error
+        wait = self.delay_s(self.failures, failure.retry_after_s)
+        left = self.remaining_s()
+        if left is not None and wait >= left:
+            raise TransferTimeoutError(
+                f"{failure.error.detail}; the next attempt would pass the overall deadline", fix=failure.error.fix,
+            ) from failure.error
+        log.info("attempt %d failed (%s); retrying in %.2f s", self.failures, failure.error, wait)
+        self.waited_s += wait
+        self.sleep(wait)
+
+
+class ThroughputGuard:
+    """Raises :class:`Stalled` when a body is slower than the policy's minimum over its window."""
+
+    def __init__(self, policy: TransferPolicy, clock: Callable[[], float]) -> None:
+        self.window_s = policy.throughput_window_s
+        self.needed = policy.min_bytes_per_s * policy.throughput_window_s
+        self.clock = clock
+        self.total = 0
+        self.samples: deque[tuple[float, int]] = deque([(clock(), 0)])
+
+    def add(self, n: int) -> None:
+        if self.needed <= 0:
+            return
+        now = self.clock()
+        self.total += n
+        if now - self.samples[-1][0] >= self.window_s / 16:
+            self.samples.append((now, self.total))
+        # samples[0] stays the newest sample at least one window old.
+        while len(self.samples) > 1 and now - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+        first_time, first_total = self.samples[0]
+        if now - first_time >= self.window_s and self.total - first_total < self.needed:
+            raise Stalled()
