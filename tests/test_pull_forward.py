@@ -113,7 +113,7 @@ def test_allow_downgrade_installs_the_older_version_and_says_which_rule_decided(
 
 
 def test_a_forward_pull_records_the_order_and_the_next_pull_compares_with_it(env: Env, tmp_path: Path) -> None:
-    repo, (v1, v2) = release(env, "forward", tmp_path)
+    repo, (v1, _v2) = release(env, "forward", tmp_path)
     layout = tmp_path / "L"
     code, first = pull(env, repo, "v1", layout)
     assert code == 0 and first["trust"]["order"]["outcome"] == "first"  # type: ignore[index]

@@ -60,7 +60,7 @@ def test_nothing_installed_is_the_first_install() -> None:
 
 
 def test_a_target_without_created_is_refused_when_something_is_installed() -> None:
-    with pytest.raises(errors.MissingOrderError, match="org.opencontainers.image.created"):
+    with pytest.raises(errors.MissingOrderError, match=r"org\.opencontainers\.image\.created"):
         decide(made(None), made("2026-02-01T00:00:00Z"), CREATED, now=NOW)
 
 
@@ -204,8 +204,8 @@ def test_the_rollback_and_stale_reasons_are_their_own() -> None:
 
 
 def _key_loader(path: Path) -> object:
-    from doras_oras.trust import parse_public_key
     from doras_oras.testing.signing import SigningKey
+    from doras_oras.trust import parse_public_key
 
     key = SigningKey.generate(path.parent / "generated")
     return parse_public_key(key.public_path.read_bytes(), name=path.name)

@@ -27,7 +27,15 @@ from typing import Any
 from ..errors import DorasOrasError
 from ..layout import ANNOTATION_SIGNED_CREATED, ANNOTATION_SIGNED_PREFIX, ImageEntry, OCILayout
 from ..reference import Reference
-from ..trust import CREATED_ANNOTATION, Decision, OrderRule, Standing, TrustResult, Verification, decide
+from ..trust import (
+    CREATED_ANNOTATION,
+    Decision,
+    OrderRule,
+    Standing,
+    TrustResult,
+    Verification,
+    decide,
+)
 
 
 def _created_in(body: bytes) -> str | None:

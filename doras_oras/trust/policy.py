@@ -39,7 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AnnotationMismatchError, SchemaValidationError, TrustConfigError, UntrustedRepositoryError
+from ..errors import (
+    AnnotationMismatchError,
+    SchemaValidationError,
+    TrustConfigError,
+    UntrustedRepositoryError,
+)
 from ..reference import Reference
 from ..schemas import validate
 from .forward import ORDER_CREATED, OrderRule
@@ -123,7 +128,7 @@ class PolicyRule:
     pattern: str
     keys: tuple[TrustedKey, ...]
     annotations: Mapping[str, str]
-    order: OrderRule = OrderRule()
+    order: OrderRule = field(default_factory=OrderRule)
     """What orders this repository's releases (default: the manifest's ``created``)."""
     _regex: re.Pattern[str] = field(repr=False, compare=False, default=re.compile(""))
 
