@@ -243,8 +243,8 @@ def test_the_forward_flags_need_verification(env: Env, tmp_path: Path, flags: tu
     assert proc.returncode == 2 and "needs --verify-key" in proc.stderr
 
 
-@pytest.mark.parametrize("bad", ["0", "-1d", "week", "nand"])
+@pytest.mark.parametrize("bad", ["0", "0d", "week", "nand"])
 def test_max_age_must_be_a_positive_duration(env: Env, tmp_path: Path, bad: str) -> None:
     proc = env.bed.pull_cli(f"{env.bed.host}/x/y:v1", tmp_path / "L", "--verify-key", str(env.key.public),
                             "--max-age", bad)
-    assert proc.returncode == 2 and "--max-age" in proc.stderr
+    assert proc.returncode == 2 and "duration" in proc.stderr and "--max-age" in proc.stderr
