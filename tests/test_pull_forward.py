@@ -248,3 +248,34 @@ def test_max_age_must_be_a_positive_duration(env: Env, tmp_path: Path, bad: str)
     proc = env.bed.pull_cli(f"{env.bed.host}/x/y:v1", tmp_path / "L", "--verify-key", str(env.key.public),
                             "--max-age", bad)
     assert proc.returncode == 2 and "duration" in proc.stderr and "--max-age" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- the library, and older layouts
+
+
+def test_pull_full_with_verify_refuses_a_rollback_unless_allowed(env: Env, tmp_path: Path) -> None:
+    from doras_oras import errors
+    from doras_oras.full import pull_full
+    from doras_oras.trust import Requirement, load_public_key
+
+    repo, (v1, v2) = release(env, "library", tmp_path)
+    layout = OCILayout.open(tmp_path / "L")
+    keys = Requirement.from_keys([load_public_key(env.key.public)])
+    with env.bed.client() as client:
+        assert pull_full(client, f"{env.bed.host}/{repo}:v2", layout, verify=keys).manifest.digest == v2
+        with pytest.raises(errors.RollbackError):
+            pull_full(client, f"{env.bed.host}/{repo}:v1", layout, verify=keys)
+        assert [i.source_digest for i in layout.images()] == [v2]
+        back = pull_full(client, f"{env.bed.host}/{repo}:v1", layout, verify=keys, allow_downgrade=True)
+    assert back.manifest.digest == v1 and back.trust is not None and back.trust.order is not None
+    assert back.trust.order.outcome == "downgrade-allowed"
+
+
+def test_an_image_stored_without_verification_is_ordered_by_its_stored_created(env: Env, tmp_path: Path) -> None:
+    """No record on the entry (pulled before verification was on): its stored manifest's created counts."""
+    repo, _ = release(env, "unrecorded", tmp_path)
+    layout = tmp_path / "L"
+    plain = env.bed.pull_cli(f"{env.bed.host}/{repo}:v2", layout)
+    assert plain.returncode == 0, plain.stderr
+    assert ANNOTATION_SIGNED_CREATED not in OCILayout.open(layout).images()[-1].descriptor.annotations
+    assert_refused_untouched(env, repo, "v1", layout, "rollback")
