@@ -254,3 +254,10 @@ def test_tag_placeholder_without_a_tag_is_refused(tmp_path: Path) -> None:
     verification = Verification(keys=Requirement.from_keys([key], {"tag": "{tag}"}))  # type: ignore[list-item]
     with pytest.raises(errors.AnnotationMismatchError, match="names no tag"):
         verification.requirements_for(REF.with_digest("sha256:" + "a" * 64))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan")])
+def test_a_max_age_that_is_not_positive_is_a_config_error(tmp_path: Path, bad: float) -> None:
+    key = _key_loader(tmp_path / "k.pub")
+    with pytest.raises(errors.TrustConfigError, match="max_age_s"):
+        Verification(keys=Requirement.from_keys([key]), max_age_s=bad)  # type: ignore[list-item]

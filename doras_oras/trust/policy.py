@@ -202,6 +202,8 @@ class Verification:
             raise TrustConfigError("a verification needs a trust policy or keys")
         if self.keys is not None and not self.keys.required:
             raise TrustConfigError("command-line verification without a key: nothing could verify")
+        if self.max_age_s is not None and not self.max_age_s > 0:
+            raise TrustConfigError(f"max_age_s must be a positive number of seconds, not {self.max_age_s}")
 
     @classmethod
     def of(cls, value: Verification | Requirement | TrustPolicy) -> Verification:
