@@ -332,7 +332,7 @@ class TrustError(DorasOrasError):
 
     ``reason`` is a short machine-readable word (``not-found``, ``malformed``,
     ``limit``, ``bad-signature``, ``annotation``, ``payload``, ``untrusted``,
-    ``chain``, ``config``); the message names what was wrong. The CLI exits with code 5.
+    ``chain``, ``config``, ``rollback``, ``stale``, ``unordered``); the message names what was wrong. The CLI exits with code 5.
     """
 
     reason = "trust"
@@ -377,6 +377,24 @@ class PayloadMismatchError(TrustError):
     """A signature verified, but its payload names another digest, repository or type."""
 
     reason = "payload"
+
+
+class RollbackError(TrustError):
+    """A verified target is older than the installed image of its repository (a rollback)."""
+
+    reason = "rollback"
+
+
+class StaleTargetError(TrustError):
+    """A verified target's signed creation time is older than the freshness bound allows (a freeze)."""
+
+    reason = "stale"
+
+
+class MissingOrderError(TrustError):
+    """A verified target lacks the value (creation time, signed version) the order or freshness rule needs."""
+
+    reason = "unordered"
 
 
 class UntrustedRepositoryError(TrustError):

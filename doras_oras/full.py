@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,6 +82,8 @@ def pull_full(
     verify: Verification | Requirement | TrustPolicy | None = None,
     attachments: Sequence[Attachment] = (),
     before_commit: BeforeCommit | None = None,
+    annotations: Mapping[str, str] | None = None,
+    allow_downgrade: bool = False,
 ) -> FullPullResult:
     """Verified full pull of ``ref`` into ``layout``; ``index.json`` is written last.
 
@@ -96,6 +98,9 @@ def pull_full(
     digest is signed as required. ``attachments``: manifests to commit beside
     the image (signatures the caller verified; :func:`doras_oras.pull.pull_delta` does).
     ``before_commit(manifest)`` runs before ``index.json`` is written (:data:`BeforeCommit`).
+    With ``verify``, a target older than the newest image of its repository in ``layout`` is
+    refused (a rollback) unless ``allow_downgrade`` (docs/trust.md). ``annotations``: more
+    annotations for the image's ``index.json`` entry.
     """
     client = registry_client_of(registry)
     ref = Reference.parse(ref) if isinstance(ref, str) else ref
@@ -109,42 +114,50 @@ def pull_full(
     with client.pull_deadline():
         start = client.bytes_received
         trust = None
+        notes = dict(annotations or {})
         if verify is not None:
-            trust, parsed, attachments = _verified(client, ref, parsed, verify)
+            trust, parsed, attachments, recorded = _verified(client, ref, layout, parsed, verify, allow_downgrade)
+            notes.update(recorded)
         result = _pull_full(client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
                             progress=progress, attachments=attachments,
-                            before_commit=before_commit)
+                            before_commit=before_commit, annotations=notes)
     return dataclasses.replace(result, bytes_received=client.bytes_received - start, trust=trust)
 
 
 def _verified(
-    client: RegistryClient, ref: Reference, parsed: schemas.ParsedManifest | None,
-    verify: Verification | Requirement | TrustPolicy,
-) -> tuple[TrustResult, schemas.ParsedManifest, list[Attachment]]:
-    """Resolve, verify the digest, then fetch exactly that manifest (or index)."""
+    client: RegistryClient, ref: Reference, layout: OCILayout, parsed: schemas.ParsedManifest | None,
+    verify: Verification | Requirement | TrustPolicy, allow_downgrade: bool,
+) -> tuple[TrustResult, schemas.ParsedManifest, list[Attachment], dict[str, str]]:
+    """Resolve, verify the digest, fetch exactly that manifest (or index), refuse a rollback."""
     from .signatures import (  # cryptography loads only for a verified pull
         attachments_of,
+        check_forward,
+        target_standing,
         verify_in_registry,
     )
     from .trust import Verification
 
+    verification = dataclasses.replace(Verification.of(verify), tag=ref.tag)
     resolved = parsed.descriptor if parsed is not None else client.resolve(ref)
-    trust = verify_in_registry(client, ref.with_digest(resolved.digest), Verification.of(verify))
+    trust = verify_in_registry(client, ref.with_digest(resolved.digest), verification)
     if parsed is None:
         parsed = client.fetch_parsed(ref, expected=resolved)
-    return trust, parsed, attachments_of(trust, parsed.body)
+    trust, recorded = check_forward(layout, ref, trust, verification,
+                                    target_standing(trust, parsed.body, resolved.digest),
+                                    allow_downgrade=allow_downgrade)
+    return trust, parsed, attachments_of(trust, parsed.body), recorded
 
 
 def _pull_full(
     client: RegistryClient, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout: float,
     parsed: schemas.ParsedManifest | None, progress: Progress | None, attachments: Sequence[Attachment],
-    before_commit: BeforeCommit | None,
+    before_commit: BeforeCommit | None, annotations: Mapping[str, str],
 ) -> FullPullResult:
     start = client.bytes_received
     top = parsed if parsed is not None else client.fetch_parsed(ref)
     resolved = top.descriptor
     manifest = top
-    notes: dict[str, str] = {ANNOTATION_PULLED_BY: "full"}
+    notes: dict[str, str] = {ANNOTATION_PULLED_BY: "full", **annotations}
     if top.is_index:
         chosen = choose_manifest(top.document, platform or host_platform(), what=str(ref))
         manifest = client.fetch_parsed(ref, expected=chosen)

@@ -319,6 +319,7 @@ def pull_delta(
     platform: str | None = None,
     verify: Verification | Requirement | TrustPolicy | None = None,
     output_dir: str | os.PathLike[str] | None = None,
+    allow_downgrade: bool = False,
 ) -> PullResult:
     """Update ``oci_layout`` to ``target``, by delta when possible. See the module docstring.
 
@@ -333,7 +334,9 @@ def pull_delta(
     is sent. ``verify`` (a :class:`~doras_oras.trust.Verification`, or keys as a
     :class:`~doras_oras.trust.Requirement`, or a :class:`~doras_oras.trust.TrustPolicy`):
     refuse the target with a :class:`~doras_oras.errors.TrustError` unless its signature
-    verifies, before a delta is asked for or a blob fetched (docs/trust.md). A layout this
+    verifies, before a delta is asked for or a blob fetched (docs/trust.md); a verified target
+    older than the installed image of its repository is refused too (a rollback, unless
+    ``allow_downgrade``), and so is one older than ``Verification.max_age_s``. A layout this
     call created is removed again when the pull fails and leaves nothing in it (no partial
     download to resume, no budget record).
     """
@@ -348,7 +351,7 @@ def pull_delta(
     base_ref = Reference.parse_relative(from_ref, target_ref) if isinstance(from_ref, str) else from_ref
     if base_ref is not None and not base_ref.same_repository(target_ref):
         raise InvalidArgumentError(f"--from {base_ref} is not in the repository of {target_ref}")
-    verification = _verification(verify)
+    verification = _verification(verify, target_ref.tag)
     # A layout this call creates (None: one that exists, or the caller's object) is removed
     # again if the pull fails: True when the directory is new too, False when it was empty.
     created: bool | None = None
@@ -377,6 +380,7 @@ def pull_delta(
         platform=platform,
         verification=verification,
         output_dir=Path(output_dir) if output_dir is not None else None,
+        allow_downgrade=allow_downgrade,
     )
     try:
         with layout.lock(timeout=lock_timeout_s), client.pull_deadline():
@@ -401,12 +405,13 @@ def _apply_needs(root: Path, delta: Delta, base_layer: Descriptor, target_layer:
     return needs
 
 
-def _verification(verify: Verification | Requirement | TrustPolicy | None) -> Verification | None:
+def _verification(verify: Verification | Requirement | TrustPolicy | None, tag: str | None) -> Verification | None:
+    """The one shape of ``verify``, bound to the tag being pulled (``{tag}`` in required annotations)."""
     if verify is None:
         return None
     from .trust import Verification  # cryptography loads only for a verified pull
 
-    return Verification.of(verify)
+    return replace(Verification.of(verify), tag=tag)
 
 
 @dataclass
@@ -439,6 +444,9 @@ class _PullRun:
     """The digest whose signature verified: the only one this pull may install."""
     keep: list[Attachment] = field(default_factory=list)
     """The signature manifests to commit beside the target."""
+    allow_downgrade: bool = False
+    notes: dict[str, str] = field(default_factory=dict)
+    """The signed order values to record on the target's entry (``io.doras-oras.signed.*``)."""
 
     def __post_init__(self) -> None:
         self.received_at_start = self.registry.bytes_received
@@ -503,9 +511,11 @@ class _PullRun:
         if held is not None:
             attachments = self.verify_held(held, resolved)
             self.before_commit(held.descriptor)
-            if (held.tag != target.tag and target.tag) or attachments:
+            unrecorded = any(held.descriptor.annotations.get(k) != v for k, v in self.notes.items())
+            if (held.tag != target.tag and target.tag) or attachments or unrecorded:
                 notes = {key: value for key, value in held.descriptor.annotations.items()
                          if key in (ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM, ANNOTATION_PULLED_BY)}
+                notes.update(self.notes)
                 layout.commit_image(held.descriptor, repository=target.name, tag=target.tag or held.tag,
                                     source_digest=held.source_digest, annotations=notes or None,
                                     attachments=attachments)
@@ -514,6 +524,7 @@ class _PullRun:
                                to_digest=resolved.digest)
         self.verify(resolved.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
         tgt = _Target(target, registry.fetch_parsed(target, expected=resolved))
+        self.go_forward(tgt.body, resolved.digest, None)  # a rollback or stale target: refused, nothing fetched
         self.keep = self.attachments(tgt)  # the verified signatures, committed with the target
         if tgt.descriptor.media_type in INDEX_MEDIA_TYPES:
             return self.full(tgt, ReasonCode.INDEX_TARGET, "the target is an image index; Doras deltas are "
@@ -550,6 +561,17 @@ class _PullRun:
         self.trust = verify_in_registry(self.registry, self.target.with_digest(digest), self.verification)
         self.verified = digest
 
+    def go_forward(self, body: bytes, digest: str, held: ImageEntry | None) -> None:
+        """With ``verify``: the target (``body``, the bytes of the signed ``digest``; or the layout's
+        ``held`` image) must not be older than the installed image, nor stale (docs/trust.md)."""
+        if self.verification is None or self.trust is None:
+            return
+        from .signatures import check_forward, standing_of, target_standing
+
+        standing = standing_of(self.layout, held) if held is not None else target_standing(self.trust, body, digest)
+        self.trust, self.notes = check_forward(self.layout, self.target, self.trust, self.verification, standing,
+                                               allow_downgrade=self.allow_downgrade)
+
     def verify_held(self, held: ImageEntry, resolved: Descriptor) -> list[Attachment]:
         """Up to date, with ``verify``: the stored copy of the signature is checked again (no request).
 
@@ -567,11 +589,15 @@ class _PullRun:
         try:
             self.trust = verify_in_layout(self.layout, self.target.with_digest(resolved.digest), self.verification)
             self.verified = resolved.digest
+            self.go_forward(b"", resolved.digest, held)
             return []
         except TrustError as exc:
+            if self.trust is not None:  # the signature passed; the order or freshness did not
+                raise
             log.info("the layout's copy of the signature does not pass (%s); checking the registry's", exc)
         self.verify(resolved.digest)
         assert self.trust is not None
+        self.go_forward(b"", resolved.digest, held)
         signed = None if resolved.digest == held.descriptor.digest else (
             self.registry.fetch_parsed(self.target, expected=resolved).body)  # an index, a rewritten original
         return attachments_of(self.trust, signed)
@@ -609,7 +635,8 @@ class _PullRun:
             self.check_space(tgt, [(self.layout.root, blob.size) for blob in missing],
                              what=f"a full pull of {tgt.ref}")
         pulled = pull_full(self.registry, tgt.ref, self.layout, parsed=tgt.parsed, platform=self.platform,
-                           progress=self.progress, attachments=self.keep, before_commit=self.before_commit)
+                           progress=self.progress, attachments=self.keep, before_commit=self.before_commit,
+                           annotations=self.notes)
         return self.result(STATUS_FULL, code, reason, tgt, from_digest=base.source_digest if base else None,
                            stored_digest=pulled.manifest.digest, blobs_fetched=pulled.blobs_fetched,
                            blobs_reused=pulled.blobs_reused, fix=fix)
@@ -749,7 +776,8 @@ class _PullRun:
             self.before_commit(manifest)
             return layout.commit_image(manifest, repository=tgt.ref.name, tag=tgt.ref.tag,
                                        source_digest=tgt.descriptor.digest,
-                                       annotations={ANNOTATION_PULLED_BY: f"delta {delta.algorithm.value}"},
+                                       annotations={ANNOTATION_PULLED_BY: f"delta {delta.algorithm.value}",
+                                                    **self.notes},
                                        attachments=attachments)
         except BaseException:  # files not written or the commit failed: nothing of this pull stays in blobs/
             layout.discard_unreferenced([manifest.digest, stored.digest, tgt.config.digest])

@@ -172,14 +172,16 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         parsed: schemas.ParsedManifest | None = None,
         progress: Progress | None = None,
         verify: Verification | Requirement | TrustPolicy | None = None,
+        allow_downgrade: bool = False,
     ) -> FullPullResult:
         """Verified full pull of ``ref`` into ``layout`` (see :func:`doras_oras.full.pull_full`).
 
         ``verify``: a :class:`~doras_oras.trust.Verification`, ``Requirement`` or
-        ``TrustPolicy``; the target is refused unless its signature verifies (docs/trust.md).
+        ``TrustPolicy``; the target is refused unless its signature verifies, and when it is
+        older than the layout's newest image of its repository unless ``allow_downgrade`` (docs/trust.md).
         """
         return pull_full(self.client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
-                         progress=progress, verify=verify)
+                         progress=progress, verify=verify, allow_downgrade=allow_downgrade)
 
     def pull_delta(
         self,

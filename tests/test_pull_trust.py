@@ -404,7 +404,7 @@ def test_trust_policy_per_repository_glob_and_how_it_combines_with_keys(bed: Tru
     free = pull(tools)
     assert free.returncode == 0, free.stderr
     assert one_json(free)["trust"] == {"required": False, "rule": "trust-pull/tools-*", "signature": None,
-                                       "origin": "registry", "checks": []}
+                                       "origin": "registry", "checks": [], "order": None}
     untrusted = pull(other)
     assert untrusted.returncode == 5 and error_json(untrusted)["error"] == "UntrustedRepositoryError"
     assert not (tmp_path / "L-other-0" / "blobs" / "sha256").exists() or not any(

@@ -116,7 +116,7 @@ def test_two_requirements_met_by_one_manifest_read_it_once(signer: Signer, secon
     assert len([c for c in source.calls if c.startswith("blob")]) == len(set(c for c in source.calls
                                                                               if c.startswith("blob")))
     document = result.to_json()
-    assert set(document) == {"required", "rule", "signature", "origin", "checks"}
+    assert set(document) == {"required", "rule", "signature", "origin", "checks", "order"}
     assert [c["signature"]["key"]["fingerprint"] for c in document["checks"]] == [
         signer.key.identity.fingerprint, second.key.identity.fingerprint]
     assert json.loads(json.dumps(document)) == document

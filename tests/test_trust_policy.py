@@ -225,6 +225,6 @@ def test_trust_imports_only_pure_modules_and_cryptography() -> None:
                 seen.update(alias.name.split(".")[0] for alias in node.names)
     project = {name for name in seen if name in {"doras_oras"} | {p.stem for p in package.parent.glob("*.py")}}
     assert project <= ALLOWED, project
-    third_party = seen - project - {"__future__", "base64", "binascii", "collections", "dataclasses", "enum",
+    third_party = seen - project - {"__future__", "base64", "binascii", "collections", "dataclasses", "datetime", "enum",
                                     "hashlib", "json", "logging", "pathlib", "re", "typing"}
     assert third_party <= {"cryptography"}, third_party

@@ -300,7 +300,7 @@ def test_enforce(signer: Signer) -> None:
     nothing = MemorySource()
     free = enforce(nothing, TARGET, Requirement(keys=(), rule="tools/**"))
     assert free.to_json() == {"required": False, "rule": "tools/**", "signature": None, "origin": "registry",
-                              "checks": []}
+                              "checks": [], "order": None}
     assert nothing.calls == []
     with pytest.raises(errors.SignatureNotFoundError):
         enforce(nothing, TARGET, Requirement.from_keys([signer.key]))

@@ -2,7 +2,7 @@
 
 - :func:`add_server_options`: ``--server``, ``--accept``, ``--async``, ``--timeout``;
 - :func:`add_connection_options`: TLS, credentials, timeouts (registry and Doras server alike);
-- :func:`add_trust_options`: ``--verify-key``, ``--verify-annotation``, ``--trust-policy``
+- :func:`add_trust_options`: ``--verify-key``, ``--verify-annotation``, ``--trust-policy``, ``--max-age``
   (``pull`` and ``verify``), read by :func:`verification_from_args`;
 - :func:`registry_from_args`, :func:`edge_auth_from_args`, :func:`policy_from_args`;
 - the argparse types of numbers (:func:`seconds`, :func:`seconds_or_zero`, :func:`count`):
@@ -39,6 +39,22 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(text: str) -> float:
+    """argparse type: a positive duration, seconds or with a unit: ``90s``, ``30m``, ``12h``, ``7d``, ``2w``."""
+    unit = text[-1:].lower()
+    number = text[:-1] if unit in _UNITS else text
+    try:
+        value = float(number) * _UNITS.get(unit, 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 12h, 7d)") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive duration, not {text!r}")
     return value
 
 
@@ -222,6 +238,9 @@ def add_trust_options(parser: argparse.ArgumentParser, *, required: bool = False
     group.add_argument("--trust-policy", metavar="FILE",
                        help="a trust policy (JSON, schemas/trust-policy.json): which keys each repository "
                             "needs; with --verify-key, both must pass")
+    group.add_argument("--max-age", type=duration, metavar="DURATION",
+                       help="refuse a target whose signed creation time is older than this (e.g. 30d): "
+                            "a registry that stopped showing new releases")
     parser.set_defaults(trust_required=required)
 
 
@@ -234,6 +253,10 @@ def verification_from_args(args: argparse.Namespace) -> Verification | None:
     loaded here, before anything is sent.
     """
     keys_given, annotations_given, policy_file = args.verify_key, args.verify_annotation, args.trust_policy
+    max_age = getattr(args, "max_age", None)
+    if max_age is not None and not keys_given and policy_file is None:
+        raise InvalidArgumentError("--max-age needs --verify-key or --trust-policy (only a signed creation time "
+                                   "can be trusted)")
     if annotations_given and not keys_given:
         raise InvalidArgumentError("--verify-annotation needs --verify-key (the annotation is checked in a "
                                    "payload that key signed)")
@@ -255,4 +278,4 @@ def verification_from_args(args: argparse.Namespace) -> Verification | None:
         annotations[key] = value
     requirement = Requirement.from_keys(load_public_keys(keys_given), annotations) if keys_given else None
     policy = load_policy(policy_file) if policy_file is not None else None
-    return Verification(policy=policy, keys=requirement)
+    return Verification(policy=policy, keys=requirement, max_age_s=max_age)

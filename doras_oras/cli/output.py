@@ -3,7 +3,7 @@
 Every error goes through :func:`report_error`: one line ``doras-oras: error: ...``
 on stderr and, with ``--json``, one object ``{"status": "error", "error": CLASS,
 "message": ..., "exit_code": N, "fix": CODE, "hint": ...}`` on stdout (plus the
-Doras server's fields for its errors), so that a script always gets one JSON object.
+Doras server's fields for its errors, and ``reason`` for a trust failure), so that a script always gets one JSON object.
 
 The library words the fix of an error (:class:`~doras_oras.errors.Fix`) in
 Python API terms; the command says it in its own flags: :data:`CLI_HINTS`
@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from ..errors import DorasOrasError, DorasServerError, Fix
+from ..errors import DorasOrasError, DorasServerError, Fix, TrustError
 from ..reference import Reference
 
 PREFIX = "doras-oras: error: "
@@ -113,6 +113,8 @@ def error_object(error: BaseException | str, code: int, args: argparse.Namespace
     }
     if isinstance(error, DorasServerError):
         obj.update(http_status=error.status, server_message=error.message, context=error.context)
+    if isinstance(error, TrustError):
+        obj["reason"] = error.reason  # exit 5's reason code: not-found, bad-signature, rollback, stale, ...
     return obj
 
 

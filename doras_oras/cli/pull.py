@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from .options import (
     add_trust_options,
     check_server_only,
     credentials_from_args,
+    duration,
     registry_from_args,
     seconds_or_zero,
     verification_from_args,
@@ -65,13 +65,7 @@ def _budget(text: str) -> tuple[int, float]:
     """``BYTES/SECONDS``, e.g. ``100M/86400`` or ``1G/30d`` (s, m, h, d suffixes)."""
     try:
         amount, period = text.split("/", 1)
-        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-        factor = seconds.get(period[-1:].lower(), 1)
-        number = period[:-1] if period[-1:].lower() in seconds else period
-        value = float(number) * factor
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(period)
-        return _size(amount), value
+        return _size(amount), duration(period)
     except (ValueError, IndexError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"invalid budget {text!r}: use BYTES/PERIOD with a positive period, "
                                          "e.g. 100M/1d") from None
@@ -96,6 +90,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="accept a tar-diff result that cannot be verified (no content digest)")
     parser.add_argument("--max-size", type=_size, metavar="BYTES",
                         help="refuse artifacts declaring more bytes (K/M/G suffixes)")
+    parser.add_argument("--allow-downgrade", action="store_true",
+                        help="with signature verification: install a target older than the installed image "
+                             "(a deliberate downgrade; refused otherwise, exit 5)")
     parser.add_argument("--budget", type=_budget, metavar="BYTES/PERIOD",
                         help="download budget counted across runs in the layout, e.g. 100M/1d")
     parser.add_argument("--output", "-o", metavar="DIR",
@@ -136,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--from {from_ref} is not in the repository of {ref}")
     _check_paths(args)
     verification = verification_from_args(args)  # keys and policy loaded before anything is sent
+    if args.allow_downgrade and verification is None:
+        raise InvalidArgumentError("--allow-downgrade needs --verify-key or --trust-policy (without verification "
+                                   "nothing is ordered)")
     credentials = credentials_from_args(args)
     registry = registry_from_args(args, credentials)
     _understood(args.reference, ref)
@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             progress=display.progress if display else None, on_wait=display.waiting if display else None,
             max_size=args.max_size, budget=args.budget, lock_timeout_s=args.lock_timeout,
             platform=args.platform, verify=verification, output_dir=args.output,
+            allow_downgrade=args.allow_downgrade,
         )
     finally:
         if display is not None:

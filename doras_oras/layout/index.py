@@ -47,6 +47,12 @@ ANNOTATION_SOURCE_PLATFORM = ANNOTATION_PREFIX + "source.platform"
 ANNOTATION_PULLED_BY = ANNOTATION_PREFIX + "pulled.by"
 """How the image came: ``full`` (a verified full pull) or ``delta ALGORITHM`` (e.g. ``delta bsdiff+zstd``)."""
 
+ANNOTATION_SIGNED_CREATED = ANNOTATION_PREFIX + "signed.created"
+"""On an image verified when pulled: ``org.opencontainers.image.created`` of the signed manifest (or index),
+what the rollback and freshness checks compare (docs/trust.md)."""
+ANNOTATION_SIGNED_PREFIX = ANNOTATION_PREFIX + "signed.annotation."
+"""On an image verified when pulled, + a name: the signed payload annotation a trust policy orders by."""
+
 ANNOTATION_SUBJECT = ANNOTATION_PREFIX + "subject"
 """On an attachment's entry (a signature manifest, :mod:`.attachments`): the registry digest it belongs to."""
 

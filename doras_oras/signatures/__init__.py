@@ -8,7 +8,9 @@ gives it its two sources and keeps what it verified:
   pages followed within the caps; 404 = nothing there / no referrers API);
 - :mod:`.stored`: :func:`attachments_of` (the signature manifests to commit
   beside the image), :class:`LayoutSignatureSource` and :func:`verify_stored`
-  (offline re-verification, ``doras-oras verify``).
+  (offline re-verification, ``doras-oras verify``);
+- :mod:`.forward`: :func:`check_forward`, the rollback and freshness decision
+  against the installed image (signed updates only go forward).
 
 :func:`verify_in_registry` is the step the pulls call after resolving the
 target and before anything else is asked for.
@@ -19,6 +21,7 @@ from __future__ import annotations
 from ..reference import Reference
 from ..registry_client import RegistryClient
 from ..trust import ORIGIN_REGISTRY, TrustResult, Verification, check
+from .forward import check_forward, standing_of, target_standing
 from .remote import MAX_REFERRER_PAGES, RegistrySignatureSource, next_link
 from .stored import (
     LayoutSignatureSource,
@@ -45,8 +48,11 @@ __all__ = [
     "RegistrySignatureSource",
     "StoredVerification",
     "attachments_of",
+    "check_forward",
     "find_stored_image",
     "next_link",
+    "standing_of",
+    "target_standing",
     "verify_in_layout",
     "verify_in_registry",
     "verify_stored",

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from .. import schemas
@@ -52,6 +53,8 @@ from ..trust import (
     check,
 )
 from ..trust.discovery import FOUND_TAG
+from ..trust.forward import decide
+from .forward import standing_of
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +277,20 @@ def verify_stored(layout: OCILayout, ref: Reference, verification: Verification)
     the layout), the chain from the signed digest to the stored manifest (an
     index lists it; a rewritten manifest differs only by its verified
     uncompressed layer), and every stored blob of the image against its digest.
+    ``{tag}`` in a required annotation stands for the tag the image is stored under
+    (``ref``'s, else the entry's); with ``verification.max_age_s`` the signed creation
+    time recorded for the image must be that fresh (now).
     Raises a :class:`~doras_oras.errors.TrustError` (or :class:`ImageNotFoundError`).
     """
     image = find_stored_image(layout, ref)
     signed = _signed_digest(image, ref)
     target = Reference(ref.registry, ref.repository).with_digest(signed)
+    verification = replace(verification, tag=ref.tag or image.tag)
     trust = verify_in_layout(layout, target, verification)
+    if verification.max_age_s is not None and trust.signature is not None:
+        decision = decide(standing_of(layout, image), None, verification.order_for(target), now=datetime.now(UTC),
+                          max_age_s=verification.max_age_s)
+        trust = replace(trust, order=decision)
     _check_chain(layout, image, signed)
     try:
         for item in layout.closure(image.descriptor, verify=False):

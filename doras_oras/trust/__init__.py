@@ -16,7 +16,8 @@ Modules: :mod:`.keys` (key files, algorithms, fingerprints), :mod:`.source`
 (the protocol and the caps), :mod:`.discovery` (legacy tag, referrers API,
 referrers tag), :mod:`.payload` (simple-signing payload and its claims),
 :mod:`.verifier` (the walk over signatures, results), :mod:`.policy`
-(requirements and the trust policy file). Every refusal is a
+(requirements and the trust policy file), :mod:`.forward` (signed updates only
+go forward: the rollback and freshness decision). Every refusal is a
 :class:`~doras_oras.errors.TrustError` (CLI exit code :data:`EXIT_TRUST`);
 docs/trust.md has the threat model.
 """
@@ -24,6 +25,7 @@ docs/trust.md has the threat model.
 from __future__ import annotations
 
 from .discovery import SIGNATURE_ARTIFACT_TYPE, referrers_tag, signature_tag
+from .forward import CREATED_ANNOTATION, Decision, OrderRule, Standing, decide
 from .keys import KeyIdentity, TrustedKey, load_public_key, load_public_keys, parse_public_key
 from .payload import SIMPLE_SIGNING_TYPE, SimpleSigningPayload, same_repository
 from .policy import (
@@ -62,6 +64,7 @@ EXIT_TRUST = 5
 """The ``doras-oras`` exit code of every :class:`~doras_oras.errors.TrustError` (docs/cli.md, docs/trust.md)."""
 
 __all__ = [
+    "CREATED_ANNOTATION",
     "EXIT_TRUST",
     "MAX_MANIFEST_BYTES",
     "MAX_REFERRERS",
@@ -75,12 +78,15 @@ __all__ = [
     "SIMPLE_SIGNING_MEDIA_TYPE",
     "SIMPLE_SIGNING_TYPE",
     "CachingSource",
+    "Decision",
     "FetchedManifest",
     "KeyIdentity",
+    "OrderRule",
     "PolicyRule",
     "Requirement",
     "SignatureSource",
     "SimpleSigningPayload",
+    "Standing",
     "TrustPolicy",
     "TrustResult",
     "TrustedKey",
@@ -88,6 +94,7 @@ __all__ = [
     "VerifiedSignature",
     "check",
     "cosign_config",
+    "decide",
     "enforce",
     "load_policy",
     "load_public_key",

@@ -39,9 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SchemaValidationError, TrustConfigError, UntrustedRepositoryError
+from ..errors import (
+    AnnotationMismatchError,
+    SchemaValidationError,
+    TrustConfigError,
+    UntrustedRepositoryError,
+)
 from ..reference import Reference
 from ..schemas import validate
+from .forward import ORDER_CREATED, OrderRule
 from .keys import TrustedKey, load_public_key
 from .payload import canonical_registry
 
@@ -122,16 +128,20 @@ class PolicyRule:
     pattern: str
     keys: tuple[TrustedKey, ...]
     annotations: Mapping[str, str]
+    order: OrderRule = field(default_factory=OrderRule)
+    """What orders this repository's releases (default: the manifest's ``created``)."""
     _regex: re.Pattern[str] = field(repr=False, compare=False, default=re.compile(""))
 
     @classmethod
-    def make(cls, pattern: str, keys: tuple[TrustedKey, ...], annotations: Mapping[str, str]) -> PolicyRule:
+    def make(cls, pattern: str, keys: tuple[TrustedKey, ...], annotations: Mapping[str, str],
+             order: OrderRule | None = None) -> PolicyRule:
         """A rule with its pattern compiled; a host in the pattern is canonicalised."""
         first, sep, rest = pattern.partition("/")
         text = pattern
         if sep and _is_host(first):
             text = canonical_registry(first) + "/" + rest
-        return cls(pattern=pattern, keys=keys, annotations=dict(annotations), _regex=compile_pattern(text))
+        return cls(pattern=pattern, keys=keys, annotations=dict(annotations), order=order or OrderRule(),
+                   _regex=compile_pattern(text))
 
     @property
     def names_host(self) -> bool:
@@ -181,12 +191,19 @@ class Verification:
     policy: TrustPolicy | None = None
     keys: Requirement | None = None
     """``--verify-key``/``--verify-annotation`` (:meth:`Requirement.from_keys`)."""
+    max_age_s: float | None = None
+    """Freshness (``--max-age``): refuse a target whose signed creation time is older than this."""
+    tag: str | None = None
+    """The tag being pulled: ``{tag}`` in a required annotation's value stands for it (tag binding);
+    ``None`` (a pull by digest) refuses such a requirement. The pulls set it from the reference."""
 
     def __post_init__(self) -> None:
         if self.policy is None and self.keys is None:
             raise TrustConfigError("a verification needs a trust policy or keys")
         if self.keys is not None and not self.keys.required:
             raise TrustConfigError("command-line verification without a key: nothing could verify")
+        if self.max_age_s is not None and not self.max_age_s > 0:
+            raise TrustConfigError(f"max_age_s must be a positive number of seconds, not {self.max_age_s}")
 
     @classmethod
     def of(cls, value: Verification | Requirement | TrustPolicy) -> Verification:
@@ -200,14 +217,39 @@ class Verification:
         raise TypeError(f"verify= takes a Verification, Requirement or TrustPolicy, not {type(value).__name__}")
 
     def requirements_for(self, target: Reference) -> tuple[Requirement, ...]:
-        """Every requirement that applies to ``target`` (policy first); :class:`UntrustedRepositoryError`."""
+        """Every requirement that applies to ``target`` (policy first), ``{tag}`` bound to :attr:`tag`.
+
+        :class:`UntrustedRepositoryError` when the policy has no rule; :class:`AnnotationMismatchError`
+        when a value names ``{tag}`` and no tag is pulled.
+        """
         found: list[Requirement] = []
         if self.policy is not None:
             found.append(self.policy.requirement_for(target))
         if self.keys is not None:
             found.append(self.keys)
-        return tuple(found)
+        return tuple(self._bound(requirement, target) for requirement in found)
 
+    def _bound(self, requirement: Requirement, target: Reference) -> Requirement:
+        if not any(TAG_PLACEHOLDER in value for value in requirement.annotations.values()):
+            return requirement
+        if self.tag is None:
+            raise AnnotationMismatchError(f"refusing {target.name}: a required annotation names {TAG_PLACEHOLDER} "
+                                          "and the pull names no tag (a pull by digest)")
+        tag = self.tag
+        bound = {key: value.replace(TAG_PLACEHOLDER, tag) for key, value in requirement.annotations.items()}
+        return Requirement(keys=requirement.keys, annotations=bound, rule=requirement.rule)
+
+    def order_for(self, target: Reference) -> OrderRule:
+        """What orders ``target``'s releases: the policy rule's ``order``, else the manifest's ``created``."""
+        if self.policy is not None:
+            rule = self.policy.rule_for(target)
+            if rule is not None and rule.keys:
+                return rule.order
+        return OrderRule()
+
+
+TAG_PLACEHOLDER = "{tag}"
+"""In a required annotation's value: the tag being pulled (``--verify-annotation tag={tag}``)."""
 
 KeyLoader = Callable[[Path], TrustedKey]
 
@@ -237,8 +279,21 @@ def parse_policy(
             raise TrustConfigError(
                 f"trust policy {source}: rules[{position}] ({raw['repository']}): annotations need keys"
             )
-        rules.append(PolicyRule.make(raw["repository"], tuple(keys), annotations))
+        order = _order(raw.get("order"))
+        if raw.get("order") is not None and not keys:
+            raise TrustConfigError(f"trust policy {source}: rules[{position}] ({raw['repository']}): an order needs "
+                                   "keys (only signed values are ordered)")
+        rules.append(PolicyRule.make(raw["repository"], tuple(keys), annotations, order))
     return TrustPolicy(rules=tuple(rules), source=source)
+
+
+def _order(raw: Mapping[str, Any] | None) -> OrderRule:
+    """A rule's ``order`` object (the schema checked its shape)."""
+    if raw is None:
+        return OrderRule()
+    annotation = raw.get("annotation")
+    return OrderRule(annotation=annotation, compare=raw.get("compare", ORDER_CREATED),
+                     allow_missing=bool(raw.get("allow_missing", False)))
 
 
 def load_policy(path: str | Path) -> TrustPolicy:

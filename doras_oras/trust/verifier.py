@@ -42,6 +42,7 @@ from ..errors import (
 )
 from ..reference import Reference
 from .discovery import Candidate, Failure, Stage, discover
+from .forward import Decision
 from .keys import KeyIdentity, TrustedKey
 from .payload import SimpleSigningPayload, check_claims, parse_payload
 from .policy import Requirement, Verification
@@ -359,6 +360,8 @@ class TrustResult:
     """With a policy *and* command-line keys: each check's own result (policy first); else empty."""
     origin: str = ORIGIN_REGISTRY
     """Where the signatures were read: ``registry``, or ``layout`` (the copy kept beside the image)."""
+    order: Decision | None = None
+    """The rollback/freshness decision (:func:`~.forward.decide`) of a pull, when it made one."""
 
     @property
     def signatures(self) -> tuple[VerifiedSignature, ...]:
@@ -370,8 +373,9 @@ class TrustResult:
         return tuple(found.values())
 
     def to_json(self) -> dict[str, Any]:
-        """``{"required", "rule", "signature": {...} | null, "origin", "checks": [...]}``."""
+        """``{"required", "rule", "signature": {...} | null, "origin", "checks": [...], "order": {...} | null}``."""
         return {
+            "order": self.order.to_json() if self.order is not None else None,
             "required": self.required,
             "rule": self.rule,
             "signature": self.signature.to_json() if self.signature is not None else None,
