@@ -99,6 +99,8 @@ class Fix(enum.Enum):
     """The download budget of the period is spent."""
     DEADLINE = "deadline"
     """The overall deadline of the transfers passed."""
+    READ_ONLY_LAYOUT = "read-only-layout"
+    """The layout cannot be written (a read-only file system, no write permission)."""
 
     @property
     def hint(self) -> str:
@@ -124,6 +126,8 @@ _LIBRARY_HINTS: dict[Fix, str] = {
     Fix.MAX_SIZE: "raise max_size",
     Fix.BUDGET: "raise the budget, or wait for the period to pass",
     Fix.DEADLINE: "raise TransferPolicy.deadline_s",
+    Fix.READ_ONLY_LAYOUT: "make the layout's directory writable (remount its file system read-write), "
+                          "or use a layout that is",
 }
 
 

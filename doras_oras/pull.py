@@ -333,7 +333,9 @@ def pull_delta(
     refuse the target with a :class:`~doras_oras.errors.TrustError` unless its signature
     verifies, before a delta is asked for or a blob fetched (docs/trust.md). A layout this
     call created is removed again when the pull fails and leaves nothing in it (no partial
-    download to resume, no budget record).
+    download to resume, no budget record). A missing or corrupt ``index.json`` is rebuilt
+    from the blobs first (:meth:`OCILayout.recover_index`: the old file is kept as
+    ``index.json.corrupt``, the recovered images are tagged ``recovered-<hex12>``).
     """
     schemas.warm_up()  # compile the validators while the first requests travel
     client = registry_client_of(registry)
@@ -356,7 +358,7 @@ def pull_delta(
             created = True
         elif root.is_dir() and not any(root.iterdir()):
             created = False
-    layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout)
+    layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout, require_index=False)
     run = _PullRun(
         registry=client,
         layout=layout,
@@ -378,6 +380,7 @@ def pull_delta(
     )
     try:
         with layout.lock(timeout=lock_timeout_s), client.pull_deadline():
+            layout.recover_index()  # a lost or corrupt index.json is rebuilt (kept as index.json.corrupt)
             return run.execute(base_ref)
     except BaseException:
         if created is not None:
@@ -677,8 +680,8 @@ class _PullRun:
                 try:
                     registry.download(delta.manifest_ref, delta.layer, download,
                                       on_progress=self._reporter("delta", delta.layer.size))
-                except TransportError:
-                    keep_partial = True  # a dropped or stalled link: the next run resumes it
+                except (TransportError, KeyboardInterrupt):
+                    keep_partial = True  # a dropped or stalled link, Ctrl-C, SIGTERM: the next run resumes it
                     raise
                 with layout.temp_writer(digest=expected.digest, size=expected.size, what="delta output") as out, \
                         download.path.open("rb") as patch, \

@@ -44,6 +44,8 @@ CLI_HINTS: dict[Fix, str] = {
     Fix.MAX_SIZE: "raise --max-size",
     Fix.BUDGET: "raise --budget, or wait until the period has passed",
     Fix.DEADLINE: "raise --deadline S",
+    Fix.READ_ONLY_LAYOUT: "make {layout} writable (remount its file system read-write) or give a writable "
+                          "--oci-layout; on a read-only layout only an up-to-date pull, verify, fsck and list work",
 }
 """The fix of each :class:`Fix` in the command's flags (``{...}`` filled in from the command line)."""
 

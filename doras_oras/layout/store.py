@@ -71,6 +71,8 @@ from .writer import BlobWriter
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = "1.0.0"
+MISSING = "missing"
+"""What :meth:`OCILayout.blob_problem` says of a blob that is not there."""
 CHUNK = 1 << 20
 
 _OUR_NAMES = {"oci-layout", "index.json", "blobs", INGEST_DIR}
@@ -121,7 +123,8 @@ class OCILayout:
         layout = cls(root)
         layout.check_layout_file()
         for sub in ("blobs", INGEST_DIR):
-            (root / sub).mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):  # a read-only layout: the lock says so when it is taken
+                (root / sub).mkdir(exist_ok=True)
         if require_index and not (root / "index.json").exists():
             raise CorruptLayoutError(f"{root}: index.json is missing", fix=Fix.REBUILD_INDEX)
         return layout
@@ -156,7 +159,7 @@ class OCILayout:
         """
         first = self._lock.acquire(timeout)
         try:
-            if first:
+            if first and self._lock.read_only is None:
                 self._verified.clear()  # another writer may have changed things meanwhile
                 self.clean()
             yield
@@ -168,9 +171,20 @@ class OCILayout:
         """Whether this process holds the layout's lock."""
         return self._lock.held
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the lock found the layout unwritable (a read-only file system, no permission)."""
+        return self._lock.read_only is not None
+
     def _require_lock(self) -> None:
         if not self._lock.held:
             raise LayoutError("writing to the layout needs its lock (use `with layout.lock():`)")
+        self.require_writable()
+
+    def require_writable(self) -> None:
+        """:class:`LayoutError` (:data:`Fix.READ_ONLY_LAYOUT`) when the lock found the layout unwritable."""
+        if self._lock.read_only is not None:
+            raise LayoutError(f"{self.root} cannot be written ({self._lock.read_only})", fix=Fix.READ_ONLY_LAYOUT)
 
     def clean(self, *, stale_after: float = maintenance.STALE_PARTIAL_SECONDS) -> list[Path]:
         """Remove leftovers of killed runs in ``ingest/`` (see :func:`.maintenance.clean`)."""
@@ -203,23 +217,34 @@ class OCILayout:
         path = self.blob_path(descriptor.digest)
         if descriptor.digest in self._verified:
             return path.is_file()
+        problem = self.blob_problem(descriptor)
+        if problem is None:
+            self._verified.add(descriptor.digest)
+            return True
+        if problem != MISSING:
+            log.warning("blob %s is %s: removing it", descriptor.digest, problem)
+            self._remove_bad_blob(path)
+        return False
+
+    def blob_problem(self, descriptor: Descriptor) -> str | None:
+        """What is wrong with the stored blob (:data:`MISSING`, a wrong size, a wrong digest,
+        unreadable), None when it is intact. Reads and hashes it; never removes it."""
+        path = self.blob_path(descriptor.digest)
         try:
-            if path.stat().st_size != descriptor.size:
-                log.warning("blob %s has the wrong size: removing it", descriptor.digest)
-                self._remove_bad_blob(path)
-                return False
+            size = path.stat().st_size
+            if size != descriptor.size:
+                return f"{size} bytes long, not {descriptor.size}"
             with path.open("rb") as handle:
                 hasher = hashlib.new(descriptor.algorithm)
                 for chunk in iter(lambda: handle.read(CHUNK), b""):
                     hasher.update(chunk)
         except FileNotFoundError:
-            return False
+            return MISSING
+        except OSError as exc:
+            return f"unreadable ({exc.strerror or exc})"
         if hasher.hexdigest() != descriptor.hex:
-            log.warning("blob %s is corrupt: removing it", descriptor.digest)
-            self._remove_bad_blob(path)
-            return False
-        self._verified.add(descriptor.digest)
-        return True
+            return f"corrupt (its content hashes to {descriptor.algorithm}:{hasher.hexdigest()})"
+        return None
 
     def blob_present(self, descriptor: Descriptor) -> bool:
         """Whether the blob is there with the right size (not hashed: cheap)."""
@@ -229,7 +254,7 @@ class OCILayout:
             return False
 
     def _remove_bad_blob(self, path: Path) -> None:
-        if self._lock.held:
+        if self._lock.held and self._lock.read_only is None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -639,6 +664,19 @@ class OCILayout:
         """Recreate ``index.json`` from the complete manifests in ``blobs/`` (see :func:`.maintenance.rebuild_index`)."""
         self._require_lock()
         return maintenance.rebuild_index(self)
+
+    def recover_index(self) -> list[ImageEntry] | None:
+        """Rebuild ``index.json`` if it is missing or corrupt (see :func:`.maintenance.recover_index`)."""
+        self._require_lock()
+        return maintenance.recover_index(self)
+
+    def fsck(self, *, repair: bool = False) -> maintenance.FsckResult:
+        """Hash every blob of every image; with ``repair`` drop the damaged ones (:func:`.maintenance.fsck`)."""
+        if not self._lock.held:
+            raise LayoutError("fsck needs the layout's lock (use `with layout.lock():`)")
+        if repair:
+            self.require_writable()
+        return maintenance.fsck(self, repair=repair)
 
     def gc(self, keep: int) -> maintenance.GCResult:
         """Keep the newest ``keep`` images per repository; remove unreferenced blobs and partials."""
