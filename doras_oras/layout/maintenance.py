@@ -215,7 +215,7 @@ def fsck(layout: OCILayout, *, repair: bool = False) -> FsckResult:
     damaged, reached, hashed = _damage(layout, entries)
     removed: list[str] = []
     if repair and damaged:
-        dropped = {d.entry.descriptor for d in damaged}
+        dropped = [d.entry.descriptor for d in damaged]  # (descriptors are not hashable)
         layout._write_index([e.descriptor.to_json() for e in entries if e.descriptor not in dropped])
         removed = layout.discard_unreferenced([digest for d in damaged for digest in reached[d.entry.descriptor.digest]])
         for d in damaged:

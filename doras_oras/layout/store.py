@@ -176,10 +176,11 @@ class OCILayout:
         """Whether the lock found the layout unwritable (a read-only file system, no permission)."""
         return self._lock.read_only is not None
 
-    def _require_lock(self) -> None:
+    def _require_lock(self, *, write: bool = True) -> None:
         if not self._lock.held:
-            raise LayoutError("writing to the layout needs its lock (use `with layout.lock():`)")
-        self.require_writable()
+            raise LayoutError("this needs the layout's lock (use `with layout.lock():`)")
+        if write:
+            self.require_writable()
 
     def require_writable(self) -> None:
         """:class:`LayoutError` (:data:`Fix.READ_ONLY_LAYOUT`) when the lock found the layout unwritable."""
@@ -667,15 +668,12 @@ class OCILayout:
 
     def recover_index(self) -> list[ImageEntry] | None:
         """Rebuild ``index.json`` if it is missing or corrupt (see :func:`.maintenance.recover_index`)."""
-        self._require_lock()
+        self._require_lock(write=False)  # a valid index.json: nothing is written
         return maintenance.recover_index(self)
 
     def fsck(self, *, repair: bool = False) -> maintenance.FsckResult:
         """Hash every blob of every image; with ``repair`` drop the damaged ones (:func:`.maintenance.fsck`)."""
-        if not self._lock.held:
-            raise LayoutError("fsck needs the layout's lock (use `with layout.lock():`)")
-        if repair:
-            self.require_writable()
+        self._require_lock(write=repair)
         return maintenance.fsck(self, repair=repair)
 
     def gc(self, keep: int) -> maintenance.GCResult:
