@@ -137,7 +137,7 @@ class PullResult:
     duration_s: float
     stored_digest: str | None = None
     """The digest of the manifest recorded in the layout (differs from ``to_digest``
-    when a tar-diff result was stored as an uncompressed tar)."""
+    when a tar-diff result was stored: a manifest rewritten for its layer)."""
     verified: bool = True
     """False only for a tar-diff result accepted with ``allow_unverified``."""
     delta_size: int | None = None
@@ -708,8 +708,9 @@ class _PullRun:
         if expected.is_registry_blob:
             layout.ingest_bytes(tgt.descriptor, tgt.body)
             manifest = tgt.descriptor
-        else:
-            layer = _plan.uncompressed_layer(target_layer, stored.digest, stored.size)
+        else:  # the tar as gzip: what the oras CLI unpacks (the tar itself goes once committed)
+            placed = layout.store_gzip(stored)
+            layer = _plan.rewritten_layer(target_layer, placed.digest, placed.size)
             manifest = layout.store_rewritten(tgt.body, 0, layer, source_digest=tgt.descriptor.digest)
         try:
             self.before_commit(manifest)
@@ -720,6 +721,9 @@ class _PullRun:
         except BaseException:  # files not written or the commit failed: nothing of this pull stays in blobs/
             layout.discard_unreferenced([manifest.digest, stored.digest, tgt.config.digest])
             raise
+        finally:
+            if not expected.is_registry_blob:
+                layout.discard_unreferenced([stored.digest, placed.digest])
 
     def _reporter(self, phase: str, total: int) -> Callable[[int], None] | None:
         progress = self.progress
