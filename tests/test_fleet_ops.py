@@ -204,3 +204,13 @@ def test_fsck_library_call_hashes_each_blob_once(pulled: tuple[str, Path]) -> No
     with store.lock():
         result = store.fsck()
     assert (result.clean, result.checked_images, result.checked_blobs) == (True, 2, 5)
+
+
+def test_fsck_checks_a_read_only_layout(pulled: tuple[str, Path], read_only: Callable[[Path], Path]) -> None:
+    """Without --repair fsck only reads: it names the damage on a read-only layout too."""
+    _repo, layout = pulled
+    _rot(layout, "v1")
+    view = read_only(layout)
+    proc = cli("fsck", "--oci-layout", str(view), "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert one_json(proc)["status"] == "damaged"
