@@ -71,8 +71,9 @@ from .writer import BlobWriter
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = "1.0.0"
-GZIP_LEVEL = 1
-"""Compression level of :meth:`OCILayout.store_gzip` (the fastest: a tar-diff result is kept, not sent)."""
+GZIP_LEVEL = 0
+"""Compression level of :meth:`OCILayout.store_gzip`: 0, stored deflate blocks (the tar's size, as the plain
+tar took before; ~15x faster than level 1 here, and the next tar-diff inflates it at copy speed)."""
 MISSING = "missing"
 """What :meth:`OCILayout.blob_problem` says of a blob that is not there."""
 CHUNK = 1 << 20
