@@ -45,7 +45,7 @@ ANNOTATION_DELTA_DUMMY = "com.unbasical.doras.delta.dummy"
 # doras-oras's own annotations on index.json entries of the layout (docs/layout.md):
 # the source repository ("registry/repository") an image was pulled from, and the
 # digest of the registry manifest the entry stands for (differs from the entry's own
-# digest when a tar-diff result was stored as an uncompressed tar).
+# digest when a tar-diff result was stored: a manifest rewritten for it).
 ANNOTATION_PREFIX = "io.doras-oras."
 ANNOTATION_SOURCE_REPOSITORY = ANNOTATION_PREFIX + "source.repository"
 ANNOTATION_SOURCE_DIGEST = ANNOTATION_PREFIX + "source.digest"

@@ -105,6 +105,8 @@ class Fix(enum.Enum):
     """The overall deadline of the transfers passed."""
     DISK_SPACE = "disk-space"
     """A file system (the layout's, the output directory's) has too little free space for the pull."""
+    READ_ONLY_LAYOUT = "read-only-layout"
+    """The layout cannot be written (a read-only file system, no write permission)."""
 
     @property
     def hint(self) -> str:
@@ -133,6 +135,8 @@ _LIBRARY_HINTS: dict[Fix, str] = {
     Fix.BUDGET: "raise the budget, or wait for the period to pass",
     Fix.DEADLINE: "raise TransferPolicy.deadline_s",
     Fix.DISK_SPACE: "free space on that file system (OCILayout.gc() drops old images), or use another one",
+    Fix.READ_ONLY_LAYOUT: "make the layout's directory writable (remount its file system read-write), "
+                          "or use a layout that is",
 }
 
 

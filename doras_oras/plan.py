@@ -10,8 +10,8 @@ base layer stored as          accepted algorithms              result checked ag
 the exact registry blob       bsdiff (+zstd, +gzip); tardiff   bsdiff: target layer
                               too when the target layer has    digest and size; tardiff:
                               ``io.deis.oras.content.digest``  that annotation
-an uncompressed tar (result   tardiff only                     the annotation; without
-of an earlier tar-diff)                                        it no check is possible:
+our gzip of an earlier        tardiff only                     the annotation; without
+tar-diff's result                                              it no check is possible:
                                                                full pull unless the caller
                                                                allows unverified content
 ============================  ===============================  ==========================
@@ -28,7 +28,7 @@ from .algorithms import BSDIFF, GZIP, TARDIFF, ZSTD, check_algorithm_names
 from .descriptor import (
     ANNOTATION_CONTENT_DIGEST,
     ANNOTATION_UNPACK,
-    OCI_LAYER_TAR,
+    OCI_LAYER_TAR_GZIP,
     Descriptor,
     validate_digest,
 )
@@ -43,7 +43,7 @@ __all__ = [
     "choose_accepted",
     "content_digest",
     "expected_result",
-    "uncompressed_layer",
+    "rewritten_layer",
 ]
 
 
@@ -93,7 +93,7 @@ class Expected:
 
     digest: str | None
     size: int | None
-    # The result is the exact registry layer blob (bsdiff) rather than an uncompressed tar.
+    # The result is the exact registry layer blob (bsdiff) rather than a tar-diff's tar.
     is_registry_blob: bool
 
 
@@ -143,7 +143,7 @@ def choose_accepted(
         if not (verifiable_tardiff or allow_unverified):
             return DeltaPlan(
                 Mode.FULL,
-                "the stored base is an uncompressed tar (an earlier tar-diff result) and the "
+                "the stored base is an earlier tar-diff result (not the registry's blob) and the "
                 f"target layer has no {ANNOTATION_CONTENT_DIGEST} annotation: a tar-diff result "
                 "could not be verified",
                 code=ReasonCode.UNVERIFIABLE,
@@ -167,10 +167,10 @@ def expected_result(patch: str, target_layer: Descriptor) -> Expected:
     return Expected(content_digest(target_layer), None, is_registry_blob=False)
 
 
-def uncompressed_layer(target_layer: Descriptor, digest: str, size: int) -> Descriptor:
-    """The layer descriptor of a tar-diff result stored as an uncompressed tar."""
+def rewritten_layer(target_layer: Descriptor, digest: str, size: int) -> Descriptor:
+    """The layer descriptor of a tar-diff result, stored as a gzip of the tar (the target's annotations kept)."""
     return Descriptor(
-        media_type=OCI_LAYER_TAR,
+        media_type=OCI_LAYER_TAR_GZIP,
         digest=digest,
         size=size,
         annotations=dict(target_layer.annotations),

@@ -139,7 +139,7 @@ class PullResult:
     duration_s: float
     stored_digest: str | None = None
     """The digest of the manifest recorded in the layout (differs from ``to_digest``
-    when a tar-diff result was stored as an uncompressed tar)."""
+    when a tar-diff result was stored: a manifest rewritten for its layer)."""
     verified: bool = True
     """False only for a tar-diff result accepted with ``allow_unverified``."""
     delta_size: int | None = None
@@ -338,7 +338,9 @@ def pull_delta(
     older than the installed image of its repository is refused too (a rollback, unless
     ``allow_downgrade``), and so is one older than ``Verification.max_age_s``. A layout this
     call created is removed again when the pull fails and leaves nothing in it (no partial
-    download to resume, no budget record).
+    download to resume, no budget record). A missing or corrupt ``index.json`` is rebuilt
+    from the blobs first (:meth:`OCILayout.recover_index`: the old file is kept as
+    ``index.json.corrupt``, the recovered images are tagged ``recovered-<hex12>``).
     """
     schemas.warm_up()  # compile the validators while the first requests travel
     client = registry_client_of(registry)
@@ -361,7 +363,7 @@ def pull_delta(
             created = True
         elif root.is_dir() and not any(root.iterdir()):
             created = False
-    layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout)
+    layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout, require_index=False)
     run = _PullRun(
         registry=client,
         layout=layout,
@@ -384,6 +386,7 @@ def pull_delta(
     )
     try:
         with layout.lock(timeout=lock_timeout_s), client.pull_deadline():
+            layout.recover_index()  # a lost or corrupt index.json is rebuilt (kept as index.json.corrupt)
             return run.execute(base_ref)
     except BaseException:
         if created is not None:
@@ -741,8 +744,8 @@ class _PullRun:
                 try:
                     registry.download(delta.manifest_ref, delta.layer, download,
                                       on_progress=self._reporter("delta", delta.layer.size))
-                except TransportError:
-                    keep_partial = True  # a dropped or stalled link: the next run resumes it
+                except (TransportError, KeyboardInterrupt):
+                    keep_partial = True  # a dropped or stalled link, Ctrl-C, SIGTERM: the next run resumes it
                     raise
                 with layout.temp_writer(digest=expected.digest, size=expected.size, what="delta output") as out, \
                         download.path.open("rb") as patch, \
@@ -769,8 +772,9 @@ class _PullRun:
         if expected.is_registry_blob:
             layout.ingest_bytes(tgt.descriptor, tgt.body)
             manifest = tgt.descriptor
-        else:
-            layer = _plan.uncompressed_layer(target_layer, stored.digest, stored.size)
+        else:  # the tar as gzip: what the oras CLI unpacks (the tar itself goes once committed)
+            placed = layout.store_gzip(stored)
+            layer = _plan.rewritten_layer(target_layer, placed.digest, placed.size)
             manifest = layout.store_rewritten(tgt.body, 0, layer, source_digest=tgt.descriptor.digest)
         try:
             self.before_commit(manifest)
@@ -782,6 +786,9 @@ class _PullRun:
         except BaseException:  # files not written or the commit failed: nothing of this pull stays in blobs/
             layout.discard_unreferenced([manifest.digest, stored.digest, tgt.config.digest])
             raise
+        finally:
+            if not expected.is_registry_blob:
+                layout.discard_unreferenced([stored.digest, placed.digest])
 
     def _reporter(self, phase: str, total: int) -> Callable[[int], None] | None:
         progress = self.progress

@@ -85,7 +85,7 @@ def test_chain_of_file_and_directory_updates(oci_registry: RegistryServer, doras
                 assert result.stored_digest == digest
             same_files_as_oras(oci_registry, layout, repo, tag, tmp_path / "out")
     assert [outcomes[files_repo, n] for n in range(1, 5)] == [("full", None, True)] + [("delta", "bsdiff+zstd", True)] * 3
-    # v2 patches the registry's gzip blob; v3 and v4 patch the uncompressed tars of the earlier tar-diffs
+    # v2 patches the registry's gzip blob; v3 and v4 patch the stored results of the earlier tar-diffs
     assert [outcomes[dirs_repo, n] for n in range(1, 5)] == [("full", None, True)] + [("delta", "tardiff", True)] * 3
     assert [outcomes[mixed_repo, n][:2] for n in range(1, 5)] == [
         ("full", None), ("delta", "bsdiff+zstd"), ("full", None), ("delta", "tardiff")]

@@ -173,7 +173,7 @@ def test_delta_manifest_for_other_images(oci_registry: RegistryServer, doras_ser
 
 def test_bsdiff_answer_when_only_tardiff_applies(oci_registry: RegistryServer, doras_server: DorasServer,
                                                  tmp_path: Path) -> None:
-    """A tar-diff base (uncompressed tar) can only take tardiff; a server answering bsdiff is refused."""
+    """A tar-diff base (not the registry's blob) can only take tardiff; a server answering bsdiff is refused."""
     vec = doras_vectors() / "tardiff-oras-dir"
     bed = prepared(oci_registry, tmp_path, "tardiff-oras-dir", doras_server)
     assert pull(oci_registry, bed.repo, "v2", bed.layout, doras_server).algorithm == "tardiff"

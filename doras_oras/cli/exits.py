@@ -10,7 +10,8 @@
 5     trust failure: a signature that does not verify, an untrusted repository, an
       unusable key or policy file (every :class:`~doras_oras.errors.TrustError`);
       nothing was asked for, downloaded or written (docs/trust.md)
-130   interrupted (SIGINT / Ctrl-C); the layout is unchanged
+130   interrupted (SIGINT / Ctrl-C); the layout is unchanged, partial downloads are kept
+143   terminated (SIGTERM, what a service manager sends on stop); as 130
 ====  ==========================================================
 """
 
@@ -26,6 +27,8 @@ EXIT_PENDING = 4
 EXIT_TRUST = 5
 """Every :class:`~doras_oras.errors.TrustError` (the same value as ``doras_oras.trust.EXIT_TRUST``)."""
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+"""SIGTERM: 128 + 15, as a shell reports a process killed by it; handled as SIGINT."""
 
 _BY_ERROR: tuple[tuple[type[DorasOrasError], int], ...] = (
     (InvalidArgumentError, EXIT_USAGE),

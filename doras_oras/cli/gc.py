@@ -9,11 +9,10 @@ the lost file). A valid ``index.json`` is left alone.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from ..errors import CorruptLayoutError, InvalidArgumentError
-from ..layout import ImageEntry, OCILayout
+from ..errors import InvalidArgumentError
+from ..layout import OCILayout
 from .exits import EXIT_OK
 from .options import count, seconds_or_zero
 from .output import emit, human_size
@@ -33,18 +32,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait while another process writes the layout (default 300; 0: do not wait)")
 
 
-def _rebuild(layout: OCILayout) -> list[ImageEntry] | None:
-    """Rebuild ``index.json`` when it is missing or corrupt; None when it is valid (nothing done)."""
-    index = layout.root / "index.json"
-    try:
-        layout.read_index()
-        return None
-    except CorruptLayoutError:
-        if index.exists():
-            os.replace(index, layout.root / "index.json.corrupt")
-    return layout.rebuild_index()
-
-
 def run(args: argparse.Namespace) -> int:
     if args.keep is None and not args.rebuild:
         raise InvalidArgumentError("give --keep N (images to keep per repository), --rebuild, or both")
@@ -54,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     lines: list[str] = []
     with layout.lock(timeout=args.lock_timeout):
         if args.rebuild:
-            recovered = _rebuild(layout)
+            recovered = layout.recover_index()
             if recovered is None:
                 lines.append(f"{layout.root}/index.json is valid: nothing to rebuild")
             else:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from types import ModuleType
@@ -28,15 +30,16 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import DorasOrasError
-from . import apply, delta, gc, listing, pull, verify
-from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_code_for
+from . import apply, delta, fsck, gc, listing, pull, verify
+from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, exit_code_for
 from .output import report_error
 
-COMMANDS: tuple[ModuleType, ...] = (pull, delta, apply, gc, verify, listing)
+COMMANDS: tuple[ModuleType, ...] = (pull, delta, apply, gc, fsck, verify, listing)
 """The subcommands, in the order ``--help`` lists them."""
 
 EPILOG = ("exit codes: 0 success, 1 error, 2 usage error, 3 up to date, 4 pending, "
-          "5 trust failure, 130 interrupted (Ctrl-C; the layout is unchanged); see docs/cli.md")
+          "5 trust failure, 130 interrupted (Ctrl-C; the layout is unchanged), 143 terminated (SIGTERM); "
+          "see docs/cli.md")
 
 
 class UsageError(Exception):
@@ -107,6 +110,18 @@ def _logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager stopping the unit), raised where the program is, as Ctrl-C is.
+
+    A :class:`KeyboardInterrupt`, so every cleanup that runs for Ctrl-C runs for it
+    (the lock released, nothing committed, partial downloads kept for the next run).
+    """
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def _wants_json(argv: Sequence[str]) -> bool:
     """Whether ``--json`` was asked for (also when the flags did not parse)."""
     words = list(argv)
@@ -133,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     runner = {command.NAME: command for command in COMMANDS}[args.command].run
+    handles_signals = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handles_signals else None
     try:
         code: int = runner(args)
         return code
@@ -141,12 +158,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a file named by the user (apply's --base, ...) cannot be read or written
         text = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
         return report_error(args, text, EXIT_ERROR, kind=type(exc).__name__)
+    except Terminated:
+        return report_error(args, "terminated (SIGTERM)", EXIT_TERMINATED, kind="Terminated")
     except KeyboardInterrupt:
         return report_error(args, "interrupted", EXIT_INTERRUPTED, kind="Interrupted")
     except Exception as exc:  # a bug: still one JSON object for a script, and the traceback for a report
         report_error(args, f"internal error: {type(exc).__name__}: {exc}", EXIT_ERROR, kind="InternalError")
         traceback.print_exc(file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if handles_signals:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run() -> NoReturn:

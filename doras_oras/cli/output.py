@@ -47,6 +47,8 @@ CLI_HINTS: dict[Fix, str] = {
     Fix.DEADLINE: "raise --deadline S",
     Fix.DISK_SPACE: "free space on that file system (`doras-oras gc --oci-layout {layout} --keep N` drops old images), "
                     "or give a --oci-layout or --output on another one",
+    Fix.READ_ONLY_LAYOUT: "make {layout} writable (remount its file system read-write) or give a writable "
+                          "--oci-layout; on a read-only layout only an up-to-date pull, verify, fsck and list work",
 }
 """The fix of each :class:`Fix` in the command's flags (``{...}`` filled in from the command line)."""
 

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import LayoutError
+from ..errors import Fix, LayoutError
 
 TEMP_SUFFIX = ".tmp"
 """Suffix of every temp file doras-oras writes (``*.tmp`` in ``ingest/`` are cleaned on open)."""
@@ -58,4 +58,6 @@ def disk_error(what: str, exc: OSError) -> LayoutError:
     """A :class:`LayoutError` for a failed write of ``what`` (names a full disk as such)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return LayoutError(f"no space left on the device writing {what}")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return LayoutError(f"cannot write {what}: {exc.strerror or exc}", fix=Fix.READ_ONLY_LAYOUT)
     return LayoutError(f"cannot write {what}: {exc}")

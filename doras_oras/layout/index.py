@@ -4,7 +4,7 @@ Each entry doras-oras writes carries ``org.opencontainers.image.ref.name`` (the
 tag, as skopeo and the oras CLI read it) and, under the project's prefix
 ``io.doras-oras.``: ``source.repository`` (``registry/repository``),
 ``source.digest`` (the registry manifest digest the entry stands for: its own
-digest unless a tar-diff result was stored as an uncompressed tar), ``pulled``
+digest unless a tar-diff result was stored in a rewritten manifest), ``pulled``
 (when it was committed), ``pulled.by`` (how: ``full`` or ``delta ALGORITHM``) and,
 for a manifest chosen from an image index, ``source.index`` and ``source.platform``.
 

@@ -3,10 +3,17 @@
 Re-entrant within a process. A waiting process polls with the project's one
 backoff formula (:func:`doras_oras.backoff.next_delay`, from 10 ms up to
 200 ms) until its timeout, then raises :class:`~doras_oras.errors.LayoutLockedError`.
+
+A layout this process cannot write (a read-only file system, a directory it may
+not write) is still locked, for reading: the lock file is opened read-only
+(``flock`` works on it), or, when there is none, nothing is locked (no one can
+have written it). :attr:`LayoutLock.read_only` then says why it cannot be written;
+the layout refuses every write with :data:`~doras_oras.errors.Fix.READ_ONLY_LAYOUT`.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
@@ -19,6 +26,7 @@ from ..backoff import next_delay
 from ..errors import Fix, InvalidArgumentError, LayoutLockedError
 
 LOCK_FILE = "lock"
+_CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _WAIT_INITIAL_S = 0.01
 _WAIT_MAX_S = 0.2
 
@@ -32,6 +40,8 @@ class LayoutLock:
         self.depth = 0
         self._fd: int | None = None
         self._sleep = sleep
+        self.read_only: str | None = None
+        """Why the layout cannot be written (``strerror``), found when the lock was taken; None: it can."""
 
     @property
     def held(self) -> bool:
@@ -45,11 +55,10 @@ class LayoutLock:
         if self.depth:
             self.depth += 1
             return False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         deadline = time.monotonic() + timeout
         attempt = 0
-        while True:
+        while fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -68,6 +77,22 @@ class LayoutLock:
         self._fd = fd
         self.depth = 1
         return True
+
+    def _open(self) -> int | None:
+        """The lock file, opened for writing; read-only (or None) when the layout cannot be written."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.read_only = None
+            return fd
+        except OSError as exc:
+            if exc.errno not in _CANNOT_WRITE:
+                raise
+            self.read_only = exc.strerror or str(exc)
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except (FileNotFoundError, PermissionError):
+            return None
 
     def release(self) -> None:
         """Undo one :meth:`acquire`; the outermost one unlocks."""

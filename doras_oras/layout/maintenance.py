@@ -3,6 +3,9 @@
 - :func:`clean`: removes what killed runs left in ``ingest/`` (run on every lock);
 - :func:`verify`: checks every file, schema and referenced blob;
 - :func:`rebuild_index`: recreates a lost or corrupt ``index.json`` from ``blobs/``;
+  :func:`recover_index` does it only when ``index.json`` is unusable, keeping the old file;
+- :func:`fsck`: hashes every blob of every image, names the damaged ones; with
+  ``repair``, drops them and their blobs (and recovers a corrupt ``index.json``);
 - :func:`gc`: keeps the newest images per repository and removes unreferenced blobs.
 
 The caller holds the layout's lock (the :class:`OCILayout` methods check it).
@@ -22,13 +25,21 @@ from .. import schemas
 from ..descriptor import (
     ANNOTATION_REF_NAME,
     INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
     validate_digest,
 )
-from ..errors import DocumentError, InvalidArgumentError, LayoutError, VerificationError
-from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, fsync_dir
+from ..errors import (
+    CorruptLayoutError,
+    DocumentError,
+    DorasOrasError,
+    InvalidArgumentError,
+    LayoutError,
+    VerificationError,
+)
+from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, disk_error, fsync_dir
 from .index import ImageEntry
 from .writer import META_SUFFIX
 
@@ -101,18 +112,117 @@ def clean(layout: OCILayout, *, stale_after: float = STALE_PARTIAL_SECONDS) -> l
     return removed
 
 
+@dataclass(frozen=True)
+class Damage:
+    """An entry of ``index.json`` (image or attachment) whose content is not intact."""
+
+    entry: ImageEntry
+    problems: tuple[str, ...]
+    """One line per bad blob: its digest, media type and what is wrong."""
+
+
+@dataclass(frozen=True)
+class FsckResult:
+    """What :func:`fsck` found (and, with ``repair``, did)."""
+
+    index_problem: str | None
+    """Why ``index.json`` was unusable, or None. Without ``repair`` nothing else was checked."""
+    index_recovered: bool
+    """``repair``: the unusable ``index.json`` was kept as ``index.json.corrupt`` and rebuilt."""
+    checked_images: int
+    checked_blobs: int
+    damaged: tuple[Damage, ...]
+    repaired: bool
+    """``repair``: the damaged entries were dropped from ``index.json`` and their blobs removed."""
+    removed_blobs: tuple[str, ...]
+
+    @property
+    def clean(self) -> bool:
+        """Nothing found wrong."""
+        return self.index_problem is None and not self.damaged
+
+    @property
+    def intact(self) -> bool:
+        """The layout is sound now: nothing was wrong, or everything found was repaired."""
+        return self.clean or (self.repaired and (self.index_problem is None or self.index_recovered))
+
+
+def _damage(layout: OCILayout, entries: list[ImageEntry]) -> tuple[list[Damage], dict[str, list[str]], int]:
+    """Hash every blob each entry reaches (each blob once): the damaged entries, the digests each entry
+    reaches (by its digest), and the number of blobs hashed."""
+    problems_of: dict[str, str | None] = {}
+    reached: dict[str, list[str]] = {}
+    damaged: list[Damage] = []
+    for entry in entries:
+        seen: dict[str, None] = {}
+        problems: list[str] = []
+        todo = [entry.descriptor]
+        while todo:
+            item = todo.pop()
+            if item.digest in seen:
+                continue
+            seen[item.digest] = None
+            if item.digest not in problems_of:
+                problems_of[item.digest] = layout.blob_problem(item)
+            problem = problems_of[item.digest]
+            if problem is None and item.media_type in MANIFEST_MEDIA_TYPES + INDEX_MEDIA_TYPES:
+                try:
+                    todo.extend(layout.references(item))
+                except (ValueError, DorasOrasError) as exc:
+                    problem = f"not a usable manifest ({exc})"
+            if problem is not None:
+                problems.append(f"blob {item.digest} ({item.media_type}) is {problem}")
+        reached[entry.descriptor.digest] = list(seen)
+        if problems:
+            damaged.append(Damage(entry, tuple(problems)))
+    return damaged, reached, len(problems_of)
+
+
 def verify(layout: OCILayout) -> list[ImageEntry]:
     """Check the whole layout: files, schemas, every referenced blob's digest. Returns the images.
 
-    Attachments (signature manifests) are checked like images.
+    Attachments (signature manifests) are checked like images. The first problem
+    found is raised as a :class:`CorruptLayoutError` (:func:`fsck` lists them all).
     """
     layout.check_layout_file()
     images = layout.images()
-    for image in [*images, *layout.attachments()]:
-        for item in layout.closure(image.descriptor, verify=False):
-            layout.forget_verified(item.digest)  # hash everything again
-        layout.closure(image.descriptor, verify=True)
+    damaged, _, _ = _damage(layout, [*images, *layout.attachments()])
+    if damaged:
+        raise CorruptLayoutError(damaged[0].problems[0])
     return images
+
+
+def fsck(layout: OCILayout, *, repair: bool = False) -> FsckResult:
+    """Hash every blob of every image and attachment of ``index.json``; name the damaged ones.
+
+    An unusable ``index.json`` is reported (and nothing else checked), or with
+    ``repair`` recovered first (:func:`recover_index`). With ``repair`` the damaged
+    entries are dropped from ``index.json`` (one atomic write) and the blobs they
+    reached that nothing else reaches are removed, so the next pull fetches them again.
+    """
+    layout.check_layout_file()
+    index_problem: str | None = None
+    recovered = False
+    try:
+        layout.read_index()
+    except CorruptLayoutError as exc:
+        index_problem = exc.detail
+        if not repair:
+            return FsckResult(index_problem, False, 0, 0, (), False, ())
+        recover_index(layout)
+        recovered = True
+    entries = [*layout.images(), *layout.attachments()]
+    damaged, reached, hashed = _damage(layout, entries)
+    removed: list[str] = []
+    if repair and damaged:
+        dropped = [d.entry.descriptor for d in damaged]  # (descriptors are not hashable)
+        layout._write_index([e.descriptor.to_json() for e in entries if e.descriptor not in dropped])
+        removed = layout.discard_unreferenced([digest for d in damaged for digest in reached[d.entry.descriptor.digest]])
+        for d in damaged:
+            log.warning("dropped %s (%s) from index.json: %s", d.entry.tag or "an untagged image",
+                        d.entry.descriptor.digest, "; ".join(d.problems))
+    return FsckResult(index_problem, recovered, len(entries), hashed, tuple(damaged),
+                      repair and (bool(damaged) or recovered), tuple(sorted(removed)))
 
 
 def rebuild_index(layout: OCILayout) -> list[ImageEntry]:
@@ -163,6 +273,31 @@ def rebuild_index(layout: OCILayout) -> list[ImageEntry]:
     layout._write_index(entries)
     log.warning("rebuilt %s/index.json with %d image(s)", layout.root, len(entries))
     return layout.images()
+
+
+CORRUPT_INDEX = "index.json.corrupt"
+"""Where :func:`recover_index` keeps an unusable ``index.json`` (for a person to look at)."""
+
+
+def recover_index(layout: OCILayout) -> list[ImageEntry] | None:
+    """Rebuild ``index.json`` when it is missing or unusable; None when it is valid (nothing done).
+
+    An unusable file is kept as ``index.json.corrupt`` (replacing an older one),
+    then :func:`rebuild_index` lists the complete images of ``blobs/``.
+    """
+    index = layout.root / "index.json"
+    try:
+        layout.read_index()
+        return None
+    except CorruptLayoutError as exc:
+        log.warning("%s", exc.detail)
+    layout.require_writable()
+    if index.exists():
+        try:
+            index.replace(layout.root / CORRUPT_INDEX)
+        except OSError as exc:
+            raise disk_error(CORRUPT_INDEX, exc) from exc
+    return layout.rebuild_index()
 
 
 def gc(layout: OCILayout, keep: int) -> GCResult:

@@ -28,6 +28,7 @@ from ..descriptor import (
     MANIFEST_MEDIA_TYPES,
     OCI_INDEX,
     OCI_LAYER_TAR,
+    OCI_LAYER_TAR_GZIP,
     Descriptor,
     validate_digest,
 )
@@ -249,13 +250,19 @@ def _check_chain(layout: OCILayout, image: ImageEntry, signed: str) -> None:
     if signed == image.source_digest and image.rewritten:
         original = _stored_document(layout, signed, "the signed registry manifest")
         mine = json.loads(layout.read_blob(stored))
-        _check_rewrite(original, mine, signed, stored.digest)
+        _check_rewrite(layout, original, mine, signed, stored.digest)
         return
     raise TrustChainError(f"the stored image {stored.digest} does not stand for {signed}")
 
 
-def _check_rewrite(original: dict[str, Any], mine: dict[str, Any], signed: str, stored: str) -> None:
-    """A rewritten manifest differs from its original only by layers stored as the verified uncompressed tar."""
+def _check_rewrite(layout: OCILayout, original: dict[str, Any], mine: dict[str, Any], signed: str,
+                   stored: str) -> None:
+    """A rewritten manifest differs from its original only by layers holding the verified tar.
+
+    Such a layer keeps the original's annotations, and holds the tar whose digest the signed
+    ``io.deis.oras.content.digest`` annotation names: as a gzip of it (what doras-oras stores),
+    or the tar itself (what earlier versions stored).
+    """
     same = {k: v for k, v in original.items() if k != "layers"} == {k: v for k, v in mine.items() if k != "layers"}
     layers_o, layers_m = original.get("layers") or [], mine.get("layers") or []
     if not same or len(layers_o) != len(layers_m):
@@ -264,10 +271,13 @@ def _check_rewrite(original: dict[str, Any], mine: dict[str, Any], signed: str, 
         if old == new:
             continue
         content = (old.get("annotations") or {}).get(ANNOTATION_CONTENT_DIGEST)
-        if not (new.get("mediaType") == OCI_LAYER_TAR and content is not None and new.get("digest") == content
-                and new.get("annotations") == old.get("annotations")):
+        kind = new.get("mediaType")
+        holds = content is not None and new.get("annotations") == old.get("annotations") and (
+            new.get("digest") == content if kind == OCI_LAYER_TAR else
+            kind == OCI_LAYER_TAR_GZIP and layout.tar_digest(Descriptor.from_json(new)) == content)
+        if not holds:
             raise TrustChainError(f"the stored manifest {stored} changes a layer of the signed {signed} "
-                                  "other than by storing its verified uncompressed tar")
+                                  "other than by storing its verified tar")
 
 
 def verify_stored(layout: OCILayout, ref: Reference, verification: Verification) -> StoredVerification:
@@ -275,8 +285,8 @@ def verify_stored(layout: OCILayout, ref: Reference, verification: Verification)
 
     Checks, in order: the signature (the same verifier as the pull, reading
     the layout), the chain from the signed digest to the stored manifest (an
-    index lists it; a rewritten manifest differs only by its verified
-    uncompressed layer), and every stored blob of the image against its digest.
+    index lists it; a rewritten manifest differs only by its layer holding the
+    verified tar), and every stored blob of the image against its digest.
     ``{tag}`` in a required annotation stands for the tag the image is stored under
     (``ref``'s, else the entry's); with ``verification.max_age_s`` the signed creation
     time recorded for the image must be that fresh (now).
