@@ -30,6 +30,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 from .errors import Fix, InsecureTransportError, InvalidArgumentError, RegistryAuthError
+from .reference import config_key
 from .urls import origin, safe_url
 
 if TYPE_CHECKING:
@@ -224,7 +225,9 @@ class DockerConfigAuth:
     given ``paths``), as oras-py does: ``auths[host].auth`` (base64
     ``user:password``), ``username``/``password``, ``registrytoken`` (sent as
     Bearer), then ``credHelpers[host]`` / ``credsStore`` through
-    ``docker-credential-<name> get``. No entry: no header.
+    ``docker-credential-<name> get``. No entry: no header. Docker Hub's entry
+    is ``https://index.docker.io/v1/`` (:func:`~doras_oras.reference.config_key`),
+    whichever of its names is asked for.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]] | None = None, *,
@@ -265,7 +268,8 @@ class DockerConfigAuth:
 
     def authorization(self, registry: str) -> str | None:
         auths, helpers, store = self._load()
-        host = _config_host(registry)
+        key = config_key(registry)
+        host = _config_host(key)
         entry = auths.get(host)
         if entry:
             token, encoded = entry.get("registrytoken"), entry.get("auth")
@@ -278,7 +282,7 @@ class DockerConfigAuth:
                 return basic_header(user, password)
         helper = helpers.get(host) or store
         if helper:
-            return self._from_helper(helper, host)
+            return self._from_helper(helper, key if "://" in key else host)
         return None
 
     def _from_helper(self, helper: str, host: str) -> str | None:

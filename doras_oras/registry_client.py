@@ -55,7 +55,7 @@ from .errors import (
     VerificationError,
 )
 from .layout import BlobWriter, OCILayout
-from .reference import Reference
+from .reference import DOCKER_HUB_AUTH, Reference, api_host, is_docker_hub
 from .transport import ByteCounter, TransferPolicy, Transport
 from .transport.failures import NETWORK_ERRORS, REGISTRY_PEER, translate
 from .urls import origin, safe_url
@@ -247,13 +247,13 @@ class RegistryClient:
         explicit = self._credentials()
         if host in self._auths and self._auth_sources.get(host) == explicit:
             return
+        realms = (*self.allowed_realm_hosts, *((DOCKER_HUB_AUTH,) if is_docker_hub(host) else ()))
         if explicit is not None:
             user, password = explicit
-            auth = RegistryAuth(host, username=user, password=password, allowed_realm_hosts=self.allowed_realm_hosts)
+            auth = RegistryAuth(api_host(host), username=user, password=password, allowed_realm_hosts=realms)
         else:
-            auth = RegistryAuth.from_docker_config(
-                host, configs=self.registry_configs, allowed_realm_hosts=self.allowed_realm_hosts
-            )
+            auth = RegistryAuth.from_docker_config(api_host(host), configs=self.registry_configs,
+                                                   allowed_realm_hosts=realms)
         self._auths[host] = auth
         self._auth_sources[host] = explicit
 
@@ -270,7 +270,7 @@ class RegistryClient:
         return auth.username, auth.password or ""
 
     def _url(self, ref: Reference, kind: str, what: str) -> str:
-        return f"{self.prefix}://{ref.registry}/v2/{ref.repository}/{kind}/{what}"
+        return f"{self.prefix}://{api_host(ref.registry)}/v2/{ref.repository}/{kind}/{what}"
 
     def _headers(self, extra: Mapping[str, str]) -> dict[str, str]:
         base = {k: v for k, v in dict(self._extra_headers()).items() if k.lower() != "authorization"}
@@ -352,7 +352,7 @@ class RegistryClient:
         if not path.startswith("/v2/"):
             raise InvalidArgumentError(f"registry path {path[:100]!r} does not start with /v2/")
         self._prepare(ref)
-        url = f"{self.prefix}://{ref.registry}{path}"
+        url = f"{self.prefix}://{api_host(ref.registry)}{path}"
         headers = self._headers({"Accept": accept} if accept else {})
         try:
             body, response = self.transport.get_bytes(url, max_bytes=max_bytes, headers=headers,
