@@ -87,6 +87,10 @@ class Fix(enum.Enum):
     """The Doras server's TLS certificate does not verify."""
     REGISTRY_CREDENTIALS = "registry-credentials"
     """The registry wants (other) credentials: 401/403."""
+    CREDENTIALS_REFUSED = "credentials-refused"
+    """The registry refused the credentials that were given (401/403)."""
+    NOT_FOUND = "not-found"
+    """The registry has no such repository, tag or digest (404)."""
     SERVER_CREDENTIALS = "server-credentials"
     """The Doras server wants (other) credentials: 401."""
     REBUILD_INDEX = "rebuild-index"
@@ -117,6 +121,9 @@ _LIBRARY_HINTS: dict[Fix, str] = {
                     "or the registry's tls_verify=PATH), or insecure=True",
     Fix.REGISTRY_CREDENTIALS: "give credentials: DeltaRegistry.auth.set_basic_auth(user, password), "
                               "RegistryClient(credentials=...), or a docker config file (registry_configs=[...])",
+    Fix.CREDENTIALS_REFUSED: "check the password (or token), and that the user may read the repository; "
+                             "or give other credentials (credentials=..., registry_configs=[...])",
+    Fix.NOT_FOUND: "check the repository name and the tag or digest of the reference",
     Fix.SERVER_CREDENTIALS: "give the Doras server credentials: EdgeClient(auth=BasicAuth(...) or BearerAuth(...)), "
                             "or basic credentials on the registry client (they are passed on)",
     Fix.REBUILD_INDEX: "OCILayout.rebuild_index() recreates it from blobs/ (the tags are lost)",

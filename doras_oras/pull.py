@@ -69,6 +69,8 @@ from .errors import (
     IncompatibleArtifactsError,
     InsecureTransportError,
     InvalidArgumentError,
+    RegistryAuthError,
+    RegistryError,
     TransportError,
     TrustError,
     VerificationError,
@@ -472,7 +474,7 @@ class _PullRun:
     def _execute(self, base_ref: Reference | None) -> PullResult:
         target, layout, registry = self.target, self.layout, self.registry
         # A HEAD first: a device polling for updates pays no manifest body when up to date.
-        resolved = registry.resolve(target)
+        resolved = self.resolve_target()
         base = find_base(layout, target, base_ref)
         held = _holding(layout, target, resolved.digest, self.platform or host_platform())
         if held is not None:
@@ -512,6 +514,23 @@ class _PullRun:
             result = replace(result, reason=result.reason + f"; the damaged image {base.tag or base.source_digest} "
                              "(its layer was lost) was dropped from the layout's index")
         return result
+
+    def resolve_target(self) -> Descriptor:
+        """The target's descriptor; a 404 says the reference is not found, a 401/403 after credentials
+        were given says the registry refused that user (not that credentials are missing)."""
+        target = self.target
+        try:
+            return self.registry.resolve(target)
+        except RegistryAuthError as exc:
+            given = self.registry.credentials_for(target.registry)
+            if given is None:
+                raise
+            raise RegistryAuthError(f"{target.registry} refused user {given[0]!r} for {target.repository} "
+                                    f"(HTTP {exc.status})", status=exc.status, fix=Fix.CREDENTIALS_REFUSED) from exc
+        except RegistryError as exc:
+            if exc.status != 404:
+                raise
+            raise RegistryError(f"{target}: not found (HTTP 404)", status=404, fix=Fix.NOT_FOUND) from exc
 
     def verify(self, digest: str) -> None:
         """With ``verify``: refuse ``digest`` unless its signature verifies in the registry (:class:`TrustError`).

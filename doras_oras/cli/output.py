@@ -35,6 +35,10 @@ CLI_HINTS: dict[Fix, str] = {
                     "with both CAs if they differ) or --insecure",
     Fix.REGISTRY_CREDENTIALS: "give credentials with -u USER and --password-stdin, or --registry-config FILE, "
                               "or log in with `oras login {registry}` (~/.docker/config.json is read)",
+    Fix.CREDENTIALS_REFUSED: "check the password and that the user may read the repository; other "
+                             "credentials with -u USER and --password-stdin, or --registry-config FILE",
+    Fix.NOT_FOUND: "check the repository and the tag of REF (`oras repo tags {name}` lists the registry's tags, "
+                   "`doras-oras list --oci-layout {layout}` the layout's)",
     Fix.SERVER_CREDENTIALS: "the Doras server wants credentials: -u USER with --password-stdin, or "
                             "--registry-config FILE (pull passes the registry's credentials on; "
                             "`doras-oras delta` also takes --token-stdin)",
@@ -50,7 +54,8 @@ CLI_HINTS: dict[Fix, str] = {
 
 def _context(args: argparse.Namespace | None) -> dict[str, str]:
     """What the hints name: the layout, the Doras server, the registry host of the command line."""
-    values = {"layout": "DIR", "server": "", "server_http": "http://HOST:PORT", "registry": "HOST"}
+    values = {"layout": "DIR", "server": "", "server_http": "http://HOST:PORT", "registry": "HOST",
+              "name": "HOST/REPOSITORY"}
     if args is None:
         return values
     layout = getattr(args, "oci_layout", None)
@@ -64,9 +69,10 @@ def _context(args: argparse.Namespace | None) -> dict[str, str]:
         text = getattr(args, name, None)
         if text:
             try:
-                values["registry"] = Reference.parse(str(text)).registry
+                parsed = Reference.parse(str(text))
             except DorasOrasError:
                 continue
+            values["registry"], values["name"] = parsed.registry, parsed.name
             break
     return values
 
