@@ -525,7 +525,7 @@ class _PullRun:
             given = self.registry.credentials_for(target.registry)
             if given is None:
                 raise
-            raise RegistryAuthError(f"{target.registry} refused user {given[0]!r} for {target.repository} "
+            raise RegistryAuthError(f"{target.registry} refused the credentials of user {given[0]!r} for {target.repository} "
                                     f"(HTTP {exc.status})", status=exc.status, fix=Fix.CREDENTIALS_REFUSED) from exc
         except RegistryError as exc:
             if exc.status != 404:

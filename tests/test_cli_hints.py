@@ -101,7 +101,7 @@ def test_a_refused_password_says_the_registry_refused_that_user(oci_registry_aut
     wrong = cli("pull", ref, "--oci-layout", str(tmp_path / "L"), "--plain-http", "--allow-insecure-auth", "-u",
                 REGISTRY_USER, "--password-stdin", "--json", input_text="wrong\n")
     obj = failed(wrong)
-    assert f"{registry.host} refused user {REGISTRY_USER!r}" in wrong.stderr, wrong.stderr
+    assert f"{registry.host} refused the credentials of user {REGISTRY_USER!r}" in wrong.stderr, wrong.stderr
     assert "give credentials" not in wrong.stderr and "check the password" in wrong.stderr
     assert obj["fix"] == "credentials-refused"
 
