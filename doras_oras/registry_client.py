@@ -399,7 +399,8 @@ class RegistryClient:
         A dropped, stalled or timed-out link after the policy's retries raises a
         :class:`TransportError` and leaves the writer's bytes for the next call
         (close it to keep a partial file); a digest or size mismatch discards them.
-        ``on_progress`` is called with the bytes received so far.
+        ``on_progress`` is called with the bytes of the blob held so far (a resumed
+        download starts at what the writer held, not at 0).
         """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         validate_digest(descriptor.digest)
@@ -411,7 +412,7 @@ class RegistryClient:
             return writer.finish()
         self._prepare(ref)
         url = self._url(ref, "blobs", descriptor.digest)
-        counter = ByteCounter(on_progress=on_progress)
+        counter = ByteCounter(on_progress=(lambda _received: on_progress(writer.offset)) if on_progress else None)
         try:
             return self.transport.download(url, writer, headers=self._headers({}), counter=counter,
                                            deadline=self._deadline, exact_length=True)

@@ -349,6 +349,23 @@ def test_token_auth_registry_library_and_cli(token_registry: TokenRegistry, tmp_
 
 
 @pytest.mark.timeout(60)
+def test_a_resumed_download_reports_progress_from_its_offset(oci_registry: RegistryServer, tmp_path: Path) -> None:
+    payload = os.urandom(2 * MiB)
+    blob_path, _ = pushed(oci_registry, "net/progress:v1", tmp_path, payload)
+    descriptor = Descriptor(media_type="application/octet-stream", digest=sha256(payload), size=len(payload))
+    target = tmp_path / "blob.partial"
+    with FaultProxy(oci_registry.url) as proxy:
+        proxy.add("drop", blob_path, after_bytes=700_000, times=1)
+        ref = Reference.parse(f"{proxy.host}/net/progress:v1")
+        with pytest.raises(ConnectError):
+            DeltaRegistry(insecure=True, policy=quick_policy(max_attempts=1)).download_to(ref, descriptor, target)
+        seen: list[int] = []
+        DeltaRegistry(insecure=True, policy=quick_policy()).client.download_to(ref, descriptor, target,
+                                                                                on_progress=seen.append)
+    assert seen and seen[0] > 700_000 and seen[-1] == len(payload)  # the bar starts where the file was
+
+
+@pytest.mark.timeout(60)
 def test_download_to_keeps_a_blob_out_of_blobs_and_resumes(oci_registry: RegistryServer, tmp_path: Path) -> None:
     payload = os.urandom(2 * MiB)
     blob_path, _ = pushed(oci_registry, "net/delta:v1", tmp_path, payload)
