@@ -248,7 +248,7 @@ def test_a_doras_server_that_wants_credentials(oci_registry: RegistryServer, pus
         [_oras(), "manifest", "fetch", "--plain-http", f"{host}/{pushed}:v1", "--descriptor"],
         capture_output=True, text=True, check=True).stdout)
     asked = cli("delta", "--from", f"{host}/{pushed}@{manifest['digest']}", "--to", f"{host}/{pushed}:v2",
-                "--server", server.url, "--plain-http", "--json", env={"DOCKER_CONFIG": str(tmp_path / "no-docker")})
+                "--server", server.url, "--json", env={"DOCKER_CONFIG": str(tmp_path / "no-docker")})
     obj = failed(asked)
     assert obj["fix"] == "server-credentials" and obj["http_status"] == 401
     assert "--token-stdin" in asked.stderr

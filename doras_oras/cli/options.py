@@ -109,9 +109,11 @@ def add_connection_options(parser: argparse.ArgumentParser, *, registry: bool = 
     ``registry`` False: the command talks to the Doras server only (``delta``), and the help says so.
     """
     peers = "the registry and the Doras server" if registry else "the Doras server"
-    parser.add_argument("--plain-http", action="store_true",
-                        help="talk plain HTTP to the registry (an http:// --server needs no flag)" if registry
-                        else "allow an http:// --server (credentials then travel in clear)")
+    if registry:
+        parser.add_argument("--plain-http", action="store_true",
+                            help="the registry speaks plain HTTP (an http:// --server needs no flag)")
+    else:  # one meaning everywhere: this command talks to no registry (refused with a message in run)
+        parser.add_argument("--plain-http", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--insecure", action="store_true",
                         help=f"do not verify the TLS certificates of {peers}")
     parser.add_argument("--ca-file", metavar="FILE",
@@ -127,11 +129,11 @@ def add_connection_options(parser: argparse.ArgumentParser, *, registry: bool = 
         "--registry-config", metavar="FILE", action="append", default=[],
         help="docker config.json with registry credentials (repeatable; ~/.docker/config.json is read too)",
     )
-    if registry:
-        parser.add_argument(
-            "--allow-insecure-auth", action="store_true",
-            help="allow sending credentials over plain HTTP (to a --plain-http registry or an http:// --server)",
-        )
+    parser.add_argument(
+        "--allow-insecure-auth", action="store_true",
+        help="allow sending credentials over plain HTTP (to a --plain-http registry or an http:// --server)"
+        if registry else "allow sending credentials to an http:// --server (they travel in clear)",
+    )
     defaults = TransferPolicy()
     parser.add_argument("--connect-timeout", type=seconds, default=defaults.connect_timeout_s, metavar="S",
                         help=f"TCP/TLS connect timeout per request (default {defaults.connect_timeout_s:g})")

@@ -28,7 +28,8 @@ CLI_HINTS: dict[Fix, str] = {
     Fix.PLAIN_HTTP: "add --plain-http: the registry speaks plain HTTP",
     Fix.TLS_REGISTRY: "give --ca-file FILE (the CA that signed the registry's certificate) or --insecure "
                       "(no verification); --plain-http if the registry speaks plain HTTP",
-    Fix.SERVER_PLAIN_HTTP: "add --plain-http to allow an http:// --server (credentials then travel in clear)",
+    Fix.SERVER_PLAIN_HTTP: "an http:// --server is used as given (credentials go to it only with "
+                           "--allow-insecure-auth)",
     Fix.SERVER_SPEAKS_HTTP: "the Doras server speaks plain HTTP: give --server {server_http}",
     Fix.TLS_SERVER: "the certificate of the Doras server {server} does not verify: give --ca-file FILE "
                     "(the CA that signed it; --ca-file applies to the registry too, so give a bundle "
