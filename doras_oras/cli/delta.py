@@ -11,7 +11,13 @@ import sys
 
 from ..auth import DockerConfigAuth
 from ..edgeapi import DEFAULT_TIMEOUT_S, EdgeClient
-from ..errors import BackoffExhausted, Fix, ImagesIdenticalError, InsecureTransportError, InvalidArgumentError
+from ..errors import (
+    BackoffExhausted,
+    Fix,
+    ImagesIdenticalError,
+    InsecureTransportError,
+    InvalidArgumentError,
+)
 from ..reference import Reference
 from ..transport import TransferPolicy
 from .exits import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE

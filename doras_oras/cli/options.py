@@ -15,10 +15,14 @@ Contradicting or unusable flags raise :class:`~doras_oras.errors.InvalidArgument
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING
+
+import urllib3
 
 from ..algorithms import ALGORITHM_NAMES
 from ..auth import DockerConfigAuth, default_docker_config
@@ -29,6 +33,8 @@ from ..transport import TransferPolicy
 
 if TYPE_CHECKING:
     from ..trust import Verification
+
+log = logging.getLogger(__name__)
 
 
 def seconds(text: str) -> float:
@@ -155,11 +161,27 @@ def policy_from_args(args: argparse.Namespace) -> TransferPolicy:
     )
 
 
+def _https_peers(args: argparse.Namespace) -> list[str]:
+    """The peers of the command spoken to over TLS: the registry (``pull``, without ``--plain-http``), the server."""
+    peers = ["the registry"] if hasattr(args, "reference") and not args.plain_http else []
+    if str(getattr(args, "server", None) or "").startswith("https://"):
+        peers.append("the Doras server")
+    return peers
+
+
 def tls_from_args(args: argparse.Namespace) -> bool | str:
-    """``tls_verify``: True, False (``--insecure``) or the ``--ca-file``."""
+    """``tls_verify``: True, False (``--insecure``) or the ``--ca-file``.
+
+    ``--insecure`` is said once, as a warning of the command (none under ``-q``, none
+    when no peer speaks TLS), instead of urllib3's warning per request.
+    """
     if args.insecure and args.ca_file:
         raise InvalidArgumentError("--insecure and --ca-file contradict each other")
     if args.insecure:
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        peers = _https_peers(args)
+        if peers:
+            log.warning("--insecure: the TLS certificates of %s are not verified", " and ".join(peers))
         return False
     if args.ca_file:
         if not os.path.isfile(args.ca_file):
