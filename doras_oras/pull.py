@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from . import plan as _plan
 from . import schemas
 from .algorithms import check_algorithm_names
+from .auth import IDENTITY_TOKEN_USER
 from .budget import DownloadBudget, check_max_size
 from .codecs import apply_delta
 from .descriptor import INDEX_MEDIA_TYPES, Descriptor
@@ -259,6 +260,8 @@ def edge_client_for(registry: RegistryClient | SupportsRegistryClient, doras_url
     """
     client = registry_client_of(registry)
     credentials = client.credentials_for(registry_host)
+    if credentials is not None and credentials[0] == IDENTITY_TOKEN_USER:
+        credentials = None  # an identity token is for the registry's token server, not a password to pass on
     auth = BasicAuth(*credentials) if credentials is not None else None
     plain = doras_url.startswith("http://")
     if plain and auth is not None and not client.allow_insecure_auth:
@@ -525,7 +528,8 @@ class _PullRun:
             given = self.registry.credentials_for(target.registry)
             if given is None:
                 raise
-            raise RegistryAuthError(f"{target.registry} refused the credentials of user {given[0]!r} for {target.repository} "
+            who = "the identity token" if given[0] == IDENTITY_TOKEN_USER else f"the credentials of user {given[0]!r}"
+            raise RegistryAuthError(f"{target.registry} refused {who} for {target.repository} "
                                     f"(HTTP {exc.status})", status=exc.status, fix=Fix.CREDENTIALS_REFUSED) from exc
         except RegistryError as exc:
             if exc.status != 404:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import urllib3
 
 from ..algorithms import ALGORITHM_NAMES
-from ..auth import DockerConfigAuth, default_docker_config
+from ..auth import IDENTITY_TOKEN_USER, DockerConfigAuth, default_docker_config
 from ..edgeapi import AuthArg, BasicAuth, BearerAuth
 from ..errors import InvalidArgumentError
 from ..registry_client import RegistryClient
@@ -131,6 +131,12 @@ def add_connection_options(parser: argparse.ArgumentParser, *, registry: bool = 
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("-p", "--password", help="registry password (prefer --password-stdin)")
     secret.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    if registry:
+        secret.add_argument("--identity-token", metavar="TOKEN",
+                            help="registry identity token (an OAuth2 refresh token, as oras takes; prefer "
+                                 "--identity-token-stdin)")
+        secret.add_argument("--identity-token-stdin", action="store_true",
+                            help="read the registry identity token from stdin")
     parser.add_argument(
         "--registry-config", metavar="FILE", action="append", default=[],
         help="docker config.json with registry credentials (repeatable; ~/.docker/config.json is read too)",
@@ -191,10 +197,20 @@ def tls_from_args(args: argparse.Namespace) -> bool | str:
 
 
 def credentials_from_args(args: argparse.Namespace) -> tuple[str, str] | None:
-    """``(user, password)`` of ``-u`` with ``-p`` or ``--password-stdin`` (first line of stdin)."""
+    """``(user, password)`` of ``-u`` with ``-p`` or ``--password-stdin`` (first line of stdin); an identity
+    token is ``("<token>", token)`` (:data:`~doras_oras.auth.IDENTITY_TOKEN_USER`)."""
     for config in args.registry_config:
         if not os.path.isfile(config):
             raise InvalidArgumentError(f"--registry-config {config}: no such file")
+    identity = getattr(args, "identity_token", None)
+    if getattr(args, "identity_token_stdin", False):
+        identity = sys.stdin.readline().strip()
+        if not identity:
+            raise InvalidArgumentError("--identity-token-stdin: no token on stdin")
+    if identity is not None:
+        if args.username:
+            raise InvalidArgumentError("an identity token and --username exclude each other")
+        return IDENTITY_TOKEN_USER, identity
     password = args.password
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
