@@ -135,8 +135,9 @@ class PullResult:
     """The delta algorithm applied (``bsdiff+zstd``, ``tardiff``, ...), if any."""
     bytes_received: int
     """Bytes received from the registry and the Doras server during this pull."""
-    full_size: int
-    """What a full pull of the target costs: manifest + config + layers."""
+    full_size: int | None
+    """What a full pull of the target costs: manifest + config + layers (None when up to date with an
+    image stored rewritten, whose registry layer sizes the layout does not know)."""
     duration_s: float
     stored_digest: str | None = None
     """The digest of the manifest recorded in the layout (differs from ``to_digest``
@@ -280,6 +281,18 @@ def _holding(layout: OCILayout, target: Reference, digest: str, platform: str) -
         if _serves(image, digest, platform):
             return image
     return None
+
+
+def _stored_full_size(layout: OCILayout, held: ImageEntry, resolved: Descriptor) -> int | None:
+    """What a full pull of ``resolved`` costs, read from the layout's copy (no request); None when the
+    layout stores another manifest (a tar-diff result as its uncompressed tar, a platform of an index)."""
+    if held.descriptor.digest != resolved.digest:
+        return None
+    document = json.loads(layout.read_blob(held.descriptor))
+    if not isinstance(document, dict):
+        return None
+    parts = [document.get("config") or {}, *(document.get("layers") or [])]
+    return held.descriptor.size + sum(int(part.get("size", 0)) for part in parts)
 
 
 def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) -> ImageEntry | None:
@@ -454,7 +467,7 @@ class _PullRun:
             to_digest=extra.pop("to_digest", tgt.descriptor.digest if tgt else None),
             algorithm=extra.pop("algorithm", None),
             bytes_received=self.received,
-            full_size=tgt.full_size if tgt else 0,
+            full_size=extra.pop("full_size", tgt.full_size if tgt else None),
             duration_s=round(time.monotonic() - self.started, 3),
             trust=self.trust.to_json() if self.trust is not None else None,
             output=self.written,
@@ -490,8 +503,8 @@ class _PullRun:
                                     source_digest=held.source_digest, annotations=notes or None,
                                     attachments=attachments)
             return self.result(STATUS_UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
-                               None, from_digest=held.source_digest, stored_digest=held.descriptor.digest,
-                               to_digest=resolved.digest)
+                               None, stored_digest=held.descriptor.digest, to_digest=resolved.digest,
+                               full_size=_stored_full_size(layout, held, resolved))
         self.verify(resolved.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
         tgt = _Target(target, registry.fetch_parsed(target, expected=resolved))
         self.keep = self.attachments(tgt)  # the verified signatures, committed with the target
