@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from doras_oras.errors import InvalidReferenceError
 from doras_oras.reference import Reference, names_registry
@@ -179,9 +181,30 @@ def test_help_names_exit_codes_and_scopes() -> None:
     assert "CA bundle to verify the TLS certificates of the registry and the Doras server" in text
     delta = " ".join(cli("delta", "--help").stdout.split())
     assert "do not verify the TLS certificates of the Doras server" in delta
-    assert "--allow-insecure-auth" not in delta
+    assert "allow sending credentials to an http:// --server" in delta and "--plain-http" not in delta
     gc = " ".join(cli("gc", "--help").stdout.split())
     assert "seconds to wait while another process writes the layout (default 300; 0: do not wait)" in gc
     assert "--rebuild" in gc
     top = cli("--help")
     assert all(name in top.stdout for name in ("pull", "delta", "apply", "gc", "list"))
+
+
+@pytest.mark.parametrize("part, whole, text", [
+    (2560, 6 << 20, "0.041%"),       # 2.5 KiB of 6 MiB: not 0.0%
+    (23144, 1049170, "2.2%"),
+    (388, 1049170, "0.037%"),
+    (0, 1000, "0%"),
+    (370, 1000, "37%"),
+    (1000, 1000, "100%"),
+])
+def test_the_share_of_a_full_pull_has_two_significant_digits(part: int, whole: int, text: str) -> None:
+    from doras_oras.cli.pull import share_text
+
+    assert share_text(part, whole) == text
+
+
+@given(st.integers(1, 1 << 40), st.integers(1, 1 << 40))
+def test_a_share_of_some_bytes_is_never_shown_as_zero(part: int, extra: int) -> None:
+    from doras_oras.cli.pull import share_text
+
+    assert float(share_text(part, part + extra).rstrip("%")) > 0
