@@ -239,6 +239,12 @@ def _size(n: int) -> str:
     return human_size(n)
 
 
+def share_text(part: int, whole: int) -> str:
+    from ..cli.pull import share_text as share
+
+    return share(part, whole)
+
+
 def _holds_the_tar_of(stored: bytes, published: bytes) -> bool:
     """Whether ``stored`` is ``published`` rewritten for its uncompressed tar (DESIGN.md §4): the same
     config and annotations, the layer replaced by the tar whose digest the original layer declares."""
@@ -351,9 +357,9 @@ def _demo(args: argparse.Namespace, work: Path, log_file: Path) -> int:
         for result in rows:
             name = result["reference"].split("/", 1)[1]
             how = result["status"] + (f" {result['algorithm']}" if result.get("algorithm") else "")
-            share = 100.0 * result["bytes_received"] / max(1, result["full_size"])
+            share = share_text(result["bytes_received"], max(1, result["full_size"]))
             print(f"{name:<22} {how:<18} {_size(result['bytes_received']):>12} {_size(result['full_size']):>12} "
-                  f"{share:>6.1f}%")
+                  f"{share:>7}")
         print("\nchecks:")
         problems = _check(registry, work)
         if [r["status"] for r in rows] != ["full", "delta", "full", "delta"]:
