@@ -59,6 +59,13 @@ def test_unknown_and_abbreviated_flags_print_the_subcommand_usage(tmp_path: Path
     assert not (tmp_path / "L").exists()
 
 
+def test_an_argument_refused_after_parsing_prints_the_subcommand_usage(tmp_path: Path) -> None:
+    """docs/cli.md: a usage error prints the subcommand's usage first, also one a command finds (exit 2)."""
+    proc = cli("pull", NOWHERE, "--oci-layout", str(tmp_path / "L"), "--accept", "bsdiff")  # without --server
+    usage(proc, "only apply with --server")
+    assert proc.stderr.startswith("usage: doras-oras pull "), proc.stderr
+
+
 def test_usage_errors_print_one_json_object_with_json(tmp_path: Path) -> None:
     """Every outcome gives one JSON object, also flags argparse refuses."""
     for argv, named in (
