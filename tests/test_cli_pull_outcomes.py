@@ -229,8 +229,8 @@ def test_text_output_has_human_sizes(oci_registry: RegistryServer, versions: tup
     repo, _v1, _v2 = versions
     proc = cli("pull", f"{oci_registry.host}/{repo}:v1", "--oci-layout", str(tmp_path / "L"), "--plain-http")
     assert proc.returncode == 0, proc.stderr
-    assert " KiB received, 100.0% of a full pull (" in proc.stdout and " bytes" not in proc.stdout, proc.stdout
-    gc = cli("gc", "--oci-layout", str(tmp_path / "L"), "--keep", "0")
+    assert " KiB received, 100% of a full pull (" in proc.stdout and " bytes" not in proc.stdout, proc.stdout
+    gc = cli("gc", "--oci-layout", str(tmp_path / "L"), "--keep", "0", "--force")
     assert gc.returncode == 0 and "KiB freed" in gc.stdout, gc.stdout
 
 
@@ -307,3 +307,16 @@ def test_up_to_date_json_says_the_full_size_and_no_base(oci_registry: RegistrySe
     assert full["full_size"] > 60000
     named = cli("pull", f"{oci_registry.host}/{repo}:v2", *common, "--server", server.url, "--from", "v1")
     assert named.returncode == 3 and one_json(named)["from_digest"] is None
+
+
+def test_gc_keep_0_needs_force(oci_registry: RegistryServer, versions: tuple[str, bytes, bytes],
+                               tmp_path: Path) -> None:
+    repo, _v1, _v2 = versions
+    layout = tmp_path / "L"
+    assert cli("pull", f"{oci_registry.host}/{repo}:v1", "--oci-layout", str(layout), "--plain-http").returncode == 0
+    before = snapshot(layout)
+    refused = cli("gc", "--oci-layout", str(layout), "--keep", "0")
+    assert refused.returncode == 2 and "add --force" in refused.stderr, refused.stderr
+    assert snapshot(layout) == before  # nothing removed
+    forced = cli("gc", "--oci-layout", str(layout), "--keep", "0", "--force", "--json")
+    assert forced.returncode == 0 and len(one_json(forced)["removed_images"]) == 1
