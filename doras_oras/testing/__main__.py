@@ -329,7 +329,9 @@ def demo(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, work: Path, log_file: Path) -> int:
     oras = find_tool("oras")
     with RegistryServer() as registry, _server(args, registry) as server:
-        print(f"registry {registry.url}, Doras server {server.url} (logs: {log_file})")
+        # the log is named only when it stays (--keep; a failure keeps it too and shows its end)
+        logs = f"logs: {log_file}" if args.keep else "its log is shown if a step fails; --keep keeps it"
+        print(f"registry {registry.url}, Doras server {server.url} ({logs})")
         _publish_versions(oras, registry.host, work / "publish")
         key = None
         if args.sign:
