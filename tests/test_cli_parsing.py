@@ -103,7 +103,7 @@ def test_numeric_flags_of_the_other_commands(tmp_path: Path) -> None:
     usage(cli("apply", "--base", __file__, "--delta", __file__, "--output", str(tmp_path / "o"),
               "--expect-size", "-1"), "--expect-size")
     usage(cli("delta", "--from", "127.0.0.1:9/a@sha256:" + "a" * 64, "--to", "127.0.0.1:9/a:v2",
-              "--server", "http://127.0.0.1:9", "--plain-http", "--timeout", "0"), "--timeout")
+              "--server", "http://127.0.0.1:9", "--timeout", "0"), "--timeout")
 
 
 def test_delta_flags_without_server_are_a_usage_error(tmp_path: Path) -> None:
