@@ -31,6 +31,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 from .errors import Fix, InsecureTransportError, InvalidArgumentError, RegistryAuthError
+from .reference import config_key
 from .urls import origin, safe_url
 
 if TYPE_CHECKING:
@@ -43,6 +44,12 @@ CONFIG_CAP = 4 << 20
 
 #: Token responses are JSON of a few KiB; anything bigger is refused.
 TOKEN_BODY_CAP = 1024 * 1024
+
+#: The user name that says the password is an identity token (docker's credential convention).
+IDENTITY_TOKEN_USER = "<token>"
+
+#: The OAuth2 client id sent with an identity token (the token server records it).
+CLIENT_ID = "doras-oras"
 
 _PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -65,11 +72,14 @@ def basic_header(username: str, password: str) -> str:
 class RegistryAuth:
     """Credentials for one registry (``registry`` is ``host[:port]`` as in references).
 
-    ``username``/``password`` (or ``identity_token`` as the password of the
-    token request) are optional: without them, bearer tokens are requested
-    anonymously and basic challenges fail. ``allowed_realm_hosts`` lists
-    the token realms trusted besides the registry's own origin: a
-    ``host:port`` allows that one port, a bare ``host`` every port of it.
+    ``username``/``password`` are optional: without them, bearer tokens are
+    requested anonymously and basic challenges fail. The user name
+    :data:`IDENTITY_TOKEN_USER` (``<token>``, docker's convention) makes the password
+    an identity token (an OAuth2 refresh token, as ``oras login --identity-token``
+    takes): tokens are then asked with a ``POST`` of ``grant_type=refresh_token``
+    to the realm. ``allowed_realm_hosts`` lists the token realms trusted besides the
+    registry's own origin: a ``host:port`` allows that one port, a bare ``host``
+    every port of it.
     """
 
     def __init__(
@@ -192,6 +202,24 @@ class RegistryAuth:
         self._check_realm(url, realm, transport)
         query = {k: params[k] for k in ("service", "scope") if params.get(k)}
         token_url = realm + (("&" if "?" in realm else "?") + urlencode(query) if query else "")
+        if self.username == IDENTITY_TOKEN_USER:
+            body = self._oauth2_token(realm, query, transport)
+        else:
+            body = self._distribution_token(realm, token_url, transport)
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise RegistryAuthError(f"token server {safe_url(realm)} answered no JSON") from exc
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RegistryAuthError(f"token server {safe_url(realm)} answered no token")
+        self.tokens_fetched += 1
+        log.debug("fetched a token from %s for scope %r", safe_url(realm), query.get("scope"))
+        return token
+
+
+    def _distribution_token(self, realm: str, token_url: str, transport: Transport) -> bytes:
+        """The token server's answer to a ``GET`` (with the basic credentials when there are any)."""
         headers: dict[str, str] = {"Accept": "application/json"}
         if self.username is not None:
             headers["Authorization"] = basic_header(self.username, self.password or "")
@@ -203,16 +231,28 @@ class RegistryAuth:
                 f"token server {safe_url(realm)} refused the credentials for {self.registry}",
                 status=exc.status, fix=Fix.REGISTRY_CREDENTIALS,
             ) from exc
+        return body
+
+    def _oauth2_token(self, realm: str, query: Mapping[str, str], transport: Transport) -> bytes:
+        """The token server's answer to ``POST grant_type=refresh_token`` with the identity token."""
+        form = {"grant_type": "refresh_token", "refresh_token": self.password or "", "client_id": CLIENT_ID,
+                **query}
+        policy = transport.policy
         try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise RegistryAuthError(f"token server {safe_url(realm)} answered no JSON") from exc
-        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
-        if not isinstance(token, str) or not token:
-            raise RegistryAuthError(f"token server {safe_url(realm)} answered no token")
-        self.tokens_fetched += 1
-        log.debug("fetched a token from %s for scope %r", safe_url(realm), query.get("scope"))
-        return token
+            response = transport.session.post(
+                realm, data=form, headers={"Accept": "application/json"}, allow_redirects=False, stream=True,
+                timeout=(policy.connect_timeout_s, policy.read_timeout_s), verify=transport.verify)
+        except requests.RequestException as exc:
+            raise RegistryAuthError(f"token server {safe_url(realm)}: {type(exc).__name__}") from exc
+        with response:
+            if response.status_code != 200:
+                raise RegistryAuthError(
+                    f"token server {safe_url(realm)} refused the identity token for {self.registry} "
+                    f"(HTTP {response.status_code})", status=response.status_code, fix=Fix.CREDENTIALS_REFUSED)
+            body = response.raw.read(TOKEN_BODY_CAP + 1, decode_content=True)
+        if len(body) > TOKEN_BODY_CAP:
+            raise RegistryAuthError(f"token server {safe_url(realm)} answered over {TOKEN_BODY_CAP} bytes")
+        return bytes(body)
 
 
 def default_docker_config() -> Path:
@@ -228,7 +268,9 @@ class DockerConfigAuth:
     given ``paths``), as oras-py does: ``auths[host].auth`` (base64
     ``user:password``), ``username``/``password``, ``registrytoken`` (sent as
     Bearer), then ``credHelpers[host]`` / ``credsStore`` through
-    ``docker-credential-<name> get``. No entry: no header.
+    ``docker-credential-<name> get``. No entry: no header. Docker Hub's entry
+    is ``https://index.docker.io/v1/`` (:func:`~doras_oras.reference.config_key`),
+    whichever of its names is asked for.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]] | None = None, *,
@@ -269,7 +311,8 @@ class DockerConfigAuth:
 
     def authorization(self, registry: str) -> str | None:
         auths, helpers, store = self._load()
-        host = _config_host(registry)
+        key = config_key(registry)
+        host = _config_host(key)
         entry = auths.get(host)
         if entry:
             token, encoded = entry.get("registrytoken"), entry.get("auth")
@@ -282,7 +325,7 @@ class DockerConfigAuth:
                 return basic_header(user, password)
         helper = helpers.get(host) or store
         if helper:
-            return self._from_helper(helper, host)
+            return self._from_helper(helper, key if "://" in key else host)
         return None
 
     def _from_helper(self, helper: str, host: str) -> str | None:

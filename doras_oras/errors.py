@@ -91,6 +91,10 @@ class Fix(enum.Enum):
     """The registry wants (other) credentials: 401/403."""
     REALM_HOST = "realm-host"
     """The registry's token realm is on another host or port than the registry."""
+    CREDENTIALS_REFUSED = "credentials-refused"
+    """The registry refused the credentials that were given (401/403)."""
+    NOT_FOUND = "not-found"
+    """The registry has no such repository, tag or digest (404)."""
     SERVER_CREDENTIALS = "server-credentials"
     """The Doras server wants (other) credentials: 401."""
     REBUILD_INDEX = "rebuild-index"
@@ -127,6 +131,9 @@ _LIBRARY_HINTS: dict[Fix, str] = {
                               "RegistryClient(credentials=...), or a docker config file (registry_configs=[...])",
     Fix.REALM_HOST: "if you trust that token server, list it in allowed_realm_hosts=['HOST:PORT'] "
                     "(RegistryClient, DeltaRegistry)",
+    Fix.CREDENTIALS_REFUSED: "check the password (or token), and that the user may read the repository; "
+                             "or give other credentials (credentials=..., registry_configs=[...])",
+    Fix.NOT_FOUND: "check the repository name and the tag or digest of the reference",
     Fix.SERVER_CREDENTIALS: "give the Doras server credentials: EdgeClient(auth=BasicAuth(...) or BearerAuth(...)), "
                             "or basic credentials on the registry client (they are passed on)",
     Fix.REBUILD_INDEX: "OCILayout.rebuild_index() recreates it from blobs/ (the tags are lost)",

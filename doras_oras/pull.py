@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from . import plan as _plan
 from . import schemas
 from .algorithms import Compression, check_algorithm_names
+from .auth import IDENTITY_TOKEN_USER
 from .budget import DownloadBudget, check_free_space, check_max_size
 from .codecs import apply_delta
 from .descriptor import INDEX_MEDIA_TYPES, OCI_LAYER_TAR, Descriptor
@@ -71,6 +72,8 @@ from .errors import (
     InsecureTransportError,
     InvalidArgumentError,
     LimitExceededError,
+    RegistryAuthError,
+    RegistryError,
     TransportError,
     TrustError,
     VerificationError,
@@ -134,8 +137,9 @@ class PullResult:
     """The delta algorithm applied (``bsdiff+zstd``, ``tardiff``, ...), if any."""
     bytes_received: int
     """Bytes received from the registry and the Doras server during this pull."""
-    full_size: int
-    """What a full pull of the target costs: manifest + config + layers."""
+    full_size: int | None
+    """What a full pull of the target costs: manifest + config + layers (None when up to date with an
+    image stored rewritten, whose registry layer sizes the layout does not know)."""
     duration_s: float
     stored_digest: str | None = None
     """The digest of the manifest recorded in the layout (differs from ``to_digest``
@@ -259,6 +263,8 @@ def edge_client_for(registry: RegistryClient | SupportsRegistryClient, doras_url
     """
     client = registry_client_of(registry)
     credentials = client.credentials_for(registry_host)
+    if credentials is not None and credentials[0] == IDENTITY_TOKEN_USER:
+        credentials = None  # an identity token is for the registry's token server, not a password to pass on
     auth = BasicAuth(*credentials) if credentials is not None else None
     plain = doras_url.startswith("http://")
     if plain and auth is not None and not client.allow_insecure_auth:
@@ -277,6 +283,18 @@ def _holding(layout: OCILayout, target: Reference, digest: str, platform: str) -
         if _serves(image, digest, platform):
             return image
     return None
+
+
+def _stored_full_size(layout: OCILayout, held: ImageEntry, resolved: Descriptor) -> int | None:
+    """What a full pull of ``resolved`` costs, read from the layout's copy (no request); None when the
+    layout stores another manifest (a tar-diff result as its uncompressed tar, a platform of an index)."""
+    if held.descriptor.digest != resolved.digest:
+        return None
+    document = json.loads(layout.read_blob(held.descriptor))
+    if not isinstance(document, dict):
+        return None
+    parts = [document.get("config") or {}, *(document.get("layers") or [])]
+    return held.descriptor.size + sum(int(part.get("size", 0)) for part in parts)
 
 
 def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) -> ImageEntry | None:
@@ -476,7 +494,7 @@ class _PullRun:
             to_digest=extra.pop("to_digest", tgt.descriptor.digest if tgt else None),
             algorithm=extra.pop("algorithm", None),
             bytes_received=self.received,
-            full_size=tgt.full_size if tgt else 0,
+            full_size=extra.pop("full_size", tgt.full_size if tgt else None),
             duration_s=round(time.monotonic() - self.started, 3),
             trust=self.trust.to_json() if self.trust is not None else None,
             output=self.written,
@@ -508,7 +526,7 @@ class _PullRun:
     def _execute(self, base_ref: Reference | None) -> PullResult:
         target, layout, registry = self.target, self.layout, self.registry
         # A HEAD first: a device polling for updates pays no manifest body when up to date.
-        resolved = registry.resolve(target)
+        resolved = self.resolve_target()
         base = find_base(layout, target, base_ref)
         held = _holding(layout, target, resolved.digest, self.platform or host_platform())
         if held is not None:
@@ -523,8 +541,8 @@ class _PullRun:
                                     source_digest=held.source_digest, annotations=notes or None,
                                     attachments=attachments)
             return self.result(STATUS_UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
-                               None, from_digest=held.source_digest, stored_digest=held.descriptor.digest,
-                               to_digest=resolved.digest)
+                               None, stored_digest=held.descriptor.digest, to_digest=resolved.digest,
+                               full_size=_stored_full_size(layout, held, resolved))
         self.verify(resolved.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
         tgt = _Target(target, registry.fetch_parsed(target, expected=resolved))
         self.go_forward(tgt.body, resolved.digest, None)  # a rollback or stale target: refused, nothing fetched
@@ -551,6 +569,24 @@ class _PullRun:
             result = replace(result, reason=result.reason + f"; the damaged image {base.tag or base.source_digest} "
                              "(its layer was lost) was dropped from the layout's index")
         return result
+
+    def resolve_target(self) -> Descriptor:
+        """The target's descriptor; a 404 says the reference is not found, a 401/403 after credentials
+        were given says the registry refused that user (not that credentials are missing)."""
+        target = self.target
+        try:
+            return self.registry.resolve(target)
+        except RegistryAuthError as exc:
+            given = self.registry.credentials_for(target.registry)
+            if given is None:
+                raise
+            who = "the identity token" if given[0] == IDENTITY_TOKEN_USER else f"the credentials of user {given[0]!r}"
+            raise RegistryAuthError(f"{target.registry} refused {who} for {target.repository} "
+                                    f"(HTTP {exc.status})", status=exc.status, fix=Fix.CREDENTIALS_REFUSED) from exc
+        except RegistryError as exc:
+            if exc.status != 404:
+                raise
+            raise RegistryError(f"{target}: not found (HTTP 404)", status=404, fix=Fix.NOT_FOUND) from exc
 
     def verify(self, digest: str) -> None:
         """With ``verify``: refuse ``digest`` unless its signature verifies in the registry (:class:`TrustError`).

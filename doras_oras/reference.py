@@ -13,6 +13,12 @@ which the grammar reads as ``docker.io/library/host`` at tag ``5000``).
 :func:`names_registry` tells whether a text names its registry (else it is
 ``docker.io``); :meth:`Reference.parse_relative` reads ``v1`` or
 ``sha256:...`` in the repository of another reference (``--from``).
+
+Docker Hub is named ``docker.io`` (a one-component repository there is under
+``library/``, as docker reads ``alpine``), but its API is served by
+:data:`DOCKER_HUB_API` (:func:`api_host`), its token realm is on
+:data:`DOCKER_HUB_AUTH`, and docker and oras store its credentials under
+:data:`DOCKER_HUB_CONFIG_KEY` (:func:`config_key`), as every Docker Hub client does.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ from .descriptor import validate_digest
 from .errors import InvalidDigestError, InvalidReferenceError
 
 DEFAULT_REGISTRY = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+"""The host that serves Docker Hub's registry API (``docker.io`` itself does not)."""
+DOCKER_HUB_AUTH = "auth.docker.io"
+"""The host of Docker Hub's token realm."""
+DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
+"""The key of Docker Hub's credentials in a docker ``config.json`` and for credential helpers."""
+_DOCKER_HUB_NAMES = frozenset({DEFAULT_REGISTRY, "index.docker.io", DOCKER_HUB_API})
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
@@ -40,6 +53,21 @@ _DIGEST_START_RE = re.compile(r"^sha(?:256|512):")
 def _is_host(component: str) -> bool:
     """Whether the first path component of a reference is a registry host (the grammar's rule)."""
     return "." in component or ":" in component or component == "localhost" or component.startswith("[")
+
+
+def is_docker_hub(registry: str) -> bool:
+    """Whether ``registry`` (``host[:port]``) names Docker Hub."""
+    return registry.lower() in _DOCKER_HUB_NAMES
+
+
+def api_host(registry: str) -> str:
+    """The host the registry API of ``registry`` is asked at: Docker Hub's is :data:`DOCKER_HUB_API`."""
+    return DOCKER_HUB_API if is_docker_hub(registry) else registry
+
+
+def config_key(registry: str) -> str:
+    """The key of ``registry``'s credentials in a docker config: Docker Hub's is :data:`DOCKER_HUB_CONFIG_KEY`."""
+    return DOCKER_HUB_CONFIG_KEY if is_docker_hub(registry) else registry
 
 
 def is_tag(text: str) -> bool:
@@ -97,8 +125,8 @@ class Reference:
                 raise InvalidReferenceError(f"invalid reference {text!r}: bad registry {registry!r}")
         else:
             registry, repository = DEFAULT_REGISTRY, rest
-            if "/" not in repository:
-                repository = "library/" + repository
+        if registry in (DEFAULT_REGISTRY, "index.docker.io") and repository and "/" not in repository:
+            repository = "library/" + repository  # docker.io/alpine is docker.io/library/alpine
         if not repository or not _REPOSITORY_RE.match(repository):
             raise InvalidReferenceError(
                 f"invalid reference {text!r}: bad repository {repository!r} "

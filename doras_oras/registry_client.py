@@ -55,7 +55,7 @@ from .errors import (
     VerificationError,
 )
 from .layout import BlobWriter, OCILayout
-from .reference import Reference
+from .reference import DOCKER_HUB_AUTH, Reference, api_host, is_docker_hub
 from .stream import verifying_stream
 from .transport import ByteCounter, RetryBudget, TransferPolicy, Transport
 from .transport.failures import NETWORK_ERRORS, REGISTRY_PEER, translate
@@ -208,13 +208,13 @@ class RegistryClient:
         explicit = self._credentials()
         if host in self._auths and self._auth_sources.get(host) == explicit:
             return
+        realms = (*self.allowed_realm_hosts, *((DOCKER_HUB_AUTH,) if is_docker_hub(host) else ()))
         if explicit is not None:
             user, password = explicit
-            auth = RegistryAuth(host, username=user, password=password, allowed_realm_hosts=self.allowed_realm_hosts)
+            auth = RegistryAuth(api_host(host), username=user, password=password, allowed_realm_hosts=realms)
         else:
-            auth = RegistryAuth.from_docker_config(
-                host, configs=self.registry_configs, allowed_realm_hosts=self.allowed_realm_hosts
-            )
+            auth = RegistryAuth.from_docker_config(api_host(host), configs=self.registry_configs,
+                                                   allowed_realm_hosts=realms)
         self._auths[host] = auth
         self._auth_sources[host] = explicit
 
@@ -231,7 +231,7 @@ class RegistryClient:
         return auth.username, auth.password or ""
 
     def _url(self, ref: Reference, kind: str, what: str) -> str:
-        return f"{self.prefix}://{ref.registry}/v2/{ref.repository}/{kind}/{what}"
+        return f"{self.prefix}://{api_host(ref.registry)}/v2/{ref.repository}/{kind}/{what}"
 
     def _headers(self, extra: Mapping[str, str]) -> dict[str, str]:
         base = {k: v for k, v in dict(self._extra_headers()).items() if k.lower() != "authorization"}
@@ -319,7 +319,7 @@ class RegistryClient:
         if not path.startswith("/v2/"):
             raise InvalidArgumentError(f"registry path {path[:100]!r} does not start with /v2/")
         self._prepare(ref)
-        url = f"{self.prefix}://{ref.registry}{path}"
+        url = f"{self.prefix}://{api_host(ref.registry)}{path}"
         headers = self._headers({"Accept": accept} if accept else {})
         try:
             body, response = self.transport.get_bytes(url, max_bytes=max_bytes, headers=headers,
@@ -374,7 +374,8 @@ class RegistryClient:
         A dropped, stalled or timed-out link after the policy's retries raises a
         :class:`TransportError` and leaves the writer's bytes for the next call
         (close it to keep a partial file); a digest or size mismatch discards them.
-        ``on_progress`` is called with the bytes received so far.
+        ``on_progress`` is called with the bytes of the blob held so far (a resumed
+        download starts at what the writer held, not at 0).
         """
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         validate_digest(descriptor.digest)
@@ -386,7 +387,7 @@ class RegistryClient:
             return writer.finish()
         self._prepare(ref)
         url = self._url(ref, "blobs", descriptor.digest)
-        counter = ByteCounter(on_progress=on_progress)
+        counter = ByteCounter(on_progress=(lambda _received: on_progress(writer.offset)) if on_progress else None)
         try:
             return self.transport.download(url, writer, headers=self._headers({}), counter=counter,
                                            budget=self.transport.budget(self._deadline), exact_length=True)

@@ -3,10 +3,19 @@
 # fresh Debian machine (run as root). Idempotent: a second run is quick.
 #   - Debian packages: docker-registry (CNCF distribution), skopeo, umoci,
 #     bsdiff/bspatch, openssl, apache2-utils (htpasswd), iproute2
-#   - the oras CLI v1.3.6 and cosign v2.6.5 into .tools/bin (git-ignored)
+#   - the oras CLI v1.3.6 into .tools/bin (git-ignored)
+#   - with --with-cosign (the tests: scripts/test.sh): cosign v2.6.5 into .tools/bin too
+#     (building it takes minutes; the demo does not use it, not even with --sign)
 #   - a virtualenv in .venv (git-ignored) with doras-oras and its test extras
 # What apt-get, go and pip print goes to .tools/bootstrap.log; it is shown when a step fails.
 set -euo pipefail
+with_cosign=0
+for arg in "$@"; do
+  case $arg in
+    --with-cosign) with_cosign=1 ;;
+    *) printf 'bootstrap: unknown argument %s (usage: bootstrap.sh [--with-cosign])\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 root=$PWD
 
@@ -42,10 +51,14 @@ if [ ! -x .tools/bin/oras ] || ! .tools/bin/oras version 2>/dev/null | grep 'Ver
   log "go install oras.land/oras/cmd/oras@v1.3.6"
   GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod quiet go install oras.land/oras/cmd/oras@v1.3.6
 fi
-# cosign (signing and the reference verifier of the trust tests, docs/trust.md)
-if [ ! -x .tools/bin/cosign ] || ! .tools/bin/cosign version 2>/dev/null | grep 'GitVersion: *v2.6.5$' >/dev/null; then
-  log "go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 (takes minutes)"
-  GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod quiet go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
+# cosign (signing and the reference verifier of the trust tests, docs/trust.md): only when asked
+ready=".venv/bin/python, .tools/bin/oras"
+if [ "$with_cosign" = 1 ]; then
+  ready="$ready, .tools/bin/cosign"
+  if [ ! -x .tools/bin/cosign ] || ! .tools/bin/cosign version 2>/dev/null | grep 'GitVersion: *v2.6.5$' >/dev/null; then
+    log "go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 (takes minutes)"
+    GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod quiet go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
+  fi
 fi
 
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
@@ -57,4 +70,4 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
-log "ready: .venv/bin/python, .tools/bin/oras, .tools/bin/cosign"
+log "ready: $ready"

@@ -4,7 +4,7 @@
 # (docker-registry, oras CLI, skopeo, umoci, bspatch) on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/bootstrap.sh
+./scripts/bootstrap.sh --with-cosign  # the trust tests verify with the real cosign
 export PATH="$PWD/.tools/bin:$PWD/.venv/bin:$PATH"
 echo "== ruff" >&2
 ruff check doras_oras tests scripts

@@ -23,7 +23,7 @@ READY = json.dumps({"target_image": TARGET, "delta_image": DELTA}).encode()
 
 
 def args(server: str, *extra: str) -> list[str]:
-    return ["delta", "--from", FROM, "--to", TO_TAG, "--server", server, "--plain-http", *extra]
+    return ["delta", "--from", FROM, "--to", TO_TAG, "--server", server, "--allow-insecure-auth", *extra]
 
 
 @pytest.fixture(autouse=True)
@@ -83,9 +83,9 @@ def test_server_error_exit_1_with_json(capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["delta", "--from", TO_TAG, "--to", TO_TAG, "--server", "http://127.0.0.1:9", "--plain-http"],
-     "digest reference"),
-    (["delta", "--from", FROM, "--to", TO_TAG, "--server", "http://127.0.0.1:9"], "--plain-http"),
+    (["delta", "--from", TO_TAG, "--to", TO_TAG, "--server", "http://127.0.0.1:9"], "digest reference"),
+    (["delta", "--from", FROM, "--to", TO_TAG, "--server", "http://127.0.0.1:9", "--plain-http"],
+     "--plain-http says the registry speaks plain HTTP"),
     (["delta", "--from", FROM, "--to", TO_TAG, "--server", "ftp://x"], "server URL"),
     (["delta", "--from", FROM, "--to", TO_TAG, "--server", "https://x", "-p", "pw"], "needs --username"),
     (["delta", "--from", FROM, "--to", TO_TAG, "--server", "https://x", "-u", "me"], "needs --password"),
@@ -95,6 +95,20 @@ def test_usage_errors_exit_2_and_send_nothing(argv: list[str], message: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == EXIT_USAGE
     assert message in capsys.readouterr().err
+
+
+def test_an_http_server_needs_no_flag_as_in_pull(capsys: pytest.CaptureFixture[str]) -> None:
+    with FaultServer(lambda _s: Reply(200, READY)) as srv:
+        assert main(["delta", "--from", FROM, "--to", TO_TAG, "--server", srv.url]) == EXIT_OK
+    assert capsys.readouterr().out == f"target_image: {TARGET}\ndelta_image: {DELTA}\n"
+
+
+def test_credentials_to_an_http_server_need_allow_insecure_auth(capsys: pytest.CaptureFixture[str]) -> None:
+    with FaultServer(lambda _s: Reply(200, READY)) as srv:
+        assert main(["delta", "--from", FROM, "--to", TO_TAG, "--server", srv.url, "-u", "me", "-p", "pw"]) \
+            == EXIT_ERROR
+    assert "over plain HTTP; refused; add --allow-insecure-auth" in capsys.readouterr().err
+    assert srv.seen == []
 
 
 def test_unknown_algorithm_is_an_argparse_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

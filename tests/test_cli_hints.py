@@ -86,10 +86,33 @@ def test_credentials_over_plain_http_name_allow_insecure_auth(oci_registry_auth:
         assert words in none.stderr, (words, none.stderr)
     wrong = cli("pull", ref, "--oci-layout", str(layout), "--plain-http", "--allow-insecure-auth", "-u",
                 REGISTRY_USER, "--password-stdin", "--json", input_text="wrong\n")
-    assert failed(wrong)["fix"] == "registry-credentials"
+    assert failed(wrong)["fix"] == "credentials-refused"
     right = cli("pull", ref, "--oci-layout", str(layout), "--plain-http", "--allow-insecure-auth", "-u",
                 REGISTRY_USER, "--password-stdin", input_text=REGISTRY_PASSWORD + "\n")
     assert right.returncode == 0, right.stderr
+
+
+def test_a_refused_password_says_the_registry_refused_that_user(oci_registry_auth: RegistryServer,
+                                                                tmp_path: Path) -> None:
+    registry = oci_registry_auth
+    ref = f"{registry.host}/{unique('hints-refused')}:v1"
+    subprocess.run([_oras(), "push", "--plain-http", "-u", REGISTRY_USER, "-p", REGISTRY_PASSWORD, ref, "x.bin"],
+                   cwd=_file(tmp_path), check=True, capture_output=True)
+    wrong = cli("pull", ref, "--oci-layout", str(tmp_path / "L"), "--plain-http", "--allow-insecure-auth", "-u",
+                REGISTRY_USER, "--password-stdin", "--json", input_text="wrong\n")
+    obj = failed(wrong)
+    assert f"{registry.host} refused the credentials of user {REGISTRY_USER!r}" in wrong.stderr, wrong.stderr
+    assert "give credentials" not in wrong.stderr and "check the password" in wrong.stderr
+    assert obj["fix"] == "credentials-refused"
+
+
+def test_a_wrong_tag_says_not_found_with_a_hint(oci_registry: RegistryServer, pushed: str, tmp_path: Path) -> None:
+    ref = f"{oci_registry.host}/{pushed}:nope"
+    missing = cli("pull", ref, "--oci-layout", str(tmp_path / "L"), "--plain-http", "--json")
+    obj = failed(missing)
+    assert f"doras-oras: error: {ref}: not found" in missing.stderr, missing.stderr
+    assert "{" not in missing.stderr  # not the registry's raw JSON
+    assert obj["fix"] == "not-found" and f"oras repo tags {oci_registry.host}/{pushed}" in str(obj["hint"])
 
 
 def test_credentials_to_a_plain_http_doras_server_name_allow_insecure_auth(
@@ -225,7 +248,7 @@ def test_a_doras_server_that_wants_credentials(oci_registry: RegistryServer, pus
         [_oras(), "manifest", "fetch", "--plain-http", f"{host}/{pushed}:v1", "--descriptor"],
         capture_output=True, text=True, check=True).stdout)
     asked = cli("delta", "--from", f"{host}/{pushed}@{manifest['digest']}", "--to", f"{host}/{pushed}:v2",
-                "--server", server.url, "--plain-http", "--json", env={"DOCKER_CONFIG": str(tmp_path / "no-docker")})
+                "--server", server.url, "--json", env={"DOCKER_CONFIG": str(tmp_path / "no-docker")})
     obj = failed(asked)
     assert obj["fix"] == "server-credentials" and obj["http_status"] == 401
     assert "--token-stdin" in asked.stderr

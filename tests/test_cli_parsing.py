@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from doras_oras.errors import InvalidReferenceError
 from doras_oras.reference import Reference, names_registry
@@ -57,6 +59,13 @@ def test_unknown_and_abbreviated_flags_print_the_subcommand_usage(tmp_path: Path
     assert not (tmp_path / "L").exists()
 
 
+def test_an_argument_refused_after_parsing_prints_the_subcommand_usage(tmp_path: Path) -> None:
+    """docs/cli.md: a usage error prints the subcommand's usage first, also one a command finds (exit 2)."""
+    proc = cli("pull", NOWHERE, "--oci-layout", str(tmp_path / "L"), "--accept", "bsdiff")  # without --server
+    usage(proc, "only apply with --server")
+    assert proc.stderr.startswith("usage: doras-oras pull "), proc.stderr
+
+
 def test_usage_errors_print_one_json_object_with_json(tmp_path: Path) -> None:
     """Every outcome gives one JSON object, also flags argparse refuses."""
     for argv, named in (
@@ -94,7 +103,7 @@ def test_numeric_flags_of_the_other_commands(tmp_path: Path) -> None:
     usage(cli("apply", "--base", __file__, "--delta", __file__, "--output", str(tmp_path / "o"),
               "--expect-size", "-1"), "--expect-size")
     usage(cli("delta", "--from", "127.0.0.1:9/a@sha256:" + "a" * 64, "--to", "127.0.0.1:9/a:v2",
-              "--server", "http://127.0.0.1:9", "--plain-http", "--timeout", "0"), "--timeout")
+              "--server", "http://127.0.0.1:9", "--timeout", "0"), "--timeout")
 
 
 def test_delta_flags_without_server_are_a_usage_error(tmp_path: Path) -> None:
@@ -179,9 +188,30 @@ def test_help_names_exit_codes_and_scopes() -> None:
     assert "CA bundle to verify the TLS certificates of the registry and the Doras server" in text
     delta = " ".join(cli("delta", "--help").stdout.split())
     assert "do not verify the TLS certificates of the Doras server" in delta
-    assert "--allow-insecure-auth" not in delta
+    assert "allow sending credentials to an http:// --server" in delta and "--plain-http" not in delta
     gc = " ".join(cli("gc", "--help").stdout.split())
     assert "seconds to wait while another process writes the layout (default 300; 0: do not wait)" in gc
     assert "--rebuild" in gc
     top = cli("--help")
     assert all(name in top.stdout for name in ("pull", "delta", "apply", "gc", "list"))
+
+
+@pytest.mark.parametrize("part, whole, text", [
+    (2560, 6 << 20, "0.041%"),       # 2.5 KiB of 6 MiB: not 0.0%
+    (23144, 1049170, "2.2%"),
+    (388, 1049170, "0.037%"),
+    (0, 1000, "0%"),
+    (370, 1000, "37%"),
+    (1000, 1000, "100%"),
+])
+def test_the_share_of_a_full_pull_has_two_significant_digits(part: int, whole: int, text: str) -> None:
+    from doras_oras.cli.pull import share_text
+
+    assert share_text(part, whole) == text
+
+
+@given(st.integers(1, 1 << 40), st.integers(1, 1 << 40))
+def test_a_share_of_some_bytes_is_never_shown_as_zero(part: int, extra: int) -> None:
+    from doras_oras.cli.pull import share_text
+
+    assert float(share_text(part, part + extra).rstrip("%")) > 0

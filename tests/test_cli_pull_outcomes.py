@@ -229,8 +229,8 @@ def test_text_output_has_human_sizes(oci_registry: RegistryServer, versions: tup
     repo, _v1, _v2 = versions
     proc = cli("pull", f"{oci_registry.host}/{repo}:v1", "--oci-layout", str(tmp_path / "L"), "--plain-http")
     assert proc.returncode == 0, proc.stderr
-    assert " KiB received, 100.0% of a full pull (" in proc.stdout and " bytes" not in proc.stdout, proc.stdout
-    gc = cli("gc", "--oci-layout", str(tmp_path / "L"), "--keep", "0")
+    assert " KiB received, 100% of a full pull (" in proc.stdout and " bytes" not in proc.stdout, proc.stdout
+    gc = cli("gc", "--oci-layout", str(tmp_path / "L"), "--keep", "0", "--force")
     assert gc.returncode == 0 and "KiB freed" in gc.stdout, gc.stdout
 
 
@@ -288,3 +288,35 @@ def test_sigint_exits_130_and_changes_nothing(oci_registry: RegistryServer, vers
     assert "doras-oras: error: interrupted" in err and "Traceback" not in err
     assert json.loads(out)["exit_code"] == 130
     assert snapshot(layout) == before
+
+
+def test_up_to_date_json_says_the_full_size_and_no_base(oci_registry: RegistryServer,
+                                                        versions: tuple[str, bytes, bytes],
+                                                        doras_server_factory: DorasServerFactory,
+                                                        tmp_path: Path) -> None:
+    """Up to date: ``full_size`` is what a full pull costs (not 0); nothing was patched, so ``from_digest``
+    is null (not the target's digest), also with ``--from v1``."""
+    repo, _v1, _v2 = versions
+    server = doras_server_factory()
+    common = ["--oci-layout", str(tmp_path / "L"), "--plain-http", "--json"]
+    assert cli("pull", f"{oci_registry.host}/{repo}:v1", *common).returncode == 0
+    full = one_json(cli("pull", f"{oci_registry.host}/{repo}:v2", *common))
+    again = cli("pull", f"{oci_registry.host}/{repo}:v2", *common)
+    assert again.returncode == 3, again.stderr
+    assert (one_json(again)["full_size"], one_json(again)["from_digest"]) == (full["full_size"], None)
+    assert full["full_size"] > 60000
+    named = cli("pull", f"{oci_registry.host}/{repo}:v2", *common, "--server", server.url, "--from", "v1")
+    assert named.returncode == 3 and one_json(named)["from_digest"] is None
+
+
+def test_gc_keep_0_needs_force(oci_registry: RegistryServer, versions: tuple[str, bytes, bytes],
+                               tmp_path: Path) -> None:
+    repo, _v1, _v2 = versions
+    layout = tmp_path / "L"
+    assert cli("pull", f"{oci_registry.host}/{repo}:v1", "--oci-layout", str(layout), "--plain-http").returncode == 0
+    before = snapshot(layout)
+    refused = cli("gc", "--oci-layout", str(layout), "--keep", "0")
+    assert refused.returncode == 2 and "add --force" in refused.stderr, refused.stderr
+    assert snapshot(layout) == before  # nothing removed
+    forced = cli("gc", "--oci-layout", str(layout), "--keep", "0", "--force", "--json")
+    assert forced.returncode == 0 and len(one_json(forced)["removed_images"]) == 1

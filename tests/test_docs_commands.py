@@ -202,3 +202,15 @@ def test_the_quickstart_runs_as_written(oci_registry: RegistryServer, firmware: 
     assert logged.startswith("logger update failed: {")
     failure = json.loads(logged.removeprefix("logger update failed: "))
     assert failure["status"] == "error" and failure["exit_code"] == 1 and "404" in failure["message"]
+
+
+def test_docs_point_only_to_files_of_the_repository() -> None:
+    """No "DESIGN.md §N": that file is not in the repository (issue #22 §8)."""
+    for path in (REPO_ROOT / "README.md", *sorted(DOCS.glob("*.md"))):
+        assert not re.search(r"DESIGN(\.md)?\s*(§|notes)", path.read_text()), path
+
+
+def test_testing_docs_say_how_to_build_the_go_server() -> None:
+    text = " ".join((DOCS / "testing.md").read_text().split())
+    assert "cannot be installed" not in text
+    assert "`go build ./cmd/doras-server`" in text and "`v0.20.2`" in text and "unbasical/doras" in text

@@ -235,7 +235,7 @@ def test_cli_against_the_server(doras_server: DorasServer, oci_registry: Registr
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
     pushed = push_two_versions(oci_registry, oras_cli, tmp_path)
     argv = ["delta", "--from", str(pushed.from_ref), "--to", str(pushed.to_tag), "--server",
-            doras_server.url, "--plain-http", "--json", "--accept", "bsdiff"]
+            doras_server.url, "--json", "--accept", "bsdiff"]
     first = main([*argv, "--async"])
     out = json.loads(capsys.readouterr().out)
     assert (first, out) == (4, {"status": "pending"})
@@ -243,7 +243,7 @@ def test_cli_against_the_server(doras_server: DorasServer, oci_registry: Registr
     out = json.loads(capsys.readouterr().out)
     assert out["status"] == "ready" and Reference.parse(out["target_image"]).digest == pushed.to_digest
     assert main(["delta", "--from", str(pushed.from_ref), "--to", str(pushed.from_ref), "--server",
-                 doras_server.url, "--plain-http"]) == 3
+                 doras_server.url]) == 3
 
 
 def test_the_registry_layer_as_the_content_fetcher(doras_server: DorasServer, oci_registry: RegistryServer,

@@ -349,6 +349,40 @@ def test_token_auth_registry_library_and_cli(token_registry: TokenRegistry, tmp_
     assert layout_problems(tmp_path / "C") == []
 
 
+@pytest.mark.timeout(90)
+def test_pull_takes_an_identity_token_as_oras_does(token_registry: TokenRegistry, tmp_path: Path) -> None:
+    layer = os.urandom(64 * 1024)
+    digest = push_with_token(token_registry, "net/identity", "v1", layer)
+    ref = f"{token_registry.host}/net/identity:v1"
+    before = len(token_registry.issuer.requests)
+    base = ["pull", ref, "--plain-http", "--allow-insecure-auth", "--json"]
+    proc = cli(*base, "--oci-layout", str(tmp_path / "A"), "--identity-token-stdin", input_text="refresh-alice-1\n",
+               env={"DOCKER_CONFIG": str(tmp_path / "none")}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["to_digest"] == digest
+    assert [path.split("?")[0] for path, _auth in token_registry.issuer.requests[before:]] == ["POST /token"]
+    wrong = cli(*base, "--oci-layout", str(tmp_path / "B"), "--identity-token", "stale",
+                env={"DOCKER_CONFIG": str(tmp_path / "none")}, timeout=60)
+    assert wrong.returncode == 1 and "refused the identity token" in wrong.stderr, wrong.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_resumed_download_reports_progress_from_its_offset(oci_registry: RegistryServer, tmp_path: Path) -> None:
+    payload = os.urandom(2 * MiB)
+    blob_path, _ = pushed(oci_registry, "net/progress:v1", tmp_path, payload)
+    descriptor = Descriptor(media_type="application/octet-stream", digest=sha256(payload), size=len(payload))
+    target = tmp_path / "blob.partial"
+    with FaultProxy(oci_registry.url) as proxy:
+        proxy.add("drop", blob_path, after_bytes=700_000, times=1)
+        ref = Reference.parse(f"{proxy.host}/net/progress:v1")
+        with pytest.raises(ConnectError):
+            DeltaRegistry(insecure=True, policy=quick_policy(max_attempts=1)).download_to(ref, descriptor, target)
+        seen: list[int] = []
+        DeltaRegistry(insecure=True, policy=quick_policy()).client.download_to(ref, descriptor, target,
+                                                                                on_progress=seen.append)
+    assert seen and seen[0] > 700_000 and seen[-1] == len(payload)  # the bar starts where the file was
+
+
 @pytest.mark.timeout(60)
 def test_download_to_keeps_a_blob_out_of_blobs_and_resumes(oci_registry: RegistryServer, tmp_path: Path) -> None:
     payload = os.urandom(2 * MiB)

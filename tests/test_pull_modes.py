@@ -118,7 +118,7 @@ def test_up_to_date_costs_one_head(oci_registry: RegistryServer, doras_server: D
     again = pull(registry_proxy.host, repo, "v2", layout, doras_server.url)
     registry_proxy.wait_idle()
     assert again.status == "up-to-date"
-    assert (again.from_digest, again.to_digest, again.stored_digest) == (first.to_digest,) * 3
+    assert (again.from_digest, again.to_digest, again.stored_digest) == (None, first.to_digest, first.to_digest)
     assert again.bytes_received == 0 and registry_proxy.bytes_sent() == 0
     assert [r.method for r in registry_proxy.requests()] == ["HEAD"]
     assert snapshot(layout) == before

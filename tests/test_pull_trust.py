@@ -491,7 +491,7 @@ def test_gc_keeps_signatures_with_their_images(bed: TrustBed, tmp_path: Path) ->
     check_layout(layout, "v2")
     assert cli("verify", f"{bed.host}/{repo}:v2", "--oci-layout", str(layout), "--verify-key",
                str(bed.key.public_path)).returncode == 0
-    assert cli("gc", "--oci-layout", str(layout), "--keep", "0").returncode == 0
+    assert cli("gc", "--oci-layout", str(layout), "--keep", "0", "--force").returncode == 0
     stored = OCILayout.open(layout)
     assert stored.attachments() == [] and stored.images() == []
     assert list((layout / "blobs" / "sha256").iterdir()) == []

@@ -60,7 +60,22 @@ def test_bootstrap_keeps_the_noise_in_its_log(tmp_path: Path) -> None:
     again = subprocess.run(["bash", "scripts/bootstrap.sh"], cwd=root, env=env, capture_output=True, text=True,
                            timeout=60)
     assert again.returncode == 0 and again.stderr.splitlines() == [
-        "bootstrap: ready: .venv/bin/python, .tools/bin/oras, .tools/bin/cosign"]
+        "bootstrap: ready: .venv/bin/python, .tools/bin/oras"]
+
+
+def test_bootstrap_builds_cosign_only_when_asked(tmp_path: Path) -> None:
+    """The demo's bootstrap does not spend minutes on cosign; the tests' (``--with-cosign``) does."""
+    root, env = _checkout(tmp_path)
+    plain = subprocess.run(["bash", "scripts/bootstrap.sh"], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert plain.returncode == 0 and "cosign" not in plain.stderr, plain.stderr
+    assert not (root / ".tools" / "bin" / "cosign").exists()
+    asked = subprocess.run(["bash", "scripts/bootstrap.sh", "--with-cosign"], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert asked.returncode == 0 and "go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5" in asked.stderr
+    assert (root / ".tools" / "bin" / "cosign").is_file()
+    assert "cosign" not in (REPO_ROOT / "scripts" / "demo.sh").read_text()
+    assert "bootstrap.sh --with-cosign" in (REPO_ROOT / "scripts" / "test.sh").read_text()
 
 
 def test_bootstrap_shows_the_log_when_a_step_fails(tmp_path: Path) -> None:
@@ -92,4 +107,5 @@ def test_the_demo_proves_its_result_and_keeps_its_logs_apart(tmp_path: Path) -> 
     plain = subprocess.run([sys.executable, "-m", "doras_oras.testing", "demo"], cwd=REPO_ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
     assert plain.returncode == 0 and "kept" not in plain.stdout
+    assert str(tmp_path) not in plain.stdout  # it names no log (or other file) that it then deletes
     assert not list(tmp_path.glob("doras-oras-demo-*"))  # without --keep nothing stays

@@ -20,6 +20,8 @@ from doras_oras.testing.registry import RegistryServer, TLSFiles
 SERVICE = "doras-oras-test-registry"
 ISSUER = "doras-oras-test-issuer"
 USERS = {"alice": "wonderland"}
+REFRESH_TOKENS = {"refresh-alice-1": "alice"}
+"""Identity tokens (OAuth2 refresh tokens) the issuer takes at ``POST /token``, and their user."""
 
 
 def b64url(data: bytes) -> str:
@@ -27,7 +29,8 @@ def b64url(data: bytes) -> str:
 
 
 class JWTIssuer(threading.Thread):
-    """``GET /token?service=&scope=`` with basic auth → ``{"token": <RS256 JWT>}``."""
+    """``GET /token?service=&scope=`` with basic auth → ``{"token": <RS256 JWT>}``; ``POST /token`` with the
+    form ``grant_type=refresh_token&refresh_token=&service=&scope=`` → ``{"access_token": ...}``."""
 
     def __init__(self, keys: TLSFiles) -> None:
         super().__init__(daemon=True)
@@ -56,6 +59,24 @@ class JWTIssuer(threading.Thread):
                     return
                 scopes = parse_qs(urlsplit(self.path).query).get("scope", [])
                 body = json.dumps({"token": issuer.sign(user, scopes), "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(min(length, 65536)).decode())
+                issuer.requests.append((f"POST {self.path}", None))
+                user = REFRESH_TOKENS.get(form.get("refresh_token", [""])[0])
+                if form.get("grant_type") != ["refresh_token"] or user is None:
+                    self.send_response(400)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps({"access_token": issuer.sign(user, form.get("scope", [])),
+                                   "expires_in": 300}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

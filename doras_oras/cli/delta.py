@@ -9,8 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..auth import DockerConfigAuth
 from ..edgeapi import DEFAULT_TIMEOUT_S, EdgeClient
-from ..errors import BackoffExhausted, ImagesIdenticalError, InvalidArgumentError
+from ..errors import (
+    BackoffExhausted,
+    Fix,
+    ImagesIdenticalError,
+    InsecureTransportError,
+    InvalidArgumentError,
+)
 from ..reference import Reference
 from ..transport import TransferPolicy
 from .exits import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE
@@ -43,9 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _client(args: argparse.Namespace) -> EdgeClient:
     # --from sha256:<hex> (or a tag) is read in the repository of --to
     args.from_image = str(Reference.parse_relative(args.from_image, Reference.parse(args.to_image)))
-    if str(args.server).startswith("http://") and not args.plain_http:
-        raise InvalidArgumentError(f"--server {args.server} is plain HTTP: add --plain-http to allow it "
-                                   "(credentials then travel in clear)")
+    if args.plain_http:
+        raise InvalidArgumentError("--plain-http says the registry speaks plain HTTP (pull); delta talks to the "
+                                   "Doras server only, and an http:// --server needs no flag")
     token: str | None = None
     if args.token_stdin:
         if args.username or args.password or args.password_stdin:
@@ -54,13 +61,19 @@ def _client(args: argparse.Namespace) -> EdgeClient:
         if not token:
             raise InvalidArgumentError("--token-stdin: no token on stdin")
     credentials = credentials_from_args(args)
+    plain = str(args.server).startswith("http://")
+    auth = edge_auth_from_args(args, credentials, token)
+    if plain and not args.allow_insecure_auth and (
+            not isinstance(auth, DockerConfigAuth) or auth.authorization(Reference.parse(args.to_image).registry)):
+        raise InsecureTransportError(f"credentials would go to the Doras server {args.server} over plain HTTP; "
+                                     "refused", fix=Fix.INSECURE_AUTH)
     verify = tls_from_args(args)
     # Each request also times out after min(--timeout, 30 s): a wait bound shorter than a request.
     read_timeout = min(float(args.read_timeout), float(args.delta_timeout or DEFAULT_TIMEOUT_S))
     policy = TransferPolicy(connect_timeout_s=min(float(args.connect_timeout), read_timeout),
                             read_timeout_s=read_timeout, deadline_s=float(args.deadline), max_attempts=3,
                             wait_initial_s=0.25, wait_max_s=5.0, retry_after_max_s=30.0)
-    client = EdgeClient(args.server, bool(args.plain_http), edge_auth_from_args(args, credentials, token),
+    client = EdgeClient(args.server, plain, auth,
                         ca_file=verify if isinstance(verify, str) else None, insecure=verify is False,
                         policy=policy)
     client.delta_url(args.from_image, args.to_image, args.accept)  # local checks first

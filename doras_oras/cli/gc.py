@@ -27,6 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild", action="store_true",
                         help="recreate a missing or corrupt index.json from the blobs (tags are lost), "
                              "before --keep if given")
+    parser.add_argument("--force", action="store_true", help="needed with --keep 0 (which removes every image)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--lock-timeout", type=seconds_or_zero, default=300.0, metavar="S",
                         help="seconds to wait while another process writes the layout (default 300; 0: do not wait)")
@@ -35,6 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.keep is None and not args.rebuild:
         raise InvalidArgumentError("give --keep N (images to keep per repository), --rebuild, or both")
+    if args.keep == 0 and not args.force:
+        raise InvalidArgumentError("--keep 0 removes every image of the layout: add --force to do so")
     layout = OCILayout.open(args.oci_layout, create=False, require_index=not args.rebuild)
     summary: dict[str, Any] = {"rebuilt": False, "recovered_images": [], "removed_images": [],
                                "removed_blobs": 0, "freed_bytes": 0}

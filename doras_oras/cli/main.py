@@ -10,7 +10,7 @@ place that prints.
 The parser's errors (bad flags) take the same way: :class:`_Parser` raises
 :class:`UsageError` instead of exiting, so a usage error prints the
 subcommand's usage, the one error line, and with ``--json`` the one JSON
-object. Unknown flags are reported by the subcommand they follow; ``-v`` and
+object; so does an argument a command refuses (exit 2). Unknown flags are reported by the subcommand they follow; ``-v`` and
 ``-q`` are accepted before and after the subcommand; long flags are never
 abbreviated.
 """
@@ -154,7 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = runner(args)
         return code
     except DorasOrasError as exc:
-        return report_error(args, exc, exit_code_for(exc))
+        code = exit_code_for(exc)
+        if code == EXIT_USAGE:  # arguments refused after parsing: the usage too, as for bad flags
+            _subparser(parser, args.command).print_usage(sys.stderr)
+        return report_error(args, exc, code)
     except OSError as exc:  # a file named by the user (apply's --base, ...) cannot be read or written
         text = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
         return report_error(args, text, EXIT_ERROR, kind=type(exc).__name__)

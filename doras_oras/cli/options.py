@@ -15,13 +15,17 @@ Contradicting or unusable flags raise :class:`~doras_oras.errors.InvalidArgument
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING
 
+import urllib3
+
 from ..algorithms import ALGORITHM_NAMES
-from ..auth import DockerConfigAuth, default_docker_config
+from ..auth import IDENTITY_TOKEN_USER, DockerConfigAuth, default_docker_config
 from ..edgeapi import AuthArg, BasicAuth, BearerAuth
 from ..errors import InvalidArgumentError
 from ..registry_client import RegistryClient
@@ -29,6 +33,8 @@ from ..transport import TransferPolicy
 
 if TYPE_CHECKING:
     from ..trust import Verification
+
+log = logging.getLogger(__name__)
 
 
 def seconds(text: str) -> float:
@@ -125,9 +131,11 @@ def add_connection_options(parser: argparse.ArgumentParser, *, registry: bool = 
     ``registry`` False: the command talks to the Doras server only (``delta``), and the help says so.
     """
     peers = "the registry and the Doras server" if registry else "the Doras server"
-    parser.add_argument("--plain-http", action="store_true",
-                        help="talk plain HTTP to the registry (an http:// --server needs no flag)" if registry
-                        else "allow an http:// --server (credentials then travel in clear)")
+    if registry:
+        parser.add_argument("--plain-http", action="store_true",
+                            help="the registry speaks plain HTTP (an http:// --server needs no flag)")
+    else:  # one meaning everywhere: this command talks to no registry (refused with a message in run)
+        parser.add_argument("--plain-http", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--insecure", action="store_true",
                         help=f"do not verify the TLS certificates of {peers}")
     parser.add_argument("--ca-file", metavar="FILE",
@@ -139,15 +147,22 @@ def add_connection_options(parser: argparse.ArgumentParser, *, registry: bool = 
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("-p", "--password", help="registry password (prefer --password-stdin)")
     secret.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    if registry:
+        secret.add_argument("--identity-token", metavar="TOKEN",
+                            help="registry identity token (an OAuth2 refresh token, as oras takes; prefer "
+                                 "--identity-token-stdin)")
+        secret.add_argument("--identity-token-stdin", action="store_true",
+                            help="read the registry identity token from stdin")
     parser.add_argument(
         "--registry-config", metavar="FILE", action="append", default=[],
         help="docker config.json with registry credentials (repeatable; ~/.docker/config.json is read too)",
     )
+    parser.add_argument(
+        "--allow-insecure-auth", action="store_true",
+        help="allow sending credentials over plain HTTP (to a --plain-http registry or an http:// --server)"
+        if registry else "allow sending credentials to an http:// --server (they travel in clear)",
+    )
     if registry:
-        parser.add_argument(
-            "--allow-insecure-auth", action="store_true",
-            help="allow sending credentials over plain HTTP (to a --plain-http registry or an http:// --server)",
-        )
         parser.add_argument(
             "--allow-realm-host", metavar="HOST[:PORT]", action="append", default=[],
             help="trust the registry's token server there, on another host or port than the registry (repeatable)",
@@ -173,11 +188,27 @@ def policy_from_args(args: argparse.Namespace) -> TransferPolicy:
     )
 
 
+def _https_peers(args: argparse.Namespace) -> list[str]:
+    """The peers of the command spoken to over TLS: the registry (``pull``, without ``--plain-http``), the server."""
+    peers = ["the registry"] if hasattr(args, "reference") and not args.plain_http else []
+    if str(getattr(args, "server", None) or "").startswith("https://"):
+        peers.append("the Doras server")
+    return peers
+
+
 def tls_from_args(args: argparse.Namespace) -> bool | str:
-    """``tls_verify``: True, False (``--insecure``) or the ``--ca-file``."""
+    """``tls_verify``: True, False (``--insecure``) or the ``--ca-file``.
+
+    ``--insecure`` is said once, as a warning of the command (none under ``-q``, none
+    when no peer speaks TLS), instead of urllib3's warning per request.
+    """
     if args.insecure and args.ca_file:
         raise InvalidArgumentError("--insecure and --ca-file contradict each other")
     if args.insecure:
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        peers = _https_peers(args)
+        if peers:
+            log.warning("--insecure: the TLS certificates of %s are not verified", " and ".join(peers))
         return False
     if args.ca_file:
         if not os.path.isfile(args.ca_file):
@@ -187,10 +218,20 @@ def tls_from_args(args: argparse.Namespace) -> bool | str:
 
 
 def credentials_from_args(args: argparse.Namespace) -> tuple[str, str] | None:
-    """``(user, password)`` of ``-u`` with ``-p`` or ``--password-stdin`` (first line of stdin)."""
+    """``(user, password)`` of ``-u`` with ``-p`` or ``--password-stdin`` (first line of stdin); an identity
+    token is ``("<token>", token)`` (:data:`~doras_oras.auth.IDENTITY_TOKEN_USER`)."""
     for config in args.registry_config:
         if not os.path.isfile(config):
             raise InvalidArgumentError(f"--registry-config {config}: no such file")
+    identity = getattr(args, "identity_token", None)
+    if getattr(args, "identity_token_stdin", False):
+        identity = sys.stdin.readline().strip()
+        if not identity:
+            raise InvalidArgumentError("--identity-token-stdin: no token on stdin")
+    if identity is not None:
+        if args.username:
+            raise InvalidArgumentError("an identity token and --username exclude each other")
+        return IDENTITY_TOKEN_USER, identity
     password = args.password
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")

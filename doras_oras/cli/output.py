@@ -28,7 +28,8 @@ CLI_HINTS: dict[Fix, str] = {
     Fix.PLAIN_HTTP: "add --plain-http: the registry speaks plain HTTP",
     Fix.TLS_REGISTRY: "give --ca-file FILE (the CA that signed the registry's certificate) or --insecure "
                       "(no verification); --plain-http if the registry speaks plain HTTP",
-    Fix.SERVER_PLAIN_HTTP: "add --plain-http to allow an http:// --server (credentials then travel in clear)",
+    Fix.SERVER_PLAIN_HTTP: "an http:// --server is used as given (credentials go to it only with "
+                           "--allow-insecure-auth)",
     Fix.SERVER_SPEAKS_HTTP: "the Doras server speaks plain HTTP: give --server {server_http}",
     Fix.TLS_SERVER: "the certificate of the Doras server {server} does not verify: give --ca-file FILE "
                     "(the CA that signed it; --ca-file applies to the registry too, so give a bundle "
@@ -36,6 +37,10 @@ CLI_HINTS: dict[Fix, str] = {
     Fix.REGISTRY_CREDENTIALS: "give credentials with -u USER and --password-stdin, or --registry-config FILE, "
                               "or log in with `oras login {registry}` (~/.docker/config.json is read)",
     Fix.REALM_HOST: "if you trust that token server, add --allow-realm-host HOST:PORT",
+    Fix.CREDENTIALS_REFUSED: "check the password and that the user may read the repository; other "
+                             "credentials with -u USER and --password-stdin, or --registry-config FILE",
+    Fix.NOT_FOUND: "check the repository and the tag of REF (`oras repo tags {name}` lists the registry's tags, "
+                   "`doras-oras list --oci-layout {layout}` the layout's)",
     Fix.SERVER_CREDENTIALS: "the Doras server wants credentials: -u USER with --password-stdin, or "
                             "--registry-config FILE (pull passes the registry's credentials on; "
                             "`doras-oras delta` also takes --token-stdin)",
@@ -55,7 +60,8 @@ CLI_HINTS: dict[Fix, str] = {
 
 def _context(args: argparse.Namespace | None) -> dict[str, str]:
     """What the hints name: the layout, the Doras server, the registry host of the command line."""
-    values = {"layout": "DIR", "server": "", "server_http": "http://HOST:PORT", "registry": "HOST"}
+    values = {"layout": "DIR", "server": "", "server_http": "http://HOST:PORT", "registry": "HOST",
+              "name": "HOST/REPOSITORY"}
     if args is None:
         return values
     layout = getattr(args, "oci_layout", None)
@@ -69,9 +75,10 @@ def _context(args: argparse.Namespace | None) -> dict[str, str]:
         text = getattr(args, name, None)
         if text:
             try:
-                values["registry"] = Reference.parse(str(text)).registry
+                parsed = Reference.parse(str(text))
             except DorasOrasError:
                 continue
+            values["registry"], values["name"] = parsed.registry, parsed.name
             break
     return values
 

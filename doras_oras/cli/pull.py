@@ -164,6 +164,12 @@ def run(args: argparse.Namespace) -> int:
     return {STATUS_UP_TO_DATE: EXIT_UP_TO_DATE, STATUS_PENDING: EXIT_PENDING}.get(result.status, EXIT_OK)
 
 
+def share_text(part: int, whole: int) -> str:
+    """``part`` as a percentage of ``whole`` with two significant digits (``0.041%``, ``2.2%``, ``37%``)."""
+    share = 100.0 * part / whole
+    return f"{share:.0f}%" if share >= 10 else f"{share:.2g}%"
+
+
 def _describe(result: PullResult, args: argparse.Namespace) -> str:
     """The one line of text output (sizes for people; ``--json`` keeps bytes)."""
     files = f"; files written to {args.output}" if result.output is not None else ""
@@ -176,8 +182,7 @@ def _describe(result: PullResult, args: argparse.Namespace) -> str:
         return f"{result.reference}: pending: {result.reason}"
     saved = ""
     if result.full_size:
-        share = 100.0 * result.bytes_received / result.full_size
-        saved = f", {share:.1f}% of a full pull ({human_size(result.full_size)})"
+        saved = f", {share_text(result.bytes_received, result.full_size)} of a full pull ({human_size(result.full_size)})"
     reason = result.reason
     words = hint(result.fix, args)
     if words:

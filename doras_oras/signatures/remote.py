@@ -27,7 +27,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from ..descriptor import OCI_INDEX, Descriptor, validate_digest
 from ..errors import BodyTooLargeError, InsecureTransportError, InvalidArgumentError, RegistryError
-from ..reference import Reference
+from ..reference import Reference, api_host
 from ..registry_client import ACCEPT_MANIFESTS, RegistryClient
 from ..trust import MAX_REFERRERS, FetchedManifest
 
@@ -139,7 +139,7 @@ class RegistrySignatureSource:
 
     def _page_path(self, repository: Reference, base: str, current: str, link: str) -> str:
         """The path of a ``Link`` target: on the registry, under the same referrers path."""
-        origin = f"{self.client.prefix}://{repository.registry}"
+        origin = f"{self.client.prefix}://{api_host(repository.registry)}"
         target = urlsplit(urljoin(origin + current, link))
         if f"{target.scheme}://{target.netloc}".lower() != origin.lower() or target.path != base:
             raise InsecureTransportError(

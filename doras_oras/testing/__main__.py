@@ -240,6 +240,12 @@ def _size(n: int) -> str:
     return human_size(n)
 
 
+def share_text(part: int, whole: int) -> str:
+    from ..cli.pull import share_text as share
+
+    return share(part, whole)
+
+
 def _holds_the_tar_of(layout: Path, stored: bytes, published: bytes) -> bool:
     """Whether ``stored`` is ``published`` rewritten for a tar-diff result (docs/layout.md): the same
     config and annotations, the layer a gzip of the tar whose digest the original layer declares."""
@@ -326,7 +332,9 @@ def demo(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, work: Path, log_file: Path) -> int:
     oras = find_tool("oras")
     with RegistryServer() as registry, _server(args, registry) as server:
-        print(f"registry {registry.url}, Doras server {server.url} (logs: {log_file})")
+        # the log is named only when it stays (--keep; a failure keeps it too and shows its end)
+        logs = f"logs: {log_file}" if args.keep else "its log is shown if a step fails; --keep keeps it"
+        print(f"registry {registry.url}, Doras server {server.url} ({logs})")
         _publish_versions(oras, registry.host, work / "publish")
         key = None
         if args.sign:
@@ -354,9 +362,9 @@ def _demo(args: argparse.Namespace, work: Path, log_file: Path) -> int:
         for result in rows:
             name = result["reference"].split("/", 1)[1]
             how = result["status"] + (f" {result['algorithm']}" if result.get("algorithm") else "")
-            share = 100.0 * result["bytes_received"] / max(1, result["full_size"])
+            share = share_text(result["bytes_received"], max(1, result["full_size"]))
             print(f"{name:<22} {how:<18} {_size(result['bytes_received']):>12} {_size(result['full_size']):>12} "
-                  f"{share:>6.1f}%")
+                  f"{share:>7}")
         print("\nchecks:")
         problems = _check(registry, work)
         if [r["status"] for r in rows] != ["full", "delta", "full", "delta"]:
