@@ -44,6 +44,8 @@ translated at the module boundary that meets them, with the original kept as
     │   └── ServerError                5xx and any other status
     ├── ImagesIdenticalError           204: from and to are the same image
     ├── BackoffExhausted               a polling loop ran out of attempts or time
+    ├── PublishError                   a delta cannot be published for these images (publish-delta)
+    │   └── DeltaExistsError           a different delta is already stored under the tag
     └── TrustError                     signature verification refused the artifact (CLI exit 5)
         ├── SignatureNotFoundError     no signature manifest for the digest (tag, referrers)
         ├── MalformedSignatureError    a signature manifest, layer, payload or index is unusable
@@ -99,6 +101,8 @@ class Fix(enum.Enum):
     """The download budget of the period is spent."""
     DEADLINE = "deadline"
     """The overall deadline of the transfers passed."""
+    OVERWRITE_DELTA = "overwrite-delta"
+    """A different delta is stored under the tag a publish would write."""
 
     @property
     def hint(self) -> str:
@@ -124,6 +128,7 @@ _LIBRARY_HINTS: dict[Fix, str] = {
     Fix.MAX_SIZE: "raise max_size",
     Fix.BUDGET: "raise the budget, or wait for the period to pass",
     Fix.DEADLINE: "raise TransferPolicy.deadline_s",
+    Fix.OVERWRITE_DELTA: "pass force=True to replace it",
 }
 
 
@@ -320,6 +325,14 @@ class ImagesIdenticalError(DorasOrasError):
 
 class BackoffExhausted(DorasOrasError):
     """A polling loop ran out of attempts or time."""
+
+
+class PublishError(DorasOrasError):
+    """No delta can be published for these images: an index, not one layer each, incompatible layers."""
+
+
+class DeltaExistsError(PublishError):
+    """A different delta for the same pair and kind is already stored under its tag."""
 
 
 class TrustError(DorasOrasError):

@@ -334,6 +334,20 @@ class RegistryClient:
             )
         return parsed
 
+    def manifest_exists(self, ref: Reference) -> bool:
+        """Whether the registry has a manifest under ``ref``: one ``HEAD``, no body; 404 is False."""
+        self._prepare(ref)
+        url = self._url(ref, "manifests", ref.reference)
+        try:
+            self.transport.head(url, headers=self._headers({"Accept": ACCEPT_MANIFESTS}), deadline=self._deadline)
+        except RegistryAuthError:
+            raise
+        except RegistryError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def fetch_manifest(self, ref: Reference) -> tuple[bytes, str]:
         """The manifest bytes and their media type (verified, capped, schema-checked)."""
         parsed = self.fetch_parsed(ref)

@@ -44,6 +44,7 @@ CLI_HINTS: dict[Fix, str] = {
     Fix.MAX_SIZE: "raise --max-size",
     Fix.BUDGET: "raise --budget, or wait until the period has passed",
     Fix.DEADLINE: "raise --deadline S",
+    Fix.OVERWRITE_DELTA: "add --force to replace it",
 }
 """The fix of each :class:`Fix` in the command's flags (``{...}`` filled in from the command line)."""
 
