@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from .algorithms import BSDIFF, GZIP, TARDIFF, ZSTD, DeltaAlgorithm, delta_tag
 from .descriptor import ANNOTATION_DELTA_DUMMY, ANNOTATION_DELTA_FROM, ANNOTATION_DELTA_TO
-from .edgeapi import Delta, ReadDeltaResponse, check_delta_manifest
+from .edgeapi import Delta, ImageRef, ReadDeltaResponse, check_delta_manifest
 from .errors import DocumentError, InvalidReferenceError, VerificationError
 from .reference import Reference
 from .registry_client import RegistryClient
@@ -98,8 +98,8 @@ def find_stored_delta(client: RegistryClient, from_ref: Reference, to_ref: Refer
             log.warning("skipping %s: its annotations do not name %s -> %s", tag_ref.tag, from_ref.digest,
                         to_ref.digest)
             continue
-        response = ReadDeltaResponse(target_image=str(to_ref), delta_image=str(
-            to_ref.with_digest(parsed.descriptor.digest)))
+        response = ReadDeltaResponse(target_image=ImageRef(to_ref),
+                                     delta_image=ImageRef(to_ref.with_digest(parsed.descriptor.digest)))
         try:
             layer, kind = check_delta_manifest(parsed.body, parsed.descriptor.media_type, response, from_ref)
         except (DocumentError, VerificationError) as exc:

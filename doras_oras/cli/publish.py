@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             if args.from_image is not None:
                 from_ref = Reference.parse_relative(args.from_image, to_ref)
                 result = publish_delta(client, from_ref, to_ref, **options)
-                emit(args, {"status": "ok", **result.to_json()}, _line(result))
+                emit(args, result.to_json(), _line(result))
                 return EXIT_OK
             done, failed = publish_from_last(client, to_ref, int(args.from_last), **options)
         finally:

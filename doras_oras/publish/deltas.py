@@ -51,7 +51,13 @@ from ..errors import (
 from ..plan import content_digest
 from ..reference import Reference
 from ..registry_client import RegistryClient
-from .encode import DEFAULT_MAX_BLOB_BYTES, DELTA_ARTIFACT_TYPE, build_cost, build_delta, delta_manifest
+from .encode import (
+    DEFAULT_MAX_BLOB_BYTES,
+    DELTA_ARTIFACT_TYPE,
+    build_cost,
+    build_delta,
+    delta_manifest,
+)
 from .push import RegistryWriter
 
 log = logging.getLogger(__name__)

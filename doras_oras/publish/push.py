@@ -25,7 +25,13 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 import requests
 
 from ..descriptor import OCI_MANIFEST, Descriptor
-from ..errors import DigestMismatchError, Fix, InsecureTransportError, RegistryAuthError, RegistryError
+from ..errors import (
+    DigestMismatchError,
+    Fix,
+    InsecureTransportError,
+    RegistryAuthError,
+    RegistryError,
+)
 from ..reference import Reference
 from ..registry_client import RegistryClient
 from ..transport.failures import NETWORK_ERRORS, error_body, release, translate

@@ -32,8 +32,6 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
-import gzip
-import hashlib
 import json
 import logging
 import os
@@ -49,7 +47,6 @@ from typing import Any
 
 import oras.provider
 import requests
-import zstandard
 
 from ..algorithms import DeltaAlgorithm
 from ..algorithms import delta_tag as stored_delta_tag
@@ -60,9 +57,7 @@ from ..descriptor import (
     ANNOTATION_DELTA_TO,
     ANNOTATION_TITLE,
     ANNOTATION_UNPACK,
-    EMPTY_DIGEST,
     INDEX_MEDIA_TYPES,
-    OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
     digest_of,
