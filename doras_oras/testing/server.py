@@ -492,8 +492,8 @@ class DorasServer:
             manifest = pack_manifest([layer], {ANNOTATION_DELTA_FROM: build.from_image,
                                                ANNOTATION_DELTA_TO: build.to_image,
                                                ANNOTATION_CREATED: now_rfc3339()})
-            client.push_manifest(build.repository, build.tag, manifest)
-            with self._lock:
+            with self._lock:  # a request that sees the delta sees it counted
+                client.push_manifest(build.repository, build.tag, manifest)
                 self.builds += 1
             log.info("built %s delta %s:%s (%d bytes)", build.algorithm.media_type,
                      build.repository, build.tag, len(delta))
