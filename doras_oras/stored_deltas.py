@@ -28,7 +28,12 @@ import logging
 from collections.abc import Sequence
 
 from .algorithms import BSDIFF, GZIP, TARDIFF, ZSTD, DeltaAlgorithm, delta_tag
-from .descriptor import ANNOTATION_DELTA_DUMMY, ANNOTATION_DELTA_FROM, ANNOTATION_DELTA_TO, OCI_MANIFEST
+from .descriptor import (
+    ANNOTATION_DELTA_DUMMY,
+    ANNOTATION_DELTA_FROM,
+    ANNOTATION_DELTA_TO,
+    OCI_MANIFEST,
+)
 from .edgeapi import Delta, ImageRef, ReadDeltaResponse, check_delta_manifest
 from .errors import DocumentError, InvalidReferenceError, VerificationError
 from .reference import Reference

@@ -35,7 +35,7 @@ from ..descriptor import (
     OCI_EMPTY,
     OCI_MANIFEST,
 )
-from ..errors import ArtifactTooLargeError, Fix, InvalidArgumentError
+from ..errors import ArtifactTooLargeError, Fix, InvalidArgumentError, PublishError
 from . import tardiff_encoder
 
 __all__ = [
@@ -51,9 +51,9 @@ __all__ = [
 DELTA_ARTIFACT_TYPE = "application/vnd.example+type"
 """The ``artifactType`` of every delta manifest the Doras server writes."""
 
-DEFAULT_MAX_BLOB_BYTES = 256 << 20
+DEFAULT_MAX_BLOB_BYTES = 128 << 20
 """The largest base or target (uncompressed, for tar-diff) :func:`build_delta` accepts by default:
-bsdiff then needs about 4.6 GiB of memory (:func:`build_cost`)."""
+a bsdiff of two 128 MiB blobs needs about 2.5 GiB of memory and two to three minutes (:func:`build_cost`)."""
 
 EMPTY_DESCRIPTOR: dict[str, Any] = {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2, "data": "e30="}
 """The empty config (and the placeholder's one layer), with its data inline as oras-go writes it."""
@@ -71,17 +71,20 @@ class BuildCost:
 
 
 def build_cost(old_size: int, new_size: int, algorithm: DeltaAlgorithm) -> BuildCost:
-    """The memory and time :func:`build_delta` needs for a base and target of these sizes.
+    """The memory and time :func:`build_delta` needs for a base and target of these sizes (bytes).
 
     bsdiff (bsdiff4's suffix sort) holds two 8-byte integers per base byte, the base, the
-    target and two target-sized work buffers: about ``17 x base + 3 x target``; measured
-    about 1.5 s per MiB of base on one core of the test machine (docs/deltas-without-server.md).
-    tar-diff holds both uncompressed tars, the base's files and the operations: about
-    ``3 x base + 3 x target``, and takes about 0.3 s per MiB.
+    target and target-sized work buffers: about ``17 x base + 3 x target``; measured 0.6 to
+    1.1 s per MiB of base on one core of a loaded 2-core machine (4, 16, 64 MiB: 2.5 s,
+    15 s, 69 s; 64 MiB peaked at 1.2 GiB). tar-diff holds both uncompressed tars, the
+    base's files and the operations: about ``3 x (base + target)``; files found in the base
+    cost little (64 MiB with a few edits: 0.4 s), new content is compressed at zstd level 19,
+    about 1 s per MiB (the worst case, counted here).
     """
+    mib = 1 << 20
     if algorithm.is_bsdiff:
-        return BuildCost(17 * old_size + 3 * new_size, 1.5 * old_size / (1 << 20))
-    return BuildCost(3 * (old_size + new_size), 0.3 * (old_size + new_size) / (1 << 20))
+        return BuildCost(17 * old_size + 3 * new_size, 1.1 * old_size / mib)
+    return BuildCost(3 * (old_size + new_size), 1.0 * new_size / mib)
 
 
 def _check_size(what: str, size: int, max_size: int) -> None:
@@ -123,7 +126,11 @@ def build_delta(old: bytes, new: bytes, algorithm: DeltaAlgorithm, *,
             return tardiff_encoder.encode(old_tar, new_tar)
         except Exception as exc:  # tarfile's errors: the layer is not a tar
             raise InvalidArgumentError(f"cannot build a tar-diff: a layer is not a tar archive ({exc})") from exc
-    import bsdiff4  # the "publish" extra: loaded only when a bsdiff is built
+    try:
+        import bsdiff4  # the "publish" extra: loaded only when a bsdiff is built
+    except ImportError as exc:
+        raise PublishError("building a bsdiff needs the bsdiff4 package: install doras-oras[publish] "
+                           "(a tar-diff needs nothing more)") from exc
 
     patch = bytes(bsdiff4.diff(old, new))
     if algorithm.compression is Compression.GZIP:
