@@ -34,7 +34,7 @@ from doras_oras.publish.push import RegistryWriter
 from doras_oras.reference import Reference
 from doras_oras.registry_client import RegistryClient
 from doras_oras.stored_deltas import find_stored_delta
-from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER
+from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER, DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.server import DorasServer
 from doras_oras.testing.vectors import doras_vectors, push_recorded
@@ -303,3 +303,29 @@ def test_a_tar_that_is_no_tar_is_a_clear_error() -> None:
         tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(InvalidArgumentError, match="not a tar"):
         build_delta(good.getvalue(), b"\x00garbage" * 100, DeltaAlgorithm.TARDIFF)
+
+
+def test_progress_is_drawn_on_a_terminal_only(oci_registry: RegistryServer) -> None:
+    """Bars for reading and pushing, the build spinner, on a terminal's stderr; nothing with --json."""
+    from tests.test_cli_progress import on_terminal
+
+    from_ref, to_ref = pushed(oci_registry, "bsdiff")
+    code, out, err = on_terminal("publish-delta", "--from", str(from_ref), "--to", str(to_ref), "--plain-http")
+    assert code == 0 and out.startswith("published: bsdiff+zstd delta")
+    assert "base [" in err and "target [" in err and "pushing [" in err
+    again_code, _out, again_err = on_terminal("publish-delta", "--from", str(from_ref), "--to", str(to_ref),
+                                              "--plain-http", "--json", "--compression", "gzip")
+    assert again_code == 0 and "[" not in again_err
+
+
+def test_a_servers_placeholder_is_replaced(oci_registry: RegistryServer,
+                                           doras_server_factory: DorasServerFactory) -> None:
+    """A server whose build failed left its placeholder under the tag: the published delta takes its place."""
+    server = doras_server_factory(fail_builds=True)
+    from_ref, to_ref = pushed(oci_registry, "bsdiff")
+    with EdgeClient(server.url, True, None) as edge:
+        assert edge.read_delta_async(str(from_ref), str(to_ref), ["bsdiff", "zstd"])[0] is None
+    with RegistryClient(plain_http=True) as client:
+        result = publish_delta(client, from_ref, to_ref)
+        found = find_stored_delta(client, from_ref, to_ref, ALL)
+    assert result.status == "replaced" and found is not None and found.layer.digest == result.layer.digest
