@@ -329,3 +329,22 @@ def test_a_servers_placeholder_is_replaced(oci_registry: RegistryServer,
         result = publish_delta(client, from_ref, to_ref)
         found = find_stored_delta(client, from_ref, to_ref, ALL)
     assert result.status == "replaced" and found is not None and found.layer.digest == result.layer.digest
+
+
+def test_the_self_check_refuses_a_delta_to_another_target(oci_registry: RegistryServer) -> None:
+    """The self-check: a delta to another target is refused, of the same size (the digest) or not (the size)."""
+    from doras_oras.publish.deltas import check_delta
+    from doras_oras.publish.encode import build_delta
+
+    from_ref, to_ref = pushed(oci_registry, "bsdiff")
+    with RegistryClient(plain_http=True) as client:
+        base_layer, target_layer = layer_of(client, from_ref), layer_of(client, to_ref)
+        old = blob(client, from_ref, base_layer)
+        new = blob(client, to_ref, target_layer)
+        same_size = build_delta(old, edit(new, 3, seed=5), DeltaAlgorithm.BSDIFF_ZSTD)
+        with pytest.raises(PublishError, match="not the target's"):
+            check_delta(DeltaAlgorithm.BSDIFF_ZSTD, old, same_size, target_layer)
+        other_size = build_delta(old, edit(old, 3, seed=5), DeltaAlgorithm.BSDIFF_ZSTD)
+        with pytest.raises(PublishError, match="does not apply to the base"):
+            check_delta(DeltaAlgorithm.BSDIFF_ZSTD, old, other_size, target_layer)
+        check_delta(DeltaAlgorithm.BSDIFF_ZSTD, old, build_delta(old, new, DeltaAlgorithm.BSDIFF_ZSTD), target_layer)

@@ -11,7 +11,9 @@ for the N versions before a new one, as a release pipeline would after ``oras pu
 The kind, as the Go server chooses it: tar-diff when the base layer is marked
 ``io.deis.oras.content.unpack`` and the target layer carries ``io.deis.oras.content.digest``
 (without it no client could verify a tar-diff result), else bsdiff over the raw blobs,
-compressed with zstd unless told otherwise. A different delta already under the tag is
+compressed with zstd unless told otherwise. Before anything is pushed the delta is applied
+here as a device would apply it and its result checked against the target
+(:func:`check_delta`). A different delta already under the tag is
 kept (:class:`~doras_oras.errors.DeltaExistsError`) unless ``force``; the same one is not
 pushed again; a server's placeholder is replaced.
 """
@@ -24,6 +26,7 @@ import io
 import json
 import logging
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from typing import Any
 
 from .. import schemas
 from ..algorithms import Compression, DeltaAlgorithm, Patch, delta_tag
+from ..codecs import apply_delta
 from ..descriptor import (
     ANNOTATION_CONTENT_DIGEST,
     ANNOTATION_CREATED,
@@ -42,13 +46,15 @@ from ..descriptor import (
 )
 from ..errors import (
     ArtifactTooLargeError,
+    CodecError,
     DeltaExistsError,
     DorasOrasError,
     Fix,
     InvalidArgumentError,
     PublishError,
+    VerificationError,
 )
-from ..plan import content_digest
+from ..plan import content_digest, expected_result
 from ..reference import Reference
 from ..registry_client import RegistryClient
 from .encode import (
@@ -62,7 +68,7 @@ from .push import RegistryWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Progress", "PublishedDelta", "choose_kind", "previous_versions", "publish_delta",
+__all__ = ["Progress", "PublishedDelta", "check_delta", "choose_kind", "previous_versions", "publish_delta",
            "publish_from_last"]
 
 Progress = Callable[[str, int, int], None]
@@ -156,6 +162,44 @@ def _read_blob(client: RegistryClient, ref: Reference, layer: Descriptor, phase:
     return out.getvalue()
 
 
+class _Digest:
+    """An output of :func:`apply_delta` that only hashes and counts."""
+
+    def __init__(self, algorithm: str) -> None:
+        self._algorithm = algorithm
+        self.restart()
+
+    def restart(self) -> None:
+        self.hash = hashlib.new(self._algorithm)
+        self.size = 0
+
+    def write(self, data: bytes | bytearray, /) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def check_delta(kind: DeltaAlgorithm, old: bytes, delta: bytes, target_layer: Descriptor) -> None:
+    """Apply ``delta`` to ``old`` as a device would and check the result against the target
+    (:func:`doras_oras.plan.expected_result`); :class:`PublishError` when it does not reproduce it."""
+    expected = expected_result(kind.patch.value, target_layer)
+    if expected.digest is None:
+        raise PublishError(f"a {kind} result for this target could not be verified")
+    out = _Digest(expected.digest.split(":", 1)[0])
+    with tempfile.TemporaryFile(prefix=".doras-oras-publish-") as base:
+        base.write(old)
+        base.flush()
+        base.seek(0)
+        try:
+            apply_delta(kind, base, io.BytesIO(delta), out, expected_size=expected.size)
+        except (CodecError, VerificationError) as exc:
+            raise PublishError(f"the {kind} delta built here does not apply to the base: {exc}") from exc
+    got = f"{expected.digest.split(':', 1)[0]}:{out.hash.hexdigest()}"
+    if got != expected.digest:
+        raise PublishError(f"the {kind} delta built here gives {got}, not the target's {expected.digest}: "
+                           "nothing was pushed")
+
+
 def _stored(client: RegistryClient, tag_ref: Reference) -> tuple[Descriptor | None, bool]:
     """The layer of the delta stored under ``tag_ref`` (None: nothing, or a placeholder) and
     whether something is there at all."""
@@ -209,7 +253,9 @@ def publish_delta(client: RegistryClient, from_ref: Reference | str, to_ref: Ref
     if progress is not None:
         progress("build", 0, 1)
     delta = build_delta(old, new, kind, max_size=max_size)
-    del old, new
+    del new
+    check_delta(kind, old, delta, target_layer)  # never publish a delta that would not reproduce the target
+    del old
     if progress is not None:
         progress("build", 1, 1)
     writer = RegistryWriter(client)
