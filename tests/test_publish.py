@@ -72,9 +72,11 @@ def applied(client: RegistryClient, from_ref: Reference, algorithm: DeltaAlgorit
     return out.getvalue()
 
 
+@pytest.mark.parametrize("vector", ["bsdiff", "gzip-layer-bsdiff+zstd", "tardiff-doras-dir"])
 def test_a_published_bsdiff_delta_is_found_without_a_server_and_gives_the_target(
-        oci_registry: RegistryServer, tmp_path: Path) -> None:
-    from_ref, to_ref = pushed(oci_registry, "bsdiff")
+        oci_registry: RegistryServer, tmp_path: Path, vector: str) -> None:
+    """A file (oras CLI), a gzipped file and a directory without a content digest (doras-cli): bsdiff."""
+    from_ref, to_ref = pushed(oci_registry, vector)
     with RegistryClient(plain_http=True) as client:
         result = publish_delta(client, from_ref, to_ref)
         found = find_stored_delta(client, from_ref, to_ref, ALL)
