@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))  # runs from a checkout, as bench_pull.py does
 
 from _measure import run_child  # noqa: E402
 
-from doras_oras.testing.bsdiff_build import go_patch_frame  # noqa: E402
-from doras_oras.testing.tardiff_encoder import uvarint  # noqa: E402
+from doras_oras.publish.bsdiff_build import go_patch_frame  # noqa: E402
+from doras_oras.publish.tardiff_encoder import uvarint  # noqa: E402
 
 MiB = 1 << 20
 

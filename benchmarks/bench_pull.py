@@ -69,7 +69,7 @@ from doras_oras.descriptor import (  # noqa: E402
     ANNOTATION_DELTA_TO,
     ANNOTATION_TITLE,
 )
-from doras_oras.testing.bsdiff_build import go_patch_frame  # noqa: E402
+from doras_oras.publish.bsdiff_build import go_patch_frame  # noqa: E402
 from doras_oras.testing.faultproxy import FaultProxy  # noqa: E402
 from doras_oras.testing.registry import RegistryServer, find_tool  # noqa: E402
 from doras_oras.testing.server import Algorithm, DorasServer, delta_tag, pack_manifest  # noqa: E402

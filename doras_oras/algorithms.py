@@ -9,12 +9,14 @@ codecs call a delta:
 - :class:`Compression` around a patch, detected from magic bytes;
 - :class:`Patch`, the patch format without its compression;
 - :class:`DeltaAlgorithm`, the four delta kinds a server stores, each with its
-  layer media type (``application/bsdiff+zstd``, ...).
+  layer media type (``application/bsdiff+zstd``, ...), layer title and tag suffix;
+- :func:`delta_tag`, the tag a delta is stored under in the registry.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 
 from .errors import CorruptDeltaError, InvalidArgumentError, UnsupportedAlgorithmError
 
@@ -29,6 +31,7 @@ __all__ = [
     "DeltaAlgorithm",
     "Patch",
     "check_algorithm_names",
+    "delta_tag",
 ]
 
 BSDIFF = "bsdiff"
@@ -101,6 +104,16 @@ class DeltaAlgorithm(enum.Enum):
         return f"application/{self.value}"
 
     @property
+    def tag_suffix(self) -> str:
+        """The ``SUFFIX`` of the delta tag (``bsdiff``, ``bsdiff_gzip``, ``bsdiff_zstd``, ``tardiff``)."""
+        return self.value.replace("+", "_")
+
+    @property
+    def title(self) -> str:
+        """The delta layer's ``org.opencontainers.image.title`` (``delta.bsdiff.zstd``, ...)."""
+        return "delta." + self.value.replace("+", ".")
+
+    @property
     def compression(self) -> Compression:
         """The compression around the patch (``NONE`` for bsdiff and tardiff)."""
         return {
@@ -160,3 +173,14 @@ class DeltaAlgorithm(enum.Enum):
         if compression is Compression.ZSTD:
             return cls.BSDIFF_ZSTD
         raise CorruptDeltaError(f"unrecognised delta: first bytes {head[:8].hex()}")
+
+
+def delta_tag(from_digest: str, to_digest: str, algorithm: DeltaAlgorithm) -> str:
+    """The tag a Doras server stores the delta ``from_digest -> to_digest`` under (DESIGN.md §2).
+
+    ``_delta-`` + hex sha256 of ``FROMHEX + TOHEX + SUFFIX`` (the manifest digests' hex, without
+    the ``sha256:`` prefix). Any client can compute it: a delta published at release time is found
+    under the same tag as one the server built.
+    """
+    seed = from_digest.split(":", 1)[1] + to_digest.split(":", 1)[1] + algorithm.tag_suffix
+    return "_delta-" + hashlib.sha256(seed.encode()).hexdigest()

@@ -46,6 +46,8 @@ refused, not found, not diffable)::
     │   └── IncompatibleArtifactsError "artifacts are not compatible" (any status; 406 too): pull in full
     ├── ImagesIdenticalError           204: from and to are the same image
     ├── BackoffExhausted               a polling loop ran out of attempts or time
+    ├── PublishError                   a delta cannot be published for these images (publish-delta)
+    │   └── DeltaExistsError           a different delta is already stored under the tag
     └── TrustError                     signature verification refused the artifact (CLI exit 5)
         ├── SignatureNotFoundError     no signature manifest for the digest (tag, referrers)
         ├── MalformedSignatureError    a signature manifest, layer, payload or index is unusable
@@ -111,6 +113,8 @@ class Fix(enum.Enum):
     """A file system (the layout's, the output directory's) has too little free space for the pull."""
     READ_ONLY_LAYOUT = "read-only-layout"
     """The layout cannot be written (a read-only file system, no write permission)."""
+    OVERWRITE_DELTA = "overwrite-delta"
+    """A different delta is stored under the tag a publish would write."""
 
     @property
     def hint(self) -> str:
@@ -144,6 +148,7 @@ _LIBRARY_HINTS: dict[Fix, str] = {
     Fix.DISK_SPACE: "free space on that file system (OCILayout.gc() drops old images), or use another one",
     Fix.READ_ONLY_LAYOUT: "make the layout's directory writable (remount its file system read-write), "
                           "or use a layout that is",
+    Fix.OVERWRITE_DELTA: "pass force=True to replace it",
 }
 
 
@@ -336,6 +341,14 @@ class ImagesIdenticalError(DorasOrasError):
 
 class BackoffExhausted(DorasOrasError):
     """A polling loop ran out of attempts or time."""
+
+
+class PublishError(DorasOrasError):
+    """No delta can be published for these images: an index, not one layer each, incompatible layers."""
+
+
+class DeltaExistsError(PublishError):
+    """A different delta for the same pair and kind is already stored under its tag."""
 
 
 class TrustError(DorasOrasError):

@@ -301,6 +301,24 @@ class RegistryClient:
             )
         return parsed
 
+    def manifest_exists(self, ref: Reference, *, accept: str = ACCEPT_MANIFESTS) -> bool:
+        """Whether the registry has a manifest under ``ref``: one ``HEAD``, no body; 404 is False.
+
+        ``accept``: the media types asked for (a shorter list makes a cheaper request).
+        """
+        self._prepare(ref)
+        url = self._url(ref, "manifests", ref.reference)
+        try:
+            self.transport.head(url, headers=self._headers({"Accept": accept}),
+                                budget=self.transport.budget(self._deadline))
+        except RegistryAuthError:
+            raise
+        except RegistryError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def fetch_manifest(self, ref: Reference) -> tuple[bytes, str]:
         """The manifest bytes and their media type (verified, capped, schema-checked)."""
         parsed = self.fetch_parsed(ref)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import bz2
 from pathlib import Path
 
-from doras_oras.testing.bsdiff_build import bsdiff_header as bsdiff_header
-from doras_oras.testing.bsdiff_build import offtout as offtout
-from doras_oras.testing.tardiff_encoder import uvarint as uvarint
+from doras_oras.publish.bsdiff_build import bsdiff_header as bsdiff_header
+from doras_oras.publish.bsdiff_build import offtout as offtout
+from doras_oras.publish.tardiff_encoder import uvarint as uvarint
 from doras_oras.testing.vectors import vectors_dir as vectors_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from doras_oras.codecs import bsdiff as bsdiff_mod
 from doras_oras.codecs._addmod import add_bytes_int
 from doras_oras.codecs.bsdiff import HEADER_SIZE, apply_bsdiff, read_header
 from doras_oras.errors import CorruptDeltaError
-from doras_oras.testing.bsdiff_build import go_patch_frame
+from doras_oras.publish.bsdiff_build import go_patch_frame
 from tests._codec_support import REPO_ROOT, RSS_BOUND, apply_file, bsdiff_header
 
 MB = 1_000_000

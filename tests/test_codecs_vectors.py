@@ -85,7 +85,7 @@ def test_doras_server_vectors(case: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", TARDIFF_GO[::3], ids=lambda p: p.name)
 def test_test_server_tardiff_encoder_round_trips(case: Path, tmp_path: Path) -> None:
     """Deltas of the project's test server (its own encoder) apply to the exact new tar."""
-    from doras_oras.testing.tardiff_encoder import encode
+    from doras_oras.publish.tardiff_encoder import encode
 
     new_tar = gzip.decompress((case / "new.tar.gz").read_bytes())
     delta = encode((case / "old.tar.gz").read_bytes(), new_tar, level=3)

@@ -11,7 +11,7 @@ import pytest
 import zstandard
 from tardiff_apply import apply
 
-from doras_oras.testing.tardiff_encoder import MAGIC, clean_path, encode
+from doras_oras.publish.tardiff_encoder import MAGIC, clean_path, encode
 from doras_oras.testing.vectors import vectors_dir
 
 GO = vectors_dir() / "tardiff-go"

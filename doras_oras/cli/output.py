@@ -54,6 +54,7 @@ CLI_HINTS: dict[Fix, str] = {
                     "or give a --oci-layout or --output on another one",
     Fix.READ_ONLY_LAYOUT: "make {layout} writable (remount its file system read-write) or give a writable "
                           "--oci-layout; on a read-only layout only an up-to-date pull, verify, fsck and list work",
+    Fix.OVERWRITE_DELTA: "add --force to replace it",
 }
 """The fix of each :class:`Fix` in the command's flags (``{...}`` filled in from the command line)."""
 

@@ -12,7 +12,9 @@ never does.
   first 202 of the Doras server on, a spinner with the time waited, redrawn by
   a background thread every :data:`TICK_S` until the next progress or
   :meth:`Display.close` (the server's answers come seconds apart: the line
-  keeps moving meanwhile).
+  keeps moving meanwhile);
+- :meth:`Display.busy`: the same spinner for work of this machine that has no byte count
+  (``publish-delta`` building a delta), with its own words.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ TICK_S = 0.2
 WIDTH = 30
 """Characters of the bar."""
 _FRAMES = "|/-\\"
-_NAMES = {"full": "pulling", "delta": "delta", "apply": "applying"}
+_NAMES = {"full": "pulling", "delta": "delta", "apply": "applying", "push": "pushing"}
 
 
 class Display:
@@ -42,6 +44,7 @@ class Display:
         self._finished: tuple[str, int] | None = None
         self._waiting_since: float | None = None
         self._requests = 0
+        self._label: str | None = None
         self._frame = 0
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -79,6 +82,12 @@ class Display:
             self._ticker = threading.Thread(target=self._tick, name="doras-oras-spinner", daemon=True)
             self._ticker.start()
 
+    def busy(self, label: str) -> None:
+        """Show the spinner with ``label`` and the time spent, until the next progress or :meth:`close`."""
+        with self._lock:
+            self._label = label
+        self.waiting(0, 0.0)
+
     def _tick(self) -> None:
         while True:
             with self._lock:
@@ -86,8 +95,11 @@ class Display:
                     waited = time.monotonic() - self._waiting_since
                     frame = _FRAMES[self._frame % len(_FRAMES)]
                     self._frame += 1
-                    self._write(f"\r{frame} the Doras server is building the delta: {waited:.0f} s "
-                                f"({self._requests} request{'s' if self._requests != 1 else ''})\033[K")
+                    if self._label is not None:
+                        self._write(f"\r{frame} {self._label}: {waited:.0f} s\033[K")
+                    else:
+                        self._write(f"\r{frame} the Doras server is building the delta: {waited:.0f} s "
+                                    f"({self._requests} request{'s' if self._requests != 1 else ''})\033[K")
                     self._open_line = True
             if self._stop.wait(TICK_S):
                 return
@@ -104,6 +116,7 @@ class Display:
                 self._write("\r\033[K")
                 self._open_line = False
             self._waiting_since = None
+            self._label = None
 
     # --- the end -----------------------------------------------------------------
     def close(self) -> None:

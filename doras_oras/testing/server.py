@@ -32,8 +32,6 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
-import gzip
-import hashlib
 import json
 import logging
 import os
@@ -49,8 +47,9 @@ from typing import Any
 
 import oras.provider
 import requests
-import zstandard
 
+from ..algorithms import DeltaAlgorithm
+from ..algorithms import delta_tag as stored_delta_tag
 from ..descriptor import (
     ANNOTATION_CREATED,
     ANNOTATION_DELTA_DUMMY,
@@ -58,22 +57,19 @@ from ..descriptor import (
     ANNOTATION_DELTA_TO,
     ANNOTATION_TITLE,
     ANNOTATION_UNPACK,
-    EMPTY_DIGEST,
     INDEX_MEDIA_TYPES,
-    OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
     digest_of,
 )
 from ..errors import InvalidReferenceError
+from ..publish.encode import EMPTY_DESCRIPTOR, build_delta, go_json, now_rfc3339, pack_manifest
 from ..reference import Reference
-from . import tardiff_encoder
 
 log = logging.getLogger(__name__)
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
-DELTA_ARTIFACT_TYPE = "application/vnd.example+type"
 DEFAULT_ALGORITHMS = ("bsdiff", "tardiff", "zstd")
 DELTA_PATH = "/api/v1/delta/"
 PING_PATH = "/api/v1/ping"
@@ -81,17 +77,7 @@ _MANIFEST_ACCEPT = ", ".join(
     [OCI_MANIFEST, OCI_INDEX, "application/vnd.docker.distribution.manifest.v2+json",
      "application/vnd.docker.distribution.manifest.list.v2+json"]
 )
-_EMPTY_DESCRIPTOR: dict[str, Any] = {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2,
-                                     "data": "e30="}
-
-
-def go_json(value: Any) -> bytes:
-    """``value`` encoded as Go's ``encoding/json`` does (compact, HTML characters escaped)."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escaped)
-    return text.encode("utf-8")
+_EMPTY_DESCRIPTOR = EMPTY_DESCRIPTOR
 
 
 def _html_escape(text: str) -> str:
@@ -112,22 +98,26 @@ def error_body(code: int, message: str, context: str = "") -> bytes:
 
 @dataclass(frozen=True)
 class Algorithm:
-    """A differ and a compressor, as the server picked them."""
+    """A differ and a compressor, as the server picked them (the product's :class:`DeltaAlgorithm`)."""
 
     differ: str  # "bsdiff" or "tardiff"
     compressor: str  # "", "gzip" or "zstd"
 
     @property
+    def kind(self) -> DeltaAlgorithm:
+        return DeltaAlgorithm.from_name(f"{self.differ}+{self.compressor}" if self.compressor else self.differ)
+
+    @property
     def tag_suffix(self) -> str:
-        return f"{self.differ}_{self.compressor}" if self.compressor else self.differ
+        return self.kind.tag_suffix
 
     @property
     def media_type(self) -> str:
-        return f"application/{self.differ}+{self.compressor}" if self.compressor else f"application/{self.differ}"
+        return self.kind.media_type
 
     @property
     def title(self) -> str:
-        return f"delta.{self.differ}.{self.compressor}" if self.compressor else f"delta.{self.differ}"
+        return self.kind.title
 
 
 def choose_algorithm(accepted: Sequence[str], from_layer: Mapping[str, Any]) -> Algorithm:
@@ -142,28 +132,8 @@ def choose_algorithm(accepted: Sequence[str], from_layer: Mapping[str, Any]) -> 
 
 
 def delta_tag(from_digest: str, to_digest: str, algorithm: Algorithm) -> str:
-    """``_delta-`` + hex sha256 of ``FROMHEX + TOHEX + SUFFIX``."""
-    seed = from_digest.split(":", 1)[1] + to_digest.split(":", 1)[1] + algorithm.tag_suffix
-    return "_delta-" + hashlib.sha256(seed.encode()).hexdigest()
-
-
-def _now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def pack_manifest(layers: list[dict[str, Any]], annotations: Mapping[str, str]) -> bytes:
-    """An image manifest as oras-go ``PackManifest`` (v1.1) writes it for Doras:
-    artifactType ``application/vnd.example+type``, the empty config, annotation
-    keys sorted (Go marshals maps sorted), compact JSON."""
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": DELTA_ARTIFACT_TYPE,
-        "config": dict(_EMPTY_DESCRIPTOR),
-        "layers": layers,
-        "annotations": dict(sorted(annotations.items())),
-    }
-    return go_json(manifest)
+    """``_delta-`` + hex sha256 of ``FROMHEX + TOHEX + SUFFIX`` (:func:`doras_oras.algorithms.delta_tag`)."""
+    return stored_delta_tag(from_digest, to_digest, algorithm.kind)
 
 
 class _Unauthorized(Exception):
@@ -482,7 +452,7 @@ class DorasServer:
                 client.push_manifest(repo, tag, pack_manifest(
                     [dict(_EMPTY_DESCRIPTOR)],
                     {ANNOTATION_DELTA_FROM: from_image, ANNOTATION_DELTA_TO: to_image,
-                     ANNOTATION_DELTA_DUMMY: "true", ANNOTATION_CREATED: _now_rfc3339()}))
+                     ANNOTATION_DELTA_DUMMY: "true", ANNOTATION_CREATED: now_rfc3339()}))
             except _Unauthorized:
                 return unauthorized
             except Exception as exc:
@@ -521,9 +491,9 @@ class DorasServer:
                      "size": stub["size"], "annotations": {ANNOTATION_TITLE: build.algorithm.title}}
             manifest = pack_manifest([layer], {ANNOTATION_DELTA_FROM: build.from_image,
                                                ANNOTATION_DELTA_TO: build.to_image,
-                                               ANNOTATION_CREATED: _now_rfc3339()})
-            client.push_manifest(build.repository, build.tag, manifest)
-            with self._lock:
+                                               ANNOTATION_CREATED: now_rfc3339()})
+            with self._lock:  # a request that sees the delta sees it counted
+                client.push_manifest(build.repository, build.tag, manifest)
                 self.builds += 1
             log.info("built %s delta %s:%s (%d bytes)", build.algorithm.media_type,
                      build.repository, build.tag, len(delta))
@@ -537,18 +507,8 @@ class DorasServer:
 
 
 def make_delta(old: bytes, new: bytes, algorithm: Algorithm) -> bytes:
-    """The delta blob: bsdiff of the raw blobs or tar-diff of the uncompressed tars, compressed."""
-    if algorithm.differ == "tardiff":
-        patch = tardiff_encoder.encode(old, new)
-    else:
-        import bsdiff4  # the "testing" extra; imported here so the plugin loads without it
-
-        patch = bsdiff4.diff(old, new)
-    if algorithm.compressor == "gzip":
-        return gzip.compress(patch, mtime=0)
-    if algorithm.compressor == "zstd":
-        return zstandard.ZstdCompressor(level=3).compress(patch)
-    return bytes(patch)
+    """The delta blob, built by the product's encoders (:func:`doras_oras.publish.encode.build_delta`)."""
+    return build_delta(old, new, algorithm.kind)
 
 
 def _single_layers(from_body: bytes, to_body: bytes) -> tuple[dict[str, Any], dict[str, Any]] | None:

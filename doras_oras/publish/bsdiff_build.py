@@ -1,4 +1,4 @@
-"""Building BSDIFF40 patches by hand, for tests and benchmarks.
+"""Building BSDIFF40 patches by hand (headers, Go-server-shaped frames), for tests and benchmarks.
 
 The format (DESIGN.md §3): a 32-byte header ``BSDIFF40`` + three signed 64-bit
 integers (magnitude little-endian, sign in the top bit of the last byte) for

@@ -1,4 +1,4 @@
-"""A tar-diff encoder (``containers/tar-diff`` format) for the test server.
+"""A tar-diff encoder (``containers/tar-diff`` format): publish-delta and the test server build with it.
 
 ``encode(old_tar, new_tar)`` returns a delta that, applied to the regular
 files of ``old_tar``, reproduces the uncompressed ``new_tar`` byte for byte.
