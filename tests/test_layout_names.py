@@ -72,6 +72,22 @@ def test_an_entry_of_an_earlier_version_keeps_its_bare_tag() -> None:
         "v1", True, False)
 
 
+def test_an_update_replaces_the_entry_of_an_earlier_version_and_no_other(tmp_path: Path) -> None:
+    from tests.test_layout import REPO, store_image
+
+    other = "registry.example:5000/team/other"
+    layout = OCILayout.open(tmp_path / "L")
+    store_image(layout, b"app one", "v1")
+    store_image(layout, b"other one", "v1", repo=other)
+    index = json.loads((tmp_path / "L" / "index.json").read_text())
+    for entry in index["manifests"]:
+        entry["annotations"][ANNOTATION_REF_NAME] = "v1"  # as earlier versions named both
+    (tmp_path / "L" / "index.json").write_text(json.dumps(index))
+    new = store_image(layout, b"app two", "v1")
+    assert [(i.repository, i.ref_name, i.descriptor.digest == new.digest) for i in layout.images()] == [
+        (other, "v1", False), (REPO, "registry.example_5000/team/app/v1", True)]
+
+
 # -- against the real tools --------------------------------------------------------------------------
 
 FILES = {"app.conf": b"mode=fleet\n" * 300, "certs/ca.pem": payload(20000, 5)}
