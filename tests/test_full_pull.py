@@ -77,7 +77,7 @@ def test_full_pull_of_an_oras_artifact_is_read_by_every_tool(oci_registry: Regis
     reader = oras.layout.Layout(str(layout_dir))
     reader.validate()
     document = json.loads(body)
-    assert set(reader.get_ordered_blobs("v1")) == {digest, document["config"]["digest"], document["layers"][0]["digest"]}
+    assert set(reader.get_ordered_blobs(name)) == {digest, document["config"]["digest"], document["layers"][0]["digest"]}
 
     # a second pull fetches no blob again
     again = client.pull_full(ref, layout)
