@@ -472,8 +472,9 @@ class OCILayout:
         Checks that every referenced blob is present and verified, stores the
         ``attachments`` (signature manifests, :mod:`.attachments`) and their
         blobs, then replaces ``index.json`` atomically, once, with the image and
-        its attachments: an entry of the same repository and tag is replaced, and
-        so is a foreign entry of that name (as ``skopeo copy ... oci:DIR:TAG`` replaces it),
+        its attachments (the image named :func:`~.index.layout_name`): an entry of the same
+        repository and tag is replaced (also one an earlier version named by the bare tag), and
+        so is a foreign entry of that tag that belongs to the repository (:meth:`ImageEntry.belongs_to`),
         as is an attachment of the same repository with the same digest or tag.
         """
         self._require_lock()
