@@ -56,6 +56,15 @@ def error_json(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
     return obj
 
 
+def name_of(layout: Path, tag: str) -> str:
+    """The ``ref.name`` (what ``oci:DIR:NAME`` takes) of the one image of ``layout`` at ``tag``."""
+    from doras_oras.layout import OCILayout
+
+    names = [image.ref_name for image in OCILayout.open(layout, create=False).images() if image.tag == tag]
+    assert len(names) == 1 and names[0], (tag, names)
+    return str(names[0])
+
+
 def oras_push_file(registry_host: str, ref: str, directory: Path, name: str, data: bytes) -> None:
     """Push one file as an artifact with the real oras CLI."""
     (directory / name).write_bytes(data)

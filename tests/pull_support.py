@@ -11,7 +11,7 @@ import requests
 
 from doras_oras.layout import OCILayout
 from doras_oras.testing.registry import RegistryServer, find_tool
-from tests.layout_support import layout_problems, run
+from tests.layout_support import layout_problems, name_of, run
 
 ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
 
@@ -102,7 +102,7 @@ def check_layout(layout_dir: Path, tag: str, *, manifest: bytes | None = None) -
     """
     assert layout_problems(layout_dir) == []
     OCILayout.open(layout_dir, create=False).verify()
-    raw = run("skopeo", "inspect", "--raw", f"oci:{layout_dir}:{tag}").stdout.encode()
+    raw = run("skopeo", "inspect", "--raw", f"oci:{layout_dir}:{name_of(layout_dir, tag)}").stdout.encode()
     if manifest is not None:
         assert raw == manifest
     return raw
@@ -110,7 +110,7 @@ def check_layout(layout_dir: Path, tag: str, *, manifest: bytes | None = None) -
 
 def stored_layer(layout_dir: Path, tag: str) -> tuple[dict[str, object], bytes]:
     """The single layer descriptor of the layout's ``tag`` and its stored bytes."""
-    raw = run("skopeo", "inspect", "--raw", f"oci:{layout_dir}:{tag}").stdout
+    raw = run("skopeo", "inspect", "--raw", f"oci:{layout_dir}:{name_of(layout_dir, tag)}").stdout
     layer = json.loads(raw)["layers"][0]
     data = (layout_dir / "blobs" / "sha256" / str(layer["digest"]).split(":")[1]).read_bytes()
     return layer, data

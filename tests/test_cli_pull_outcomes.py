@@ -18,7 +18,7 @@ import pytest
 from doras_oras.layout import OCILayout
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer, find_tool
-from tests.layout_support import REPO_ROOT, cli, layout_problems, one_json, run, sha256
+from tests.layout_support import REPO_ROOT, cli, layout_problems, name_of, one_json, run, sha256
 from tests.pull_support import (
     check_layout,
     edit,
@@ -150,27 +150,28 @@ def test_from_a_tag_or_a_digest_of_the_same_repository(oci_registry: RegistrySer
         assert (result["status"], result["from_digest"]) == ("delta", v1_digest), (given, result)
         (layout / "index.json").write_text(json.dumps(json.loads((layout / "index.json").read_text()) | {
             "manifests": [m for m in json.loads((layout / "index.json").read_text())["manifests"]
-                          if m["annotations"].get("org.opencontainers.image.ref.name") != "v3"]}))
+                          if not m["annotations"].get("org.opencontainers.image.ref.name", "").endswith("/v3")]}))
     missing = cli("pull", f"{host}/{repo}:v3", *common, "--from", "v0")
     assert missing.returncode == 1 and f"--from {host}/{repo}:v0: no such image" in missing.stderr
 
 
-@pytest.mark.parametrize("tool", ["oras", "skopeo-tag", "skopeo-reference"])
+@pytest.mark.parametrize("tool", ["oras", "skopeo-tag", "skopeo-reference", "skopeo-name"])
 def test_layouts_of_oras_and_skopeo_are_delta_bases(oci_registry: RegistryServer, tmp_path: Path,
                                                     versions: tuple[str, bytes, bytes], tool: str,
                                                     doras_server_factory: DorasServerFactory) -> None:
     repo, _v1, v2 = versions
     host = oci_registry.host
     layout = tmp_path / "L"
+    name = {"oras": "v1", "skopeo-tag": "v1", "skopeo-reference": f"{host}/{repo}:v1",
+            "skopeo-name": f"{host.replace(':', '_')}/{repo}/v1"}[tool]  # the last: the name doras-oras gives
     if tool == "oras":
         run(find_tool("oras"), "copy", "--from-plain-http", f"{host}/{repo}:v1", "--to-oci-layout", f"{layout}:v1")
     else:
-        name = "v1" if tool == "skopeo-tag" else f"{host}/{repo}:v1"
         run("skopeo", "copy", "--src-tls-verify=false", f"docker://{host}/{repo}:v1", f"oci:{layout}:{name}")
     listed = cli("list", "--oci-layout", str(layout), "--json")
     [entry] = one_json(listed)["images"]
     assert (entry["tag"], entry["foreign"], entry["pulled_by"]) == ("v1", True, None)
-    assert entry["repository"] == (f"{host}/{repo}" if tool == "skopeo-reference" else None)
+    assert entry["repository"] == (f"{host}/{repo}" if tool in ("skopeo-reference", "skopeo-name") else None)
     server = doras_server_factory()
     common = ["--oci-layout", str(layout), "--plain-http", "--server", server.url, "--json"]
     up = cli("pull", f"{host}/{repo}:v1", *common)
@@ -181,23 +182,23 @@ def test_layouts_of_oras_and_skopeo_are_delta_bases(oci_registry: RegistryServer
     assert (result["status"], result["from_digest"]) == ("delta", manifest_of(oci_registry, repo, "v1")[1]), result
     assert tree(tmp_path / "out") == {"x.bin": v2}
     readable(layout, "v2", manifest_of(oci_registry, repo, "v2")[0])
-    run("skopeo", "inspect", "--raw", f"oci:{layout}:{'v1' if tool != 'skopeo-reference' else f'{host}/{repo}:v1'}")
-    # the same tag again from the registry replaces the tool's entry (one ref.name per tag, as skopeo does)
-    if tool != "skopeo-reference":
-        oras_push_file(host, f"{repo}:v1", tmp_path / "p3", "x.bin", edit(v2, 2, 13))
-        moved = cli("pull", f"{host}/{repo}:v1", *common, "--from", "v2")
-        assert moved.returncode == 0, moved.stderr
-        names = [m["annotations"]["org.opencontainers.image.ref.name"]
-                 for m in json.loads((layout / "index.json").read_text())["manifests"]]
-        assert sorted(names) == ["v1", "v2"], names
-        readable(layout, "v1", manifest_of(oci_registry, repo, "v1")[0])
+    run("skopeo", "inspect", "--raw", f"oci:{layout}:{name}")
+    # the same tag again from the registry replaces the tool's entry (one entry per repository and tag)
+    oras_push_file(host, f"{repo}:v1", tmp_path / "p3", "x.bin", edit(v2, 2, 13))
+    moved = cli("pull", f"{host}/{repo}:v1", *common, "--from", "v2")
+    assert moved.returncode == 0, moved.stderr
+    names = [m["annotations"]["org.opencontainers.image.ref.name"]
+             for m in json.loads((layout / "index.json").read_text())["manifests"]]
+    named = f"{host.replace(':', '_')}/{repo}"
+    assert sorted(names) == [f"{named}/v1", f"{named}/v2"], names
+    readable(layout, "v1", manifest_of(oci_registry, repo, "v1")[0])
 
 
 def readable(layout: Path, tag: str, manifest: bytes) -> None:
-    """Valid (the modes of blobs another tool wrote are its own: oras writes 0444), skopeo reads ``tag``."""
+    """Valid (the modes of blobs another tool wrote are its own: oras writes 0444), skopeo reads ``tag`` by its name."""
     assert [p for p in layout_problems(layout) if not p.startswith("mode ")] == []
     OCILayout.open(layout, create=False).verify()
-    assert run("skopeo", "inspect", "--raw", f"oci:{layout}:{tag}").stdout.encode() == manifest
+    assert run("skopeo", "inspect", "--raw", f"oci:{layout}:{name_of(layout, tag)}").stdout.encode() == manifest
 
 
 def test_list_shows_how_images_came(oci_registry: RegistryServer, versions: tuple[str, bytes, bytes],
@@ -214,8 +215,9 @@ def test_list_shows_how_images_came(oci_registry: RegistryServer, versions: tupl
     listed = cli("list", "--oci-layout", str(layout))
     assert listed.returncode == 0, listed.stderr
     header, first, second = listed.stdout.splitlines()
-    assert header.split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE", "PULLED"]
+    assert header.split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE", "PULLED", "NAME"]
     assert first.split()[:2] == [f"{host}/{repo}", "v1"] and " full " in first and "KiB" in first
+    assert first.split()[-1] == f"{host.replace(':', '_')}/{repo}/v1"
     assert second.split()[:2] == [f"{host}/{repo}", "v2"] and "delta bsdiff+zstd" in second
     rows = one_json(cli("list", "--oci-layout", str(layout), "--json"))["images"]
     body, digest = manifest_of(oci_registry, repo, "v2")

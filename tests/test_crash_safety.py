@@ -59,8 +59,7 @@ def push_multi_layer(registry: RegistryServer, ref: str, directory: Path, seed: 
 
 
 def entries(layout_dir: Path) -> dict[str | None, str]:
-    index = json.loads((layout_dir / "index.json").read_text())
-    return {m.get("annotations", {}).get("org.opencontainers.image.ref.name"): m["digest"] for m in index["manifests"]}
+    return {image.tag: image.descriptor.digest for image in OCILayout.open(layout_dir, create=False).images()}
 
 
 def check_after_kill(layout_dir: Path, old_digest: str, new_digest: str) -> str:

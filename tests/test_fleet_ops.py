@@ -20,7 +20,7 @@ import pytest
 from doras_oras.layout import OCILayout
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.registry import RegistryServer
-from tests.layout_support import REPO_ROOT, cli, one_json, run
+from tests.layout_support import REPO_ROOT, cli, name_of, one_json, run
 from tests.pull_support import check_layout, edit, oras_push_file, payload, snapshot, unique
 
 
@@ -122,7 +122,7 @@ def test_writes_to_a_read_only_layout_name_the_fix(pulled: tuple[str, Path],
 
 def _rot(layout: Path, tag: str) -> str:
     """Flip one byte of ``tag``'s layer (the size stays); return the layer's digest."""
-    manifest = json.loads(run("skopeo", "inspect", "--raw", f"oci:{layout}:{tag}").stdout)
+    manifest = json.loads(run("skopeo", "inspect", "--raw", f"oci:{layout}:{name_of(layout, tag)}").stdout)
     digest = str(manifest["layers"][0]["digest"])
     path = layout / "blobs" / "sha256" / digest.split(":")[1]
     path.chmod(0o644)
@@ -159,8 +159,7 @@ def test_fsck_repair_drops_the_rotted_image_so_the_next_pull_fetches_it(pulled: 
     assert proc.returncode == 1, proc.stderr
     report = one_json(proc)
     assert (report.get("status"), report.get("repaired"), report.get("removed_blobs")) == ("repaired", True, 2), proc.stderr
-    tags = [m["annotations"]["org.opencontainers.image.ref.name"]
-            for m in json.loads((layout / "index.json").read_text())["manifests"]]
+    tags = [image.tag for image in OCILayout.open(layout, create=False).images()]
     assert tags == ["v1"]
     assert not (layout / "blobs" / "sha256" / bad.split(":")[1]).exists()
     check_layout(layout, "v1")  # v1's blobs (the config is shared with v2) are all there

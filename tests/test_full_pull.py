@@ -60,22 +60,24 @@ def test_full_pull_of_an_oras_artifact_is_read_by_every_tool(oci_registry: Regis
     assert entry.descriptor.annotations[ANNOTATION_SOURCE_REPOSITORY] == ref.name
     assert entry.descriptor.annotations[ANNOTATION_SOURCE_DIGEST] == digest
     assert layout.blob_path(digest).read_bytes() == body  # the registry's bytes, unchanged
+    name = f"127.0.0.1_{oci_registry.port}/pull/art/v1"  # registry/repository/tag, the port's ':' as '_'
+    assert entry.ref_name == name
 
-    # skopeo reads it and copies it back: same manifest digest
-    raw = run("skopeo", "inspect", "--raw", f"oci:{layout_dir}:v1").stdout
+    # skopeo reads it by that name and copies it back: same manifest digest
+    raw = run("skopeo", "inspect", "--raw", f"oci:{layout_dir}:{name}").stdout
     assert raw.encode() == body
-    run("skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout_dir}:v1",
+    run("skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout_dir}:{name}",
         f"docker://{oci_registry.host}/copied/by-skopeo:v1")
     assert registry_manifest(oci_registry, "copied/by-skopeo", "v1")[1] == digest
     # the oras CLI too
-    run(find_tool("oras"), "copy", "--to-plain-http", "--from-oci-layout", f"{layout_dir}:v1",
+    run(find_tool("oras"), "copy", "--to-plain-http", "--from-oci-layout", f"{layout_dir}:{name}",
         f"{oci_registry.host}/copied/by-oras:v1")
     assert registry_manifest(oci_registry, "copied/by-oras", "v1")[1] == digest
     # and oras-py
     reader = oras.layout.Layout(str(layout_dir))
     reader.validate()
     document = json.loads(body)
-    assert set(reader.get_ordered_blobs("v1")) == {digest, document["config"]["digest"], document["layers"][0]["digest"]}
+    assert set(reader.get_ordered_blobs(name)) == {digest, document["config"]["digest"], document["layers"][0]["digest"]}
 
     # a second pull fetches no blob again
     again = client.pull_full(ref, layout)
@@ -97,8 +99,9 @@ def test_full_pull_of_a_container_index_by_platform_with_umoci(oci_registry: Reg
     assert result.manifest.digest == arm["digest"]
     assert result.image.descriptor.annotations[ANNOTATION_SOURCE_INDEX] == index_digest
     assert layout_problems(tmp_path / "L") == []
-    run("skopeo", "inspect", f"oci:{tmp_path / 'L'}:v1")  # a real image config: plain inspect works
-    run("umoci", "unpack", "--image", f"{tmp_path / 'L'}:v1", str(tmp_path / "bundle"))
+    name = str(result.image.ref_name)
+    run("skopeo", "inspect", f"oci:{tmp_path / 'L'}:{name}")  # a real image config: plain inspect works
+    run("umoci", "unpack", "--image", f"{tmp_path / 'L'}:{name}", str(tmp_path / "bundle"))
     rootfs = tmp_path / "bundle" / "rootfs"
     assert (rootfs / "hello.txt").read_bytes() == b"hello from a container\n"
     assert (rootfs / "platform").read_bytes() == b"linux/arm64"

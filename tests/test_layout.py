@@ -194,7 +194,7 @@ def test_commit_replaces_same_tag_and_records_annotations(tmp_path: Path) -> Non
     assert [(i.repository, i.tag, i.descriptor.digest) for i in images[:2]] == [(REPO, "v1", m2.digest), (REPO, "v2", m3.digest)]
     assert m1.digest not in {i.descriptor.digest for i in images}
     entry = json.loads((tmp_path / "L" / "index.json").read_text())["manifests"][0]
-    assert entry["annotations"][ANNOTATION_REF_NAME] == "v1"
+    assert entry["annotations"][ANNOTATION_REF_NAME] == "registry.example_5000/team/app/v1"
     assert entry["annotations"][ANNOTATION_SOURCE_REPOSITORY] == REPO
     assert entry["annotations"][ANNOTATION_SOURCE_DIGEST] == m2.digest
     assert layout.find_image(REPO).descriptor.digest == m3.digest  # type: ignore[union-attr]
@@ -325,17 +325,3 @@ def test_commit_rewritten_records_the_registry_digest(tmp_path: Path) -> None:
     assert stored["layers"][0]["digest"] == sha256(tar)
     assert stored["layers"][0]["annotations"]["io.deis.oras.content.unpack"] == "true"
     assert layout_problems(tmp_path / "L") == []
-
-
-def test_a_tag_shared_by_two_repositories_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """skopeo and oras read ``oci:DIR:TAG`` by ``ref.name`` alone: two repositories with one tag are ambiguous."""
-    layout = OCILayout.open(tmp_path / "L")
-    other = "registry.example:5000/team/other"
-    with caplog.at_level("WARNING", logger="doras_oras.layout.store"):
-        store_image(layout, b"first", "v1")
-        store_image(layout, b"first, again", "v1")  # the same repository: replaced, no warning
-        assert not [r for r in caplog.records if "is also the tag of" in r.getMessage()]
-        store_image(layout, b"second", "v1", repo=other)
-    (warning,) = [r.getMessage() for r in caplog.records if "is also the tag of" in r.getMessage()]
-    assert f"tag v1 of {other} is also the tag of {REPO}" in warning
-    assert [(i.repository, i.tag) for i in layout.images()] == [(REPO, "v1"), (other, "v1")]

@@ -14,7 +14,7 @@ import pytest
 
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer, find_tool
-from tests.layout_support import cli, one_json, run
+from tests.layout_support import cli, name_of, one_json, run
 from tests.pull_support import edit, oras_pull, oras_push_dir, oras_push_file, payload, tree, unique
 
 #: kind -> (what the repository holds, what the layout starts from, the status/algorithm of the last pull)
@@ -43,10 +43,11 @@ def _tools_read(layout: Path, tag: str, expected: dict[str, bytes], workdir: Pat
     """``oras pull --oci-layout`` writes ``expected``, from the layout and from skopeo's copy of it."""
     oras = find_tool("oras")
     out = workdir / f"oras-{tag}"
-    run(oras, "pull", "--oci-layout", f"{layout}:{tag}", "-o", str(out))
+    name = name_of(layout, tag)
+    run(oras, "pull", "--oci-layout", f"{layout}:{name}", "-o", str(out))
     assert tree(out) == expected
     copy = workdir / f"skopeo-{tag}"
-    run("skopeo", "copy", f"oci:{layout}:{tag}", f"oci:{copy}:{tag}")
+    run("skopeo", "copy", f"oci:{layout}:{name}", f"oci:{copy}:{tag}")
     out2 = workdir / f"oras-skopeo-{tag}"
     run(oras, "pull", "--oci-layout", f"{copy}:{tag}", "-o", str(out2))
     assert tree(out2) == expected

@@ -298,7 +298,7 @@ def test_the_command_refuses_a_dot_title_and_keeps_the_output_directory(oci_regi
     made = OCILayout.open(tmp_path / "made")
     store(made, [(b"payload\n", {TITLE: "."}, TAR)])
     ref = f"{oci_registry.host}/extract/dot:v1"
-    run(find_tool("oras"), "copy", "--to-plain-http", "--from-oci-layout", f"{tmp_path / 'made'}:v1", ref)
+    run(find_tool("oras"), "copy", "--to-plain-http", "--from-oci-layout", f"{tmp_path / 'made'}:example.test/art/v1", ref)
     out = tmp_path / "devout"
     out.mkdir()
     (out / "unrelated.txt").write_bytes(b"the user's\n")

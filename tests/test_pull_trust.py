@@ -24,7 +24,15 @@ from doras_oras.pull import pull_delta
 from doras_oras.registry_client import RegistryClient
 from doras_oras.testing.registry import find_tool
 from doras_oras.trust import Requirement, load_public_key, signature_tag
-from tests.layout_support import build_container_layout, cli, error_json, one_json, push_layout, run
+from tests.layout_support import (
+    build_container_layout,
+    cli,
+    error_json,
+    name_of,
+    one_json,
+    push_layout,
+    run,
+)
 from tests.pull_support import check_layout, edit, payload
 from tests.trust_pull_support import TrustBed, layout_state, trust_bed
 from tests.trust_support import get_manifest, put_manifest
@@ -149,12 +157,13 @@ def test_signed_full_pull_of_a_referrer_is_stored_as_oras_copy_r_stores_it(bed: 
     entries = json.loads((layout / "index.json").read_text())["manifests"]
     referrer = [e for e in entries if e.get("artifactType") == "application/vnd.dev.cosign.artifact.sig.v1+json"]
     assert len(referrer) == 1 and "org.opencontainers.image.ref.name" not in referrer[0]["annotations"]
-    discovered = run(find_tool("oras"), "discover", "--oci-layout", f"{layout}:v1").stdout
+    discovered = run(find_tool("oras"), "discover", "--oci-layout", f"{layout}:{name_of(layout, 'v1')}").stdout
     assert referrer[0]["digest"] in discovered
     check_layout(layout, "v1")
     # the layout is a complete copy: oras copies image and signature out, cosign verifies the copy
     copy = f"{bed.host}/{repo}-copy:v1"
-    run(find_tool("oras"), "copy", "-r", "--from-oci-layout", f"{layout}:v1", "--to-plain-http", copy)
+    run(find_tool("oras"), "copy", "-r", "--from-oci-layout", f"{layout}:{name_of(layout, 'v1')}", "--to-plain-http",
+        copy)
     accepted, stderr = bed.cosign.verify(bed.key.public_path, copy)
     assert accepted, stderr
 
@@ -469,7 +478,7 @@ def test_offline_verification_refuses_tampered_stored_bytes(bed: TrustBed, tmp_p
     assert payload_path.is_file()
     payload_path.write_bytes(original)
     # a stored layer changed: the image no longer matches what was signed
-    manifest = json.loads(run("skopeo", "inspect", "--raw", f"oci:{layout}:v1").stdout)
+    manifest = json.loads(run("skopeo", "inspect", "--raw", f"oci:{layout}:{name_of(layout, 'v1')}").stdout)
     layer_path = layout / "blobs" / "sha256" / manifest["layers"][0]["digest"].split(":")[1]
     data = bytearray(layer_path.read_bytes())
     data[100] ^= 1

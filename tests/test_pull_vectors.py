@@ -98,7 +98,7 @@ def test_directory_pushed_by_oras_cli_tardiff_stored_as_gzip(
     assert stored_doc["config"] == registry_doc["config"]
     # the index records the registry digest the rewritten manifest stands for
     index = json.loads((layout / "index.json").read_text())
-    entry = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "v2")
+    entry = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"].endswith("/v2"))
     assert entry["digest"] == result.stored_digest
     assert entry["annotations"]["io.doras-oras.source.digest"] == digests["to_digest"]
     # pulling v2 again: up to date, recognised by the recorded registry digest

@@ -97,7 +97,8 @@ def test_the_demo_proves_its_result_and_keeps_its_logs_apart(tmp_path: Path) -> 
     out = done.stdout
     assert "INFO" not in out and "doras-testbed" not in out
     for name, tag in (("firmware", "v1"), ("firmware", "v2"), ("config", "v1"), ("config", "v2")):
-        assert f"skopeo reads oci:device/oci/{name}:{tag} as demo/{name}:{tag}" in out, out
+        assert re.search(rf"skopeo reads oci:device/oci/{name}:127\.0\.0\.1_[0-9]+/demo/{name}/{tag} "
+                         rf"as demo/{name}:{tag}", out), out
     assert "the 200 extracted file(s) of demo/config:v2 have the sha256 of what was published" in out
     assert "all checks passed" in out
     kept = Path(re.search(r"kept (\S+):", out).group(1))  # type: ignore[union-attr]

@@ -23,6 +23,7 @@ from .index import (
     ANNOTATION_SOURCE_INDEX,
     ANNOTATION_SOURCE_PLATFORM,
     ImageEntry,
+    layout_name,
 )
 from .lock import LOCK_FILE
 from .maintenance import STALE_PARTIAL_SECONDS, GCResult
@@ -52,4 +53,5 @@ __all__ = [
     "atomic_write",
     "disk_error",
     "fsync_dir",
+    "layout_name",
 ]

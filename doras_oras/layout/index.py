@@ -1,7 +1,9 @@
 """``index.json`` of the layout: its entries (:class:`ImageEntry`), reading, checking, building.
 
-Each entry doras-oras writes carries ``org.opencontainers.image.ref.name`` (the
-tag, as skopeo and the oras CLI read it) and, under the project's prefix
+Each entry doras-oras writes carries ``org.opencontainers.image.ref.name``, the
+image's name in the layout (:func:`layout_name`: ``REGISTRY/REPOSITORY/TAG``, the
+registry's ``:`` written ``_``; what skopeo's ``oci:DIR:NAME`` and the oras CLI's
+``--oci-layout DIR:NAME`` look up; earlier versions wrote the bare tag) and, under the project's prefix
 ``io.doras-oras.``: ``source.repository`` (``registry/repository``),
 ``source.digest`` (the registry manifest digest the entry stands for: its own
 digest unless a tar-diff result was stored in a rewritten manifest), ``pulled``
@@ -12,8 +14,8 @@ Entries written by other tools (``oras copy --to-oci-layout DIR:TAG``, ``skopeo
 copy ... oci:DIR:TAG``) carry only ``ref.name``: they are *foreign*
 (:attr:`ImageEntry.foreign`). A foreign entry whose name is a bare tag belongs to
 whatever repository the caller pulls (the layout says no more); one named by a
-whole reference (``skopeo copy ... oci:DIR:host/repo:tag``) to that reference's
-repository (:meth:`ImageEntry.belongs_to`). The pull uses them as delta bases
+layout name (``oci:DIR:host_5000/repo/tag``) or a whole reference (``skopeo copy
+... oci:DIR:host/repo:tag``) to that repository (:meth:`ImageEntry.belongs_to`). The pull uses them as delta bases
 and replaces one when it commits the same tag, as those tools do.
 """
 
@@ -87,10 +89,14 @@ class ImageEntry:
 
     @property
     def named_reference(self) -> Reference | None:
-        """For a foreign entry whose ``ref.name`` is a whole reference (``host/repo:tag``): it parsed."""
+        """What ``ref.name`` names when it is more than a bare tag: a :func:`layout_name` (any
+        entry), or for a foreign entry a whole reference (``host/repo:tag``), parsed."""
         name = self.ref_name
-        if not self.foreign or not name or "/" not in name:
+        if not name or "/" not in name:
             return None
+        named = parse_layout_name(name)
+        if named is not None or not self.foreign:
+            return named
         try:
             return Reference.parse(name)
         except DorasOrasError:
@@ -99,8 +105,8 @@ class ImageEntry:
     def belongs_to(self, repository: str) -> bool:
         """Whether this is an image of ``repository`` (``registry/repository``).
 
-        Ours by the recorded source; a foreign one by its ``ref.name``: a whole reference
-        must name ``repository``, a bare tag belongs to any (the caller's); an entry
+        Ours by the recorded source; a foreign one by its ``ref.name``: a layout name or a
+        whole reference must name ``repository``, a bare tag belongs to any (the caller's); an entry
         without a usable name belongs to none.
         """
         if not self.foreign:
@@ -148,6 +154,33 @@ class ImageEntry:
         return (self.source_digest, index) if index else (self.source_digest,)
 
 
+def layout_name(repository: str, tag: str) -> str:
+    """The ``ref.name`` of the image ``repository:tag`` (``registry/repository``) in a layout.
+
+    ``REGISTRY/REPOSITORY/TAG`` with the registry's ``:`` written ``_``
+    (``localhost:5000/fleet/fw`` at ``v1`` → ``localhost_5000/fleet/fw/v1``): one name per
+    repository and tag (a tag holds no ``/``, a registry host no ``_``), and one both
+    ``skopeo ... oci:DIR:NAME`` and ``oras ... --oci-layout DIR:NAME`` can address (the oras
+    CLI cuts ``DIR:NAME`` at its last ``:`` and reads ``@`` as a digest; docs/layout.md).
+    """
+    registry, _, path = repository.partition("/")
+    return f"{registry.replace(':', '_')}/{path}/{tag}"
+
+
+def parse_layout_name(name: str) -> Reference | None:
+    """The reference a :func:`layout_name` stands for (``localhost_5000/fleet/fw/v1`` →
+    ``localhost:5000/fleet/fw:v1``); None for any text :func:`layout_name` does not write."""
+    path, _, tag = name.rpartition("/")
+    registry, _, repository = path.partition("/")
+    if not registry or not repository or not is_tag(tag):
+        return None
+    try:
+        named = Reference.parse(f"{registry.replace('_', ':')}/{repository}:{tag}")
+    except DorasOrasError:
+        return None
+    return named if layout_name(named.name, tag) == name else None
+
+
 def now() -> str:
     """The current time as the ``pulled`` annotation records it."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -188,10 +221,10 @@ def index_document(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def entry_for(manifest: Descriptor, *, repository: str, tag: str | None, source_digest: str,
               annotations: Mapping[str, str] | None = None) -> Descriptor:
-    """The ``index.json`` entry that records ``manifest`` as ``repository:tag``."""
+    """The ``index.json`` entry that records ``manifest`` as ``repository:tag`` (named :func:`layout_name`)."""
     notes: dict[str, str] = dict(annotations or {})
     if tag:
-        notes[ANNOTATION_REF_NAME] = tag
+        notes[ANNOTATION_REF_NAME] = layout_name(repository, tag)
     notes[ANNOTATION_SOURCE_REPOSITORY] = repository
     notes[ANNOTATION_SOURCE_DIGEST] = source_digest
     notes[ANNOTATION_PULLED] = now()

@@ -472,8 +472,9 @@ class OCILayout:
         Checks that every referenced blob is present and verified, stores the
         ``attachments`` (signature manifests, :mod:`.attachments`) and their
         blobs, then replaces ``index.json`` atomically, once, with the image and
-        its attachments: an entry of the same repository and tag is replaced, and
-        so is a foreign entry of that name (as ``skopeo copy ... oci:DIR:TAG`` replaces it),
+        its attachments (the image named :func:`~.index.layout_name`): an entry of the same
+        repository and tag is replaced (also one an earlier version named by the bare tag), and
+        so is a foreign entry of that tag that belongs to the repository (:meth:`ImageEntry.belongs_to`),
         as is an attachment of the same repository with the same digest or tag.
         """
         self._require_lock()
@@ -495,15 +496,7 @@ class OCILayout:
         placed: list[str] = []
         try:
             extra = [self._store_attachment(attachment, repository, placed) for attachment in attachments]
-            entries = self.read_index()["manifests"]  # read once: what is kept and what shares the tag
-            kept = [raw for raw in entries if not replaced(raw, extra)]
-            others = [ImageEntry(Descriptor.from_json(raw)) for raw in kept if not is_attachment(raw)]
-            shared = sorted({str(item.repository) for item in others
-                             if tag and item.ref_name == tag and not item.foreign})
-            if shared:
-                log.warning("tag %s of %s is also the tag of %s in %s: skopeo and oras may read another image "
-                            "for oci:%s:%s; keep one repository per layout", tag, repository, ", ".join(shared),
-                            self.root, self.root, tag)
+            kept = [raw for raw in self.read_index()["manifests"] if not replaced(raw, extra)]
             self._write_index([*kept, entry.to_json(), *(new.to_json() for new in extra)])
         except BaseException:
             with contextlib.suppress(Exception):  # the attachments' blobs go with a failed commit

@@ -45,7 +45,7 @@ from typing import Any
 import requests
 
 from ..errors import DorasOrasError
-from ..layout import OCILayout
+from ..layout import OCILayout, layout_name
 from ..trust import parse_annotation
 from .registry import RegistryServer, find_tool
 from .server import DorasServer
@@ -269,19 +269,20 @@ def _check(registry: RegistryServer, work: Path) -> list[str]:
         name = repo.split("/")[1]
         layout = work / "device" / "oci" / name
         for tag in ("v1", "v2"):
-            raw = subprocess.run([skopeo, "inspect", "--raw", f"oci:{layout}:{tag}"], capture_output=True,
+            image = layout_name(f"{registry.host}/{repo}", tag)
+            raw = subprocess.run([skopeo, "inspect", "--raw", f"oci:{layout}:{image}"], capture_output=True,
                                  timeout=60)
             published = requests.get(f"{registry.url}/v2/{repo}/manifests/{tag}", timeout=10,
                                      headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
             digest = published.headers.get("Docker-Content-Digest", "?")
-            where = f"oci:device/oci/{name}:{tag}"
+            where = f"oci:device/oci/{name}:{image}"
             if raw.returncode == 0 and raw.stdout == published.content:
                 print(f"  skopeo reads {where} as {repo}:{tag}, byte for byte ({digest[:19]})")
             elif raw.returncode == 0 and _holds_the_tar_of(layout, raw.stdout, published.content):
                 print(f"  skopeo reads {where} as {repo}:{tag} rewritten for a tar-diff result (its layer "
                       "unpacks to the tar whose digest the registry's layer declares in io.deis.oras.content.digest)")
             else:
-                problems.append(f"skopeo inspect --raw oci:{layout}:{tag} does not give {repo}:{tag} ({digest}) "
+                problems.append(f"skopeo inspect --raw oci:{layout}:{image} does not give {repo}:{tag} ({digest}) "
                                 f"{raw.stderr.decode(errors='replace').strip()}")
         try:
             opened = OCILayout.open(layout, create=False)
