@@ -110,7 +110,7 @@ def test_writes_to_a_read_only_layout_name_the_fix(pulled: tuple[str, Path],
     repo, layout = pulled
     view = read_only(layout)
     before = snapshot(layout)
-    for args in (["gc", "--keep", "0"], ["gc", "--rebuild", "--keep", "1"], ["fsck", "--repair"],
+    for args in (["gc", "--keep", "0", "--force"], ["gc", "--rebuild", "--keep", "1"], ["fsck", "--repair"],
                  ["pull", f"{repo}:v2", "--plain-http"]):
         proc = cli(*args, "--oci-layout", str(view), "--json")
         assert proc.returncode == 1, (args, proc.stderr)
