@@ -213,22 +213,31 @@ Run = tuple[str, list[str], dict[str, str]]
 
 def time_runs(label: str, size: int, runs: list[Run], out: Path, digest: str | None, env: dict[str, str],
               repeat: int) -> str:
-    """Time each run, check its output against ``digest`` (default: the first result's), print a row each.
+    """Time each run ``repeat`` times, interleaved (A, B, C, A, B, C, ...: a drift of the machine's
+    load shows in every program's spread instead of biasing one), check each output against
+    ``digest`` (default: the first result's), print a row per program (best, median, largest RSS).
 
     Returns the digest of the result.
     """
+    walls: dict[str, list[float]] = {name: [] for name, _argv, _extra in runs}
+    peaks: dict[str, int] = dict.fromkeys(walls, 0)
+    for _ in range(repeat):
+        for name, argv, extra in runs:
+            out.unlink(missing_ok=True)
+            wall, rss = run_child(argv, env={**env, **extra})
+            walls[name].append(wall)
+            peaks[name] = max(peaks[name], rss)
+            if name != "libbz2":
+                got = _sha256_file(out)
+                digest = digest or got
+                if got != digest:
+                    raise SystemExit(f"{name} produced a wrong result")
     floor = None
-    for name, argv, extra in runs:
-        best, median, rss = run_repeated(argv, {**env, **extra}, repeat,
-                                         before=lambda: out.unlink(missing_ok=True))
-        if name != "libbz2":
-            got = _sha256_file(out)
-            digest = digest or got
-            if got != digest:
-                raise SystemExit(f"{name} produced a wrong result")
+    for name, _argv, _extra in runs:
+        best, median = min(walls[name]), statistics.median(walls[name])
         floor = floor or best
         print(f"{label:<22}{name:<12}{best:8.2f}{median:8.2f}{size / MiB / best:9.0f}"
-              f"{rss / MiB:14.1f}{best / floor:15.2f}", flush=True)
+              f"{peaks[name] / MiB:14.1f}{best / floor:15.2f}", flush=True)
     out.unlink(missing_ok=True)
     assert digest is not None
     return digest
@@ -243,6 +252,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each program (best and median)")
     parser.add_argument("--patch", nargs=2, action="append", metavar=("OLD", "PATCH"), type=Path,
                         help="time existing BSDIFF40 patches instead of generated cases")
+    parser.add_argument("--tools", help="programs to run, comma-separated (default: all)")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="also run ``ours`` from the checkout DIR (ours-before), interleaved with ours")
+    parser.add_argument("--no-tardiff", action="store_true", help="skip the tar-diff case")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -300,9 +313,18 @@ def main() -> None:
             ]
             if size_mib <= 256 and not dense:
                 runs.append(("bsdiff4", [*me, "bsdiff4", str(old), str(patch), str(out)], {}))
+            if args.before:
+                before = [py, str(args.before.resolve() / "benchmarks" / "bench_codecs.py"), "--child"]
+                runs.insert(2, ("ours-before", [*before, "ours", str(old), str(patch), str(out), digest],
+                                {"PYTHONPATH": str(args.before.resolve())}))
+            if args.tools:
+                chosen = args.tools.split(",")
+                runs = [r for r in runs if r[0] in chosen or r[0] == "ours-before"]
             time_runs(label, size, runs, out, digest, env, args.repeat)
             for p in (old, patch, diffblock):
                 p.unlink(missing_ok=True)
+        if args.no_tardiff:
+            return
         base, delta, digest, new_size = make_tardiff_case(work, 256, 256 * 1024)
         out = work / "new.tar"
         best, median, rss = run_repeated([*me, "tardiff", str(base), str(delta), str(out), digest], env,
