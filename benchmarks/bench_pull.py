@@ -321,6 +321,11 @@ class Bed:
         """Requests the client sent to the registry and the Doras server since the last reset."""
         return len(self.reg_proxy.requests()) + len(self.doras_proxy.requests())
 
+    def wire(self) -> list[str]:
+        """The counted requests since the last reset: method, path (query cut), status, body bytes."""
+        return [f"{r.method} {r.path.split('?', 1)[0]} {r.status} {r.body_bytes}"
+                for proxy in (self.doras_proxy, self.reg_proxy) for r in proxy.requests()]
+
 
 @contextmanager
 def test_bed(work: Path, go: tuple[Path, Path] | None = None) -> Iterator[Bed]:
@@ -421,6 +426,8 @@ class Row:
     requests: int = 0
     """Requests sent to the registry and the Doras server (the largest count when repeated)."""
     """Every run's wall time when repeated (``wall_s`` is then their median)."""
+    wire: list[str] = field(default_factory=list)
+    """With the Go peers: each counted request, ``METHOD path status body-bytes`` (first run)."""
 
 
 def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: int) -> None:
@@ -529,7 +536,7 @@ def run_go(bed: Bed, case: Case, link: str, timeout_s: float) -> Row:
         raise RuntimeError(f"go-delta on {case.name}: wrong {title} after the pull")
     delta_asks = len(bed.doras_proxy.requests("/api/v1/delta"))
     detail = f"delta; {delta_asks} delta request(s); server's own registry requests {bed.reg_proxy.server_requests()}"
-    row = Row(case.name, link, "go-delta", received, round(wall, 3), rss, detail, requests=sent)
+    row = Row(case.name, link, "go-delta", received, round(wall, 3), rss, detail, requests=sent, wire=bed.wire())
     print(f"# {case.name:<7} {link:<9} go-delta          {received:>12,} B {sent:>4} req {wall:8.2f} s "
           f"{rss / MiB:7.1f} MiB  {detail}", file=sys.stderr, flush=True)
     return row
@@ -577,7 +584,8 @@ def run_tool(bed: Bed, case: Case, tool: str, link: str, timeout_s: float) -> Ro
     sent = bed.requests()
     detail = check_result(tool, case, layout, output)
     shutil.rmtree(layout)
-    row = Row(case.name, link, tool, received, round(wall, 3), rss, detail, requests=sent)
+    row = Row(case.name, link, tool, received, round(wall, 3), rss, detail, requests=sent,
+              wire=bed.wire() if bed.go is not None else [])
     print(f"# {case.name:<7} {link:<9} {tool:<17} {received:>12,} B {sent:>4} req {wall:8.2f} s "
           f"{rss / MiB:7.1f} MiB  {detail}", file=sys.stderr, flush=True)
     return row
@@ -590,7 +598,7 @@ def combine(runs: list[Row]) -> Row:
     first = runs[0]
     return Row(first.case, first.link, first.tool, max(r.bytes_received for r in runs),
                round(statistics.median(r.wall_s for r in runs), 3), max(r.peak_rss for r in runs),
-               first.detail, [r.wall_s for r in runs], max(r.requests for r in runs))
+               first.detail, [r.wall_s for r in runs], max(r.requests for r in runs), first.wire)
 
 
 # --------------------------------------------------------------------------- report
@@ -681,6 +689,9 @@ def print_table(rows: list[Row], cases: list[dict[str, Any]]) -> None:
               f"spread of the unverified runs {noise}); target <= 2 requests and 3 KB: {t['target_met']}")
     for case in cases:
         print(f"# {case['name']}: v2 layer {case['layer_size']:,} bytes, delta blob {case['delta_size']:,} bytes")
+    for row in rows:
+        if row.wire:
+            print(f"# wire, {row.case} {row.tool}: " + "; ".join(row.wire))
     for g in side_by_side(rows):
         target = "" if g["wall_target_x"] is None else f", target <= {g['wall_target_x']}: {g['wall_target_met']}"
         print(f"# ours / Go, {g['case']} (n={g['repeats']}): wall best {g['ours_best_s']:.2f} / "
