@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import zstandard  # noqa: E402
-from _measure import run_child  # noqa: E402
+from _measure import run_child, run_child_usage  # noqa: E402
 
 from doras_oras.descriptor import (  # noqa: E402
     ANNOTATION_CREATED,
@@ -428,6 +428,8 @@ class Row:
     """Every run's wall time when repeated (``wall_s`` is then their median)."""
     wire: list[str] = field(default_factory=list)
     """With the Go peers: each counted request, ``METHOD path status body-bytes`` (first run)."""
+    cpus: list[float] = field(default_factory=list)
+    """CPU seconds (user + system) of each run."""
 
 
 def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: int) -> None:
@@ -525,7 +527,7 @@ def run_go(bed: Bed, case: Case, link: str, timeout_s: float) -> Row:
     shutil.copytree(work / "go-state-v1", state)
     bed.reset()
     log = bed.work / f"out-{case.name}-go.txt"
-    wall, rss = run_child(go_argv(bed, case, "v2"), output=log, env=bed.go.env, timeout_s=timeout_s)
+    wall, rss, cpu = run_child_usage(go_argv(bed, case, "v2"), output=log, env=bed.go.env, timeout_s=timeout_s)
     received, sent = bed.received(), bed.requests()
     title = case.v2_layer["annotations"][ANNOTATION_TITLE]
     h = hashlib.sha256()
@@ -536,7 +538,8 @@ def run_go(bed: Bed, case: Case, link: str, timeout_s: float) -> Row:
         raise RuntimeError(f"go-delta on {case.name}: wrong {title} after the pull")
     delta_asks = len(bed.doras_proxy.requests("/api/v1/delta"))
     detail = f"delta; {delta_asks} delta request(s); server's own registry requests {bed.reg_proxy.server_requests()}"
-    row = Row(case.name, link, "go-delta", received, round(wall, 3), rss, detail, requests=sent, wire=bed.wire())
+    row = Row(case.name, link, "go-delta", received, round(wall, 3), rss, detail, requests=sent, wire=bed.wire(),
+              cpus=[round(cpu, 3)])
     print(f"# {case.name:<7} {link:<9} go-delta          {received:>12,} B {sent:>4} req {wall:8.2f} s "
           f"{rss / MiB:7.1f} MiB  {detail}", file=sys.stderr, flush=True)
     return row
@@ -579,13 +582,14 @@ def run_tool(bed: Bed, case: Case, tool: str, link: str, timeout_s: float) -> Ro
     if tool != "ours-delta+np":  # ours-delta+verify runs as ours-delta does, plus the verification
         env["DORAS_ORAS_NO_NUMPY"] = "1"
     bed.reset()
-    wall, rss = run_child(tool_argv(tool, bed, case, layout), output=output, env=env, timeout_s=timeout_s)
+    wall, rss, cpu = run_child_usage(tool_argv(tool, bed, case, layout), output=output, env=env,
+                                     timeout_s=timeout_s)
     received = bed.received()
     sent = bed.requests()
     detail = check_result(tool, case, layout, output)
     shutil.rmtree(layout)
     row = Row(case.name, link, tool, received, round(wall, 3), rss, detail, requests=sent,
-              wire=bed.wire() if bed.go is not None else [])
+              wire=bed.wire() if bed.go is not None else [], cpus=[round(cpu, 3)])
     print(f"# {case.name:<7} {link:<9} {tool:<17} {received:>12,} B {sent:>4} req {wall:8.2f} s "
           f"{rss / MiB:7.1f} MiB  {detail}", file=sys.stderr, flush=True)
     return row
@@ -598,7 +602,8 @@ def combine(runs: list[Row]) -> Row:
     first = runs[0]
     return Row(first.case, first.link, first.tool, max(r.bytes_received for r in runs),
                round(statistics.median(r.wall_s for r in runs), 3), max(r.peak_rss for r in runs),
-               first.detail, [r.wall_s for r in runs], max(r.requests for r in runs), first.wire)
+               first.detail, [r.wall_s for r in runs], max(r.requests for r in runs), first.wire,
+               [c for r in runs for c in r.cpus])
 
 
 # --------------------------------------------------------------------------- report
@@ -662,6 +667,8 @@ def side_by_side(rows: list[Row]) -> list[dict[str, Any]]:
             "ours_requests": ours.requests, "go_requests": go.requests,
             "ours_rss_mib": round(ours.peak_rss / MiB, 1), "go_rss_mib": round(go.peak_rss / MiB, 1),
             "rss_x": round(ours.peak_rss / go.peak_rss, 2),
+            "ours_cpu_median_s": round(statistics.median(ours.cpus), 3) if ours.cpus else None,
+            "go_cpu_median_s": round(statistics.median(go.cpus), 3) if go.cpus else None,
             "wall_target_x": target,
             "wall_target_met": None if target is None else ours.wall_s / go.wall_s <= target,
             "bytes_target_met": ours.bytes_received <= go.bytes_received,
@@ -699,7 +706,8 @@ def print_table(rows: list[Row], cases: list[dict[str, Any]]) -> None:
               f"{g['go_median_s']:.2f} s = {g['median_x']}x{target}; wire {g['ours_bytes']:,} / "
               f"{g['go_bytes']:,} B = {g['bytes_x']}x ({g['ours_requests']} / {g['go_requests']} requests); "
               f"peak RSS {g['ours_rss_mib']} / {g['go_rss_mib']} MiB = {g['rss_x']}x "
-              f"(target ours <= {RSS_TARGET // MiB} MiB: {g['rss_target_met']})")
+              f"(target ours <= {RSS_TARGET // MiB} MiB: {g['rss_target_met']}); "
+              f"CPU (user + system) median {g['ours_cpu_median_s']} / {g['go_cpu_median_s']} s")
 
 
 def main() -> None:
