@@ -30,6 +30,18 @@ result is checked (the v2 layer is in the layout). The ``trust`` part of the
 report is what verification adds: ``ours-delta+verify`` minus ``ours-delta``
 in requests, bytes and wall time (medians, with their spreads, with ``--repeat``).
 ``--quick`` runs small sizes (for CI).
+
+``--go-doras-cli PATH --go-doras-server PATH``: side by side with the real Go
+client and server (issue 24). The registry speaks TLS (the test bed's CA), the
+Go server runs in front of it (``SSL_CERT_FILE`` = the CA, no client auth) and
+both clients go through the same two counting proxies; the Go server reads the
+registry through the registry's proxy too (it uses the names the client sent),
+and those connections are recognised by their owner (its PID, via
+``/proc/net/tcp`` and ``/proc/PID/fd``) and not counted. Defaults there: sizes
+4,16,64,256 MiB, no tree, no slow link, ``--repeat 5``; tools ``ours-delta``
+(``--ca-file``) and ``go-delta`` (``doras-cli pull`` into copies of its output
+and state directories holding v1), interleaved; the report gives ours / Go from
+the same run: wall (best and median), bytes, requests, peak RSS, CPU time.
 """
 
 from __future__ import annotations
