@@ -50,9 +50,10 @@ The non-zero bytes buffered by all the workers of a group are capped at
 :data:`BUDGET` (4 MiB); the block a reader is on may always buffer up to
 :data:`RESERVE` (512 KiB) beyond it, so the reader always progresses (a worker
 over the cap waits; the block being read never does: no deadlock). Each decoder
-holds ~3.6 MiB (level 9) while it decodes: the block at the head of each stream
-is decoded at once, and at most ``workers - 1`` blocks ahead of the heads in the
-whole group. With ``workers`` = 2, one stream of dense data costs at most
+holds ~3.6 MiB (level 9) while it decodes: each stream may always decode one
+block (its head, or, once the head is fully decoded and only being read, the next
+one: a worker never waits for the reader to finish a block), and at most
+``workers - 1`` more in the whole group. With ``workers`` = 2, one stream of dense data costs at most
 ~7 MiB of decoders + ~4.6 MiB of buffers (measured: 100 MB of non-zero diff
 applied in 34 MiB peak RSS, 4.5 MiB buffered at most).
 """
@@ -452,6 +453,7 @@ class ParallelReader:
         self._states = [_BlockState() for _ in layout.blocks]
         self._next = 0  # next block to hand to a worker
         self._head = 0  # block being read
+        self._decoding = 0  # blocks of this stream being decoded now
 
     @property
     def blocks(self) -> int:
@@ -513,13 +515,18 @@ class ParallelReader:
                 index = self._next
                 self._next += 1
                 state = self._states[index]
-                while not group.stopped and index != self._head and group.slots == 0:
+                # A stream may always decode one block: its head, or, once the head is fully
+                # decoded (only being read), the next one, so that a worker does not wait for
+                # the reader; a second block at once takes one of the group's look-ahead slots.
+                while (not group.stopped and index != self._head and self._decoding
+                       and group.slots == 0):
                     group.slot.wait()
                 if group.stopped:
                     return
-                if index != self._head:
+                if index != self._head and self._decoding:
                     group.slots -= 1
                     state.slot = True
+                self._decoding += 1
             error: BaseException | None = None
             try:
                 self._decode(index, state)
@@ -530,10 +537,11 @@ class ParallelReader:
             with group.lock:
                 state.error = error
                 state.done = True
+                self._decoding -= 1
                 if state.slot:
                     state.slot = False
                     group.slots += 1
-                    group.slot.notify_all()
+                group.slot.notify_all()
                 group.data.notify_all()
 
     def _decode(self, index: int, state: _BlockState) -> None:
