@@ -378,14 +378,13 @@ class _Stopped(Exception):
 
 
 class _BlockState:
-    __slots__ = ("buffered", "done", "error", "runs", "slot")
+    __slots__ = ("buffered", "done", "error", "runs")
 
     def __init__(self) -> None:
         self.runs: collections.deque[Run] = collections.deque()
         self.buffered = 0  # non-zero bytes in runs
         self.done = False
         self.error: BaseException | None = None
-        self.slot = False  # holds one of the group's look-ahead slots
 
 
 class DecoderGroup:
@@ -407,7 +406,8 @@ class DecoderGroup:
         self.data = threading.Condition(self.lock)
         self.room = threading.Condition(self.lock)
         self.slot = threading.Condition(self.lock)
-        self.slots = self.workers - 1  # blocks decoded ahead of the heads of the streams
+        self.slots = self.workers - 1  # blocks decoded at once beyond one per stream
+        self._readers: list[ParallelReader] = []
         self.buffered = 0
         #: Largest number of non-zero bytes buffered at once (for tests and logs).
         self.peak_buffered = 0
@@ -417,11 +417,16 @@ class DecoderGroup:
     def open(self, read_at: ReadAt, layout: Bz2Layout, name: str, *, sparse: bool) -> ParallelReader:
         """Start decoding ``layout``'s blocks; read them in order from the reader returned."""
         reader = ParallelReader(self, read_at, layout, name, sparse)
+        self._readers.append(reader)
         for i in range(min(self.workers, len(layout.blocks))):
             thread = threading.Thread(target=reader._work, name=f"bz2-{name}-{i}", daemon=True)
             self._threads.append(thread)
             thread.start()
         return reader
+
+    def extra_decoding(self) -> int:
+        """Blocks being decoded beyond one per stream (call with ``lock`` held)."""
+        return sum(max(0, reader._decoding - 1) for reader in self._readers)
 
     def close(self) -> None:
         """Stop the workers (each within one output chunk) and join them."""
@@ -498,9 +503,6 @@ class ParallelReader:
                     continue
                 self._states[self._head] = _BlockState()  # drop what is left of it
                 self._head += 1
-                if self._head < len(self._states) and self._states[self._head].slot:
-                    self._states[self._head].slot = False  # a head needs no slot
-                    group.slots += 1
                 group.room.notify_all()
                 group.slot.notify_all()
 
@@ -519,13 +521,10 @@ class ParallelReader:
                 # decoded (only being read), the next one, so that a worker does not wait for
                 # the reader; a second block at once takes one of the group's look-ahead slots.
                 while (not group.stopped and index != self._head and self._decoding
-                       and group.slots == 0):
+                       and group.extra_decoding() >= group.slots):
                     group.slot.wait()
                 if group.stopped:
                     return
-                if index != self._head and self._decoding:
-                    group.slots -= 1
-                    state.slot = True
                 self._decoding += 1
             error: BaseException | None = None
             try:
@@ -538,9 +537,6 @@ class ParallelReader:
                 state.error = error
                 state.done = True
                 self._decoding -= 1
-                if state.slot:
-                    state.slot = False
-                    group.slots += 1
                 group.slot.notify_all()
                 group.data.notify_all()
 
