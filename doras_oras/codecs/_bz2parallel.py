@@ -394,7 +394,7 @@ class DecoderGroup:
     every worker. One lock guards the state of the group and of its readers;
     readers wait on ``data`` (a worker produced output or finished a block),
     workers on ``room`` (buffered bytes were read or a reader moved on) or on
-    ``slot`` (a look-ahead slot was released or a reader moved on).
+    ``slot`` (a block finished decoding or a reader moved on).
     """
 
     def __init__(self, workers: int | None = None, *, budget: int = BUDGET,
