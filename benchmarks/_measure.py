@@ -31,7 +31,8 @@ if pid == 0:
     finally:
         os._exit(127)
 _, status, usage = os.wait4(pid, 0)
-print(os.waitstatus_to_exitcode(status), time.perf_counter() - t, usage.ru_maxrss * 1024)
+print(os.waitstatus_to_exitcode(status), time.perf_counter() - t, usage.ru_maxrss * 1024,
+      usage.ru_utime + usage.ru_stime)
 """
 
 
@@ -42,6 +43,14 @@ def run_child(argv: list[str], *, output: Path | None = None, env: dict[str, str
     With ``output`` its stdout and stderr go to that file; without, stdout is
     dropped and stderr kept for the error message.
     """
+    wall, rss, _cpu = run_child_usage(argv, output=output, env=env, timeout_s=timeout_s)
+    return wall, rss
+
+
+def run_child_usage(argv: list[str], *, output: Path | None = None, env: dict[str, str] | None = None,
+                    timeout_s: float = 3600) -> tuple[float, int, float]:
+    """:func:`run_child` plus the CPU seconds (user + system) of the program and its threads,
+    which a machine shared with other work inflates far less than the wall time."""
     # The launcher and the measured program get a process group of their own, so that a
     # timeout (or an interrupted benchmark) stops the program too, not just the launcher.
     with subprocess.Popen([sys.executable, "-S", "-c", _LAUNCH, str(output or ""), *argv], env=env,
@@ -55,8 +64,8 @@ def run_child(argv: list[str], *, output: Path | None = None, env: dict[str, str
             raise
     if launcher.returncode != 0:
         raise RuntimeError(f"the launcher of {' '.join(argv[:4])} ... failed: {stderr[-2000:]}")
-    code, wall, rss = stdout.split()
+    code, wall, rss, cpu = stdout.split()
     if int(code) != 0:
         tail = output.read_text()[-2000:] if output is not None else stderr[-2000:]
         raise RuntimeError(f"{' '.join(argv[:4])} ... failed with {code}: {tail}")
-    return float(wall), int(rss)
+    return float(wall), int(rss), float(cpu)

@@ -25,8 +25,11 @@ A "dense" case (``--dense`` MiB, every byte changed: a random diff block)
 compares the adders where adding is real work. Then a tar-diff apply of a tar of many files with edits (made by the
 project's own simple encoder in this script: Open/Copy/Data ops).
 
-``--repeat N`` runs every program N times and prints the best and the median wall
-time (and the largest peak RSS). ``--patch OLD PATCH`` (repeatable) times ``ours``,
+``--repeat N`` runs every program N times, interleaved, and prints the best and the
+median wall time, the largest peak RSS and the median CPU seconds (user + system, all
+threads: on a machine shared with other work it moves far less than the wall time).
+``--before DIR`` adds ``ours-before``: ``ours`` run from another checkout (the code
+before a change), interleaved with the rest. ``--patch OLD PATCH`` (repeatable) times ``ours``,
 ``ours-seq`` and ``bspatch`` on existing BSDIFF40 patches instead (the result of the
 first ``ours`` run is the reference the others must match).
 """
@@ -51,7 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout, as bench_pull.py does
 
-from _measure import run_child  # noqa: E402
+from _measure import run_child, run_child_usage  # noqa: E402
 
 from doras_oras.publish.bsdiff_build import go_patch_frame  # noqa: E402
 from doras_oras.publish.tardiff_encoder import uvarint  # noqa: E402
@@ -213,22 +216,34 @@ Run = tuple[str, list[str], dict[str, str]]
 
 def time_runs(label: str, size: int, runs: list[Run], out: Path, digest: str | None, env: dict[str, str],
               repeat: int) -> str:
-    """Time each run, check its output against ``digest`` (default: the first result's), print a row each.
+    """Time each run ``repeat`` times, interleaved (A, B, C, A, B, C, ...: a drift of the machine's
+    load shows in every program's spread instead of biasing one), check each output against
+    ``digest`` (default: the first result's), print a row per program (best, median, largest RSS).
 
     Returns the digest of the result.
     """
-    floor = None
-    for name, argv, extra in runs:
-        best, median, rss = run_repeated(argv, {**env, **extra}, repeat,
-                                         before=lambda: out.unlink(missing_ok=True))
-        if name != "libbz2":
-            got = _sha256_file(out)
-            digest = digest or got
-            if got != digest:
-                raise SystemExit(f"{name} produced a wrong result")
+    walls: dict[str, list[float]] = {name: [] for name, _argv, _extra in runs}
+    cpus: dict[str, list[float]] = {name: [] for name in walls}
+    peaks: dict[str, int] = dict.fromkeys(walls, 0)
+    for _ in range(repeat):
+        for name, argv, extra in runs:
+            out.unlink(missing_ok=True)
+            wall, rss, cpu = run_child_usage(argv, env={**env, **extra})
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            peaks[name] = max(peaks[name], rss)
+            if name != "libbz2":
+                got = _sha256_file(out)
+                digest = digest or got
+                if got != digest:
+                    raise SystemExit(f"{name} produced a wrong result")
+    floor = floor_cpu = None
+    for name, _argv, _extra in runs:
+        best, median, cpu = min(walls[name]), statistics.median(walls[name]), statistics.median(cpus[name])
         floor = floor or best
+        floor_cpu = floor_cpu or cpu
         print(f"{label:<22}{name:<12}{best:8.2f}{median:8.2f}{size / MiB / best:9.0f}"
-              f"{rss / MiB:14.1f}{best / floor:15.2f}", flush=True)
+              f"{peaks[name] / MiB:14.1f}{best / floor:15.2f}{cpu:9.2f}{cpu / floor_cpu:8.2f}", flush=True)
     out.unlink(missing_ok=True)
     assert digest is not None
     return digest
@@ -243,6 +258,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each program (best and median)")
     parser.add_argument("--patch", nargs=2, action="append", metavar=("OLD", "PATCH"), type=Path,
                         help="time existing BSDIFF40 patches instead of generated cases")
+    parser.add_argument("--tools", help="programs to run, comma-separated (default: all)")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="also run ``ours`` from the checkout DIR (ours-before), interleaved with ours")
+    parser.add_argument("--no-tardiff", action="store_true", help="skip the tar-diff case")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -257,7 +276,7 @@ def main() -> None:
         _wall, rss = run_child(["true"], env=env)
         print(f"# launcher floor: peak RSS {rss / MiB:.1f} MiB; best and median of {args.repeat} run(s)")
         print(f"{'case':<22}{'tool':<12}{'best s':>8}{'median':>8}{'MiB/s':>9}{'peak RSS MiB':>14}"
-              f"{'x libbz2 time':>15}")
+              f"{'x libbz2 time':>15}{'CPU s':>9}{'x CPU':>8}")
         if args.patch:
             from doras_oras.codecs.bsdiff import HEADER_SIZE, read_header
 
@@ -300,9 +319,18 @@ def main() -> None:
             ]
             if size_mib <= 256 and not dense:
                 runs.append(("bsdiff4", [*me, "bsdiff4", str(old), str(patch), str(out)], {}))
+            if args.before:
+                before = [py, str(args.before.resolve() / "benchmarks" / "bench_codecs.py"), "--child"]
+                runs.insert(2, ("ours-before", [*before, "ours", str(old), str(patch), str(out), digest],
+                                {"PYTHONPATH": str(args.before.resolve())}))
+            if args.tools:
+                chosen = args.tools.split(",")
+                runs = [r for r in runs if r[0] in chosen or r[0] == "ours-before"]
             time_runs(label, size, runs, out, digest, env, args.repeat)
             for p in (old, patch, diffblock):
                 p.unlink(missing_ok=True)
+        if args.no_tardiff:
+            return
         base, delta, digest, new_size = make_tardiff_case(work, 256, 256 * 1024)
         out = work / "new.tar"
         best, median, rss = run_repeated([*me, "tardiff", str(base), str(delta), str(out), digest], env,

@@ -30,6 +30,18 @@ result is checked (the v2 layer is in the layout). The ``trust`` part of the
 report is what verification adds: ``ours-delta+verify`` minus ``ours-delta``
 in requests, bytes and wall time (medians, with their spreads, with ``--repeat``).
 ``--quick`` runs small sizes (for CI).
+
+``--go-doras-cli PATH --go-doras-server PATH``: side by side with the real Go
+client and server (issue 24). The registry speaks TLS (the test bed's CA), the
+Go server runs in front of it (``SSL_CERT_FILE`` = the CA, no client auth) and
+both clients go through the same two counting proxies; the Go server reads the
+registry through the registry's proxy too (it uses the names the client sent),
+and those connections are recognised by their owner (its PID, via
+``/proc/net/tcp`` and ``/proc/PID/fd``) and not counted. Defaults there: sizes
+4,16,64,256 MiB, no tree, no slow link, ``--repeat 5``; tools ``ours-delta``
+(``--ca-file``) and ``go-delta`` (``doras-cli pull`` into copies of its output
+and state directories holding v1), interleaved; the report gives ours / Go from
+the same run: wall (best and median), bytes, requests, peak RSS, CPU time.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -61,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import zstandard  # noqa: E402
-from _measure import run_child  # noqa: E402
+from _measure import run_child, run_child_usage  # noqa: E402
 
 from doras_oras.descriptor import (  # noqa: E402
     ANNOTATION_CREATED,
@@ -71,19 +84,12 @@ from doras_oras.descriptor import (  # noqa: E402
 )
 from doras_oras.publish.bsdiff_build import go_patch_frame  # noqa: E402
 from doras_oras.testing.faultproxy import FaultProxy  # noqa: E402
-from doras_oras.testing.registry import RegistryServer, find_tool  # noqa: E402
+from doras_oras.testing.registry import RegistryServer, find_tool, free_port  # noqa: E402
 from doras_oras.testing.server import Algorithm, DorasServer, delta_tag, pack_manifest  # noqa: E402
 from doras_oras.testing.signing import SigningKey, sign  # noqa: E402
 
 MiB = 1 << 20
-RSS_TARGET = 64 * MiB
-
-# Facts measured for the Go client (doras-cli pull, TLS registry), from issue 6.
-GO_FACTS: dict[str, dict[str, Any]] = {
-    "bin64": {"wall_loopback_s": 1.25, "wall_slow_s": 1.14, "bytes": 32501, "delta_blob": 27188,
-              "rss_mb": (176, 255)},
-    "bin256": {"wall_loopback_s": 3.11, "rss_mb": (868, 868)},
-}
+RSS_TARGET = 48 * MiB
 
 TOOLS = ("ours-delta", "ours-delta+np", "ours-delta+verify", "ours-full", "oras-py", "skopeo", "oras-cli")
 
@@ -171,11 +177,113 @@ def child_oras_py(registry: str, target: str, layout: str, tag: str) -> None:
 # --------------------------------------------------------------------------- the test bed
 
 
+def _peer_inode(peer_port: int, local_port: int) -> int | None:
+    """The socket inode of the loopback TCP connection from ``peer_port`` to ``local_port``."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if (int(fields[1].rsplit(":", 1)[1], 16) == peer_port
+                        and int(fields[2].rsplit(":", 1)[1], 16) == local_port):
+                    return int(fields[9])
+    return None
+
+
+def _owns_socket(pid: int, inode: int) -> bool:
+    wanted = f"socket:[{inode}]"
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(fd_dir / fd) == wanted:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class ClientProxy(FaultProxy):
+    """A counting proxy that leaves out the connections of ``ignored_pid`` (the Go Doras server,
+    which reads the registry under the name the client gave it, i.e. through this proxy)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ignored_pid: int | None = None
+        self._local = threading.local()
+        self._ignored: set[int] = set()
+
+    def _serve(self, handler: Any, record: Any, fault: Any) -> None:
+        inode = _peer_inode(handler.client_address[1], self.port) if self.ignored_pid else None
+        ignored = inode is not None and _owns_socket(self.ignored_pid or 0, inode)
+        self._local.ignored = ignored
+        if ignored:
+            with self._lock:
+                self._ignored.add(id(record))
+        super()._serve(handler, record, fault)
+
+    def _count(self, record: Any, n: int) -> None:
+        if not getattr(self._local, "ignored", False):
+            super()._count(record, n)
+
+    def requests(self, pattern: str = ".*") -> list[Any]:
+        return [r for r in super().requests(pattern) if id(r) not in self._ignored]
+
+    def reset_counters(self) -> None:
+        super().reset_counters()
+        with self._lock:
+            self._ignored.clear()
+
+    def server_requests(self) -> int:
+        """Requests of the ignored process since the last reset."""
+        with self._lock:
+            return len(self._ignored)
+
+
+@dataclass
+class GoPeer:
+    """The real Go client and server (``--go-doras-cli``, ``--go-doras-server``)."""
+
+    cli: Path
+    server: Path
+    env: dict[str, str]  # for both: the registry's CA, an empty docker config
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@contextmanager
+def go_server(peer: GoPeer, work: Path) -> Iterator[str]:
+    """Run the Go Doras server on a free loopback port; yield its URL."""
+    port = free_port()
+    env = {**peer.env, "DORAS_HOST": "127.0.0.1", "DORAS_HTTP_PORT": str(port),
+           "DORAS_REQUIRE_CLIENT_AUTH": "false", "DORAS_LOG_LEVEL": "warn"}
+    url = f"http://127.0.0.1:{port}"
+    with open(work / "go-doras-server.log", "wb") as log:
+        peer.proc = subprocess.Popen([str(peer.server)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/api/v1/ping", timeout=1):
+                    break
+            except OSError:
+                if peer.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the Go doras-server did not start: "
+                                     + (work / "go-doras-server.log").read_text()[-2000:]) from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        peer.proc.terminate()
+        try:
+            peer.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            peer.proc.kill()
+            peer.proc.wait()
+
+
 class BenchDoras(DorasServer):
     """The test server, reading the registry directly while clients name the registry's proxy."""
 
-    def __init__(self, registry_url: str, proxy_host: str) -> None:
-        super().__init__(registry_url)
+    def __init__(self, registry_url: str, proxy_host: str, ca_file: Path | None = None) -> None:
+        super().__init__(registry_url, plain_http=ca_file is None, ca_file=ca_file)
         self.proxy_host = proxy_host
 
     def _is_our_registry(self, host: str) -> bool:
@@ -187,11 +295,18 @@ class Bed:
     """The running test bed: registry, Doras server and a counting proxy in front of each."""
 
     registry: RegistryServer
-    reg_proxy: FaultProxy
+    reg_proxy: ClientProxy
     doras: BenchDoras
     doras_proxy: FaultProxy
     work: Path
     key: SigningKey
+    go: GoPeer | None = None
+
+    @property
+    def tls_args(self) -> list[str]:
+        """How our CLI and the oras CLI reach the registry's proxy."""
+        ca = self.registry.ca_file
+        return ["--ca-file", str(ca)] if ca else ["--plain-http"]
 
     @property
     def host(self) -> str:
@@ -218,20 +333,42 @@ class Bed:
         """Requests the client sent to the registry and the Doras server since the last reset."""
         return len(self.reg_proxy.requests()) + len(self.doras_proxy.requests())
 
+    def wire(self) -> list[str]:
+        """The counted requests since the last reset: method, path (query cut), status, body bytes."""
+        return [f"{r.method} {r.path.split('?', 1)[0]} {r.status} {r.body_bytes}"
+                for proxy in (self.doras_proxy, self.reg_proxy) for r in proxy.requests()]
+
 
 @contextmanager
-def test_bed(work: Path) -> Iterator[Bed]:
+def test_bed(work: Path, go: tuple[Path, Path] | None = None) -> Iterator[Bed]:
+    """Plain HTTP registry and our test server; with ``go`` (client, server): a TLS registry and
+    the Go server in front of it, read through the same proxy as the clients (not counted)."""
     with ExitStack() as stack:
-        registry = stack.enter_context(RegistryServer(workdir=work / "registry"))
-        reg_proxy = stack.enter_context(FaultProxy(registry.url))
-        doras = stack.enter_context(BenchDoras(registry.url, reg_proxy.host))
-        doras_proxy = stack.enter_context(FaultProxy(doras.url))
-        yield Bed(registry, reg_proxy, doras, doras_proxy, work, SigningKey.generate(work / "signing-key"))
+        registry = stack.enter_context(RegistryServer(workdir=work / "registry", tls=go is not None))
+        tls = None
+        if registry.ca_file:
+            tls_dir = registry.ca_file.parent
+            tls = (tls_dir / "server.crt", tls_dir / "server.key")
+        reg_proxy = stack.enter_context(ClientProxy(registry.url, tls=tls, upstream_ca=registry.ca_file))
+        doras = BenchDoras(registry.url, reg_proxy.host, registry.ca_file)
+        peer = None
+        if go is None:
+            stack.enter_context(doras)
+            doras_url = doras.url
+        else:  # ``doras`` only reads the registry for the test bed (it is not started)
+            (work / "docker-config.json").write_text("{}")
+            peer = GoPeer(go[0], go[1], {**os.environ, "SSL_CERT_FILE": str(registry.ca_file),
+                                         "DOCKER_CONFIG_FILE_PATH": str(work / "docker-config.json")})
+            doras_url = stack.enter_context(go_server(peer, work))
+            assert peer.proc is not None
+            reg_proxy.ignored_pid = peer.proc.pid
+        doras_proxy = stack.enter_context(FaultProxy(doras_url))
+        yield Bed(registry, reg_proxy, doras, doras_proxy, work, SigningKey.generate(work / "signing-key"), peer)
 
 
-def oras_push(ref: str, directory: Path, name: str) -> None:
+def oras_push(bed: Bed, ref: str, directory: Path, name: str) -> None:
     """Push ``directory/name`` (a file or a directory) with the oras CLI, as users do."""
-    subprocess.run([find_tool("oras"), "push", "--plain-http", ref, name],
+    subprocess.run([find_tool("oras"), "push", *bed.tls_args, ref, name],
                    cwd=directory, check=True, capture_output=True, timeout=600)
 
 
@@ -301,6 +438,10 @@ class Row:
     requests: int = 0
     """Requests sent to the registry and the Doras server (the largest count when repeated)."""
     """Every run's wall time when repeated (``wall_s`` is then their median)."""
+    wire: list[str] = field(default_factory=list)
+    """With the Go peers: each counted request, ``METHOD path status body-bytes`` (first run)."""
+    cpus: list[float] = field(default_factory=list)
+    """CPU seconds (user + system) of each run."""
 
 
 def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: int) -> None:
@@ -310,18 +451,18 @@ def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: 
     t0 = time.perf_counter()
     if kind == "bin":
         v1, v2, delta = make_binary_case(work, size, edits, seed=len(case.name) + size)
-        oras_push(f"{bed.registry.host}/{case.repo}:v1", v1.parent, v1.name)
-        oras_push(f"{bed.registry.host}/{case.repo}:v2", v2.parent, v2.name)
+        oras_push(bed, f"{bed.registry.host}/{case.repo}:v1", v1.parent, v1.name)
+        oras_push(bed, f"{bed.registry.host}/{case.repo}:v2", v2.parent, v2.name)
         shutil.rmtree(work / "v1")
         shutil.rmtree(work / "v2")
     else:
         t1, t2 = make_tree_case(work, files, 0.01, seed=7)
-        oras_push(f"{bed.registry.host}/{case.repo}:v1", t1.parent, t1.name)
-        oras_push(f"{bed.registry.host}/{case.repo}:v2", t2.parent, t2.name)
+        oras_push(bed, f"{bed.registry.host}/{case.repo}:v1", t1.parent, t1.name)
+        oras_push(bed, f"{bed.registry.host}/{case.repo}:v2", t2.parent, t2.name)
     case.v1_digest, _ = manifest_of(bed, case.repo, "v1")
     case.v2_digest, v2_manifest = manifest_of(bed, case.repo, "v2")
-    # as cosign sign --key --tlog-upload=false would, for the name clients pull under (the proxy's)
-    sign(bed.registry.url, case.repo, case.v2_digest, bed.key, docker_reference=f"{bed.host}/{case.repo}")
+    if bed.go is None:  # as cosign sign --key --tlog-upload=false would, for the name clients pull under
+        sign(bed.registry.url, case.repo, case.v2_digest, bed.key, docker_reference=f"{bed.host}/{case.repo}")
     case.v2_layer = v2_manifest["layers"][0]
     case.size = int(case.v2_layer["size"])
     if kind == "bin":
@@ -345,8 +486,13 @@ def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: 
         case.delta_size = int(delta_manifest["layers"][0]["size"])
     case.template = work / "layout-v1"
     subprocess.run([sys.executable, "-m", "doras_oras", "pull", f"{bed.host}/{case.repo}:v1",
-                    "--oci-layout", str(case.template), "--plain-http", "--json"],
+                    "--oci-layout", str(case.template), *bed.tls_args, "--json"],
                    check=True, capture_output=True, timeout=600, cwd=ROOT)
+    if bed.go is not None:  # the Go client's output and state directories holding v1 (a full pull)
+        out, state = go_dirs(bed)
+        run_child(go_argv(bed, case, "v1"), output=bed.work / "go-v1.txt", env=bed.go.env, timeout_s=600)
+        shutil.move(out, work / "go-out-v1")
+        shutil.move(state, work / "go-state-v1")
     print(f"# {case.name}: v2 layer {case.size:,} bytes, delta {case.delta_size:,} bytes, "
           f"prepared in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
@@ -356,7 +502,7 @@ def tool_argv(tool: str, bed: Bed, case: Case, layout: Path) -> list[str]:
     py = sys.executable
     if tool in ("ours-delta", "ours-delta+np", "ours-delta+verify"):
         verify = ["--verify-key", str(bed.key.public_path)] if tool == "ours-delta+verify" else []
-        return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http",
+        return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), *bed.tls_args,
                 "--server", bed.doras_proxy.url, "--json", *verify]
     if tool == "ours-full":
         return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http", "--json"]
@@ -367,6 +513,48 @@ def tool_argv(tool: str, bed: Bed, case: Case, layout: Path) -> list[str]:
     if tool == "oras-cli":
         return [find_tool("oras"), "copy", "--from-plain-http", ref, "--to-oci-layout", f"{layout}:v2"]
     raise ValueError(tool)
+
+
+def go_dirs(bed: Bed) -> tuple[Path, Path]:
+    """The Go client's output and state directories (its state names the output's absolute path,
+    so every run uses the same two paths)."""
+    return bed.work / "go-out", bed.work / "go-state"
+
+
+def go_argv(bed: Bed, case: Case, tag: str) -> list[str]:
+    assert bed.go is not None
+    out, state = go_dirs(bed)
+    return [str(bed.go.cli), "--remote", bed.doras_proxy.url, "--log-level", "warn", "pull",
+            "--output", str(out), "--internal-dir", str(state), f"{bed.host}/{case.repo}:{tag}"]
+
+
+def run_go(bed: Bed, case: Case, link: str, timeout_s: float) -> Row:
+    """The Go client's delta pull of v2 into its output directory holding v1; checked by digest."""
+    assert bed.go is not None
+    out, state = go_dirs(bed)
+    for path in (out, state):
+        shutil.rmtree(path, ignore_errors=True)
+    work = bed.work / case.name
+    shutil.copytree(work / "go-out-v1", out)
+    shutil.copytree(work / "go-state-v1", state)
+    bed.reset()
+    log = bed.work / f"out-{case.name}-go.txt"
+    wall, rss, cpu = run_child_usage(go_argv(bed, case, "v2"), output=log, env=bed.go.env, timeout_s=timeout_s)
+    received, sent = bed.received(), bed.requests()
+    title = case.v2_layer["annotations"][ANNOTATION_TITLE]
+    h = hashlib.sha256()
+    with open(out / title, "rb") as fh:
+        while chunk := fh.read(4 * MiB):
+            h.update(chunk)
+    if "sha256:" + h.hexdigest() != case.v2_layer["digest"]:
+        raise RuntimeError(f"go-delta on {case.name}: wrong {title} after the pull")
+    delta_asks = len(bed.doras_proxy.requests("/api/v1/delta"))
+    detail = f"delta; {delta_asks} delta request(s); server's own registry requests {bed.reg_proxy.server_requests()}"
+    row = Row(case.name, link, "go-delta", received, round(wall, 3), rss, detail, requests=sent, wire=bed.wire(),
+              cpus=[round(cpu, 3)])
+    print(f"# {case.name:<7} {link:<9} go-delta          {received:>12,} B {sent:>4} req {wall:8.2f} s "
+          f"{rss / MiB:7.1f} MiB  {detail}", file=sys.stderr, flush=True)
+    return row
 
 
 def check_result(tool: str, case: Case, layout: Path, output: Path) -> str:
@@ -406,12 +594,14 @@ def run_tool(bed: Bed, case: Case, tool: str, link: str, timeout_s: float) -> Ro
     if tool != "ours-delta+np":  # ours-delta+verify runs as ours-delta does, plus the verification
         env["DORAS_ORAS_NO_NUMPY"] = "1"
     bed.reset()
-    wall, rss = run_child(tool_argv(tool, bed, case, layout), output=output, env=env, timeout_s=timeout_s)
+    wall, rss, cpu = run_child_usage(tool_argv(tool, bed, case, layout), output=output, env=env,
+                                     timeout_s=timeout_s)
     received = bed.received()
     sent = bed.requests()
     detail = check_result(tool, case, layout, output)
     shutil.rmtree(layout)
-    row = Row(case.name, link, tool, received, round(wall, 3), rss, detail, requests=sent)
+    row = Row(case.name, link, tool, received, round(wall, 3), rss, detail, requests=sent,
+              wire=bed.wire() if bed.go is not None else [], cpus=[round(cpu, 3)])
     print(f"# {case.name:<7} {link:<9} {tool:<17} {received:>12,} B {sent:>4} req {wall:8.2f} s "
           f"{rss / MiB:7.1f} MiB  {detail}", file=sys.stderr, flush=True)
     return row
@@ -424,7 +614,8 @@ def combine(runs: list[Row]) -> Row:
     first = runs[0]
     return Row(first.case, first.link, first.tool, max(r.bytes_received for r in runs),
                round(statistics.median(r.wall_s for r in runs), 3), max(r.peak_rss for r in runs),
-               first.detail, [r.wall_s for r in runs], max(r.requests for r in runs))
+               first.detail, [r.wall_s for r in runs], max(r.requests for r in runs), first.wire,
+               [c for r in runs for c in r.cpus])
 
 
 # --------------------------------------------------------------------------- report
@@ -466,22 +657,35 @@ def trust_overhead(rows: list[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def go_comparison(rows: list[Row]) -> list[dict[str, Any]]:
-    """Our delta pull against the Go client's facts and the targets (half its time, ≤ its bytes,
-    peak RSS ≤ 64 MiB)."""
+# The targets of issue 24: our delta pull's wall time over the Go client's, by size (MiB).
+WALL_TARGETS = {4: 1.0, 64: 0.5, 256: 0.33}
+
+
+def side_by_side(rows: list[Row]) -> list[dict[str, Any]]:
+    """Our delta pull over the Go client's (``go-delta``), per case, from the same run:
+    wall (best and median of the interleaved repeats), wire bytes and peak RSS."""
     out = []
-    for row in rows:
-        if not row.tool.startswith("ours-delta") or row.case not in GO_FACTS:
-            continue
-        facts = GO_FACTS[row.case]
-        go_wall = facts.get("wall_loopback_s" if row.link == "loopback" else "wall_slow_s")
-        entry: dict[str, Any] = {"case": row.case, "link": row.link, "tool": row.tool, "ours_s": row.wall_s, "go_s": go_wall,
-                                 "ours_bytes": row.bytes_received, "go_bytes": facts.get("bytes"),
-                                 "ours_rss_mib": round(row.peak_rss / MiB, 1),
-                                 "go_rss_mb": facts["rss_mb"]}
-        entry["time_target_met"] = None if go_wall is None else row.wall_s <= go_wall / 2
-        entry["bytes_target_met"] = None if not facts.get("bytes") else row.bytes_received <= facts["bytes"]
-        entry["rss_target_met"] = row.peak_rss <= RSS_TARGET
+    for go in (r for r in rows if r.tool == "go-delta"):
+        ours = next(r for r in rows if (r.case, r.link, r.tool) == (go.case, go.link, "ours-delta"))
+        ours_best, go_best = min(ours.walls or [ours.wall_s]), min(go.walls or [go.wall_s])
+        mib = int(go.case.removeprefix("bin")) if go.case.startswith("bin") else None
+        target = WALL_TARGETS.get(mib) if mib is not None else None
+        entry: dict[str, Any] = {
+            "case": go.case, "link": go.link, "repeats": len(ours.walls) or 1,
+            "ours_best_s": ours_best, "go_best_s": go_best, "best_x": round(ours_best / go_best, 2),
+            "ours_median_s": ours.wall_s, "go_median_s": go.wall_s, "median_x": round(ours.wall_s / go.wall_s, 2),
+            "ours_bytes": ours.bytes_received, "go_bytes": go.bytes_received,
+            "bytes_x": round(ours.bytes_received / max(1, go.bytes_received), 3),
+            "ours_requests": ours.requests, "go_requests": go.requests,
+            "ours_rss_mib": round(ours.peak_rss / MiB, 1), "go_rss_mib": round(go.peak_rss / MiB, 1),
+            "rss_x": round(ours.peak_rss / go.peak_rss, 2),
+            "ours_cpu_median_s": round(statistics.median(ours.cpus), 3) if ours.cpus else None,
+            "go_cpu_median_s": round(statistics.median(go.cpus), 3) if go.cpus else None,
+            "wall_target_x": target,
+            "wall_target_met": None if target is None else ours.wall_s / go.wall_s <= target,
+            "bytes_target_met": ours.bytes_received <= go.bytes_received,
+            "rss_target_met": ours.peak_rss <= RSS_TARGET,
+        }
         out.append(entry)
     return out
 
@@ -504,26 +708,39 @@ def print_table(rows: list[Row], cases: list[dict[str, Any]]) -> None:
               f"spread of the unverified runs {noise}); target <= 2 requests and 3 KB: {t['target_met']}")
     for case in cases:
         print(f"# {case['name']}: v2 layer {case['layer_size']:,} bytes, delta blob {case['delta_size']:,} bytes")
-    for g in go_comparison(rows):
-        go_s = "n/a" if g["go_s"] is None else f"{g['go_s']:.2f} s"
-        go_b = "n/a" if g["go_bytes"] is None else f"{g['go_bytes']:,} B"
-        print(f"# vs Go client, {g['case']} {g['link']} {g['tool']}: ours {g['ours_s']:.2f} s / Go {go_s} "
-              f"(target half: {g['time_target_met']}), ours {g['ours_bytes']:,} B / Go {go_b} "
-              f"(target: {g['bytes_target_met']}), ours {g['ours_rss_mib']} MiB / Go "
-              f"{g['go_rss_mb'][0]}-{g['go_rss_mb'][1]} MB (target <= 64 MiB: {g['rss_target_met']})")
+    for row in rows:
+        if row.wire:
+            print(f"# wire, {row.case} {row.tool}: " + "; ".join(row.wire))
+    for g in side_by_side(rows):
+        target = "" if g["wall_target_x"] is None else f", target <= {g['wall_target_x']}: {g['wall_target_met']}"
+        print(f"# ours / Go, {g['case']} (n={g['repeats']}): wall best {g['ours_best_s']:.2f} / "
+              f"{g['go_best_s']:.2f} s = {g['best_x']}x, median {g['ours_median_s']:.2f} / "
+              f"{g['go_median_s']:.2f} s = {g['median_x']}x{target}; wire {g['ours_bytes']:,} / "
+              f"{g['go_bytes']:,} B = {g['bytes_x']}x ({g['ours_requests']} / {g['go_requests']} requests); "
+              f"peak RSS {g['ours_rss_mib']} / {g['go_rss_mib']} MiB = {g['rss_x']}x "
+              f"(target ours <= {RSS_TARGET // MiB} MiB: {g['rss_target_met']}); "
+              f"CPU (user + system) median {g['ours_cpu_median_s']} / {g['go_cpu_median_s']} s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (2 MiB binary, 200 files)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--rate-mbit", type=float, default=10.0, help="the slow link, Mbit/s (0: none)")
-    parser.add_argument("--sizes", help="binary sizes in MiB, comma-separated (default 64,256; quick: 2)")
-    parser.add_argument("--files", type=int, help="files of the tree case (default 2000; quick: 200; 0: none)")
-    parser.add_argument("--tools", default=",".join(TOOLS), help="tools to run, comma-separated")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+    parser.add_argument("--rate-mbit", type=float, help="the slow link, Mbit/s (default 10; with the Go "
+                        "peers 0; 0: none)")
+    parser.add_argument("--sizes", help="binary sizes in MiB, comma-separated (default 64,256; quick: 2; "
+                        "with the Go peers 4,16,64,256)")
+    parser.add_argument("--files", type=int, help="files of the tree case (default 2000; quick: 200; 0: none; "
+                        "with the Go peers 0)")
+    parser.add_argument("--tools", help="tools to run, comma-separated (default: all; with the Go peers "
+                        "ours-delta)")
+    parser.add_argument("--repeat", type=int, metavar="N",
                         help="run each delta pull, and each loopback pull, N times: median wall time, "
-                             "largest peak RSS")
+                             "largest peak RSS (default 1; with the Go peers 5)")
+    parser.add_argument("--go-doras-cli", type=Path, metavar="PATH",
+                        help="the Go doras-cli: a TLS registry, the Go server (--go-doras-server) in front, "
+                             "and the Go client's delta pull (go-delta) interleaved with ours")
+    parser.add_argument("--go-doras-server", type=Path, metavar="PATH", help="the Go doras-server")
     parser.add_argument("--slow-full-max-mib", type=float, default=1e9,
                         help="on the slow link, run the full pulls only for layers up to this size")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
@@ -541,15 +758,26 @@ def main() -> None:
         print_table([Row(**r) for r in saved["rows"]], saved["cases"])
         print(f"# total {saved['total_s']:.0f} s")
         return
-    sizes = [int(s) for s in (args.sizes or ("2" if args.quick else "64,256")).split(",") if s]
-    files = args.files if args.files is not None else (200 if args.quick else 2000)
-    tools = [t for t in args.tools.split(",") if t]
+    if (args.go_doras_cli is None) != (args.go_doras_server is None):
+        raise SystemExit("--go-doras-cli and --go-doras-server go together")
+    go = None if args.go_doras_cli is None else (args.go_doras_cli.resolve(), args.go_doras_server.resolve())
+    default_sizes = "2" if args.quick else ("4,16,64,256" if go else "64,256")
+    sizes = [int(s) for s in (args.sizes or default_sizes).split(",") if s]
+    files = args.files if args.files is not None else (200 if args.quick else 0 if go else 2000)
+    tools = [t for t in (args.tools or ("ours-delta" if go else ",".join(TOOLS))).split(",") if t]
     if "ours-delta" not in tools or any(t not in TOOLS for t in tools):
         raise SystemExit(f"--tools: choose from {', '.join(TOOLS)}, with ours-delta")
+    if go:
+        if any(not t.startswith("ours-delta") or t == "ours-delta+verify" for t in tools) or files:
+            raise SystemExit("with the Go peers: the binary cases and our delta pulls (no full pulls, "
+                             "no tree, no --verify-key: v2 is not signed there)")
+        tools.append("go-delta")
+    repeat = args.repeat or (5 if go else 1)
+    rate_mbit = args.rate_mbit if args.rate_mbit is not None else (0 if go else 10.0)
     edits = 200 if args.quick else 2000
     links: list[tuple[str, float | None]] = [("loopback", None)]
-    if args.rate_mbit:
-        links.append((f"{args.rate_mbit:g}Mbit/s", args.rate_mbit * 1e6 / 8))
+    if rate_mbit:
+        links.append((f"{rate_mbit:g}Mbit/s", rate_mbit * 1e6 / 8))
     # a SIGTERM unwinds the test bed (stops the registry, removes the work dir)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -559,7 +787,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "doras_oras")], check=True,
                    capture_output=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-pull-") as tmp, test_bed(Path(tmp)) as bed:
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-pull-") as tmp, test_bed(Path(tmp), go) as bed:
         cases = [Case(f"bin{s}", f"bench/bin{s}", s * MiB) for s in sizes]
         kinds = ["bin"] * len(cases)
         if files:
@@ -575,14 +803,16 @@ def main() -> None:
                 chosen = [t for t in tools
                           if not (rate and not t.startswith("ours-delta") and case.size > args.slow_full_max_mib * MiB)]
                 timeout = 120 + (case.size / rate * 1.5 if rate else 60)
-                reps = {t: args.repeat if (not rate or t.startswith("ours-delta")) else 1 for t in chosen}
+                reps = {t: repeat if (not rate or t.endswith("-delta") or "-delta+" in t) else 1
+                        for t in chosen}
                 runs: dict[str, list[Row]] = {t: [] for t in chosen}
                 # repeats interleaved (tool A, B, C, A, B, C, ...): a drift of the machine's load
                 # shows in every tool's spread instead of biasing one tool's median
                 for rep in range(max(reps.values(), default=0)):
                     for tool in chosen:
                         if rep < reps[tool]:
-                            runs[tool].append(run_tool(bed, case, tool, link, timeout))
+                            runs[tool].append(run_go(bed, case, link, timeout) if tool == "go-delta"
+                                              else run_tool(bed, case, tool, link, timeout))
                 rows.extend(combine(runs[tool]) for tool in chosen)
         if bed.doras.builds != builds_before:
             raise SystemExit("the server built deltas during the timed runs")
@@ -591,7 +821,7 @@ def main() -> None:
                   "v1": c.v1_digest, "v2": c.v2_digest} for c in cases]
     if args.json:
         print(json.dumps({"rows": [asdict(r) for r in rows], "ratios": ratios(rows),
-                          "trust": trust_overhead(rows), "go": go_comparison(rows), "cases": case_info,
+                          "trust": trust_overhead(rows), "go": side_by_side(rows), "cases": case_info,
                           "total_s": round(total, 1)}))
     else:
         print_table(rows, case_info)

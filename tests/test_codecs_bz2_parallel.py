@@ -280,6 +280,38 @@ def test_budget_bounds_what_workers_buffer_ahead() -> None:
     assert peak > budget // 2  # the workers did decode ahead, up to the cap
 
 
+def test_a_worker_starts_the_next_block_while_the_reader_holds_a_decoded_head() -> None:
+    # Block 1's decoder is held (its bytes are not handed out); block 0, the head, is decoded
+    # and not read. The worker that decoded block 0 must start block 2 now, not wait for
+    # block 1 to finish or for the reader to drain block 0 (it did wait, before issue 24).
+    data = random.Random(4).randbytes(450_000)  # level 1: ~100 kB blocks, 5 of them
+    stream = bz2.compress(data, 1)
+    layout = _split(stream)
+    assert len(layout.blocks) >= 3
+    first_of = [block.start // 8 for block in layout.blocks]
+    release, asked_for_block_2 = threading.Event(), threading.Event()
+
+    def read_at(offset: int, n: int) -> bytes:
+        if offset == first_of[1]:
+            release.wait(60)
+        if offset == first_of[2]:
+            asked_for_block_2.set()
+        return stream[offset : offset + n]
+
+    out = bytearray()
+    with bzp.DecoderGroup(2) as group:
+        reader = group.open(read_at, layout, "diff", sparse=False)
+        try:
+            started = asked_for_block_2.wait(30)
+        finally:
+            release.set()
+        while len(out) < len(data):
+            run = reader.read(1 << 16)
+            out += bytes(run) if isinstance(run, int) else run
+    assert started
+    assert out == data
+
+
 def test_two_streams_share_a_small_budget_without_deadlock() -> None:
     # Two readers of one group read alternately (as diff and extra are): all progress.
     a = bz2.compress(b"\x02" * (12 * MB) + random.Random(1).randbytes(300_000), 1)

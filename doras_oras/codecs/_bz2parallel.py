@@ -50,9 +50,10 @@ The non-zero bytes buffered by all the workers of a group are capped at
 :data:`BUDGET` (4 MiB); the block a reader is on may always buffer up to
 :data:`RESERVE` (512 KiB) beyond it, so the reader always progresses (a worker
 over the cap waits; the block being read never does: no deadlock). Each decoder
-holds ~3.6 MiB (level 9) while it decodes: the block at the head of each stream
-is decoded at once, and at most ``workers - 1`` blocks ahead of the heads in the
-whole group. With ``workers`` = 2, one stream of dense data costs at most
+holds ~3.6 MiB (level 9) while it decodes: each stream may always decode one
+block (its head, or, once the head is fully decoded and only being read, the next
+one: a worker never waits for the reader to finish a block), and at most
+``workers - 1`` more in the whole group. With ``workers`` = 2, one stream of dense data costs at most
 ~7 MiB of decoders + ~4.6 MiB of buffers (measured: 100 MB of non-zero diff
 applied in 34 MiB peak RSS, 4.5 MiB buffered at most).
 """
@@ -377,14 +378,13 @@ class _Stopped(Exception):
 
 
 class _BlockState:
-    __slots__ = ("buffered", "done", "error", "runs", "slot")
+    __slots__ = ("buffered", "done", "error", "runs")
 
     def __init__(self) -> None:
         self.runs: collections.deque[Run] = collections.deque()
         self.buffered = 0  # non-zero bytes in runs
         self.done = False
         self.error: BaseException | None = None
-        self.slot = False  # holds one of the group's look-ahead slots
 
 
 class DecoderGroup:
@@ -394,7 +394,7 @@ class DecoderGroup:
     every worker. One lock guards the state of the group and of its readers;
     readers wait on ``data`` (a worker produced output or finished a block),
     workers on ``room`` (buffered bytes were read or a reader moved on) or on
-    ``slot`` (a look-ahead slot was released or a reader moved on).
+    ``slot`` (a block finished decoding or a reader moved on).
     """
 
     def __init__(self, workers: int | None = None, *, budget: int = BUDGET,
@@ -406,7 +406,8 @@ class DecoderGroup:
         self.data = threading.Condition(self.lock)
         self.room = threading.Condition(self.lock)
         self.slot = threading.Condition(self.lock)
-        self.slots = self.workers - 1  # blocks decoded ahead of the heads of the streams
+        self.slots = self.workers - 1  # blocks decoded at once beyond one per stream
+        self._readers: list[ParallelReader] = []
         self.buffered = 0
         #: Largest number of non-zero bytes buffered at once (for tests and logs).
         self.peak_buffered = 0
@@ -416,11 +417,16 @@ class DecoderGroup:
     def open(self, read_at: ReadAt, layout: Bz2Layout, name: str, *, sparse: bool) -> ParallelReader:
         """Start decoding ``layout``'s blocks; read them in order from the reader returned."""
         reader = ParallelReader(self, read_at, layout, name, sparse)
+        self._readers.append(reader)
         for i in range(min(self.workers, len(layout.blocks))):
             thread = threading.Thread(target=reader._work, name=f"bz2-{name}-{i}", daemon=True)
             self._threads.append(thread)
             thread.start()
         return reader
+
+    def extra_decoding(self) -> int:
+        """Blocks being decoded beyond one per stream (call with ``lock`` held)."""
+        return sum(max(0, reader._decoding - 1) for reader in self._readers)
 
     def close(self) -> None:
         """Stop the workers (each within one output chunk) and join them."""
@@ -452,6 +458,7 @@ class ParallelReader:
         self._states = [_BlockState() for _ in layout.blocks]
         self._next = 0  # next block to hand to a worker
         self._head = 0  # block being read
+        self._decoding = 0  # blocks of this stream being decoded now
 
     @property
     def blocks(self) -> int:
@@ -496,9 +503,6 @@ class ParallelReader:
                     continue
                 self._states[self._head] = _BlockState()  # drop what is left of it
                 self._head += 1
-                if self._head < len(self._states) and self._states[self._head].slot:
-                    self._states[self._head].slot = False  # a head needs no slot
-                    group.slots += 1
                 group.room.notify_all()
                 group.slot.notify_all()
 
@@ -513,13 +517,15 @@ class ParallelReader:
                 index = self._next
                 self._next += 1
                 state = self._states[index]
-                while not group.stopped and index != self._head and group.slots == 0:
+                # A stream may always decode one block: its head, or, once the head is fully
+                # decoded (only being read), the next one, so that a worker does not wait for
+                # the reader; a second block at once takes one of the group's look-ahead slots.
+                while (not group.stopped and index != self._head and self._decoding
+                       and group.extra_decoding() >= group.slots):
                     group.slot.wait()
                 if group.stopped:
                     return
-                if index != self._head:
-                    group.slots -= 1
-                    state.slot = True
+                self._decoding += 1
             error: BaseException | None = None
             try:
                 self._decode(index, state)
@@ -530,10 +536,8 @@ class ParallelReader:
             with group.lock:
                 state.error = error
                 state.done = True
-                if state.slot:
-                    state.slot = False
-                    group.slots += 1
-                    group.slot.notify_all()
+                self._decoding -= 1
+                group.slot.notify_all()
                 group.data.notify_all()
 
     def _decode(self, index: int, state: _BlockState) -> None:

@@ -52,7 +52,7 @@ disagreement is named in the error if that decoding then fails.
 Memory: what workers decode ahead of the reader is held compactly (zero runs as
 lengths, scattered edits as ~256-byte pieces) and its non-zero bytes are capped
 at :data:`._bz2parallel.BUDGET` (4 MiB) + :data:`._bz2parallel.RESERVE` (512 KiB)
-per stream; at most one block per stream plus ``workers - 1`` blocks ahead are
+per stream; at most one block per stream plus ``workers - 1`` more are
 being decoded at once (~3.6 MiB of libbz2 state each at level 9). With 2 workers
 this adds ~2–4 MiB of peak RSS to a Go server patch and ~11 MiB to one whose
 diff is dense (measured).
