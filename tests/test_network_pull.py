@@ -355,7 +355,7 @@ def test_pull_takes_an_identity_token_as_oras_does(token_registry: TokenRegistry
     digest = push_with_token(token_registry, "net/identity", "v1", layer)
     ref = f"{token_registry.host}/net/identity:v1"
     before = len(token_registry.issuer.requests)
-    base = ["pull", ref, "--plain-http", "--allow-insecure-auth", "--json"]
+    base = ["pull", ref, "--plain-http", "--allow-insecure-auth", "--allow-realm-host", "127.0.0.1", "--json"]
     proc = cli(*base, "--oci-layout", str(tmp_path / "A"), "--identity-token-stdin", input_text="refresh-alice-1\n",
                env={"DOCKER_CONFIG": str(tmp_path / "none")}, timeout=60)
     assert proc.returncode == 0, proc.stderr
