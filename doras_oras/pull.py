@@ -4,7 +4,8 @@
 downloading only a delta from a Doras server when it can, and a verified full
 pull when it cannot (or when no server is given). The layout is never left
 invalid and the old image stays until the new one is committed
-(``index.json`` is written last, under the layout's lock). Every decision is
+(``index.json`` is written last, in the install transaction: the layout's lock
+is held for it alone, never while the Doras server builds or a blob downloads). Every decision is
 reported in :class:`PullResult`, as a sentence (``reason``) and as a code
 (``reason_code``, a :class:`~doras_oras.plan.ReasonCode`).
 
@@ -41,6 +42,7 @@ falls back to a verified full pull, and the result says why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -199,6 +201,14 @@ class _Pending(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class _Held(Exception):
+    """Internal: another process installed the target while this pull downloaded it."""
+
+    def __init__(self, image: ImageEntry) -> None:
+        super().__init__(f"{image.descriptor.digest} was installed meanwhile")
+        self.image = image
 
 
 @dataclass(frozen=True)
@@ -381,9 +391,10 @@ def pull_delta(
         verification=verification,
         output_dir=Path(output_dir) if output_dir is not None else None,
         allow_downgrade=allow_downgrade,
+        lock_timeout_s=lock_timeout_s,
     )
     try:
-        with layout.lock(timeout=lock_timeout_s), client.pull_deadline():
+        with client.pull_deadline():
             return run.execute(base_ref)
     except BaseException:
         if created is not None:
@@ -447,6 +458,9 @@ class _PullRun:
     allow_downgrade: bool = False
     notes: dict[str, str] = field(default_factory=dict)
     """The signed order values to record on the target's entry (``io.doras-oras.signed.*``)."""
+    lock_timeout_s: float = 300.0
+    resolved: Descriptor | None = None
+    """What the target resolved to, once the pull decided to install it."""
 
     def __post_init__(self) -> None:
         self.received_at_start = self.registry.bytes_received
@@ -458,7 +472,8 @@ class _PullRun:
 
     def _record(self) -> None:
         if self.ledger is not None and not self.recorded and self.received:
-            self.ledger.record(self.received)
+            with self.layout.lock(timeout=self.lock_timeout_s):
+                self.ledger.record(self.received)
         self.recorded = True
 
     def result(self, status: str, code: ReasonCode, reason: str, tgt: _Target | None, **extra: Any) -> PullResult:
@@ -480,6 +495,15 @@ class _PullRun:
             **extra,
         )
 
+    def install_check(self, manifest: Descriptor) -> None:
+        """In the install transaction: :class:`_Held` when another process installed the target since
+        the pull began (it is then up to date); else :meth:`before_commit`."""
+        if self.resolved is not None:
+            held = _holding(self.layout, self.target, self.resolved.digest, self.platform or host_platform())
+            if held is not None:
+                raise _Held(held)
+        self.before_commit(manifest)
+
     def before_commit(self, manifest: Descriptor) -> None:
         """Write the files of the stored ``manifest`` to ``output_dir`` (all or nothing), if asked."""
         if self.output_dir is not None:
@@ -495,7 +519,7 @@ class _PullRun:
         check_free_space(needs, what=what)
 
     def execute(self, base_ref: Reference | None) -> PullResult:
-        """Decide and do (the caller holds the layout lock)."""
+        """Decide and do (each write to the layout takes its lock for the install alone)."""
         try:
             return self._execute(base_ref)
         except BaseException:
@@ -509,19 +533,36 @@ class _PullRun:
         base = find_base(layout, target, base_ref)
         held = _holding(layout, target, resolved.digest, self.platform or host_platform())
         if held is not None:
-            attachments = self.verify_held(held, resolved)
-            self.before_commit(held.descriptor)
-            unrecorded = any(held.descriptor.annotations.get(k) != v for k, v in self.notes.items())
-            if (held.tag != target.tag and target.tag) or attachments or unrecorded:
-                notes = {key: value for key, value in held.descriptor.annotations.items()
-                         if key in (ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM, ANNOTATION_PULLED_BY)}
-                notes.update(self.notes)
-                layout.commit_image(held.descriptor, repository=target.name, tag=target.tag or held.tag,
-                                    source_digest=held.source_digest, annotations=notes or None,
-                                    attachments=attachments)
-            return self.result(STATUS_UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
-                               None, from_digest=held.source_digest, stored_digest=held.descriptor.digest,
-                               to_digest=resolved.digest)
+            return self.up_to_date(held, resolved)
+        try:
+            return self._update(resolved, base, base_ref)
+        except _Held as race:  # another process installed the target meanwhile
+            self.trust, self.keep, self.notes = None, [], {}
+            return self.up_to_date(race.image, resolved)
+
+    def up_to_date(self, held: ImageEntry, resolved: Descriptor) -> PullResult:
+        """The layout holds the target: (re)verify, write the files, record a new tag or signatures."""
+        target, layout = self.target, self.layout
+        attachments = self.verify_held(held, resolved)
+        unrecorded = any(held.descriptor.annotations.get(k) != v for k, v in self.notes.items())
+        if (held.tag != target.tag and target.tag) or attachments or unrecorded:
+            notes = {key: value for key, value in held.descriptor.annotations.items()
+                     if key in (ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM, ANNOTATION_PULLED_BY)}
+            notes.update(self.notes)
+            with layout.install(timeout=self.lock_timeout_s) as install:
+                install.commit(held.descriptor, before_commit=self.before_commit, repository=target.name,
+                               tag=target.tag or held.tag, source_digest=held.source_digest,
+                               annotations=notes or None, attachments=attachments)
+        elif self.output_dir is not None:
+            with layout.lock(timeout=self.lock_timeout_s):  # the image's blobs stay while its files are written
+                self.before_commit(held.descriptor)
+        return self.result(STATUS_UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
+                           None, from_digest=held.source_digest, stored_digest=held.descriptor.digest,
+                           to_digest=resolved.digest)
+
+    def _update(self, resolved: Descriptor, base: ImageEntry | None, base_ref: Reference | None) -> PullResult:
+        target, layout, registry = self.target, self.layout, self.registry
+        self.resolved = resolved
         self.verify(resolved.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
         tgt = _Target(target, registry.fetch_parsed(target, expected=resolved))
         self.go_forward(tgt.body, resolved.digest, None)  # a rollback or stale target: refused, nothing fetched
@@ -544,7 +585,9 @@ class _PullRun:
         except _Fallback as fallback:
             log.warning("falling back to a full pull: %s", fallback.reason)
             result = self.full(tgt, fallback.code, fallback.reason, base=base, fix=fallback.fix)
-        if self._forget_if_lost(base):
+        with layout.lock(timeout=self.lock_timeout_s):
+            lost = self._forget_if_lost(base)
+        if lost:
             result = replace(result, reason=result.reason + f"; the damaged image {base.tag or base.source_digest} "
                              "(its layer was lost) was dropped from the layout's index")
         return result
@@ -635,8 +678,8 @@ class _PullRun:
             self.check_space(tgt, [(self.layout.root, blob.size) for blob in missing],
                              what=f"a full pull of {tgt.ref}")
         pulled = pull_full(self.registry, tgt.ref, self.layout, parsed=tgt.parsed, platform=self.platform,
-                           progress=self.progress, attachments=self.keep, before_commit=self.before_commit,
-                           annotations=self.notes)
+                           progress=self.progress, attachments=self.keep, before_commit=self.install_check,
+                           annotations=self.notes, lock_timeout=self.lock_timeout_s)
         return self.result(STATUS_FULL, code, reason, tgt, from_digest=base.source_digest if base else None,
                            stored_digest=pulled.manifest.digest, blobs_fetched=pulled.blobs_fetched,
                            blobs_reused=pulled.blobs_reused, fix=fix)
@@ -733,10 +776,11 @@ class _PullRun:
 
     def _apply_and_commit(self, tgt: _Target, base_layer: Descriptor, target_layer: Descriptor,
                           delta: Delta, expected: _plan.Expected) -> ImageEntry:
-        """Download the delta (resumable), apply it into a blob writer (verified), store, commit."""
+        """Download the delta (resumable) and the config, then in the install transaction: apply the
+        delta to the base into a blob writer (verified), store, commit."""
         layout, registry = self.layout, self.registry
         keep_partial = False
-        with layout.partial_writer(delta.layer, what="delta") as download:
+        with layout.partial_writer(delta.layer, what="delta") as download, contextlib.ExitStack() as stack:
             try:
                 try:
                     registry.download(delta.manifest_ref, delta.layer, download,
@@ -744,44 +788,52 @@ class _PullRun:
                 except TransportError:
                     keep_partial = True  # a dropped or stalled link: the next run resumes it
                     raise
-                with layout.temp_writer(digest=expected.digest, size=expected.size, what="delta output") as out, \
-                        download.path.open("rb") as patch, \
-                        layout.blob_path(base_layer.digest).open("rb") as base:
-                    apply_delta(delta.algorithm, base, patch, out, expected_size=expected.size,
-                                scratch=layout.scratch_file)
-                    stored = layout.store(out)  # the digest was computed while writing: no second pass
             except TransportError as exc:
                 raise _Fallback(ReasonCode.DELTA_DOWNLOAD_FAILED, f"the delta could not be applied: {_detail(exc)}",
                                 _fix(exc)) from exc
             except (CodecError, VerificationError, OSError) as exc:
-                if not layout.has_blob(base_layer):
-                    raise _Fallback(ReasonCode.BASE_CORRUPT,
-                                    f"the stored base layer {base_layer.digest} is missing or corrupt "
-                                    f"(the delta did not give the target: {_detail(exc)})") from exc
-                raise _Fallback(ReasonCode.DELTA_FAILED, f"the delta could not be applied: {_detail(exc)}") from exc
+                raise self._unusable(exc, base_layer) from exc
             finally:
-                if not keep_partial:  # the delta is used or refused: its download is of no further use
-                    download.discard()
-        if self.progress is not None:
-            self.progress("apply", stored.size, stored.size)
-        registry.fetch_into(tgt.ref, tgt.config, layout)
-        attachments = self.keep
-        if expected.is_registry_blob:
-            layout.ingest_bytes(tgt.descriptor, tgt.body)
-            manifest = tgt.descriptor
-        else:
-            layer = _plan.uncompressed_layer(target_layer, stored.digest, stored.size)
-            manifest = layout.store_rewritten(tgt.body, 0, layer, source_digest=tgt.descriptor.digest)
-        try:
-            self.before_commit(manifest)
-            return layout.commit_image(manifest, repository=tgt.ref.name, tag=tgt.ref.tag,
-                                       source_digest=tgt.descriptor.digest,
-                                       annotations={ANNOTATION_PULLED_BY: f"delta {delta.algorithm.value}",
-                                                    **self.notes},
-                                       attachments=attachments)
-        except BaseException:  # files not written or the commit failed: nothing of this pull stays in blobs/
-            layout.discard_unreferenced([manifest.digest, stored.digest, tgt.config.digest])
-            raise
+                if not keep_partial and download.digest_written is None:
+                    download.discard()  # refused: of no further use
+            config = None
+            if not layout.has_blob(tgt.config):
+                config = stack.enter_context(layout.partial_writer(tgt.config))
+                registry.download(tgt.ref, tgt.config, config)
+            with layout.install(timeout=self.lock_timeout_s) as install:
+                try:
+                    with layout.temp_writer(digest=expected.digest, size=expected.size, what="delta output") as out, \
+                            download.path.open("rb") as patch, \
+                            layout.blob_path(base_layer.digest).open("rb") as base:
+                        apply_delta(delta.algorithm, base, patch, out, expected_size=expected.size,
+                                    scratch=layout.scratch_file)
+                        stored = install.store(out)  # the digest was computed while writing: no second pass
+                except (CodecError, VerificationError, OSError) as exc:
+                    raise self._unusable(exc, base_layer) from exc
+                finally:
+                    download.discard()  # the delta is used or refused: its download is of no further use
+                if self.progress is not None:
+                    self.progress("apply", stored.size, stored.size)
+                if config is not None:
+                    install.store(config)
+                if expected.is_registry_blob:
+                    install.put(tgt.descriptor, tgt.body)
+                    manifest = tgt.descriptor
+                else:
+                    layer = _plan.uncompressed_layer(target_layer, stored.digest, stored.size)
+                    manifest = install.put_rewritten(tgt.body, layer, source_digest=tgt.descriptor.digest)
+                return install.commit(manifest, before_commit=self.install_check, repository=tgt.ref.name,
+                                      tag=tgt.ref.tag, source_digest=tgt.descriptor.digest,
+                                      annotations={ANNOTATION_PULLED_BY: f"delta {delta.algorithm.value}",
+                                                   **self.notes},
+                                      attachments=self.keep)
+
+    def _unusable(self, exc: BaseException, base_layer: Descriptor) -> _Fallback:
+        """The fallback for a delta that did not give the target: a corrupt base, or the delta's fault."""
+        if not self.layout.has_blob(base_layer):
+            return _Fallback(ReasonCode.BASE_CORRUPT, f"the stored base layer {base_layer.digest} is missing or "
+                             f"corrupt (the delta did not give the target: {_detail(exc)})")
+        return _Fallback(ReasonCode.DELTA_FAILED, f"the delta could not be applied: {_detail(exc)}")
 
     def _reporter(self, phase: str, total: int) -> Callable[[int], None] | None:
         progress = self.progress

@@ -301,7 +301,7 @@ def test_gc_keeps_newest_per_repository(tmp_path: Path) -> None:
     assert layout_problems(tmp_path / "L") == []
 
 
-def test_commit_rewritten_records_the_registry_digest(tmp_path: Path) -> None:
+def test_a_rewritten_manifest_records_the_registry_digest(tmp_path: Path) -> None:
     layout = OCILayout.open(tmp_path / "L")
     gz = b"\x1f\x8b compressed"
     config = blob(b"{}", "application/vnd.oci.empty.v1+json")
@@ -316,9 +316,9 @@ def test_commit_rewritten_records_the_registry_digest(tmp_path: Path) -> None:
         layout.ingest_bytes(config, b"{}")
         layout.ingest_bytes(blob(tar), tar)
         with pytest.raises(DigestMismatchError):
-            layout.commit_rewritten(original, 0, blob(tar), repository=REPO, tag="v1", source_digest=sha256(b"x"))
-        image = layout.commit_rewritten(original, 0, blob(tar), repository=REPO, tag="v1",
-                                        source_digest=sha256(original))
+            layout.store_rewritten(original, 0, blob(tar), source_digest=sha256(b"x"))
+        manifest = layout.store_rewritten(original, 0, blob(tar), source_digest=sha256(original))
+        image = layout.commit_image(manifest, repository=REPO, tag="v1", source_digest=sha256(original))
     assert image.rewritten and image.source_digest == sha256(original)
     stored = json.loads(layout.read_blob(image.descriptor))
     assert stored["layers"][0]["mediaType"] == OCI_LAYER_TAR

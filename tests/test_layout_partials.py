@@ -53,11 +53,13 @@ def test_store_moves_a_verified_download_into_blobs(tmp_path: Path) -> None:
     data = os.urandom(100_000)
     d = desc(data)
     partial = layout.partial_path(d)
-    with pytest.raises(LayoutError, match="lock"):
-        layout.partial_writer(d)
+    with layout.partial_writer(d) as writer:  # downloading needs no lock; placing the blob does
+        writer.write(data)
+        with pytest.raises(LayoutError, match="lock"):
+            layout.store(writer)
     with layout.lock():
         with layout.partial_writer(d) as writer:
-            writer.write(data)
+            assert writer.offset == len(data)  # kept: the next writer resumes it
             stored = layout.store(writer)
         final = layout.blob_path(d.digest)
         assert stored.digest == d.digest and stored.size == d.size

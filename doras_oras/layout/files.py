@@ -9,6 +9,7 @@ the directory fsynced. A kill at any instant leaves the old or the new content.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -42,6 +43,7 @@ def atomic_write(target: Path, data: bytes, *, tmp_dir: Path | None = None, mode
                                 prefix=".write-", suffix=TEMP_SUFFIX)
     tmp = Path(name)
     try:
+        claim(fd, tmp)  # a housekeeper of ingest/ leaves it alone while it is written
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -59,3 +61,35 @@ def disk_error(what: str, exc: OSError) -> LayoutError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return LayoutError(f"no space left on the device writing {what}")
     return LayoutError(f"cannot write {what}: {exc}")
+
+
+def claim(fd: int, path: Path) -> bool:
+    """Take the exclusive ``flock`` of the open file ``fd`` if no one holds it and ``path`` still names it.
+
+    A writer in ``ingest/`` holds its file so: the layout's housekeeping
+    (:func:`remove_unless_claimed`) leaves a claimed file alone, and a second
+    writer of the same partial download sees it is taken. Released when ``fd`` is closed.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino  # not removed between open and flock
+    except FileNotFoundError:
+        return False
+
+
+def remove_unless_claimed(path: Path) -> bool:
+    """Remove ``path`` unless a writer holds it (:func:`claim`); True when it was removed (or gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        if not claim(fd, path):
+            return False
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)

@@ -28,7 +28,7 @@ from ..descriptor import (
     validate_digest,
 )
 from ..errors import DocumentError, InvalidArgumentError, LayoutError, VerificationError
-from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, fsync_dir
+from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, fsync_dir, remove_unless_claimed
 from .index import ImageEntry
 from .writer import META_SUFFIX
 
@@ -75,16 +75,13 @@ def clean(layout: OCILayout, *, stale_after: float = STALE_PARTIAL_SECONDS) -> l
                 remove = done or now - entry.stat().st_mtime > stale_after
             except (ValueError, OSError):
                 remove = True
-            if remove:
-                sidecar = entry.with_name(name + META_SUFFIX)
-                if sidecar.exists():
-                    with contextlib.suppress(FileNotFoundError):
-                        sidecar.unlink()
-                    removed.append(sidecar)
-        if remove:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+        if remove and remove_unless_claimed(entry):  # a download in flight holds its file: kept
             removed.append(entry)
+            sidecar = entry.with_name(name + META_SUFFIX)
+            if name.endswith(PARTIAL_SUFFIX) and sidecar.exists():
+                with contextlib.suppress(FileNotFoundError):
+                    sidecar.unlink()
+                removed.append(sidecar)
     for entry in entries:
         name = entry.name
         orphan = (
@@ -209,9 +206,10 @@ def gc(layout: OCILayout, keep: int) -> GCResult:
                 layout.forget_verified(digest)
     for partial in (layout.root / INGEST_DIR).glob("*" + PARTIAL_SUFFIX):
         with contextlib.suppress(FileNotFoundError):
-            freed += partial.stat().st_size
-            partial.unlink()
-            partial.with_name(partial.name + META_SUFFIX).unlink(missing_ok=True)
+            size = partial.stat().st_size
+            if remove_unless_claimed(partial):  # a download in flight holds its file: kept
+                freed += size
+                partial.with_name(partial.name + META_SUFFIX).unlink(missing_ok=True)
     if removed:
         fsync_dir(layout.root / "blobs")
     log.info("gc: removed %d image(s), %d blob(s), %d bytes", len(removed_images), len(removed), freed)

@@ -11,7 +11,10 @@ Layout of the directory::
 by a :class:`~doras_oras.layout.writer.BlobWriter` into ``ingest/`` (hashed
 and counted while written), checked, fsynced, renamed into ``blobs/`` and the
 directory fsynced; ``index.json`` is replaced atomically as the last step of
-a commit. Writers hold :meth:`OCILayout.lock`. Housekeeping (leftovers,
+a commit. Downloads and other content are written into ``ingest/`` without the
+layout's lock (each writer holds its own file: :func:`~.files.claim`); placing
+blobs into ``blobs/`` and writing ``index.json`` happen in one install transaction
+(:meth:`OCILayout.install`) under :meth:`OCILayout.lock`. Housekeeping (leftovers,
 ``verify``, ``rebuild_index``, ``gc``) is in :mod:`.maintenance`.
 """
 
@@ -24,7 +27,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -150,9 +153,8 @@ class OCILayout:
         """
         first = self._lock.acquire(timeout)
         try:
-            if first:
-                self._verified.clear()  # another writer may have changed things meanwhile
-                self.clean()
+            if first:  # what was verified stays so: another writer only adds verified blobs or removes
+                self.clean()  # some (has_blob checks that the file is still there)
             yield
         finally:
             self._lock.release()
@@ -250,23 +252,22 @@ class OCILayout:
 
     # --- blobs: writing --------------------------------------------------------
     def partial_writer(self, descriptor: Descriptor, *, what: str = "blob") -> BlobWriter:
-        """The resumable writer of a download of ``descriptor`` into ``ingest/`` (needs the lock).
+        """The resumable writer of a download of ``descriptor`` into ``ingest/`` (no lock needed).
 
         Bytes a previous run left there are re-hashed and kept; :meth:`store` moves the
         finished blob into ``blobs/``; :meth:`BlobWriter.close` keeps the partial file
-        for the next run, :meth:`BlobWriter.discard` removes it.
+        for the next run, :meth:`BlobWriter.discard` removes it. While another writer
+        holds the partial file, a temp file is written instead (:meth:`BlobWriter.partial`).
         """
-        self._require_lock()
         return BlobWriter.partial(self.partial_path(descriptor), digest=descriptor.digest,
                                   size=descriptor.size, what=what)
 
     def temp_writer(self, *, digest: str | None = None, size: int | None = None,
                     what: str = "blob") -> BlobWriter:
-        """A writer of new content into a temp file of ``ingest/`` (needs the lock).
+        """A writer of new content into a temp file of ``ingest/`` (no lock needed: its name is unique).
 
         ``digest``/``size``, when known, are checked by :meth:`BlobWriter.finish`.
         """
-        self._require_lock()
         return BlobWriter.temporary(self.root / INGEST_DIR, digest=digest, size=size, what=what)
 
     def scratch_file(self) -> IO[bytes]:
@@ -480,29 +481,6 @@ class OCILayout:
         self.closure(manifest, verify=True)
         return attachment_entry(attachment, repository=repository)
 
-    def commit_rewritten(
-        self,
-        original: bytes,
-        layer_index: int,
-        layer: Descriptor,
-        *,
-        repository: str,
-        tag: str | None,
-        source_digest: str,
-        annotations: Mapping[str, str] | None = None,
-        attachments: Sequence[Attachment] = (),
-    ) -> ImageEntry:
-        """Store a manifest rewritten for an uncompressed tar layer and commit it (with ``attachments``).
-
-        ``original`` is the registry's manifest (digest ``source_digest``);
-        its layer ``layer_index`` is replaced by ``layer`` (already stored:
-        the uncompressed tar), media type ``application/vnd.oci.image.layer.v1.tar``,
-        the original layer's annotations kept (:meth:`store_rewritten`, then :meth:`commit_image`).
-        """
-        manifest = self.store_rewritten(original, layer_index, layer, source_digest=source_digest)
-        return self.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest,
-                                 annotations=annotations, attachments=attachments)
-
     def store_rewritten(self, original: bytes, layer_index: int, layer: Descriptor, *,
                         source_digest: str) -> Descriptor:
         """Store the manifest ``original`` rewritten for the uncompressed tar ``layer``; return it (not committed)."""
@@ -513,7 +491,7 @@ class OCILayout:
             raise SchemaValidationError(f"original manifest is not a JSON object ({exc})") from exc
         parsed = schemas.parse_manifest(original, str(declared))
         if parsed.is_index:
-            raise LayoutError("commit_rewritten needs an image manifest, not an index")
+            raise LayoutError("store_rewritten needs an image manifest, not an index")
         if hashlib.sha256(original).hexdigest() != validate_digest(source_digest)[1]:
             raise DigestMismatchError(f"original manifest does not match {source_digest}")
         document = json.loads(original)
@@ -535,6 +513,24 @@ class OCILayout:
         )
         self.ingest_bytes(manifest, body)
         return manifest
+
+    @contextlib.contextmanager
+    def install(self, *, timeout: float = 300.0) -> Iterator[Install]:
+        """The one install transaction of a pull: place blobs, run a step before the commit, commit.
+
+        Holds the layout's lock (waiting at most ``timeout`` s) for the block, and only
+        for it: downloads happen before, into writers of ``ingest/``. When the block
+        raises, every blob it placed that no image of ``index.json`` reaches is removed
+        again, and ``index.json`` is as it was.
+        """
+        with self.lock(timeout=timeout):
+            transaction = Install(self)
+            try:
+                yield transaction
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.discard_unreferenced(transaction.placed)
+                raise
 
     def forget_image(self, image: ImageEntry) -> bool:
         """Drop ``image``'s entry from ``index.json`` (atomically); False if it is not there.
@@ -637,3 +633,39 @@ class OCILayout:
         """Keep the newest ``keep`` images per repository; remove unreferenced blobs and partials."""
         self._require_lock()
         return maintenance.gc(self, keep)
+
+
+class Install:
+    """An install transaction in progress (:meth:`OCILayout.install`): what it placed, its commit."""
+
+    def __init__(self, layout: OCILayout) -> None:
+        self.layout = layout
+        self.placed: list[str] = []
+        """Digests of the blobs this transaction put into ``blobs/`` (removed again if it fails)."""
+
+    def store(self, writer: BlobWriter) -> Descriptor:
+        """Move the finished content of ``writer`` into ``blobs/`` (:meth:`OCILayout.store`)."""
+        stored = self.layout.store(writer)
+        self.placed.append(stored.digest)
+        return stored
+
+    def put(self, descriptor: Descriptor, data: bytes) -> None:
+        """Store ``data`` (a manifest) as ``descriptor`` unless it is there (:meth:`OCILayout.ingest_bytes`)."""
+        if not self.layout.has_blob(descriptor):
+            self.placed.append(descriptor.digest)
+        self.layout.ingest_bytes(descriptor, data)
+
+    def put_rewritten(self, original: bytes, layer: Descriptor, *, source_digest: str) -> Descriptor:
+        """Store the single-layer manifest ``original`` rewritten for the tar ``layer`` (:meth:`OCILayout.store_rewritten`)."""
+        manifest = self.layout.store_rewritten(original, 0, layer, source_digest=source_digest)
+        self.placed.append(manifest.digest)
+        return manifest
+
+    def commit(self, manifest: Descriptor, *, before_commit: Callable[[Descriptor], None] | None,
+               repository: str, tag: str | None, source_digest: str | None,
+               annotations: Mapping[str, str] | None, attachments: Sequence[Attachment]) -> ImageEntry:
+        """Run ``before_commit(manifest)`` (raising leaves the layout as it was), then :meth:`OCILayout.commit_image`."""
+        if before_commit is not None:
+            before_commit(manifest)
+        return self.layout.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest,
+                                        annotations=annotations, attachments=attachments)
