@@ -127,12 +127,13 @@ _LIBRARY_HINTS: dict[Fix, str] = {
                     "(RegistryClient, DeltaRegistry)",
     Fix.SERVER_CREDENTIALS: "give the Doras server credentials: EdgeClient(auth=BasicAuth(...) or BearerAuth(...)), "
                             "or basic credentials on the registry client (they are passed on)",
-    Fix.REBUILD_INDEX: "OCILayout.rebuild_index() recreates it from blobs/ (the tags are lost)",
+    Fix.REBUILD_INDEX: "doras_oras.layout.rebuild_index(layout) recreates it from blobs/ (the tags are lost)",
     Fix.LOCK_TIMEOUT: "wait longer (lock_timeout_s=..., OCILayout.lock(timeout=...))",
     Fix.MAX_SIZE: "raise max_size",
     Fix.BUDGET: "raise the budget, or wait for the period to pass",
     Fix.DEADLINE: "raise TransferPolicy.deadline_s",
-    Fix.DISK_SPACE: "free space on that file system (OCILayout.gc() drops old images), or use another one",
+    Fix.DISK_SPACE: ("free space on that file system (doras_oras.layout.gc(layout, keep) drops old images), "
+                     "or use another one"),
 }
 
 

@@ -162,9 +162,6 @@ def test_no_import_circle_between_modules() -> None:
     # a package's __init__ importing its own submodules is how a package exports: not a circle
     for module, deps in graph.items():
         graph[module] = {d for d in deps if not module.startswith(d + ".")}
-    # Known, and the only one: the store and its maintenance name each other in annotations.
-    # Issue #21's layout item ("the house, second round": layout/store <-> maintenance) removes it.
-    graph["doras_oras.layout.maintenance"].discard("doras_oras.layout.store")
     assert _cycles(graph) == []
 
 

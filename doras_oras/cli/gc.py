@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from ..errors import CorruptLayoutError, InvalidArgumentError
-from ..layout import ImageEntry, OCILayout
+from ..layout import ImageEntry, OCILayout, gc, rebuild_index
 from .exits import EXIT_OK
 from .options import count, seconds_or_zero
 from .output import emit, human_size
@@ -42,7 +42,7 @@ def _rebuild(layout: OCILayout) -> list[ImageEntry] | None:
     except CorruptLayoutError:
         if index.exists():
             os.replace(index, layout.root / "index.json.corrupt")
-    return layout.rebuild_index()
+    return rebuild_index(layout)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 lines.append(f"rebuilt {layout.root}/index.json: {len(recovered)} image(s) recovered "
                              "(tagged recovered-<digest>; the old file is index.json.corrupt)")
         if args.keep is not None:
-            result = layout.gc(args.keep)
+            result = gc(layout, args.keep)
             summary["removed_images"] = [
                 {"repository": i.repository, "tag": i.tag, "digest": i.descriptor.digest}
                 for i in result.removed_images

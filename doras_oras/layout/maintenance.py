@@ -1,11 +1,12 @@
-"""Housekeeping of an :class:`~doras_oras.layout.store.OCILayout`: leftovers, checks, recovery, gc.
+"""Housekeeping of an :class:`~doras_oras.layout.store.OCILayout`: checks, recovery, gc.
 
-- :func:`clean`: removes what killed runs left in ``ingest/`` (run on every lock);
-- :func:`verify`: checks every file, schema and referenced blob;
+- :func:`verify_layout`: checks every file, schema and referenced blob;
 - :func:`rebuild_index`: recreates a lost or corrupt ``index.json`` from ``blobs/``;
 - :func:`gc`: keeps the newest images per repository and removes unreferenced blobs.
 
-The caller holds the layout's lock (the :class:`OCILayout` methods check it).
+They use the layout's public methods only (the store does not know this module). The
+caller of :func:`rebuild_index` and :func:`gc` holds the layout's lock (they check it).
+The leftovers of killed runs are cleaned by the lock itself (:func:`.files.clean_ingest`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import schemas
@@ -28,18 +27,13 @@ from ..descriptor import (
     validate_digest,
 )
 from ..errors import DocumentError, InvalidArgumentError, LayoutError, VerificationError
-from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, fsync_dir, remove_unless_claimed
+from .files import INGEST_DIR, META_SUFFIX, PARTIAL_SUFFIX, fsync_dir, remove_unless_claimed
 from .index import ImageEntry
-from .writer import META_SUFFIX
 
 if TYPE_CHECKING:
     from .store import OCILayout
 
 log = logging.getLogger(__name__)
-
-STALE_PARTIAL_SECONDS = 7 * 24 * 3600
-"""Partial downloads untouched this long are removed."""
-
 
 @dataclass(frozen=True)
 class GCResult:
@@ -50,55 +44,7 @@ class GCResult:
     freed_bytes: int
 
 
-def clean(layout: OCILayout, *, stale_after: float = STALE_PARTIAL_SECONDS) -> list[Path]:
-    """Remove leftovers of killed runs in ``ingest/``; keep what a next pull can resume.
-
-    Removed: temp files (``*.tmp``); partial downloads that are stale (untouched
-    for ``stale_after`` seconds), already complete in ``blobs/`` or badly named,
-    with their ``.meta`` sidecars; sidecars whose partial file is gone. Kept: fresh
-    partials and their sidecars (the next download resumes them).
-    """
-    removed: list[Path] = []
-    ingest = layout.root / INGEST_DIR
-    now = time.time()
-    entries = sorted(ingest.iterdir()) if ingest.is_dir() else []
-    for entry in entries:
-        name = entry.name
-        remove = False
-        if name.endswith(TEMP_SUFFIX):
-            remove = True
-        elif name.endswith(PARTIAL_SUFFIX):
-            alg, _, hexpart = name[: -len(PARTIAL_SUFFIX)].partition("-")
-            try:
-                validate_digest(f"{alg}:{hexpart}")
-                done = (layout.root / "blobs" / alg / hexpart).exists()
-                remove = done or now - entry.stat().st_mtime > stale_after
-            except (ValueError, OSError):
-                remove = True
-        if remove and remove_unless_claimed(entry):  # a download in flight holds its file: kept
-            removed.append(entry)
-            sidecar = entry.with_name(name + META_SUFFIX)
-            if name.endswith(PARTIAL_SUFFIX) and sidecar.exists():
-                with contextlib.suppress(FileNotFoundError):
-                    sidecar.unlink()
-                removed.append(sidecar)
-    for entry in entries:
-        name = entry.name
-        orphan = (
-            name.endswith(PARTIAL_SUFFIX + META_SUFFIX)
-            and entry not in removed
-            and not entry.with_name(name[: -len(META_SUFFIX)]).exists()
-        )
-        if orphan:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-            removed.append(entry)
-    if removed:
-        log.info("cleaned %d leftover file(s) in %s", len(removed), ingest)
-    return removed
-
-
-def verify(layout: OCILayout) -> list[ImageEntry]:
+def verify_layout(layout: OCILayout) -> list[ImageEntry]:
     """Check the whole layout: files, schemas, every referenced blob's digest. Returns the images.
 
     Attachments (signature manifests) are checked like images.
@@ -118,8 +64,9 @@ def rebuild_index(layout: OCILayout) -> list[ImageEntry]:
     Top-level manifests (not referenced by another stored index) become
     entries; a stored entry's tag and source annotations cannot be recovered
     from blobs: entries get ``ref.name`` ``recovered-<hex12>`` and no source.
-    Returns the new images.
+    Returns the new images. The caller holds the lock.
     """
+    layout.require_lock()
     found: dict[str, Descriptor] = {}
     children: set[str] = set()
     for alg_dir in sorted((layout.root / "blobs").iterdir()):
@@ -157,7 +104,7 @@ def rebuild_index(layout: OCILayout) -> list[ImageEntry]:
         for digest, d in sorted(found.items())
         if digest not in children
     ]
-    layout._write_index(entries)
+    layout.write_index(entries)
     log.warning("rebuilt %s/index.json with %d image(s)", layout.root, len(entries))
     return layout.images()
 
@@ -167,8 +114,9 @@ def gc(layout: OCILayout, keep: int) -> GCResult:
 
     Entries that doras-oras did not write (no source repository) are never collected.
     An attachment (signature manifest) stays while a kept image of its
-    repository stands for its subject, and goes with the last such image.
+    repository stands for its subject, and goes with the last such image. The caller holds the lock.
     """
+    layout.require_lock()
     if not isinstance(keep, int) or keep < 0:
         raise InvalidArgumentError(f"keep must be an integer >= 0, not {keep!r}")
     images = layout.images()
@@ -187,7 +135,7 @@ def gc(layout: OCILayout, keep: int) -> GCResult:
     attachments = layout.attachments()
     kept_attachments = [a for a in attachments if (a.repository, a.subject) in wanted]
     if removed_images or len(kept_attachments) != len(attachments):
-        layout._write_index([image.descriptor.to_json() for image in kept]
+        layout.write_index([image.descriptor.to_json() for image in kept]
                             + [a.descriptor.to_json() for a in kept_attachments])
     live = layout.live_digests()
     removed: list[str] = []

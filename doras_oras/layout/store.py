@@ -14,8 +14,9 @@ directory fsynced; ``index.json`` is replaced atomically as the last step of
 a commit. Downloads and other content are written into ``ingest/`` without the
 layout's lock (each writer holds its own file: :func:`~.files.claim`); placing
 blobs into ``blobs/`` and writing ``index.json`` happen in one install transaction
-(:meth:`OCILayout.install`) under :meth:`OCILayout.lock`. Housekeeping (leftovers,
-``verify``, ``rebuild_index``, ``gc``) is in :mod:`.maintenance`.
+(:meth:`OCILayout.install`) under :meth:`OCILayout.lock`. Housekeeping
+(``verify_layout``, ``rebuild_index``, ``gc``) is in :mod:`.maintenance`, which
+uses this class's public methods (this module does not import it).
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ from ..errors import (
     SizeMismatchError,
 )
 from ..stream import Readable, verifying_stream
-from . import maintenance
 from .attachments import (
     ANNOTATION_SUBJECT,
     Attachment,
@@ -60,7 +60,14 @@ from .attachments import (
     is_attachment,
     replaced_by,
 )
-from .files import INGEST_DIR, PARTIAL_SUFFIX, atomic_write, disk_error
+from .files import (
+    INGEST_DIR,
+    PARTIAL_SUFFIX,
+    STALE_PARTIAL_SECONDS,
+    atomic_write,
+    clean_ingest,
+    disk_error,
+)
 from .index import (
     ImageEntry,
     entry_for,
@@ -129,7 +136,7 @@ class OCILayout:
             (self.root / INGEST_DIR).mkdir(exist_ok=True)
             with self.lock():
                 if not (self.root / "index.json").exists():
-                    self._write_index([])
+                    self.write_index([])
                 self._atomic_write(self.root / "oci-layout", json_bytes({"imageLayoutVersion": LAYOUT_VERSION}))
         except OSError as exc:
             raise disk_error(f"a new layout at {self.root}", exc) from exc
@@ -164,14 +171,14 @@ class OCILayout:
         """Whether this process holds the layout's lock."""
         return self._lock.held
 
-    def _require_lock(self) -> None:
+    def require_lock(self) -> None:
         if not self._lock.held:
             raise LayoutError("writing to the layout needs its lock (use `with layout.lock():`)")
 
-    def clean(self, *, stale_after: float = maintenance.STALE_PARTIAL_SECONDS) -> list[Path]:
-        """Remove leftovers of killed runs in ``ingest/`` (see :func:`.maintenance.clean`)."""
-        self._require_lock()
-        return maintenance.clean(self, stale_after=stale_after)
+    def clean(self, *, stale_after: float = STALE_PARTIAL_SECONDS) -> list[Path]:
+        """Remove leftovers of killed runs in ``ingest/`` (see :func:`.files.clean_ingest`)."""
+        self.require_lock()
+        return clean_ingest(self.root, stale_after=stale_after)
 
     # --- blobs: reading --------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -279,7 +286,7 @@ class OCILayout:
 
         If the blob is already stored, the writer is discarded.
         """
-        self._require_lock()
+        self.require_lock()
         digest = writer.finish()
         final = self.blob_path(digest)
         stored = Descriptor("application/octet-stream", digest, writer.offset)
@@ -297,7 +304,7 @@ class OCILayout:
         Reading stops at ``size``; a longer or shorter stream or a wrong digest
         raises and stores nothing.
         """
-        self._require_lock()
+        self.require_lock()
         final = self.blob_path(descriptor.digest)
         if self.has_blob(descriptor):
             return final
@@ -360,7 +367,7 @@ class OCILayout:
             raise ImageNotFoundError(f"no image of {what} in {self.root}")
         return image
 
-    def _write_index(self, entries: Sequence[Mapping[str, Any]]) -> None:
+    def write_index(self, entries: Sequence[Mapping[str, Any]]) -> None:
         data = json_bytes(index_document(entries))
         try:
             self._atomic_write(self.root / "index.json", data)
@@ -416,7 +423,7 @@ class OCILayout:
         so is a foreign entry of that name (as ``skopeo copy ... oci:DIR:TAG`` replaces it),
         as is an attachment of the same repository with the same digest or tag.
         """
-        self._require_lock()
+        self.require_lock()
         if manifest.media_type not in MANIFEST_MEDIA_TYPES + INDEX_MEDIA_TYPES:
             raise LayoutError(f"cannot commit {manifest.media_type!r}: not a manifest or index")
         self.closure(manifest, verify=True)
@@ -444,7 +451,7 @@ class OCILayout:
                 log.warning("tag %s of %s is also the tag of %s in %s: skopeo and oras may read another image "
                             "for oci:%s:%s; keep one repository per layout", tag, repository, ", ".join(shared),
                             self.root, self.root, tag)
-            self._write_index([*kept, entry.to_json(), *(new.to_json() for new in extra)])
+            self.write_index([*kept, entry.to_json(), *(new.to_json() for new in extra)])
         except BaseException:
             with contextlib.suppress(Exception):  # the attachments' blobs go with a failed commit
                 self.discard_unreferenced(placed)
@@ -484,7 +491,7 @@ class OCILayout:
     def store_rewritten(self, original: bytes, layer_index: int, layer: Descriptor, *,
                         source_digest: str) -> Descriptor:
         """Store the manifest ``original`` rewritten for the uncompressed tar ``layer``; return it (not committed)."""
-        self._require_lock()
+        self.require_lock()
         try:
             declared = json.loads(original).get("mediaType") or OCI_MANIFEST
         except (ValueError, AttributeError) as exc:
@@ -539,12 +546,12 @@ class OCILayout:
         an index entry that points at a missing blob would make the layout invalid
         for every reader. Its remaining blobs go at the next :meth:`gc`.
         """
-        self._require_lock()
+        self.require_lock()
         entries = self.read_index()["manifests"]
         kept = [entry for entry in entries if Descriptor.from_json(entry) != image.descriptor]
         if len(kept) == len(entries):
             return False
-        self._write_index(kept)
+        self.write_index(kept)
         log.warning("dropped %s:%s (%s) from index.json: its content is lost",
                     image.repository, image.tag, image.descriptor.digest)
         return True
@@ -572,7 +579,7 @@ class OCILayout:
 
     def discard_unreferenced(self, digests: Sequence[str]) -> list[str]:
         """Remove those of ``digests`` that no image of ``index.json`` reaches (a rollback helper)."""
-        self._require_lock()
+        self.require_lock()
         live = self.live_digests()
         removed = []
         for digest in digests:
@@ -618,21 +625,6 @@ class OCILayout:
     def forget_verified(self, digest: str) -> None:
         """Forget that ``digest`` was verified (its file was removed)."""
         self._verified.discard(digest)
-
-    # --- checks, recovery, gc (see .maintenance) ---------------------------------
-    def verify(self) -> list[ImageEntry]:
-        """Check the whole layout: files, schemas, every referenced blob's digest. Returns the images."""
-        return maintenance.verify(self)
-
-    def rebuild_index(self) -> list[ImageEntry]:
-        """Recreate ``index.json`` from the complete manifests in ``blobs/`` (see :func:`.maintenance.rebuild_index`)."""
-        self._require_lock()
-        return maintenance.rebuild_index(self)
-
-    def gc(self, keep: int) -> maintenance.GCResult:
-        """Keep the newest ``keep`` images per repository; remove unreferenced blobs and partials."""
-        self._require_lock()
-        return maintenance.gc(self, keep)
 
 
 class Install:
