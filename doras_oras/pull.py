@@ -386,7 +386,7 @@ def pull_delta(
         progress=progress,
         on_wait=on_wait,
         max_size=max_size,
-        ledger=DownloadBudget(layout.root, budget[0], budget[1]) if budget else None,
+        ledger=DownloadBudget(layout, budget[0], budget[1]) if budget else None,
         platform=platform,
         verification=verification,
         output_dir=Path(output_dir) if output_dir is not None else None,

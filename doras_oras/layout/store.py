@@ -84,6 +84,8 @@ LAYOUT_VERSION = "1.0.0"
 CHUNK = 1 << 20
 
 _OUR_NAMES = {"oci-layout", "index.json", "blobs", INGEST_DIR}
+LEDGER = (".doras-oras", "downloads.json")
+"""The download budget's ledger, ``<layout>/.doras-oras/downloads.json`` (:mod:`doras_oras.budget`)."""
 
 
 class OCILayout:
@@ -373,6 +375,27 @@ class OCILayout:
             self._atomic_write(self.root / "index.json", data)
         except OSError as exc:
             raise disk_error("index.json", exc) from exc
+
+    @property
+    def ledger_path(self) -> Path:
+        """Where the download budget's ledger is kept."""
+        return self.root.joinpath(*LEDGER)
+
+    def read_ledger(self) -> bytes | None:
+        """The download budget's ledger (:mod:`doras_oras.budget`), None when there is none or it is unreadable."""
+        try:
+            return self.ledger_path.read_bytes()[: 1 << 20]
+        except OSError:
+            return None
+
+    def write_ledger(self, data: bytes) -> None:
+        """Replace the download budget's ledger atomically (needs the lock)."""
+        self.require_lock()
+        try:
+            self.ledger_path.parent.mkdir(exist_ok=True)
+            atomic_write(self.ledger_path, data)
+        except OSError as exc:
+            raise disk_error("the download ledger", exc) from exc
 
     def references(self, descriptor: Descriptor) -> list[Descriptor]:
         """The descriptors a stored manifest or index points to (config, layers, manifests)."""
