@@ -77,7 +77,7 @@ def pull_full(
     layout: OCILayout,
     *,
     platform: str | None = None,
-    lock_timeout: float = 300.0,
+    lock_timeout_s: float = 300.0,
     parsed: schemas.ParsedManifest | None = None,
     progress: Progress | None = None,
     verify: Verification | Requirement | TrustPolicy | None = None,
@@ -119,7 +119,7 @@ def pull_full(
         if verify is not None:
             trust, parsed, attachments, recorded = _verified(client, ref, layout, parsed, verify, allow_downgrade)
             notes.update(recorded)
-        result = _pull_full(client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
+        result = _pull_full(client, ref, layout, platform=platform, lock_timeout_s=lock_timeout_s, parsed=parsed,
                             progress=progress, attachments=attachments,
                             before_commit=before_commit, annotations=notes)
     return dataclasses.replace(result, bytes_received=client.bytes_received - start, trust=trust)
@@ -150,7 +150,7 @@ def _verified(
 
 
 def _pull_full(
-    client: RegistryClient, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout: float,
+    client: RegistryClient, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout_s: float,
     parsed: schemas.ParsedManifest | None, progress: Progress | None, attachments: Sequence[Attachment],
     before_commit: BeforeCommit | None, annotations: Mapping[str, str],
 ) -> FullPullResult:
@@ -193,7 +193,7 @@ def _pull_full(
             if progress is not None:
                 progress("full", done, total)
             fetched += 1
-        with layout.install(timeout=lock_timeout) as install:
+        with layout.install(timeout=lock_timeout_s) as install:
             for writer in downloaded:
                 install.store(writer)
             install.put(own, manifest.body)

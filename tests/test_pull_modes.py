@@ -217,7 +217,7 @@ def test_clear_errors_change_nothing(oci_registry: RegistryServer, doras_server:
     before = snapshot(layout)
     with pytest.raises(RegistryError, match="404"):
         pull(oci_registry.host, repo, "v9", layout, doras_server.url)
-    with pytest.raises(DorasOrasError, match=r"--from .*:v7: no such image"):
+    with pytest.raises(DorasOrasError, match=r"from_ref .*:v7: no such image"):
         pull(oci_registry.host, repo, "v2", layout, doras_server.url, from_ref=f"{oci_registry.host}/{repo}:v7")
     with pytest.raises(ValueError, match="not in the repository"):
         pull(oci_registry.host, repo, "v2", layout, doras_server.url, from_ref=f"{oci_registry.host}/other:v1")

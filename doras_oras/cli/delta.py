@@ -61,8 +61,7 @@ def _client(args: argparse.Namespace) -> EdgeClient:
                             read_timeout_s=read_timeout, deadline_s=float(args.deadline), max_attempts=3,
                             wait_initial_s=0.25, wait_max_s=5.0, retry_after_max_s=30.0)
     client = EdgeClient(args.server, bool(args.plain_http), edge_auth_from_args(args, credentials, token),
-                        ca_file=verify if isinstance(verify, str) else None, insecure=verify is False,
-                        policy=policy)
+                        tls_verify=verify, policy=policy)
     client.delta_url(args.from_image, args.to_image, args.accept)  # local checks first
     return client
 
