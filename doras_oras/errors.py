@@ -127,7 +127,7 @@ _LIBRARY_HINTS: dict[Fix, str] = {
                     "(RegistryClient, DeltaRegistry)",
     Fix.SERVER_CREDENTIALS: "give the Doras server credentials: EdgeClient(auth=BasicAuth(...) or BearerAuth(...)), "
                             "or basic credentials on the registry client (they are passed on)",
-    Fix.REBUILD_INDEX: "rebuild_index() of doras_oras.layout, given the OCILayout, recreates it from blobs/ (the tags are lost)",
+    Fix.REBUILD_INDEX: "doras_oras.layout's rebuild_index() recreates it from blobs/ (pass it the OCILayout; the tags are lost)",
     Fix.LOCK_TIMEOUT: "wait longer (lock_timeout_s=..., OCILayout.lock(timeout=...))",
     Fix.MAX_SIZE: "raise max_size",
     Fix.BUDGET: "raise the budget, or wait for the period to pass",

@@ -310,7 +310,10 @@ class _PullRun:
         try:
             return self._execute()
         except BaseException:
-            self._record()  # what a failed pull received still counts against the budget
+            try:
+                self._record()  # what a failed pull received still counts against the budget
+            except DorasOrasError as exc:  # the lock or the disk: the pull's own error is the one to report
+                log.warning("the download ledger was not updated: %s", exc)
             raise
 
     def _execute(self) -> PullResult:
