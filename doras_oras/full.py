@@ -31,6 +31,7 @@ from .layout import (
     ANNOTATION_SOURCE_INDEX,
     ANNOTATION_SOURCE_PLATFORM,
     Attachment,
+    BlobWriter,
     ImageEntry,
     OCILayout,
 )
@@ -178,27 +179,32 @@ def _pull_full(
     missing = [blob for blob in [*blobs, own] if blob.data is None and not layout.blob_present(blob)]
     check_free_space([(layout.root, blob.size) for blob in missing], what=f"a full pull of {ref}")
     with contextlib.ExitStack() as stack:  # downloads before the lock; a dropped link keeps its partial
-        downloaded = []
-        for blob in blobs:
-            if layout.has_blob(blob):
-                reused += 1
+        downloaded: list[BlobWriter] = []
+        try:
+            for blob in blobs:
+                if layout.has_blob(blob):
+                    reused += 1
+                    done += blob.size
+                    continue
+                writer = stack.enter_context(layout.partial_writer(blob))
+                base = done
+                report = (lambda n, base=base: progress("full", base + n, total)) if progress else None
+                client.download(ref, blob, writer, on_progress=report)  # inline and empty blobs: not asked for
+                downloaded.append(writer)
                 done += blob.size
-                continue
-            writer = stack.enter_context(layout.partial_writer(blob))
-            base = done
-            report = (lambda n, base=base: progress("full", base + n, total)) if progress else None
-            client.download(ref, blob, writer, on_progress=report)  # inline and empty blobs: not asked for
-            downloaded.append(writer)
-            done += blob.size
-            if progress is not None:
-                progress("full", done, total)
-            fetched += 1
-        with layout.install(timeout=lock_timeout_s) as install:
-            for writer in downloaded:
-                install.store(writer)
-            install.put(own, manifest.body)
-            image = install.commit(own, before_commit=before_commit, repository=ref.name, tag=ref.tag,
-                                   source_digest=own.digest, annotations=notes, attachments=attachments)
+                if progress is not None:
+                    progress("full", done, total)
+                fetched += 1
+            with layout.install(timeout=lock_timeout_s) as install:
+                for writer in downloaded:
+                    install.store(writer)
+                install.put(own, manifest.body)
+                image = install.commit(own, before_commit=before_commit, repository=ref.name, tag=ref.tag,
+                                       source_digest=own.digest, annotations=notes, attachments=attachments)
+        except BaseException:
+            for writer in downloaded:  # nothing of a failed pull stays (but the partial of a dropped link)
+                writer.discard()
+            raise
     received = client.bytes_received - start
     log.info("pulled %s (%s): %d blob(s) fetched, %d reused, %d bytes", ref, own.digest, fetched, reused, received)
     return FullPullResult(

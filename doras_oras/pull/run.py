@@ -589,8 +589,10 @@ class _PullRun:
                 if not keep_partial and download.digest_written is None:
                     download.discard()  # refused: of no further use
             config = None
+            stack.callback(download.discard)  # used or not, the delta is of no further use after this
             if not layout.has_blob(tgt.config):
                 config = stack.enter_context(layout.partial_writer(tgt.config))
+                stack.callback(config.discard)  # stored by the install, or of no use: nothing of it stays
                 registry.download(tgt.ref, tgt.config, config)
             with layout.install(timeout=self.options.lock_timeout_s) as install:
                 try:
@@ -602,8 +604,6 @@ class _PullRun:
                         stored = install.store(out)  # the digest was computed while writing: no second pass
                 except (CodecError, VerificationError, OSError) as exc:
                     raise self._unusable(exc, base_layer) from exc
-                finally:
-                    download.discard()  # the delta is used or refused: its download is of no further use
                 if self.options.progress is not None:
                     self.options.progress("apply", stored.size, stored.size)
                 if config is not None:
