@@ -3,8 +3,9 @@
 - ``max_size``: refuse, before downloading, an artifact whose manifest declares
   more bytes (manifest + config + layers) than the limit.
 - a download budget: at most ``limit_bytes`` received per ``period_s``,
-  counted across runs in a small ledger file kept beside the layout's blobs
-  (``<layout>/.doras-oras/downloads.json``). A pull checks what it is about to
+  counted across runs in a small ledger the layout keeps beside its blobs
+  (``<layout>/.doras-oras/downloads.json``: :meth:`OCILayout.read_ledger`,
+  :meth:`OCILayout.write_ledger`; only the layout writes into its directory). A pull checks what it is about to
   download against what is left, and records what it received.
 
 - free space: :func:`check_free_space` refuses, before the first byte is
@@ -13,8 +14,8 @@
   the writer).
 
 The ledger is replaced atomically (temp file, fsync, rename); records older
-than the period are dropped when it is rewritten. Callers hold the layout
-lock while they use it.
+than the period are dropped when it is rewritten. :meth:`DownloadBudget.record`
+needs the layout's lock; a failed write is a :class:`~doras_oras.errors.LayoutError`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import (
     ArtifactTooLargeError,
@@ -34,10 +36,9 @@ from .errors import (
     Fix,
     InvalidArgumentError,
 )
-from .layout.files import atomic_write
 
-LEDGER_DIR = ".doras-oras"
-LEDGER_FILE = "downloads.json"
+if TYPE_CHECKING:
+    from .layout import OCILayout
 
 
 def check_max_size(declared: int, max_size: int | None, *, what: str) -> None:
@@ -82,9 +83,9 @@ def _existing(path: Path) -> Path:
 
 @dataclass
 class DownloadBudget:
-    """At most ``limit_bytes`` downloaded per ``period_s``, recorded in ``layout_dir``."""
+    """At most ``limit_bytes`` downloaded per ``period_s``, recorded in ``layout``'s ledger."""
 
-    layout_dir: Path
+    layout: OCILayout
     limit_bytes: int
     period_s: float
     clock: Callable[[], float] = field(default=time.time)
@@ -95,16 +96,12 @@ class DownloadBudget:
         if not (isinstance(self.period_s, int | float) and math.isfinite(self.period_s) and self.period_s > 0):
             raise InvalidArgumentError(f"budget period must be a positive number of seconds, not {self.period_s!r}")
 
-    @property
-    def ledger(self) -> Path:
-        return Path(self.layout_dir) / LEDGER_DIR / LEDGER_FILE
-
     def _records(self) -> list[tuple[float, int]]:
-        try:
-            raw = json.loads(self.ledger.read_text())
-            records = [(float(t), int(n)) for t, n in raw.get("records", [])]
-        except FileNotFoundError:
+        data = self.layout.read_ledger()
+        if data is None:
             return []
+        try:
+            records = [(float(t), int(n)) for t, n in json.loads(data).get("records", [])]
         except (ValueError, TypeError, AttributeError):
             # A damaged ledger must not block updates forever: start a new period.
             return []
@@ -128,10 +125,9 @@ class DownloadBudget:
             )
 
     def record(self, received: int) -> None:
-        """Add ``received`` bytes at the current time to the ledger."""
+        """Add ``received`` bytes at the current time to the ledger (under the layout's lock)."""
         if received <= 0:
             return
         records = self._records()
         records.append((self.clock(), received))
-        self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.ledger, json.dumps({"records": records}).encode())
+        self.layout.write_ledger(json.dumps({"records": records}).encode())

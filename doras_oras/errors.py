@@ -129,8 +129,8 @@ _LIBRARY_HINTS: dict[Fix, str] = {
                       "or turn verification off with tls_verify=False",
     Fix.SERVER_PLAIN_HTTP: "allow it with EdgeClient(allow_http=True)",
     Fix.SERVER_SPEAKS_HTTP: "it speaks plain HTTP: give the server URL as http://HOST:PORT",
-    Fix.TLS_SERVER: "pass the CA bundle that signed the Doras server's certificate (EdgeClient ca_file=PATH, "
-                    "or the registry's tls_verify=PATH), or insecure=True",
+    Fix.TLS_SERVER: "pass the CA bundle that signed the Doras server's certificate (tls_verify=PATH "
+                    "of EdgeClient or of the registry client), or tls_verify=False",
     Fix.REGISTRY_CREDENTIALS: "give credentials: DeltaRegistry.auth.set_basic_auth(user, password), "
                               "RegistryClient(credentials=...), or a docker config file (registry_configs=[...])",
     Fix.REALM_HOST: "if you trust that token server, list it in allowed_realm_hosts=['HOST:PORT'] "
@@ -140,12 +140,13 @@ _LIBRARY_HINTS: dict[Fix, str] = {
     Fix.NOT_FOUND: "check the repository name and the tag or digest of the reference",
     Fix.SERVER_CREDENTIALS: "give the Doras server credentials: EdgeClient(auth=BasicAuth(...) or BearerAuth(...)), "
                             "or basic credentials on the registry client (they are passed on)",
-    Fix.REBUILD_INDEX: "OCILayout.rebuild_index() recreates it from blobs/ (the tags are lost)",
+    Fix.REBUILD_INDEX: "doras_oras.layout's rebuild_index() recreates it from blobs/ (pass it the OCILayout; the tags are lost)",
     Fix.LOCK_TIMEOUT: "wait longer (lock_timeout_s=..., OCILayout.lock(timeout=...))",
     Fix.MAX_SIZE: "raise max_size",
     Fix.BUDGET: "raise the budget, or wait for the period to pass",
     Fix.DEADLINE: "raise TransferPolicy.deadline_s",
-    Fix.DISK_SPACE: "free space on that file system (OCILayout.gc() drops old images), or use another one",
+    Fix.DISK_SPACE: ("free space on that file system (doras_oras.layout.gc(layout, keep) drops old images), "
+                     "or use another one"),
     Fix.READ_ONLY_LAYOUT: "make the layout's directory writable (remount its file system read-write), "
                           "or use a layout that is",
     Fix.OVERWRITE_DELTA: "pass force=True to replace it",
@@ -271,6 +272,14 @@ class NotALayoutError(LayoutError):
 
 class ImageNotFoundError(LayoutError):
     """The layout holds no image for the given reference."""
+
+
+class BaseNotFoundError(ImageNotFoundError):
+    """The base a pull was told to patch (``from_ref``) is not in the layout; ``base`` names it."""
+
+    def __init__(self, message: str, *, base: str) -> None:
+        super().__init__(message)
+        self.base = base
 
 
 class ExtractError(DorasOrasError):

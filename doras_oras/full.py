@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING
 
 from . import schemas
 from .budget import check_free_space
-from .descriptor import EMPTY_DIGEST, EMPTY_JSON, Descriptor
+from .descriptor import Descriptor
 from .errors import InvalidArgumentError
 from .layout import (
     ANNOTATION_PULLED_BY,
     ANNOTATION_SOURCE_INDEX,
     ANNOTATION_SOURCE_PLATFORM,
     Attachment,
+    BlobWriter,
     ImageEntry,
     OCILayout,
 )
@@ -49,7 +50,8 @@ Progress = Callable[[str, int, int], None]
 
 BeforeCommit = Callable[[Descriptor], None]
 """Called with the stored manifest after every blob is in the layout, before ``index.json``
-names it (under the lock): raising leaves the layout as it was (e.g. files written first)."""
+names it (in the install transaction, under the lock): raising leaves the layout as it was
+(e.g. files written first)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def pull_full(
     layout: OCILayout,
     *,
     platform: str | None = None,
-    lock_timeout: float = 300.0,
+    lock_timeout_s: float = 300.0,
     parsed: schemas.ParsedManifest | None = None,
     progress: Progress | None = None,
     verify: Verification | Requirement | TrustPolicy | None = None,
@@ -118,7 +120,7 @@ def pull_full(
         if verify is not None:
             trust, parsed, attachments, recorded = _verified(client, ref, layout, parsed, verify, allow_downgrade)
             notes.update(recorded)
-        result = _pull_full(client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
+        result = _pull_full(client, ref, layout, platform=platform, lock_timeout_s=lock_timeout_s, parsed=parsed,
                             progress=progress, attachments=attachments,
                             before_commit=before_commit, annotations=notes)
     return dataclasses.replace(result, bytes_received=client.bytes_received - start, trust=trust)
@@ -149,7 +151,7 @@ def _verified(
 
 
 def _pull_full(
-    client: RegistryClient, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout: float,
+    client: RegistryClient, ref: Reference, layout: OCILayout, *, platform: str | None, lock_timeout_s: float,
     parsed: schemas.ParsedManifest | None, progress: Progress | None, attachments: Sequence[Attachment],
     before_commit: BeforeCommit | None, annotations: Mapping[str, str],
 ) -> FullPullResult:
@@ -174,43 +176,34 @@ def _pull_full(
     fetched = reused = 0
     total = sum(blob.size for blob in blobs)
     done = 0
-    with layout.lock(timeout=lock_timeout):
-        missing = [blob for blob in [*blobs, own] if blob.data is None and not layout.blob_present(blob)]
-        check_free_space([(layout.root, blob.size) for blob in missing], what=f"a full pull of {ref}")
-        placed: list[str] = []
+    missing = [blob for blob in [*blobs, own] if blob.data is None and not layout.blob_present(blob)]
+    check_free_space([(layout.root, blob.size) for blob in missing], what=f"a full pull of {ref}")
+    with contextlib.ExitStack() as stack:  # downloads before the lock; a dropped link keeps its partial
+        downloaded: list[BlobWriter] = []
         try:
-            for blob in [*blobs, own]:
+            for blob in blobs:
                 if layout.has_blob(blob):
-                    reused += blob is not own
-                    done += blob.size if blob is not own else 0
+                    reused += 1
+                    done += blob.size
                     continue
-                placed.append(blob.digest)
-                if blob is own:
-                    layout.ingest_bytes(own, manifest.body)
-                    continue
-                if blob.digest == EMPTY_DIGEST and blob.data is None:
-                    # The empty descriptor: its content is known, no need to ask.
-                    blob = Descriptor(blob.media_type, blob.digest, blob.size, data=EMPTY_JSON)
-                if blob.data is not None:
-                    layout.ingest_bytes(blob, blob.data)
-                else:
-                    base = done
-                    report = (lambda n, base=base: progress("full", base + n, total)) if progress else None
-                    client.fetch_into(ref, blob, layout, on_progress=report)
+                writer = stack.enter_context(layout.partial_writer(blob))
+                base = done
+                report = (lambda n, base=base: progress("full", base + n, total)) if progress else None
+                client.download(ref, blob, writer, on_progress=report)  # inline and empty blobs: not asked for
+                downloaded.append(writer)
                 done += blob.size
                 if progress is not None:
                     progress("full", done, total)
                 fetched += 1
-            if before_commit is not None:
-                before_commit(own)
-            image = layout.commit_image(
-                own, repository=ref.name, tag=ref.tag, source_digest=own.digest, annotations=notes,
-                attachments=attachments,
-            )
+            with layout.install(timeout=lock_timeout_s) as install:
+                for writer in downloaded:
+                    install.store(writer)
+                install.put(own, manifest.body)
+                image = install.commit(own, before_commit=before_commit, repository=ref.name, tag=ref.tag,
+                                       source_digest=own.digest, annotations=notes, attachments=attachments)
         except BaseException:
-            # Nothing of a failed pull stays in blobs/ (partials of dropped links stay in ingest/).
-            with contextlib.suppress(Exception):
-                layout.discard_unreferenced(placed)
+            for writer in downloaded:  # nothing of a failed pull stays (but the partial of a dropped link)
+                writer.discard()
             raise
     received = client.bytes_received - start
     log.info("pulled %s (%s): %d blob(s) fetched, %d reused, %d bytes", ref, own.digest, fetched, reused, received)

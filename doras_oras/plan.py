@@ -84,7 +84,6 @@ class Mode(enum.Enum):
 
     DELTA = "delta"
     FULL = "full"
-    UP_TO_DATE = "up-to-date"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Unpack
 
 import oras.provider
 
@@ -32,7 +32,7 @@ from . import schemas
 from .descriptor import Descriptor
 from .full import FullPullResult, Progress, pull_full
 from .layout import OCILayout
-from .pull import PullResult, pull_delta
+from .pull import PullKeywords, PullResult, pull_delta
 from .reference import Reference
 from .registry_client import RegistryClient
 from .transport import TransferPolicy, Transport
@@ -168,7 +168,7 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         layout: OCILayout,
         *,
         platform: str | None = None,
-        lock_timeout: float = 300.0,
+        lock_timeout_s: float = 300.0,
         parsed: schemas.ParsedManifest | None = None,
         progress: Progress | None = None,
         verify: Verification | Requirement | TrustPolicy | None = None,
@@ -180,7 +180,7 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         ``TrustPolicy``; the target is refused unless its signature verifies, and when it is
         older than the layout's newest image of its repository unless ``allow_downgrade`` (docs/trust.md).
         """
-        return pull_full(self.client, ref, layout, platform=platform, lock_timeout=lock_timeout, parsed=parsed,
+        return pull_full(self.client, ref, layout, platform=platform, lock_timeout_s=lock_timeout_s, parsed=parsed,
                          progress=progress, verify=verify, allow_downgrade=allow_downgrade)
 
     def pull_delta(
@@ -189,13 +189,13 @@ class DeltaRegistry(oras.provider.Registry):  # type: ignore[misc]
         oci_layout: str | os.PathLike[str] | OCILayout,
         *,
         doras_url: str | None,
-        **options: Any,
+        **options: Unpack[PullKeywords],
     ) -> PullResult:
         """Update ``oci_layout`` to ``target`` by a delta from the Doras server at ``doras_url``.
 
         Falls back to a verified full pull when a delta cannot be used; see
-        :func:`doras_oras.pull.pull_delta` for the options (``verify=`` among them:
-        signed updates only) and :class:`PullResult`.
+        :func:`doras_oras.pull.pull_delta` for the options (:class:`~doras_oras.pull.PullKeywords`;
+        ``verify=`` among them: signed updates only) and :class:`PullResult`.
         """
         layout = oci_layout if isinstance(oci_layout, OCILayout) else Path(oci_layout)
         return pull_delta(self.client, target, layout, doras_url=doras_url, **options)

@@ -432,15 +432,15 @@ class RegistryClient:
                    on_progress: Callable[[int], None] | None = None) -> Path:
         """Store the blob in ``layout`` (resumable through its ``ingest/``) unless it is there; return its path.
 
-        Takes the layout lock (re-entrant).
+        Downloads without the layout lock; takes it (re-entrant) to place the blob.
         """
-        with layout.lock():
-            if layout.has_blob(descriptor):
-                return layout.blob_path(descriptor.digest)
-            with layout.partial_writer(descriptor) as writer:  # a failed link keeps what arrived
-                self.download(ref, descriptor, writer, on_progress=on_progress)
-                layout.store(writer)
+        if layout.has_blob(descriptor):
             return layout.blob_path(descriptor.digest)
+        with layout.partial_writer(descriptor) as writer:  # a failed link keeps what arrived
+            self.download(ref, descriptor, writer, on_progress=on_progress)
+            with layout.lock():
+                layout.store(writer)
+        return layout.blob_path(descriptor.digest)
 
 
 def registry_client_of(registry: RegistryClient | SupportsRegistryClient) -> RegistryClient:

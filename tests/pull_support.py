@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from doras_oras.layout import OCILayout
+from doras_oras.layout import OCILayout, verify_layout
 from doras_oras.testing.registry import RegistryServer, find_tool
 from tests.layout_support import layout_problems, name_of, run
 
@@ -101,7 +101,7 @@ def check_layout(layout_dir: Path, tag: str, *, manifest: bytes | None = None) -
     With ``manifest``, skopeo must read exactly those bytes for ``tag``.
     """
     assert layout_problems(layout_dir) == []
-    OCILayout.open(layout_dir, create=False).verify()
+    verify_layout(OCILayout.open(layout_dir, create=False))
     raw = run("skopeo", "inspect", "--raw", f"oci:{layout_dir}:{name_of(layout_dir, tag)}").stdout.encode()
     if manifest is not None:
         assert raw == manifest

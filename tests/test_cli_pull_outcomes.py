@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from doras_oras.layout import OCILayout
+from doras_oras.layout import OCILayout, verify_layout
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer, find_tool
 from tests.layout_support import REPO_ROOT, cli, layout_problems, name_of, one_json, run, sha256
@@ -197,7 +197,7 @@ def test_layouts_of_oras_and_skopeo_are_delta_bases(oci_registry: RegistryServer
 def readable(layout: Path, tag: str, manifest: bytes) -> None:
     """Valid (the modes of blobs another tool wrote are its own: oras writes 0444), skopeo reads ``tag`` by its name."""
     assert [p for p in layout_problems(layout) if not p.startswith("mode ")] == []
-    OCILayout.open(layout, create=False).verify()
+    verify_layout(OCILayout.open(layout, create=False))
     assert run("skopeo", "inspect", "--raw", f"oci:{layout}:{name_of(layout, tag)}").stdout.encode() == manifest
 
 

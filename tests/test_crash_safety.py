@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from doras_oras.errors import DiskSpaceError, LayoutError
-from doras_oras.layout import OCILayout
+from doras_oras.layout import OCILayout, verify_layout
 from doras_oras.registry import DeltaRegistry
 from doras_oras.testing.registry import RegistryServer, find_tool
 from tests.layout_support import REPO_ROOT, cli, layout_problems, oras_push_file, run
@@ -26,15 +26,15 @@ HOLD_ENV = "CRASH_TEST_HOLD_BEFORE_INDEX"
 
 DRIVER = """
 import os, sys, time
-from doras_oras.layout import OCILayout
+from doras_oras.layout import OCILayout, verify_layout
 from doras_oras.registry import DeltaRegistry
 hold = os.environ.get("CRASH_TEST_HOLD_BEFORE_INDEX")
 if hold:  # the test's hook (not the library's): stop where a kill must leave the old index
-    write_index = OCILayout._write_index
+    write_index = OCILayout.write_index
     def held(self, entries):
         time.sleep(float(hold))
         write_index(self, entries)
-    OCILayout._write_index = held
+    OCILayout.write_index = held
 layout = OCILayout.open(sys.argv[2])
 client = DeltaRegistry(insecure=True)
 client.resolve(sys.argv[1])  # warm up the connection before the timed part
@@ -66,7 +66,7 @@ def check_after_kill(layout_dir: Path, old_digest: str, new_digest: str) -> str:
     """The layout is valid, v1 intact, v2 absent or complete. Returns what the kill left."""
     assert layout_problems(layout_dir) == []
     layout = OCILayout.open(layout_dir)
-    layout.verify()
+    verify_layout(layout)
     found = entries(layout_dir)
     assert found["v1"] == old_digest
     assert found.get("v2") in (None, new_digest)

@@ -344,8 +344,8 @@ def test_tls_verified_by_default_with_ca_file_and_insecure(tmp_path: Path) -> No
     with FaultServer(always(Reply(200, READY)), tls=tls) as srv:
         with pytest.raises(ConnectError, match="TLS"):
             EdgeClient(srv.url, timeout_s=5).read_delta_async(FROM, TO_TAG)
-        assert EdgeClient(srv.url, ca_file=tls.ca_cert, timeout_s=5).read_delta_async(FROM, TO_TAG)[1]
-        assert EdgeClient(srv.url, insecure=True, timeout_s=5).read_delta_async(FROM, TO_TAG)[1]
+        assert EdgeClient(srv.url, tls_verify=tls.ca_cert, timeout_s=5).read_delta_async(FROM, TO_TAG)[1]
+        assert EdgeClient(srv.url, tls_verify=False, timeout_s=5).read_delta_async(FROM, TO_TAG)[1]
 
 
 # --- redirects -------------------------------------------------------------------------------
@@ -370,7 +370,7 @@ def test_redirect_from_https_to_http_is_refused(tmp_path: Path) -> None:
         location = {"Location": f"http://127.0.0.1:{plain.port}/api/v1/delta/"}
         with FaultServer(always(Reply(301, b"", headers=location)), tls=tls) as srv, \
                 pytest.raises(InsecureTransportError, match="https to plain http"):
-            EdgeClient(srv.url, ca_file=tls.ca_cert, allow_http=True, auth=BearerAuth("t")).read_delta_async(
+            EdgeClient(srv.url, tls_verify=tls.ca_cert, allow_http=True, auth=BearerAuth("t")).read_delta_async(
                 FROM, TO_TAG)
         assert plain.seen == []
 

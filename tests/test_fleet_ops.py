@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from doras_oras.layout import OCILayout
+from doras_oras.layout import OCILayout, fsck
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.registry import RegistryServer
 from tests.layout_support import REPO_ROOT, cli, name_of, one_json, run
@@ -201,7 +201,7 @@ def test_fsck_library_call_hashes_each_blob_once(pulled: tuple[str, Path]) -> No
     assert cli("pull", f"{repo}:v2", "--oci-layout", str(layout), "--plain-http").returncode == 0
     store = OCILayout.open(layout, create=False)
     with store.lock():
-        result = store.fsck()
+        result = fsck(store)
     assert (result.clean, result.checked_images, result.checked_blobs) == (True, 2, 5)
 
 

@@ -17,7 +17,7 @@ from doras_oras.errors import (
     RegistryError,
     TransportError,
 )
-from doras_oras.layout import ANNOTATION_SOURCE_INDEX, OCILayout
+from doras_oras.layout import ANNOTATION_SOURCE_INDEX, OCILayout, gc
 from doras_oras.reference import Reference
 from doras_oras.registry import DeltaRegistry
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER
@@ -124,7 +124,7 @@ def test_pull_replaces_a_moved_tag_and_gc_drops_the_old_image(oci_registry: Regi
     blobs = tmp_path / "L" / "blobs" / "sha256"
     assert len(list(blobs.iterdir())) == 1 + 3 * 2  # shared empty config, 3 layers, 3 manifests
     with layout.lock():
-        layout.gc(keep=1)
+        gc(layout, keep=1)
     assert sorted(p.name for p in blobs.iterdir()) == sorted(
         {digests[-1].split(":")[1], sha256(b"{}").split(":")[1],
          json.loads(layout.read_blob(layout.images()[0].descriptor))["layers"][0]["digest"].split(":")[1]}

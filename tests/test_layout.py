@@ -29,7 +29,7 @@ from doras_oras.errors import (
     LayoutLockedError,
     SizeMismatchError,
 )
-from doras_oras.layout import OCILayout
+from doras_oras.layout import OCILayout, gc, rebuild_index, verify_layout
 from tests.layout_support import layout_problems, sha256
 
 REPO = "registry.example:5000/team/app"
@@ -201,7 +201,7 @@ def test_commit_replaces_same_tag_and_records_annotations(tmp_path: Path) -> Non
     assert layout.find_image(REPO, "v1").descriptor.digest == m2.digest  # type: ignore[union-attr]
     assert layout.find_image("x/y") is None
     assert layout_problems(tmp_path / "L") == []
-    assert len(layout.verify()) == 3
+    assert len(verify_layout(layout)) == 3
 
 
 def test_commit_refuses_missing_blobs_and_needs_the_lock(tmp_path: Path) -> None:
@@ -276,7 +276,7 @@ def test_corrupt_index_reported_and_rebuilt(tmp_path: Path) -> None:
     # a lost layer makes its image unrecoverable; the other one comes back
     (tmp_path / "L" / "blobs" / "sha256" / blob(b"one").hex).unlink()
     with layout.lock():
-        recovered = layout.rebuild_index()
+        recovered = rebuild_index(layout)
     assert [r.descriptor.digest for r in recovered] == [m2.digest]
     assert recovered[0].tag == f"recovered-{m2.hex[:12]}"
     assert m1.digest not in {r.descriptor.digest for r in recovered}
@@ -290,7 +290,7 @@ def test_gc_keeps_newest_per_repository(tmp_path: Path) -> None:
     store_image(layout, b"lib-0", "v0", repo="r.example/lib")
     before = {p.name for p in (tmp_path / "L" / "blobs" / "sha256").iterdir()}
     with layout.lock():
-        result = layout.gc(keep=2)
+        result = gc(layout, keep=2)
     assert sorted(i.tag for i in result.removed_images if i.tag) == ["v0", "v1"]
     left = [(i.repository, i.tag) for i in layout.images()]
     assert left == [(REPO, "v2"), (REPO, "v3"), ("r.example/lib", "v0")]
@@ -301,7 +301,7 @@ def test_gc_keeps_newest_per_repository(tmp_path: Path) -> None:
     assert layout_problems(tmp_path / "L") == []
 
 
-def test_commit_rewritten_records_the_registry_digest(tmp_path: Path) -> None:
+def test_a_rewritten_manifest_records_the_registry_digest(tmp_path: Path) -> None:
     layout = OCILayout.open(tmp_path / "L")
     gz = b"\x1f\x8b compressed"
     config = blob(b"{}", "application/vnd.oci.empty.v1+json")
@@ -316,9 +316,9 @@ def test_commit_rewritten_records_the_registry_digest(tmp_path: Path) -> None:
         layout.ingest_bytes(config, b"{}")
         layout.ingest_bytes(blob(tar), tar)
         with pytest.raises(DigestMismatchError):
-            layout.commit_rewritten(original, 0, blob(tar), repository=REPO, tag="v1", source_digest=sha256(b"x"))
-        image = layout.commit_rewritten(original, 0, blob(tar), repository=REPO, tag="v1",
-                                        source_digest=sha256(original))
+            layout.store_rewritten(original, 0, blob(tar), source_digest=sha256(b"x"))
+        manifest = layout.store_rewritten(original, 0, blob(tar), source_digest=sha256(original))
+        image = layout.commit_image(manifest, repository=REPO, tag="v1", source_digest=sha256(original))
     assert image.rewritten and image.source_digest == sha256(original)
     stored = json.loads(layout.read_blob(image.descriptor))
     assert stored["layers"][0]["mediaType"] == OCI_LAYER_TAR

@@ -12,7 +12,7 @@ import pytest
 
 from doras_oras import errors
 from doras_oras.descriptor import OCI_MANIFEST, Descriptor
-from doras_oras.layout import Attachment, OCILayout
+from doras_oras.layout import Attachment, OCILayout, gc, verify_layout
 from doras_oras.testing.signing import SigningKey, simple_signing_payload
 from doras_oras.trust import (
     SIGNATURE_ANNOTATION,
@@ -72,7 +72,7 @@ def test_the_image_and_its_signature_are_one_index_write_blobs_first(tmp_path: P
     image = store_image(layout, b"v1")
     sig = signature(key, image.digest)
     writes: list[list[dict[str, object]]] = []
-    real = OCILayout._write_index
+    real = OCILayout.write_index
 
     def spy(self: OCILayout, entries: list[dict[str, object]]) -> None:
         for digest in [sig.manifest.digest, *sig.blobs]:  # everything is in blobs/ before the index names it
@@ -80,7 +80,7 @@ def test_the_image_and_its_signature_are_one_index_write_blobs_first(tmp_path: P
         writes.append(list(entries))
         real(self, entries)
 
-    monkeypatch.setattr(OCILayout, "_write_index", spy)
+    monkeypatch.setattr(OCILayout, "write_index", spy)
     with layout.lock():
         layout.commit_image(image, repository=REPO, tag="v1", attachments=[sig])
     assert len(writes) == 1
@@ -88,7 +88,7 @@ def test_the_image_and_its_signature_are_one_index_write_blobs_first(tmp_path: P
     [kept] = layout.attachments(REPO, image.digest)
     assert (kept.tag, kept.subject, kept.repository) == (signature_tag(image.digest), image.digest, REPO)
     assert layout.find_image(REPO) is not None and layout.find_image(REPO).tag == "v1"  # type: ignore[union-attr]
-    layout.verify()
+    verify_layout(layout)
     raw = run("skopeo", "inspect", "--raw", f"oci:{layout.root}:{signature_tag(image.digest)}").stdout.encode()
     assert raw == sig.body
 
@@ -103,7 +103,7 @@ def test_a_failed_commit_leaves_no_signature_blob(tmp_path: Path, key: SigningKe
     def full_disk(self: OCILayout, entries: list[dict[str, object]]) -> None:
         raise errors.LayoutError("no space left on the device writing index.json")
 
-    monkeypatch.setattr(OCILayout, "_write_index", full_disk)
+    monkeypatch.setattr(OCILayout, "write_index", full_disk)
     with layout.lock(), pytest.raises(errors.LayoutError, match="no space"):
         layout.commit_image(image, repository=REPO, tag="v1", attachments=[signature(key, image.digest)])
     assert (layout.root / "index.json").read_bytes() == before_index
@@ -147,7 +147,7 @@ def test_re_signing_replaces_the_tagged_signature_of_the_same_repository_only(tm
         [(second.manifest.digest, signature_tag(image.digest)), (referrer.manifest.digest, None)])
     assert [a.descriptor.digest for a in layout.attachments(REPO + "-mirror")] == [first.manifest.digest]
     assert len(layout.images()) == 2
-    layout.verify()
+    verify_layout(layout)
 
 
 def test_verify_checks_the_kept_signatures_too(tmp_path: Path, key: SigningKey) -> None:
@@ -159,7 +159,7 @@ def test_verify_checks_the_kept_signatures_too(tmp_path: Path, key: SigningKey) 
     payload = next(d for d, data in sig.blobs.items() if data.startswith(b'{"critical"'))
     layout.blob_path(payload).write_bytes(b"{}")
     with pytest.raises(errors.CorruptLayoutError, match=payload):
-        OCILayout.open(layout.root).verify()
+        verify_layout(OCILayout.open(layout.root))
 
 
 def test_a_signed_index_keeps_its_bytes_while_the_signature_is_kept(tmp_path: Path, key: SigningKey) -> None:
@@ -173,7 +173,7 @@ def test_a_signed_index_keeps_its_bytes_while_the_signature_is_kept(tmp_path: Pa
         layout.commit_image(image, repository=REPO, tag="v1", annotations={"io.doras-oras.source.index": sha(index)},
                             attachments=[sig])
         assert layout.blob_path(sha(index)).is_file()
-        layout.gc(keep=1)
+        gc(layout, keep=1)
         assert layout.blob_path(sha(index)).is_file() and layout.attachments() != []
-        layout.gc(keep=0)
+        gc(layout, keep=0)
     assert blob_files(layout.root) == set()

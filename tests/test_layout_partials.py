@@ -53,11 +53,13 @@ def test_store_moves_a_verified_download_into_blobs(tmp_path: Path) -> None:
     data = os.urandom(100_000)
     d = desc(data)
     partial = layout.partial_path(d)
-    with pytest.raises(LayoutError, match="lock"):
-        layout.partial_writer(d)
+    with layout.partial_writer(d) as writer:  # downloading needs no lock; placing the blob does
+        writer.write(data)
+        with pytest.raises(LayoutError, match="lock"):
+            layout.store(writer)
     with layout.lock():
         with layout.partial_writer(d) as writer:
-            writer.write(data)
+            assert writer.offset == len(data)  # kept: the next writer resumes it
             stored = layout.store(writer)
         final = layout.blob_path(d.digest)
         assert stored.digest == d.digest and stored.size == d.size
@@ -74,3 +76,36 @@ def test_store_moves_a_verified_download_into_blobs(tmp_path: Path) -> None:
             writer.write(data)
             assert layout.store(writer).digest == d.digest
         assert not partial.exists() and final.read_bytes() == data
+
+
+def test_a_partial_another_writer_holds_is_not_shared(tmp_path: Path) -> None:
+    """Two downloads of one blob at once (no layout lock): the second writes a temp file of its own."""
+    layout = OCILayout.open(tmp_path / "L")
+    data = os.urandom(50_000)
+    d = desc(data)
+    with layout.partial_writer(d) as first, layout.partial_writer(d) as second:
+        assert first.path == layout.partial_path(d) and first.resumable
+        assert second.path != first.path and not second.resumable
+        first.write(data[:20_000])
+        second.write(data)
+        with layout.lock():
+            layout.store(second)
+    assert layout.has_blob(d)
+    assert layout.partial_size(d) == 20_000  # the first one's bytes stay for a resume
+
+
+def test_cleaning_leaves_the_files_of_writers_alone(tmp_path: Path) -> None:
+    """Taking the lock cleans temp files of killed runs, never those a download is writing."""
+    layout = OCILayout.open(tmp_path / "L")
+    stale = layout.root / "ingest" / ".blob-killed.tmp"
+    stale.write_bytes(b"left by a killed run")
+    data = os.urandom(1000)
+    with layout.temp_writer(digest=desc(data).digest, size=len(data)) as writer:
+        writer.write(data[:10])
+        with layout.lock():  # taking the lock cleans ingest/
+            assert layout.clean() == []  # nothing left to clean: the held file is not a leftover
+        assert writer.path.exists() and not stale.exists()
+        writer.write(data[10:])
+        with layout.lock():
+            layout.store(writer)
+    assert layout.has_blob(desc(data))

@@ -8,6 +8,7 @@ makes, at its top or inside a function; the circle rules count imports for annot
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,9 +163,6 @@ def test_no_import_circle_between_modules() -> None:
     # a package's __init__ importing its own submodules is how a package exports: not a circle
     for module, deps in graph.items():
         graph[module] = {d for d in deps if not module.startswith(d + ".")}
-    # Known, and the only one: the store and its maintenance name each other in annotations.
-    # Issue #21's layout item ("the house, second round": layout/store <-> maintenance) removes it.
-    graph["doras_oras.layout.maintenance"].discard("doras_oras.layout.store")
     assert _cycles(graph) == []
 
 
@@ -221,3 +219,32 @@ def test_only_the_command_prints() -> None:
         calls = [node for node in ast.walk(ast.parse(path.read_text()))
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
         assert calls == [], name
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+
+
+def _message_strings(node: ast.AST) -> list[str]:
+    """The string pieces of every literal and f-string under ``node``."""
+    return [part.value for part in ast.walk(node) if isinstance(part, ast.Constant) and isinstance(part.value, str)]
+
+
+def test_the_library_never_names_a_command_line_flag() -> None:
+    """What the library raises (and the fixes it words) speaks of its parameters, never of the command's
+    flags: ``--from`` is the command's word for ``from_ref``."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        if name.startswith(("doras_oras.cli", "doras_oras.testing")):
+            continue
+        tree = ast.parse(path.read_text())
+        messages = [node for node in ast.walk(tree) if isinstance(node, ast.Raise)]
+        if name == "doras_oras.errors":  # the fixes' words: the values of its dictionaries
+            messages += [value for node in ast.walk(tree) if isinstance(node, ast.Dict) for value in node.values]
+        found += [(name, text) for node in messages for text in _message_strings(node) if FLAG.search(text)]
+    assert found == []
+
+
+def test_the_flag_rule_finds_a_flag() -> None:
+    raised = ast.parse('raise InvalidArgumentError(f"--from {x} is not in the repository")')
+    assert [text for text in _message_strings(raised) if FLAG.search(text)] == ["--from "]

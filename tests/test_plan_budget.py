@@ -14,7 +14,8 @@ from doras_oras.descriptor import (
     OCI_LAYER_TAR_GZIP,
     Descriptor,
 )
-from doras_oras.errors import ArtifactTooLargeError, BudgetExceededError
+from doras_oras.errors import ArtifactTooLargeError, BudgetExceededError, LayoutError
+from doras_oras.layout import OCILayout
 from doras_oras.plan import Mode, ReasonCode, choose_accepted, expected_result
 
 D1 = "sha256:" + "1" * 64
@@ -94,10 +95,12 @@ def test_max_size() -> None:
 
 def test_budget_counts_across_instances_and_expires(tmp_path: Path) -> None:
     now = [1000.0]
-    budget = DownloadBudget(tmp_path, limit_bytes=100, period_s=60, clock=lambda: now[0])
+    layout = OCILayout.open(tmp_path / "L")
+    budget = DownloadBudget(layout, limit_bytes=100, period_s=60, clock=lambda: now[0])
     budget.check(100, what="pull")
-    budget.record(70)
-    again = DownloadBudget(tmp_path, limit_bytes=100, period_s=60, clock=lambda: now[0])
+    with layout.lock():
+        budget.record(70)
+    again = DownloadBudget(OCILayout.open(tmp_path / "L"), limit_bytes=100, period_s=60, clock=lambda: now[0])
     assert again.consumed() == 70
     again.check(30, what="pull")
     with pytest.raises(BudgetExceededError, match="70 of the budget of 100"):
@@ -105,13 +108,24 @@ def test_budget_counts_across_instances_and_expires(tmp_path: Path) -> None:
     now[0] += 61
     assert again.consumed() == 0
     again.check(100, what="pull")
-    assert (tmp_path / ".doras-oras" / "downloads.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "L" / ".doras-oras" / "downloads.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_damaged_ledger_starts_a_new_period(tmp_path: Path) -> None:
-    budget = DownloadBudget(tmp_path, limit_bytes=10, period_s=60)
-    budget.ledger.parent.mkdir()
-    budget.ledger.write_text("{not json")
+    layout = OCILayout.open(tmp_path / "L")
+    budget = DownloadBudget(layout, limit_bytes=10, period_s=60)
+    (tmp_path / "L" / ".doras-oras").mkdir()
+    (tmp_path / "L" / ".doras-oras" / "downloads.json").write_text("{not json")
     assert budget.consumed() == 0
-    budget.record(5)
+    with layout.lock():
+        budget.record(5)
     assert budget.consumed() == 5
+
+
+def test_a_ledger_that_cannot_be_written_is_a_layout_error(tmp_path: Path) -> None:
+    """The layout writes the ledger: a failed write names it, as a :class:`LayoutError` (not a bare ``OSError``)."""
+    layout = OCILayout.open(tmp_path / "L")
+    (tmp_path / "L" / ".doras-oras").write_text("a file where the ledger's directory belongs")
+    budget = DownloadBudget(layout, limit_bytes=10, period_s=60)
+    with layout.lock(), pytest.raises(LayoutError, match="download ledger"):
+        budget.record(5)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from doras_oras import DeltaRegistry, OCILayout
 from doras_oras.extract import extract_image
+from doras_oras.layout import verify_layout
 from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.server import DorasServer
 from tests.pull_support import (
@@ -90,7 +91,7 @@ def test_chain_of_file_and_directory_updates(oci_registry: RegistryServer, doras
     assert [outcomes[mixed_repo, n][:2] for n in range(1, 5)] == [
         ("full", None), ("delta", "bsdiff+zstd"), ("full", None), ("delta", "tardiff")]
     layout_store = OCILayout.open(layout, create=False)
-    images = layout_store.verify()
+    images = verify_layout(layout_store)
     # each repository keeps its four images
     assert sorted((i.repository, i.tag) for i in images) == sorted(
         (f"{host}/{repo}", f"{prefix}{n}")

@@ -217,7 +217,7 @@ def test_clear_errors_change_nothing(oci_registry: RegistryServer, doras_server:
     before = snapshot(layout)
     with pytest.raises(RegistryError, match="404"):
         pull(oci_registry.host, repo, "v9", layout, doras_server.url)
-    with pytest.raises(DorasOrasError, match=r"--from .*:v7: no such image"):
+    with pytest.raises(DorasOrasError, match=r"from_ref .*:v7: no such image"):
         pull(oci_registry.host, repo, "v2", layout, doras_server.url, from_ref=f"{oci_registry.host}/{repo}:v7")
     with pytest.raises(ValueError, match="not in the repository"):
         pull(oci_registry.host, repo, "v2", layout, doras_server.url, from_ref=f"{oci_registry.host}/other:v1")
@@ -324,17 +324,17 @@ def test_a_failed_commit_after_a_delta_leaves_nothing_in_blobs(oci_registry: Reg
     layout = tmp_path / "L"
     assert pull(oci_registry.host, repo, "v1", layout, None).status == "full"
     before = snapshot(layout)
-    real = OCILayout._write_index
+    real = OCILayout.write_index
 
     def full_disk(self: OCILayout, entries: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(OCILayout, "_write_index", full_disk)
+    monkeypatch.setattr(OCILayout, "write_index", full_disk)
     asked = doras_server.delta_requests
     with pytest.raises(OSError, match="No space left"):
         pull(oci_registry.host, repo, "v2", layout, doras_server.url)
     assert doras_server.delta_requests > asked  # the delta path ran up to the commit
     assert snapshot(layout) == before
-    monkeypatch.setattr(OCILayout, "_write_index", real)
+    monkeypatch.setattr(OCILayout, "write_index", real)
     assert pull(oci_registry.host, repo, "v2", layout, doras_server.url).status == "delta"
     check_layout(layout, "v2")

@@ -206,8 +206,8 @@ def test_the_python_api_reports_the_key_and_pull_full_verifies_too(bed: TrustBed
                       verify=Requirement.from_keys([load_public_key(bed.other.public_path)]))
         result = pull_delta(client, f"{bed.host}/{repo}:v2", layout, doras_url=bed.server.url, verify=keys(bed))
     assert result.status == "delta" and result.trust is not None
-    assert result.trust["signature"]["key"]["name"] == "cosign.pub"
-    assert result.to_json()["trust"] == result.trust
+    assert result.trust.signature is not None and result.trust.signature.key.name == "cosign.pub"
+    assert result.to_json()["trust"] == result.trust.to_json()
 
 
 # ----------------------------------------------------------------------------- what is refused
@@ -336,7 +336,8 @@ def test_fallbacks_install_exactly_the_verified_digest(bed: TrustBed, tmp_path: 
     assert moved and moved[0] != v2
     assert (result2.status, result2.reason_code) == ("full", "delta-timeout")
     assert result2.stored_digest == v2 == result2.to_digest
-    assert result2.trust is not None and result2.trust["signature"]["digest"] == v2
+    assert result2.trust is not None and result2.trust.signature is not None
+    assert result2.trust.signature.digest == v2
     entry = OCILayout.open(layout).get_image(f"{bed.host}/{repo}", "v2")
     assert entry.descriptor.digest == v2
 

@@ -216,7 +216,8 @@ def test_a_pull_through_the_referrers_api_keeps_the_referrer(fake: FakeRegistry,
     entry = referrer(fake, art, key)
     fake.content.referrers[(REPO, art.digest)] = index([entry])
     result = pull(art, tmp_path / "L", key)
-    assert result.trust is not None and result.trust["signature"]["found_via"] == "referrers-api"  # type: ignore[attr-defined]
+    assert result.trust is not None and result.trust.signature is not None
+    assert result.trust.signature.found_via == "referrers-api"
     stored = OCILayout.open(tmp_path / "L").attachments()
     assert [(a.descriptor.digest, a.tag, a.descriptor.artifact_type) for a in stored] == [
         (entry["digest"], None, SIGNATURE_ARTIFACT_TYPE)]

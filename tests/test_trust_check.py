@@ -77,7 +77,7 @@ def test_a_verification_needs_something_and_takes_three_shapes(signer: Signer, t
     assert Verification.of(rules) == Verification(policy=rules)
     both = Verification(policy=rules, keys=keys)
     assert Verification.of(both) is both
-    with pytest.raises(TypeError):
+    with pytest.raises(errors.InvalidArgumentError, match="not str"):
         Verification.of("cosign.pub")  # type: ignore[arg-type]
     first, then = both.requirements_for(TARGET)
     assert first.rule == "**" and then is keys  # the policy first

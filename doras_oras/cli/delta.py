@@ -73,9 +73,7 @@ def _client(args: argparse.Namespace) -> EdgeClient:
     policy = TransferPolicy(connect_timeout_s=min(float(args.connect_timeout), read_timeout),
                             read_timeout_s=read_timeout, deadline_s=float(args.deadline), max_attempts=3,
                             wait_initial_s=0.25, wait_max_s=5.0, retry_after_max_s=30.0)
-    client = EdgeClient(args.server, plain, auth,
-                        ca_file=verify if isinstance(verify, str) else None, insecure=verify is False,
-                        policy=policy)
+    client = EdgeClient(args.server, plain, auth, tls_verify=verify, policy=policy)
     client.delta_url(args.from_image, args.to_image, args.accept)  # local checks first
     return client
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..layout import OCILayout
-from ..layout.maintenance import FsckResult
+from ..layout import FsckResult, OCILayout, fsck
 from .exits import EXIT_ERROR, EXIT_OK
 from .options import seconds_or_zero
 from .output import emit
@@ -69,6 +68,6 @@ def _text(root: str, result: FsckResult) -> str:
 def run(args: argparse.Namespace) -> int:
     layout = OCILayout.open(args.oci_layout, create=False, require_index=False)
     with layout.lock(timeout=args.lock_timeout):
-        result = layout.fsck(repair=args.repair)
+        result = fsck(layout, repair=args.repair)
     emit(args, {"layout": str(layout.root), **summary(result)}, _text(str(layout.root), result))
     return EXIT_OK if result.clean else EXIT_ERROR

@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from ..layout import OCILayout
+from ..layout import OCILayout, gc, recover_index
 from .exits import EXIT_OK
 from .options import count, seconds_or_zero
 from .output import emit, human_size
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     lines: list[str] = []
     with layout.lock(timeout=args.lock_timeout):
         if args.rebuild:
-            recovered = layout.recover_index()
+            recovered = recover_index(layout)
             if recovered is None:
                 lines.append(f"{layout.root}/index.json is valid: nothing to rebuild")
             else:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                 lines.append(f"rebuilt {layout.root}/index.json: {len(recovered)} image(s) recovered "
                              "(tagged recovered-<digest>; the old file is index.json.corrupt)")
         if args.keep is not None:
-            result = layout.gc(args.keep)
+            result = gc(layout, args.keep)
             summary["removed_images"] = [
                 {"repository": i.repository, "tag": i.tag, "digest": i.descriptor.digest}
                 for i in result.removed_images

@@ -14,15 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import schemas
-from ..errors import InvalidArgumentError
-from ..pull import (
-    STATUS_DELTA,
-    STATUS_PENDING,
-    STATUS_UP_TO_DATE,
-    PullResult,
-    edge_client_for,
-    pull_delta,
-)
+from ..edgeapi import EdgeClient
+from ..errors import BaseNotFoundError, InvalidArgumentError
+from ..pull import PullResult, Status, check_base_ref, pull_delta
 from ..reference import Reference, names_registry
 from .exits import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE
 from .options import SERVER_ONLY as OPTIONS_SERVER_ONLY
@@ -129,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     ref = Reference.parse(args.reference)
     check_server_only(args, SERVER_ONLY)
     from_ref = Reference.parse_relative(args.from_ref, ref) if args.from_ref else None
-    if from_ref is not None and not from_ref.same_repository(ref):
-        raise InvalidArgumentError(f"--from {from_ref} is not in the repository of {ref}")
+    if from_ref is not None:
+        check_base_ref(ref, from_ref, name="--from")
     _check_paths(args)
     verification = verification_from_args(args)  # keys and policy loaded before anything is sent
     if args.allow_downgrade and verification is None:
@@ -139,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     credentials = credentials_from_args(args)
     registry = registry_from_args(args, credentials)
     _understood(args.reference, ref)
-    edge = edge_client_for(registry, args.server, ref.registry) if args.server else None
+    edge = EdgeClient.for_registry(registry, args.server, ref.registry) if args.server else None
     display = None if args.no_progress or args.json or not sys.stderr.isatty() else Display(sys.stderr)
     try:
         result = pull_delta(
@@ -151,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
             platform=args.platform, verify=verification, output_dir=args.output,
             allow_downgrade=args.allow_downgrade,
         )
+    except BaseNotFoundError as exc:  # the library names its parameter; the command names its flag
+        raise BaseNotFoundError(f"--from {exc.base}: no such image in {args.oci_layout}", base=exc.base) from exc
     finally:
         if display is not None:
             display.close()
@@ -161,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     summary["layout"] = str(args.oci_layout)
     summary["hint"] = hint(result.fix, args)
     emit(args, summary, _describe(result, args))
-    return {STATUS_UP_TO_DATE: EXIT_UP_TO_DATE, STATUS_PENDING: EXIT_PENDING}.get(result.status, EXIT_OK)
+    return {Status.UP_TO_DATE: EXIT_UP_TO_DATE, Status.PENDING: EXIT_PENDING}.get(result.status, EXIT_OK)
 
 
 def share_text(part: int, whole: int) -> str:
@@ -173,12 +169,12 @@ def share_text(part: int, whole: int) -> str:
 def _describe(result: PullResult, args: argparse.Namespace) -> str:
     """The one line of text output (sizes for people; ``--json`` keeps bytes)."""
     files = f"; files written to {args.output}" if result.output is not None else ""
-    signature = (result.trust or {}).get("signature") or {}
-    if signature:
-        files = f"; signed by {signature.get('key', {}).get('name')}{files}"
-    if result.status == STATUS_UP_TO_DATE:
+    signature = result.trust.signature if result.trust is not None else None
+    if signature is not None:
+        files = f"; signed by {signature.key.name}{files}"
+    if result.status == Status.UP_TO_DATE:
         return f"{result.reference}: up to date ({result.to_digest}){files}"
-    if result.status == STATUS_PENDING:
+    if result.status == Status.PENDING:
         return f"{result.reference}: pending: {result.reason}"
     saved = ""
     if result.full_size:
@@ -187,6 +183,6 @@ def _describe(result: PullResult, args: argparse.Namespace) -> str:
     words = hint(result.fix, args)
     if words:
         reason += f"; {words}"
-    how = f"delta {result.algorithm}" if result.status == STATUS_DELTA else f"full pull ({reason})"
+    how = f"delta {result.algorithm}" if result.status == Status.DELTA else f"full pull ({reason})"
     return (f"{result.reference}: updated to {result.to_digest} by {how}: "
             f"{human_size(result.bytes_received)} received{saved} in {result.duration_s:.2f} s{files}")

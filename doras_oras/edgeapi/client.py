@@ -44,7 +44,7 @@ import requests
 
 from .. import schemas
 from ..algorithms import DeltaAlgorithm, check_algorithm_names
-from ..auth import DockerConfigAuth
+from ..auth import IDENTITY_TOKEN_USER, DockerConfigAuth
 from ..backoff import BackoffStrategy, default_backoff, parse_retry_after
 from ..descriptor import (
     Descriptor,
@@ -80,7 +80,7 @@ from .answers import (
 from .credentials import AuthArg, BasicAuth, as_provider
 
 if TYPE_CHECKING:
-    from ..registry_client import RegistryClient
+    from ..registry_client import RegistryClient, SupportsRegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,9 @@ class EdgeClient:
     :class:`BearerAuth`, :class:`BasicAuth`, ``(user, password)``,
     :class:`DockerConfigAuth` (looked up for the registry of the requested
     images) or ``None``; the server passes the credentials on to the registry.
-    ``backoff`` makes a fresh strategy per polling call. ``ca_file`` verifies
-    TLS against that CA bundle; ``insecure`` turns verification off.
+    ``backoff`` makes a fresh strategy per polling call. ``tls_verify`` is
+    spelled as the registry clients spell it: True (the system's CAs), a CA
+    bundle path, or False (no verification).
     ``timeout_s`` bounds connect and each read. ``policy`` (a
     :class:`~doras_oras.transport.TransferPolicy`, e.g. the one of the whole
     pull) replaces the client's own: its timeouts, attempts, waits and deadline
@@ -163,23 +164,20 @@ class EdgeClient:
         *,
         backoff: Callable[[], BackoffStrategy] = default_backoff,
         session: requests.Session | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        insecure: bool = False,
+        tls_verify: bool | str | os.PathLike[str] = True,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         policy: TransferPolicy | None = None,
     ) -> None:
         self.server_url = _check_server_url(server_url, allow_http)
         if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
             raise InvalidArgumentError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
-        if ca_file is not None and insecure:
-            raise InvalidArgumentError("a CA file and insecure TLS contradict each other")
         self.allow_http = allow_http
         self.auth = as_provider(auth)
         self.backoff = backoff
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
-        self.verify: bool | str = False if insecure else (os.fspath(ca_file) if ca_file else True)
-        if insecure:
+        self.verify: bool | str = tls_verify if isinstance(tls_verify, bool) else os.fspath(tls_verify)
+        if self.verify is False:
             log.warning("TLS certificates of %s are not verified (insecure)", self.server_url)
         self.timeout_s = timeout_s
         if policy is None:
@@ -196,6 +194,31 @@ class EdgeClient:
         self.bytes_received = 0
         """Body bytes of the server's answers read so far."""
         self._registry: RegistryClient | None = None
+
+    @classmethod
+    def for_registry(cls, registry: RegistryClient | SupportsRegistryClient, server_url: str,
+                     registry_host: str) -> EdgeClient:
+        """A client of ``server_url`` with the settings of ``registry``, the client of ``registry_host``.
+
+        The registry's credentials for ``registry_host`` (basic credentials set on
+        the client, or from docker config files: :meth:`RegistryClient.credentials_for`)
+        are passed on: the server reads the registry with them. Over plain
+        ``http://`` only when the registry allows insecure auth; its TLS settings
+        (``tls_verify``) and transfer policy apply.
+        """
+        from ..registry_client import registry_client_of  # the registry layer, loaded on demand
+
+        client = registry_client_of(registry)
+        credentials = client.credentials_for(registry_host)
+        if credentials is not None and credentials[0] == IDENTITY_TOKEN_USER:
+            credentials = None  # an identity token is for the registry's token server, not a password to pass on
+        auth = BasicAuth(*credentials) if credentials is not None else None
+        plain = server_url.startswith("http://")
+        if plain and auth is not None and not client.allow_insecure_auth:
+            raise InsecureTransportError(
+                f"the credentials for {registry_host} would go to the Doras server {safe_url(server_url)} over "
+                "plain HTTP; refused", fix=Fix.INSECURE_AUTH)
+        return cls(server_url, plain, auth, tls_verify=client.tls_verify, policy=client.policy)
 
     def __enter__(self) -> EdgeClient:
         return self

@@ -7,14 +7,23 @@ Modules, one job each:
 - :mod:`.index`: :class:`ImageEntry` and the ``index.json`` document;
 - :mod:`.attachments`: :class:`Attachment`, signature manifests kept beside an image;
 - :mod:`.lock`: the writer lock;
-- :mod:`.maintenance`: leftovers, ``verify``, ``rebuild_index``, ``gc``;
-- :mod:`.files`: the atomic write, directory fsync, disk errors.
+- :mod:`.maintenance`: :func:`verify_layout`, :func:`rebuild_index`, :func:`gc` (on an :class:`OCILayout`);
+- :mod:`.files`: the atomic write, directory fsync, disk errors, writers' claims, cleaning ``ingest/``.
 """
 
 from __future__ import annotations
 
 from .attachments import ANNOTATION_SUBJECT, Attachment
-from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, atomic_write, disk_error, fsync_dir
+from .files import (
+    INGEST_DIR,
+    META_SUFFIX,
+    PARTIAL_SUFFIX,
+    STALE_PARTIAL_SECONDS,
+    TEMP_SUFFIX,
+    atomic_write,
+    disk_error,
+    fsync_dir,
+)
 from .index import (
     ANNOTATION_PULLED,
     ANNOTATION_PULLED_BY,
@@ -26,9 +35,9 @@ from .index import (
     layout_name,
 )
 from .lock import LOCK_FILE
-from .maintenance import STALE_PARTIAL_SECONDS, GCResult
-from .store import LAYOUT_VERSION, OCILayout
-from .writer import META_SUFFIX, BlobWriter
+from .maintenance import FsckResult, GCResult, fsck, gc, rebuild_index, recover_index, verify_layout
+from .store import LAYOUT_VERSION, Install, OCILayout
+from .writer import BlobWriter
 
 __all__ = [
     "ANNOTATION_PULLED",
@@ -47,11 +56,18 @@ __all__ = [
     "TEMP_SUFFIX",
     "Attachment",
     "BlobWriter",
+    "FsckResult",
     "GCResult",
     "ImageEntry",
+    "Install",
     "OCILayout",
     "atomic_write",
     "disk_error",
+    "fsck",
     "fsync_dir",
+    "gc",
     "layout_name",
+    "rebuild_index",
+    "recover_index",
+    "verify_layout",
 ]

@@ -1,14 +1,15 @@
-"""Housekeeping of an :class:`~doras_oras.layout.store.OCILayout`: leftovers, checks, recovery, gc.
+"""Housekeeping of an :class:`~doras_oras.layout.store.OCILayout`: checks, recovery, gc.
 
-- :func:`clean`: removes what killed runs left in ``ingest/`` (run on every lock);
-- :func:`verify`: checks every file, schema and referenced blob;
+- :func:`verify_layout`: checks every file, schema and referenced blob;
 - :func:`rebuild_index`: recreates a lost or corrupt ``index.json`` from ``blobs/``;
   :func:`recover_index` does it only when ``index.json`` is unusable, keeping the old file;
 - :func:`fsck`: hashes every blob of every image, names the damaged ones; with
   ``repair``, drops them and their blobs (and recovers a corrupt ``index.json``);
 - :func:`gc`: keeps the newest images per repository and removes unreferenced blobs.
 
-The caller holds the layout's lock (the :class:`OCILayout` methods check it).
+They use the layout's public methods only (the store does not know this module). The
+caller of :func:`rebuild_index` and :func:`gc` holds the layout's lock (they check it).
+The leftovers of killed runs are cleaned by the lock itself (:func:`.files.clean_ingest`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import schemas
@@ -39,18 +38,20 @@ from ..errors import (
     LayoutError,
     VerificationError,
 )
-from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, disk_error, fsync_dir
+from .files import (
+    INGEST_DIR,
+    META_SUFFIX,
+    PARTIAL_SUFFIX,
+    disk_error,
+    fsync_dir,
+    remove_unless_claimed,
+)
 from .index import ImageEntry
-from .writer import META_SUFFIX
 
 if TYPE_CHECKING:
     from .store import OCILayout
 
 log = logging.getLogger(__name__)
-
-STALE_PARTIAL_SECONDS = 7 * 24 * 3600
-"""Partial downloads untouched this long are removed."""
-
 
 @dataclass(frozen=True)
 class GCResult:
@@ -59,57 +60,6 @@ class GCResult:
     removed_images: tuple[ImageEntry, ...]
     removed_blobs: tuple[str, ...]
     freed_bytes: int
-
-
-def clean(layout: OCILayout, *, stale_after: float = STALE_PARTIAL_SECONDS) -> list[Path]:
-    """Remove leftovers of killed runs in ``ingest/``; keep what a next pull can resume.
-
-    Removed: temp files (``*.tmp``); partial downloads that are stale (untouched
-    for ``stale_after`` seconds), already complete in ``blobs/`` or badly named,
-    with their ``.meta`` sidecars; sidecars whose partial file is gone. Kept: fresh
-    partials and their sidecars (the next download resumes them).
-    """
-    removed: list[Path] = []
-    ingest = layout.root / INGEST_DIR
-    now = time.time()
-    entries = sorted(ingest.iterdir()) if ingest.is_dir() else []
-    for entry in entries:
-        name = entry.name
-        remove = False
-        if name.endswith(TEMP_SUFFIX):
-            remove = True
-        elif name.endswith(PARTIAL_SUFFIX):
-            alg, _, hexpart = name[: -len(PARTIAL_SUFFIX)].partition("-")
-            try:
-                validate_digest(f"{alg}:{hexpart}")
-                done = (layout.root / "blobs" / alg / hexpart).exists()
-                remove = done or now - entry.stat().st_mtime > stale_after
-            except (ValueError, OSError):
-                remove = True
-            if remove:
-                sidecar = entry.with_name(name + META_SUFFIX)
-                if sidecar.exists():
-                    with contextlib.suppress(FileNotFoundError):
-                        sidecar.unlink()
-                    removed.append(sidecar)
-        if remove:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-            removed.append(entry)
-    for entry in entries:
-        name = entry.name
-        orphan = (
-            name.endswith(PARTIAL_SUFFIX + META_SUFFIX)
-            and entry not in removed
-            and not entry.with_name(name[: -len(META_SUFFIX)]).exists()
-        )
-        if orphan:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-            removed.append(entry)
-    if removed:
-        log.info("cleaned %d leftover file(s) in %s", len(removed), ingest)
-    return removed
 
 
 @dataclass(frozen=True)
@@ -178,7 +128,7 @@ def _damage(layout: OCILayout, entries: list[ImageEntry]) -> tuple[list[Damage],
     return damaged, reached, len(problems_of)
 
 
-def verify(layout: OCILayout) -> list[ImageEntry]:
+def verify_layout(layout: OCILayout) -> list[ImageEntry]:
     """Check the whole layout: files, schemas, every referenced blob's digest. Returns the images.
 
     Attachments (signature manifests) are checked like images. The first problem
@@ -200,6 +150,7 @@ def fsck(layout: OCILayout, *, repair: bool = False) -> FsckResult:
     entries are dropped from ``index.json`` (one atomic write) and the blobs they
     reached that nothing else reaches are removed, so the next pull fetches them again.
     """
+    layout.require_lock(write=repair)
     layout.check_layout_file()
     index_problem: str | None = None
     recovered = False
@@ -216,7 +167,7 @@ def fsck(layout: OCILayout, *, repair: bool = False) -> FsckResult:
     removed: list[str] = []
     if repair and damaged:
         dropped = [d.entry.descriptor for d in damaged]  # (descriptors are not hashable)
-        layout._write_index([e.descriptor.to_json() for e in entries if e.descriptor not in dropped])
+        layout.write_index([e.descriptor.to_json() for e in entries if e.descriptor not in dropped])
         removed = layout.discard_unreferenced([digest for d in damaged for digest in reached[d.entry.descriptor.digest]])
         for d in damaged:
             log.warning("dropped %s (%s) from index.json: %s", d.entry.tag or "an untagged image",
@@ -231,8 +182,9 @@ def rebuild_index(layout: OCILayout) -> list[ImageEntry]:
     Top-level manifests (not referenced by another stored index) become
     entries; a stored entry's tag and source annotations cannot be recovered
     from blobs: entries get ``ref.name`` ``recovered-<hex12>`` and no source.
-    Returns the new images.
+    Returns the new images. The caller holds the lock.
     """
+    layout.require_lock()
     found: dict[str, Descriptor] = {}
     children: set[str] = set()
     for alg_dir in sorted((layout.root / "blobs").iterdir()):
@@ -270,7 +222,7 @@ def rebuild_index(layout: OCILayout) -> list[ImageEntry]:
         for digest, d in sorted(found.items())
         if digest not in children
     ]
-    layout._write_index(entries)
+    layout.write_index(entries)
     log.warning("rebuilt %s/index.json with %d image(s)", layout.root, len(entries))
     return layout.images()
 
@@ -285,6 +237,7 @@ def recover_index(layout: OCILayout) -> list[ImageEntry] | None:
     An unusable file is kept as ``index.json.corrupt`` (replacing an older one),
     then :func:`rebuild_index` lists the complete images of ``blobs/``.
     """
+    layout.require_lock(write=False)  # a valid index.json: nothing is written
     index = layout.root / "index.json"
     try:
         layout.read_index()
@@ -297,7 +250,7 @@ def recover_index(layout: OCILayout) -> list[ImageEntry] | None:
             index.replace(layout.root / CORRUPT_INDEX)
         except OSError as exc:
             raise disk_error(CORRUPT_INDEX, exc) from exc
-    return layout.rebuild_index()
+    return rebuild_index(layout)
 
 
 def gc(layout: OCILayout, keep: int) -> GCResult:
@@ -305,8 +258,9 @@ def gc(layout: OCILayout, keep: int) -> GCResult:
 
     Entries that doras-oras did not write (no source repository) are never collected.
     An attachment (signature manifest) stays while a kept image of its
-    repository stands for its subject, and goes with the last such image.
+    repository stands for its subject, and goes with the last such image. The caller holds the lock.
     """
+    layout.require_lock()
     if not isinstance(keep, int) or keep < 0:
         raise InvalidArgumentError(f"keep must be an integer >= 0, not {keep!r}")
     images = layout.images()
@@ -325,7 +279,7 @@ def gc(layout: OCILayout, keep: int) -> GCResult:
     attachments = layout.attachments()
     kept_attachments = [a for a in attachments if (a.repository, a.subject) in wanted]
     if removed_images or len(kept_attachments) != len(attachments):
-        layout._write_index([image.descriptor.to_json() for image in kept]
+        layout.write_index([image.descriptor.to_json() for image in kept]
                             + [a.descriptor.to_json() for a in kept_attachments])
     live = layout.live_digests()
     removed: list[str] = []
@@ -344,9 +298,10 @@ def gc(layout: OCILayout, keep: int) -> GCResult:
                 layout.forget_verified(digest)
     for partial in (layout.root / INGEST_DIR).glob("*" + PARTIAL_SUFFIX):
         with contextlib.suppress(FileNotFoundError):
-            freed += partial.stat().st_size
-            partial.unlink()
-            partial.with_name(partial.name + META_SUFFIX).unlink(missing_ok=True)
+            size = partial.stat().st_size
+            if remove_unless_claimed(partial):  # a download in flight holds its file: kept
+                freed += size
+                partial.with_name(partial.name + META_SUFFIX).unlink(missing_ok=True)
     if removed:
         fsync_dir(layout.root / "blobs")
     log.info("gc: removed %d image(s), %d blob(s), %d bytes", len(removed_images), len(removed), freed)

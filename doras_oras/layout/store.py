@@ -11,8 +11,12 @@ Layout of the directory::
 by a :class:`~doras_oras.layout.writer.BlobWriter` into ``ingest/`` (hashed
 and counted while written), checked, fsynced, renamed into ``blobs/`` and the
 directory fsynced; ``index.json`` is replaced atomically as the last step of
-a commit. Writers hold :meth:`OCILayout.lock`. Housekeeping (leftovers,
-``verify``, ``rebuild_index``, ``gc``) is in :mod:`.maintenance`.
+a commit. Downloads and other content are written into ``ingest/`` without the
+layout's lock (each writer holds its own file: :func:`~.files.claim`); placing
+blobs into ``blobs/`` and writing ``index.json`` happen in one install transaction
+(:meth:`OCILayout.install`) under :meth:`OCILayout.lock`. Housekeeping
+(``verify_layout``, ``rebuild_index``, ``gc``) is in :mod:`.maintenance`, which
+uses this class's public methods (this module does not import it).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import logging
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -49,7 +53,6 @@ from ..errors import (
     SizeMismatchError,
 )
 from ..stream import Readable, verifying_stream
-from . import maintenance
 from .attachments import (
     ANNOTATION_SUBJECT,
     Attachment,
@@ -57,7 +60,14 @@ from .attachments import (
     is_attachment,
     replaced_by,
 )
-from .files import INGEST_DIR, PARTIAL_SUFFIX, atomic_write, disk_error
+from .files import (
+    INGEST_DIR,
+    PARTIAL_SUFFIX,
+    STALE_PARTIAL_SECONDS,
+    atomic_write,
+    clean_ingest,
+    disk_error,
+)
 from .index import (
     ImageEntry,
     entry_for,
@@ -79,6 +89,8 @@ MISSING = "missing"
 CHUNK = 1 << 20
 
 _OUR_NAMES = {"oci-layout", "index.json", "blobs", INGEST_DIR}
+LEDGER = (".doras-oras", "downloads.json")
+"""The download budget's ledger, ``<layout>/.doras-oras/downloads.json`` (:mod:`doras_oras.budget`)."""
 
 
 class OCILayout:
@@ -132,7 +144,7 @@ class OCILayout:
             (self.root / INGEST_DIR).mkdir(exist_ok=True)
             with self.lock():
                 if not (self.root / "index.json").exists():
-                    self._write_index([])
+                    self.write_index([])
                 self._atomic_write(self.root / "oci-layout", json_bytes({"imageLayoutVersion": LAYOUT_VERSION}))
         except OSError as exc:
             raise disk_error(f"a new layout at {self.root}", exc) from exc
@@ -156,9 +168,8 @@ class OCILayout:
         """
         first = self._lock.acquire(timeout)
         try:
-            if first and self._lock.read_only is None:
-                self._verified.clear()  # another writer may have changed things meanwhile
-                self.clean()
+            if first and self._lock.read_only is None:  # what was verified stays so: another writer only
+                self.clean()  # adds verified blobs or removes some (has_blob checks the file is still there)
             yield
         finally:
             self._lock.release()
@@ -173,7 +184,9 @@ class OCILayout:
         """Whether the lock found the layout unwritable (a read-only file system, no permission)."""
         return self._lock.read_only is not None
 
-    def _require_lock(self, *, write: bool = True) -> None:
+    def require_lock(self, *, write: bool = True) -> None:
+        """:class:`LayoutError` unless this process holds the layout's lock (and, for ``write``,
+        the layout can be written: :meth:`require_writable`)."""
         if not self._lock.held:
             raise LayoutError("this needs the layout's lock (use `with layout.lock():`)")
         if write:
@@ -184,10 +197,10 @@ class OCILayout:
         if self._lock.read_only is not None:
             raise LayoutError(f"{self.root} cannot be written ({self._lock.read_only})", fix=Fix.READ_ONLY_LAYOUT)
 
-    def clean(self, *, stale_after: float = maintenance.STALE_PARTIAL_SECONDS) -> list[Path]:
-        """Remove leftovers of killed runs in ``ingest/`` (see :func:`.maintenance.clean`)."""
-        self._require_lock()
-        return maintenance.clean(self, stale_after=stale_after)
+    def clean(self, *, stale_after: float = STALE_PARTIAL_SECONDS) -> list[Path]:
+        """Remove leftovers of killed runs in ``ingest/`` (see :func:`.files.clean_ingest`)."""
+        self.require_lock()
+        return clean_ingest(self.root, stale_after=stale_after)
 
     # --- blobs: reading --------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -279,23 +292,22 @@ class OCILayout:
 
     # --- blobs: writing --------------------------------------------------------
     def partial_writer(self, descriptor: Descriptor, *, what: str = "blob") -> BlobWriter:
-        """The resumable writer of a download of ``descriptor`` into ``ingest/`` (needs the lock).
+        """The resumable writer of a download of ``descriptor`` into ``ingest/`` (no lock needed).
 
         Bytes a previous run left there are re-hashed and kept; :meth:`store` moves the
         finished blob into ``blobs/``; :meth:`BlobWriter.close` keeps the partial file
-        for the next run, :meth:`BlobWriter.discard` removes it.
+        for the next run, :meth:`BlobWriter.discard` removes it. While another writer
+        holds the partial file, a temp file is written instead (:meth:`BlobWriter.partial`).
         """
-        self._require_lock()
         return BlobWriter.partial(self.partial_path(descriptor), digest=descriptor.digest,
                                   size=descriptor.size, what=what)
 
     def temp_writer(self, *, digest: str | None = None, size: int | None = None,
                     what: str = "blob") -> BlobWriter:
-        """A writer of new content into a temp file of ``ingest/`` (needs the lock).
+        """A writer of new content into a temp file of ``ingest/`` (no lock needed: its name is unique).
 
         ``digest``/``size``, when known, are checked by :meth:`BlobWriter.finish`.
         """
-        self._require_lock()
         return BlobWriter.temporary(self.root / INGEST_DIR, digest=digest, size=size, what=what)
 
     def scratch_file(self) -> IO[bytes]:
@@ -307,7 +319,7 @@ class OCILayout:
 
         If the blob is already stored, the writer is discarded.
         """
-        self._require_lock()
+        self.require_lock()
         digest = writer.finish()
         final = self.blob_path(digest)
         stored = Descriptor("application/octet-stream", digest, writer.offset)
@@ -327,7 +339,7 @@ class OCILayout:
         the tar against ``io.deis.oras.content.digest``. Level :data:`GZIP_LEVEL`, no name,
         mtime 0: the same tar gives the same blob.
         """
-        self._require_lock()
+        self.require_lock()
         compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         with self.temp_writer(what=f"gzip of {tar.digest}") as out, self.open_blob(tar) as reader:
             while chunk := reader.read(CHUNK):
@@ -357,7 +369,7 @@ class OCILayout:
         Reading stops at ``size``; a longer or shorter stream or a wrong digest
         raises and stores nothing.
         """
-        self._require_lock()
+        self.require_lock()
         final = self.blob_path(descriptor.digest)
         if self.has_blob(descriptor):
             return final
@@ -420,12 +432,33 @@ class OCILayout:
             raise ImageNotFoundError(f"no image of {what} in {self.root}")
         return image
 
-    def _write_index(self, entries: Sequence[Mapping[str, Any]]) -> None:
+    def write_index(self, entries: Sequence[Mapping[str, Any]]) -> None:
         data = json_bytes(index_document(entries))
         try:
             self._atomic_write(self.root / "index.json", data)
         except OSError as exc:
             raise disk_error("index.json", exc) from exc
+
+    @property
+    def ledger_path(self) -> Path:
+        """Where the download budget's ledger is kept."""
+        return self.root.joinpath(*LEDGER)
+
+    def read_ledger(self) -> bytes | None:
+        """The download budget's ledger (:mod:`doras_oras.budget`), None when there is none or it is unreadable."""
+        try:
+            return self.ledger_path.read_bytes()[: 1 << 20]
+        except OSError:
+            return None
+
+    def write_ledger(self, data: bytes) -> None:
+        """Replace the download budget's ledger atomically (needs the lock)."""
+        self.require_lock()
+        try:
+            self.ledger_path.parent.mkdir(exist_ok=True)
+            atomic_write(self.ledger_path, data)
+        except OSError as exc:
+            raise disk_error("the download ledger", exc) from exc
 
     def references(self, descriptor: Descriptor) -> list[Descriptor]:
         """The descriptors a stored manifest or index points to (config, layers, manifests)."""
@@ -477,7 +510,7 @@ class OCILayout:
         so is a foreign entry of that tag that belongs to the repository (:meth:`ImageEntry.belongs_to`),
         as is an attachment of the same repository with the same digest or tag.
         """
-        self._require_lock()
+        self.require_lock()
         if manifest.media_type not in MANIFEST_MEDIA_TYPES + INDEX_MEDIA_TYPES:
             raise LayoutError(f"cannot commit {manifest.media_type!r}: not a manifest or index")
         self.closure(manifest, verify=True)
@@ -497,7 +530,7 @@ class OCILayout:
         try:
             extra = [self._store_attachment(attachment, repository, placed) for attachment in attachments]
             kept = [raw for raw in self.read_index()["manifests"] if not replaced(raw, extra)]
-            self._write_index([*kept, entry.to_json(), *(new.to_json() for new in extra)])
+            self.write_index([*kept, entry.to_json(), *(new.to_json() for new in extra)])
         except BaseException:
             with contextlib.suppress(Exception):  # the attachments' blobs go with a failed commit
                 self.discard_unreferenced(placed)
@@ -534,40 +567,17 @@ class OCILayout:
         self.closure(manifest, verify=True)
         return attachment_entry(attachment, repository=repository)
 
-    def commit_rewritten(
-        self,
-        original: bytes,
-        layer_index: int,
-        layer: Descriptor,
-        *,
-        repository: str,
-        tag: str | None,
-        source_digest: str,
-        annotations: Mapping[str, str] | None = None,
-        attachments: Sequence[Attachment] = (),
-    ) -> ImageEntry:
-        """Store a manifest rewritten for a tar-diff result and commit it (with ``attachments``).
-
-        ``original`` is the registry's manifest (digest ``source_digest``);
-        its layer ``layer_index`` is replaced by ``layer`` (already stored: the gzip
-        of the tar, :meth:`store_gzip`), with ``layer``'s media type and digest and the
-        original layer's annotations (:meth:`store_rewritten`, then :meth:`commit_image`).
-        """
-        manifest = self.store_rewritten(original, layer_index, layer, source_digest=source_digest)
-        return self.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest,
-                                 annotations=annotations, attachments=attachments)
-
     def store_rewritten(self, original: bytes, layer_index: int, layer: Descriptor, *,
                         source_digest: str) -> Descriptor:
         """Store the manifest ``original`` rewritten for the stored ``layer``; return it (not committed)."""
-        self._require_lock()
+        self.require_lock()
         try:
             declared = json.loads(original).get("mediaType") or OCI_MANIFEST
         except (ValueError, AttributeError) as exc:
             raise SchemaValidationError(f"original manifest is not a JSON object ({exc})") from exc
         parsed = schemas.parse_manifest(original, str(declared))
         if parsed.is_index:
-            raise LayoutError("commit_rewritten needs an image manifest, not an index")
+            raise LayoutError("store_rewritten needs an image manifest, not an index")
         if hashlib.sha256(original).hexdigest() != validate_digest(source_digest)[1]:
             raise DigestMismatchError(f"original manifest does not match {source_digest}")
         document = json.loads(original)
@@ -590,6 +600,24 @@ class OCILayout:
         self.ingest_bytes(manifest, body)
         return manifest
 
+    @contextlib.contextmanager
+    def install(self, *, timeout: float = 300.0) -> Iterator[Install]:
+        """The one install transaction of a pull: place blobs, run a step before the commit, commit.
+
+        Holds the layout's lock (waiting at most ``timeout`` s) for the block, and only
+        for it: downloads happen before, into writers of ``ingest/``. When the block
+        raises, every blob it placed that no image of ``index.json`` reaches is removed
+        again, and ``index.json`` is as it was.
+        """
+        with self.lock(timeout=timeout):
+            transaction = Install(self)
+            try:
+                yield transaction
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.discard_unreferenced(transaction.placed)
+                raise
+
     def forget_image(self, image: ImageEntry) -> bool:
         """Drop ``image``'s entry from ``index.json`` (atomically); False if it is not there.
 
@@ -597,12 +625,12 @@ class OCILayout:
         an index entry that points at a missing blob would make the layout invalid
         for every reader. Its remaining blobs go at the next :meth:`gc`.
         """
-        self._require_lock()
+        self.require_lock()
         entries = self.read_index()["manifests"]
         kept = [entry for entry in entries if Descriptor.from_json(entry) != image.descriptor]
         if len(kept) == len(entries):
             return False
-        self._write_index(kept)
+        self.write_index(kept)
         log.warning("dropped %s:%s (%s) from index.json: its content is lost",
                     image.repository, image.tag, image.descriptor.digest)
         return True
@@ -630,7 +658,7 @@ class OCILayout:
 
     def discard_unreferenced(self, digests: Sequence[str]) -> list[str]:
         """Remove those of ``digests`` that no image of ``index.json`` reaches (a rollback helper)."""
-        self._require_lock()
+        self.require_lock()
         live = self.live_digests()
         removed = []
         for digest in digests:
@@ -677,27 +705,44 @@ class OCILayout:
         """Forget that ``digest`` was verified (its file was removed)."""
         self._verified.discard(digest)
 
-    # --- checks, recovery, gc (see .maintenance) ---------------------------------
-    def verify(self) -> list[ImageEntry]:
-        """Check the whole layout: files, schemas, every referenced blob's digest. Returns the images."""
-        return maintenance.verify(self)
 
-    def rebuild_index(self) -> list[ImageEntry]:
-        """Recreate ``index.json`` from the complete manifests in ``blobs/`` (see :func:`.maintenance.rebuild_index`)."""
-        self._require_lock()
-        return maintenance.rebuild_index(self)
+class Install:
+    """An install transaction in progress (:meth:`OCILayout.install`): what it placed, its commit."""
 
-    def recover_index(self) -> list[ImageEntry] | None:
-        """Rebuild ``index.json`` if it is missing or corrupt (see :func:`.maintenance.recover_index`)."""
-        self._require_lock(write=False)  # a valid index.json: nothing is written
-        return maintenance.recover_index(self)
+    def __init__(self, layout: OCILayout) -> None:
+        self.layout = layout
+        self.placed: list[str] = []
+        """Digests of the blobs this transaction put into ``blobs/`` (removed again if it fails)."""
 
-    def fsck(self, *, repair: bool = False) -> maintenance.FsckResult:
-        """Hash every blob of every image; with ``repair`` drop the damaged ones (:func:`.maintenance.fsck`)."""
-        self._require_lock(write=repair)
-        return maintenance.fsck(self, repair=repair)
+    def store(self, writer: BlobWriter) -> Descriptor:
+        """Move the finished content of ``writer`` into ``blobs/`` (:meth:`OCILayout.store`)."""
+        stored = self.layout.store(writer)
+        self.placed.append(stored.digest)
+        return stored
 
-    def gc(self, keep: int) -> maintenance.GCResult:
-        """Keep the newest ``keep`` images per repository; remove unreferenced blobs and partials."""
-        self._require_lock()
-        return maintenance.gc(self, keep)
+    def put(self, descriptor: Descriptor, data: bytes) -> None:
+        """Store ``data`` (a manifest) as ``descriptor`` unless it is there (:meth:`OCILayout.ingest_bytes`)."""
+        if not self.layout.has_blob(descriptor):
+            self.placed.append(descriptor.digest)
+        self.layout.ingest_bytes(descriptor, data)
+
+    def store_gzip(self, tar: Descriptor) -> Descriptor:
+        """Store a gzip of the stored blob ``tar`` (:meth:`OCILayout.store_gzip`)."""
+        placed = self.layout.store_gzip(tar)
+        self.placed.append(placed.digest)
+        return placed
+
+    def put_rewritten(self, original: bytes, layer: Descriptor, *, source_digest: str) -> Descriptor:
+        """Store the single-layer manifest ``original`` rewritten for ``layer`` (:meth:`OCILayout.store_rewritten`)."""
+        manifest = self.layout.store_rewritten(original, 0, layer, source_digest=source_digest)
+        self.placed.append(manifest.digest)
+        return manifest
+
+    def commit(self, manifest: Descriptor, *, before_commit: Callable[[Descriptor], None] | None,
+               repository: str, tag: str | None, source_digest: str | None,
+               annotations: Mapping[str, str] | None, attachments: Sequence[Attachment]) -> ImageEntry:
+        """Run ``before_commit(manifest)`` (raising leaves the layout as it was), then :meth:`OCILayout.commit_image`."""
+        if before_commit is not None:
+            before_commit(manifest)
+        return self.layout.commit_image(manifest, repository=repository, tag=tag, source_digest=source_digest,
+                                        annotations=annotations, attachments=attachments)

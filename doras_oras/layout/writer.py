@@ -35,12 +35,9 @@ from typing import Any
 from .._writeback import WriteBehind
 from ..descriptor import validate_digest
 from ..errors import DigestMismatchError, InvalidArgumentError, SizeMismatchError
-from .files import TEMP_SUFFIX, atomic_write, disk_error, fsync_dir
+from .files import META_SUFFIX, TEMP_SUFFIX, atomic_write, claim, disk_error, fsync_dir
 
 log = logging.getLogger(__name__)
-
-META_SUFFIX = ".meta"
-"""Sidecar of a partial download: which digest and size its bytes belong to."""
 
 _REHASH_CHUNK = 1 << 20
 
@@ -84,17 +81,27 @@ class BlobWriter:
             fd, name = tempfile.mkstemp(dir=directory, prefix=".blob-", suffix=TEMP_SUFFIX)
         except OSError as exc:
             raise disk_error(what, exc) from exc
+        claim(fd, Path(name))  # the layout's housekeeping leaves it alone while it is written
         return cls(Path(name), fd, digest=digest, size=size, algorithm=algorithm, what=what)
 
     @classmethod
     def partial(cls, path: Path, *, digest: str, size: int, what: str = "blob") -> BlobWriter:
-        """The resumable partial file ``path`` of the blob ``digest``/``size`` (created if absent)."""
+        """The resumable partial file ``path`` of the blob ``digest``/``size`` (created if absent).
+
+        The file is held (:func:`~.files.claim`) while the writer is open: when another
+        writer (another process, another pull) holds it, this one writes a temp file of
+        its own in the same directory instead (not resumable, never in the other's way).
+        """
         validate_digest(digest)
         sidecar = path.with_name(path.name + META_SUFFIX)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            recorded = _read_meta(sidecar)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not claim(fd, path):
+                os.close(fd)
+                log.info("%s is being written by another download; using a temp file", path)
+                return cls.temporary(path.parent, digest=digest, size=size, what=what)
+            recorded = _read_meta(sidecar)
         except OSError as exc:
             raise disk_error(f"{what} {digest}", exc) from exc
         writer = cls(path, fd, digest=digest, size=size, what=what, sidecar=sidecar)

@@ -45,7 +45,7 @@ from typing import Any
 import requests
 
 from ..errors import DorasOrasError
-from ..layout import OCILayout, layout_name
+from ..layout import OCILayout, layout_name, verify_layout
 from ..trust import parse_annotation
 from .registry import RegistryServer, find_tool
 from .server import DorasServer
@@ -286,7 +286,7 @@ def _check(registry: RegistryServer, work: Path) -> list[str]:
                                 f"{raw.stderr.decode(errors='replace').strip()}")
         try:
             opened = OCILayout.open(layout, create=False)
-            images = opened.verify()
+            images = verify_layout(opened)
             kept = len(opened.attachments())
             print(f"  the layout device/oci/{name} verifies: {len(images)} images"
                   + (f" and {kept} signature manifests" if kept else "") + ", every blob matches its digest")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..errors import MissingOrderError, RollbackError, StaleTargetError
+from ..errors import InvalidArgumentError, MissingOrderError, RollbackError, StaleTargetError
 
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 """The OCI manifest annotation the default order compares (RFC 3339)."""
@@ -61,9 +61,9 @@ class OrderRule:
 
     def __post_init__(self) -> None:
         if (self.annotation is None) != (self.compare == ORDER_CREATED):
-            raise ValueError("an order annotation needs compare 'integer' or 'semver'; 'created' takes none")
+            raise InvalidArgumentError("an order annotation needs compare 'integer' or 'semver'; 'created' takes none")
         if self.compare not in (ORDER_CREATED, ORDER_INTEGER, ORDER_SEMVER):
-            raise ValueError(f"unknown order {self.compare!r}")
+            raise InvalidArgumentError(f"unknown order {self.compare!r}")
 
     @property
     def name(self) -> str:

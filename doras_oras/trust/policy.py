@@ -41,6 +41,7 @@ from typing import Any
 
 from ..errors import (
     AnnotationMismatchError,
+    InvalidArgumentError,
     SchemaValidationError,
     TrustConfigError,
     UntrustedRepositoryError,
@@ -214,7 +215,7 @@ class Verification:
             return cls(policy=value)
         if isinstance(value, Requirement):
             return cls(keys=value)
-        raise TypeError(f"verify= takes a Verification, Requirement or TrustPolicy, not {type(value).__name__}")
+        raise InvalidArgumentError(f"verify= takes a Verification, Requirement or TrustPolicy, not {type(value).__name__}")
 
     def requirements_for(self, target: Reference) -> tuple[Requirement, ...]:
         """Every requirement that applies to ``target`` (policy first), ``{tag}`` bound to :attr:`tag`.

@@ -32,6 +32,7 @@ from ..descriptor import Descriptor, validate_digest
 from ..errors import (
     AnnotationMismatchError,
     BodyTooLargeError,
+    InvalidArgumentError,
     InvalidDigestError,
     MalformedSignatureError,
     PayloadMismatchError,
@@ -321,12 +322,12 @@ def verify_signature(
     and must not be installed.
     """
     if target.digest is None:
-        raise ValueError("verify_signature needs the digest being installed (target.digest)")
+        raise InvalidArgumentError("verify_signature needs the digest being installed (target.digest)")
     digest = target.digest
     validate_digest(digest)
     keys = tuple(keys)
     if not keys:
-        raise ValueError("verify_signature needs at least one trusted key")
+        raise InvalidArgumentError("verify_signature needs at least one trusted key")
     wanted = dict(annotations or {})
     failures: list[Failure] = []
     for item in discover(source, target, digest):
@@ -411,7 +412,7 @@ def check(
     requests once. Raises the first requirement's :class:`~doras_oras.errors.TrustError`.
     """
     if target.digest is None:
-        raise ValueError("check needs the digest being installed (target.digest)")
+        raise InvalidArgumentError("check needs the digest being installed (target.digest)")
     requirements = verification.requirements_for(target)
     cached = CachingSource(source)
     results = [enforce(cached, target, requirement) for requirement in requirements]

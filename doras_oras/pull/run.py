@@ -1,76 +1,36 @@
-"""The delta-aware pull: plan, execute, fall back, report.
-
-:func:`pull_delta` updates an OCI image layout to a target image by
-downloading only a delta from a Doras server when it can, and a verified full
-pull when it cannot (or when no server is given). The layout is never left
-invalid and the old image stays until the new one is committed
-(``index.json`` is written last, under the layout's lock). Every decision is
-reported in :class:`PullResult`, as a sentence (``reason``) and as a code
-(``reason_code``, a :class:`~doras_oras.plan.ReasonCode`).
-
-The steps (DESIGN.md §1), one forward walk
-``pull → (registry fetch | edge conversation) → codecs → layout``:
-
-1. resolve the target (a ``HEAD``); an image of the layout that stands for it
-   means up to date;
-   with ``verify``: the resolved digest's signature must verify now, before
-   anything else is asked for (docs/trust.md); every later step works on
-   that digest, the fallbacks too;
-2. fetch the target manifest (verified, schema-checked), check the limits
-   (``max_size``, download budget) before downloading;
-3. find the base: the newest image of the same repository in the layout, or
-   the one ``from_ref`` names; none → full pull;
-4. check the stored base layer (a missing base means a full pull);
-5. choose the algorithms that can be applied *and verified* (:mod:`.plan`);
-6. the Doras conversation (:meth:`EdgeClient.fetch_delta`): ask (polling with
-   backoff, or once with ``wait=False``), check the answer and the delta manifest;
-7. download the delta blob into the layout's ``ingest/`` (verified, resumable);
-8. apply it to the base layer into a blob writer of the layout (verified), store;
-9. with ``output_dir``, write the image's files there (all or nothing), then commit
-   ``index.json``: a failure to write the files leaves the layout as it was, so the
-   next run does the update again (and says so).
-
-The base may be an entry that another tool wrote (``oras copy --to-oci-layout``,
-``skopeo copy ... oci:DIR:TAG``): it is recognised by its ``ref.name``
-(:meth:`~doras_oras.layout.ImageEntry.belongs_to`).
-
-Anything that makes the delta unusable (server down, 4xx/5xx, timeout,
-corrupt or unverifiable delta, a delta of a kind that was not asked for)
-falls back to a verified full pull, and the result says why.
-"""
+"""The delta-aware pull's orchestration: :func:`pull_delta` and the steps of one run (see the package)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
-from . import plan as _plan
-from . import schemas
-from .algorithms import Compression, check_algorithm_names
-from .auth import IDENTITY_TOKEN_USER
-from .budget import DownloadBudget, check_free_space, check_max_size
-from .codecs import apply_delta
-from .descriptor import INDEX_MEDIA_TYPES, OCI_LAYER_TAR, Descriptor
-from .edgeapi import BasicAuth, Delta, EdgeClient
-from .errors import (
+from .. import plan as _plan
+from .. import schemas
+from ..algorithms import Compression
+from ..auth import IDENTITY_TOKEN_USER
+from ..budget import DownloadBudget, check_free_space, check_max_size
+from ..codecs import apply_delta
+from ..descriptor import INDEX_MEDIA_TYPES, OCI_LAYER_TAR, Descriptor
+from ..edgeapi import Delta, EdgeClient
+from ..errors import (
     BackoffExhausted,
+    BaseNotFoundError,
     CodecError,
+    CorruptLayoutError,
     DiskSpaceError,
     DocumentError,
     DorasOrasError,
     DorasServerError,
     Fix,
-    ImageNotFoundError,
     ImagesIdenticalError,
     IncompatibleArtifactsError,
-    InsecureTransportError,
-    InvalidArgumentError,
     LimitExceededError,
     RegistryAuthError,
     RegistryError,
@@ -78,104 +38,29 @@ from .errors import (
     TrustError,
     VerificationError,
 )
-from .extract import extract_image, output_needs
-from .full import Progress, pull_full
-from .layout import (
+from ..extract import extract_image, output_needs
+from ..full import pull_full
+from ..layout import (
     ANNOTATION_PULLED_BY,
     ANNOTATION_SOURCE_INDEX,
     ANNOTATION_SOURCE_PLATFORM,
     Attachment,
     ImageEntry,
     OCILayout,
+    recover_index,
 )
-from .plan import ReasonCode
-from .platforms import host_platform, parse_platform, platform_matches
-from .reference import Reference
-from .registry_client import RegistryClient, SupportsRegistryClient, registry_client_of
-from .schemas import ParsedManifest
-from .urls import safe_url
+from ..plan import ReasonCode
+from ..platforms import host_platform, platform_matches
+from ..reference import Reference
+from ..registry_client import RegistryClient, SupportsRegistryClient, registry_client_of
+from ..schemas import ParsedManifest
+from .options import PullKeywords, PullOptions, check_base_ref
+from .result import PullResult, Status
 
 if TYPE_CHECKING:
-    from .trust import Requirement, TrustPolicy, TrustResult, Verification
+    from ..trust import TrustResult
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "STATUS_DELTA",
-    "STATUS_FULL",
-    "STATUS_PENDING",
-    "STATUS_UP_TO_DATE",
-    "Progress",
-    "PullResult",
-    "ReasonCode",
-    "edge_client_for",
-    "find_base",
-    "pull_delta",
-]
-
-STATUS_DELTA = "delta"
-STATUS_FULL = "full"
-STATUS_UP_TO_DATE = "up-to-date"
-STATUS_PENDING = "pending"
-
-Waiting = Callable[[int, float], None]
-"""``on_wait(requests_sent, seconds_waited)``: called while the server builds the delta."""
-
-
-@dataclass(frozen=True)
-class PullResult:
-    """What a pull did and why. ``to_json()`` gives the CLI's ``--json`` object."""
-
-    status: str
-    """``delta``, ``full``, ``up-to-date`` or ``pending``."""
-    reference: str
-    reason: str
-    """Why this status, in words (the fallback reason for ``full``)."""
-    from_digest: str | None
-    to_digest: str | None
-    algorithm: str | None
-    """The delta algorithm applied (``bsdiff+zstd``, ``tardiff``, ...), if any."""
-    bytes_received: int
-    """Bytes received from the registry and the Doras server during this pull."""
-    full_size: int | None
-    """What a full pull of the target costs: manifest + config + layers (None when up to date with an
-    image stored rewritten, whose registry layer sizes the layout does not know)."""
-    duration_s: float
-    stored_digest: str | None = None
-    """The digest of the manifest recorded in the layout (differs from ``to_digest``
-    when a tar-diff result was stored: a manifest rewritten for its layer)."""
-    verified: bool = True
-    """False only for a tar-diff result accepted with ``allow_unverified``."""
-    delta_size: int | None = None
-    blobs_fetched: int | None = None
-    """For a full pull: blobs downloaded (None otherwise)."""
-    blobs_reused: int | None = None
-    """For a full pull: blobs already in the layout, not downloaded."""
-    reason_code: str = ReasonCode.PATCHED.value
-    """Why this status, as a :class:`~doras_oras.plan.ReasonCode` value (stable, for scripts)."""
-    trust: dict[str, Any] | None = None
-    """With ``verify``: the signature check (``TrustResult.to_json()``: which key verified, which
-    signature manifest, where it was found, ``origin`` registry or layout); ``None`` without."""
-    output: list[str] | None = None
-    """With ``output_dir``: the files and directories written there (None without)."""
-    fix: Fix | None = None
-    """For a fallback that a setting would have avoided (a TLS or credentials problem with the
-    Doras server, ...): the :class:`~doras_oras.errors.Fix`; ``fix.hint`` words it. Its value in JSON."""
-
-    @property
-    def updated(self) -> bool:
-        return self.status in (STATUS_DELTA, STATUS_FULL)
-
-    @property
-    def fallback(self) -> str | None:
-        """The reason code of a full pull (why no delta was used); None otherwise."""
-        return self.reason_code if self.status == STATUS_FULL else None
-
-    def to_json(self) -> dict[str, Any]:
-        document = asdict(self)
-        document["fix"] = self.fix.value if self.fix is not None else None
-        return document
-
 
 class _Fallback(Exception):
     """Internal: the delta path cannot continue; do a full pull for ``reason`` (``fix`` would avoid it)."""
@@ -203,6 +88,14 @@ class _Pending(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class _Held(Exception):
+    """Internal: another process installed the target while this pull downloaded it."""
+
+    def __init__(self, image: ImageEntry) -> None:
+        super().__init__(f"{image.descriptor.digest} was installed meanwhile")
+        self.image = image
 
 
 @dataclass(frozen=True)
@@ -251,31 +144,6 @@ def _serves(image: ImageEntry, digest: str, platform: str) -> bool:
     return recorded is None or platform_matches(recorded, platform)
 
 
-def edge_client_for(registry: RegistryClient | SupportsRegistryClient, doras_url: str,
-                    registry_host: str) -> EdgeClient:
-    """An :class:`EdgeClient` of ``doras_url`` with the registry's settings.
-
-    The registry's credentials for ``registry_host`` (basic credentials set on
-    the client, or from docker config files: :meth:`RegistryClient.credentials_for`)
-    are passed on: the server reads the registry with them. Over plain
-    ``http://`` only when the registry allows insecure auth; its TLS settings
-    (``tls_verify`` False or a CA bundle) and transfer policy apply.
-    """
-    client = registry_client_of(registry)
-    credentials = client.credentials_for(registry_host)
-    if credentials is not None and credentials[0] == IDENTITY_TOKEN_USER:
-        credentials = None  # an identity token is for the registry's token server, not a password to pass on
-    auth = BasicAuth(*credentials) if credentials is not None else None
-    plain = doras_url.startswith("http://")
-    if plain and auth is not None and not client.allow_insecure_auth:
-        raise InsecureTransportError(
-            f"the credentials for {registry_host} would go to the Doras server {safe_url(doras_url)} over plain "
-            "HTTP; refused", fix=Fix.INSECURE_AUTH)
-    verify = client.tls_verify
-    return EdgeClient(doras_url, plain, auth, ca_file=verify if isinstance(verify, str) else None,
-                      insecure=verify is False, policy=client.policy)
-
-
 def _holding(layout: OCILayout, target: Reference, digest: str, platform: str) -> ImageEntry | None:
     """The newest image of ``target``'s repository that a pull of ``digest`` (for ``platform``,
     when ``digest`` is an index) would store, if any."""
@@ -306,8 +174,7 @@ def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) 
     images = layout.images_of(target.name)
     if from_ref is None:
         return images[-1] if images else None
-    if not from_ref.same_repository(target):
-        raise InvalidArgumentError(f"--from {from_ref} is not in the repository of {target}")
+    check_base_ref(target, from_ref)
     for image in reversed(images):
         if from_ref.digest and from_ref.digest in (*image.stands_for, image.descriptor.digest):
             return image
@@ -322,22 +189,7 @@ def pull_delta(
     oci_layout: str | Path | OCILayout,
     *,
     doras_url: str | None,
-    from_ref: str | Reference | None = None,
-    accepted_algorithms: Sequence[str] | None = None,
-    wait: bool = True,
-    timeout_s: float | None = None,
-    on_timeout: str = STATUS_FULL,
-    allow_unverified: bool = False,
-    progress: Progress | None = None,
-    on_wait: Waiting | None = None,
-    max_size: int | None = None,
-    budget: tuple[int, float] | None = None,
-    edge_client: EdgeClient | None = None,
-    lock_timeout_s: float = 300.0,
-    platform: str | None = None,
-    verify: Verification | Requirement | TrustPolicy | None = None,
-    output_dir: str | os.PathLike[str] | None = None,
-    allow_downgrade: bool = False,
+    **options: Unpack[PullKeywords],
 ) -> PullResult:
     """Update ``oci_layout`` to ``target``, by delta when possible. See the module docstring.
 
@@ -362,16 +214,7 @@ def pull_delta(
     """
     schemas.warm_up()  # compile the validators while the first requests travel
     client = registry_client_of(registry)
-    if on_timeout not in (STATUS_FULL, STATUS_PENDING):
-        raise InvalidArgumentError("on_timeout must be 'full' or 'pending'")
-    if platform is not None:
-        parse_platform(platform)
-    requested = check_algorithm_names(accepted_algorithms) if accepted_algorithms is not None else None
-    target_ref = Reference.parse(target) if isinstance(target, str) else target
-    base_ref = Reference.parse_relative(from_ref, target_ref) if isinstance(from_ref, str) else from_ref
-    if base_ref is not None and not base_ref.same_repository(target_ref):
-        raise InvalidArgumentError(f"--from {base_ref} is not in the repository of {target_ref}")
-    verification = _verification(verify, target_ref.tag)
+    settings = PullOptions.of(target, doras_url=doras_url, **options)
     # A layout this call creates (None: one that exists, or the caller's object) is removed
     # again if the pull fails: True when the directory is new too, False when it was empty.
     created: bool | None = None
@@ -382,34 +225,26 @@ def pull_delta(
         elif root.is_dir() and not any(root.iterdir()):
             created = False
     layout = oci_layout if isinstance(oci_layout, OCILayout) else OCILayout.open(oci_layout, require_index=False)
-    run = _PullRun(
-        registry=client,
-        layout=layout,
-        target=target_ref,
-        doras_url=doras_url,
-        edge_client=edge_client,
-        requested=requested,
-        wait=wait,
-        timeout_s=timeout_s,
-        on_timeout=on_timeout,
-        allow_unverified=allow_unverified,
-        progress=progress,
-        on_wait=on_wait,
-        max_size=max_size,
-        ledger=DownloadBudget(layout.root, budget[0], budget[1]) if budget else None,
-        platform=platform,
-        verification=verification,
-        output_dir=Path(output_dir) if output_dir is not None else None,
-        allow_downgrade=allow_downgrade,
-    )
+    budget = settings.budget
+    run = _PullRun(client, layout, settings, DownloadBudget(layout, budget[0], budget[1]) if budget else None)
     try:
-        with layout.lock(timeout=lock_timeout_s), client.pull_deadline():
-            layout.recover_index()  # a lost or corrupt index.json is rebuilt (kept as index.json.corrupt)
-            return run.execute(base_ref)
+        with client.pull_deadline():
+            _recover_index_if_unusable(layout, settings.lock_timeout_s)
+            return run.execute()
     except BaseException:
         if created is not None:
             layout.remove_if_unused(remove_root=created)
         raise
+
+
+def _recover_index_if_unusable(layout: OCILayout, lock_timeout_s: float) -> None:
+    """A lost or corrupt ``index.json`` is rebuilt (the old file kept as ``index.json.corrupt``), under
+    the lock; a readable one costs no lock."""
+    try:
+        layout.read_index()
+    except CorruptLayoutError:
+        with layout.lock(timeout=lock_timeout_s):
+            recover_index(layout)
 
 
 def _apply_needs(root: Path, delta: Delta, base_layer: Descriptor, target_layer: Descriptor,
@@ -426,36 +261,14 @@ def _apply_needs(root: Path, delta: Delta, base_layer: Descriptor, target_layer:
     return needs
 
 
-def _verification(verify: Verification | Requirement | TrustPolicy | None, tag: str | None) -> Verification | None:
-    """The one shape of ``verify``, bound to the tag being pulled (``{tag}`` in required annotations)."""
-    if verify is None:
-        return None
-    from .trust import Verification  # cryptography loads only for a verified pull
-
-    return replace(Verification.of(verify), tag=tag)
-
-
 @dataclass
 class _PullRun:
     """One pull: its settings, what it received so far, and its steps."""
 
     registry: RegistryClient
     layout: OCILayout
-    target: Reference
-    doras_url: str | None
-    edge_client: EdgeClient | None
-    requested: Sequence[str] | None
-    wait: bool
-    timeout_s: float | None
-    on_timeout: str
-    allow_unverified: bool
-    progress: Progress | None
-    on_wait: Waiting | None
-    max_size: int | None
+    options: PullOptions
     ledger: DownloadBudget | None
-    platform: str | None
-    verification: Verification | None = None
-    output_dir: Path | None = None
     written: list[str] | None = None
     started: float = field(default_factory=time.monotonic)
     edge_received: int = 0
@@ -465,9 +278,10 @@ class _PullRun:
     """The digest whose signature verified: the only one this pull may install."""
     keep: list[Attachment] = field(default_factory=list)
     """The signature manifests to commit beside the target."""
-    allow_downgrade: bool = False
     notes: dict[str, str] = field(default_factory=dict)
     """The signed order values to record on the target's entry (``io.doras-oras.signed.*``)."""
+    resolved: Descriptor | None = None
+    """What the target resolved to, once the pull decided to install it."""
 
     def __post_init__(self) -> None:
         self.received_at_start = self.registry.bytes_received
@@ -479,70 +293,98 @@ class _PullRun:
 
     def _record(self) -> None:
         if self.ledger is not None and not self.recorded and self.received:
-            self.ledger.record(self.received)
+            with self.layout.lock(timeout=self.options.lock_timeout_s):
+                self.ledger.record(self.received)
         self.recorded = True
 
-    def result(self, status: str, code: ReasonCode, reason: str, tgt: _Target | None, **extra: Any) -> PullResult:
-        """The final report (and the budget ledger's record of what was received)."""
+    def result(self, status: Status, code: ReasonCode, reason: str, tgt: _Target | None, *,
+               from_digest: str | None, to_digest: str | None = None, algorithm: str | None = None,
+               stored_digest: str | None = None, verified: bool = True, delta_size: int | None = None,
+               blobs_fetched: int | None = None, blobs_reused: int | None = None, fix: Fix | None = None,
+               full_size: int | None = None) -> PullResult:
+        """The final report (and the budget ledger's record of what was received); ``to_digest``: the target's,
+        ``full_size``: the target's (given only when there is no target manifest: up to date)."""
         self._record()
         return PullResult(
-            status=status,
-            reference=str(self.target),
-            reason=reason,
-            reason_code=code.value,
-            from_digest=extra.pop("from_digest", None),
-            to_digest=extra.pop("to_digest", tgt.descriptor.digest if tgt else None),
-            algorithm=extra.pop("algorithm", None),
-            bytes_received=self.received,
-            full_size=extra.pop("full_size", tgt.full_size if tgt else None),
-            duration_s=round(time.monotonic() - self.started, 3),
-            trust=self.trust.to_json() if self.trust is not None else None,
-            output=self.written,
-            **extra,
+            status=status, reference=str(self.options.target), reason=reason, reason_code=code,
+            from_digest=from_digest, to_digest=to_digest or (tgt.descriptor.digest if tgt else None),
+            algorithm=algorithm, bytes_received=self.received, full_size=tgt.full_size if tgt else full_size,
+            duration_s=round(time.monotonic() - self.started, 3), stored_digest=stored_digest, verified=verified,
+            delta_size=delta_size, blobs_fetched=blobs_fetched, blobs_reused=blobs_reused, trust=self.trust,
+            output=self.written, fix=fix,
         )
+
+    def install_check(self, manifest: Descriptor) -> None:
+        """In the install transaction: :class:`_Held` when another process installed the target since
+        the pull began (it is then up to date); else :meth:`before_commit`."""
+        if self.resolved is not None:
+            held = _holding(self.layout, self.options.target, self.resolved.digest, self.options.platform or host_platform())
+            if held is not None:
+                raise _Held(held)
+        self.before_commit(manifest)
 
     def before_commit(self, manifest: Descriptor) -> None:
         """Write the files of the stored ``manifest`` to ``output_dir`` (all or nothing), if asked."""
-        if self.output_dir is not None:
-            self.written = [str(path) for path in extract_image(self.layout, manifest, self.output_dir,
-                                                                max_bytes=self.max_size)]
+        if self.options.output_dir is not None:
+            self.written = [str(path) for path in extract_image(self.layout, manifest, self.options.output_dir,
+                                                                max_bytes=self.options.max_size)]
 
     def check_space(self, tgt: _Target, layout_needs: list[tuple[Path, int]], *, what: str) -> None:
         """:class:`DiskSpaceError` before the first blob byte when ``layout_needs`` and the
         files for ``output_dir`` do not fit (an index target's files are not known yet)."""
         needs = list(layout_needs)
-        if self.output_dir is not None and "config" in tgt.document:
-            needs += output_needs(tgt.layers, self.output_dir)
+        if self.options.output_dir is not None and "config" in tgt.document:
+            needs += output_needs(tgt.layers, self.options.output_dir)
         check_free_space(needs, what=what)
 
-    def execute(self, base_ref: Reference | None) -> PullResult:
-        """Decide and do (the caller holds the layout lock)."""
+    def execute(self) -> PullResult:
+        """Decide and do (each write to the layout takes its lock for the install alone)."""
         try:
-            return self._execute(base_ref)
+            return self._execute()
         except BaseException:
-            self._record()  # what a failed pull received still counts against the budget
+            try:
+                self._record()  # what a failed pull received still counts against the budget
+            except DorasOrasError as exc:  # the lock or the disk: the pull's own error is the one to report
+                log.warning("the download ledger was not updated: %s", exc)
             raise
 
-    def _execute(self, base_ref: Reference | None) -> PullResult:
-        target, layout, registry = self.target, self.layout, self.registry
+    def _execute(self) -> PullResult:
+        target, layout = self.options.target, self.layout
         # A HEAD first: a device polling for updates pays no manifest body when up to date.
         resolved = self.resolve_target()
-        base = find_base(layout, target, base_ref)
-        held = _holding(layout, target, resolved.digest, self.platform or host_platform())
+        base = find_base(layout, target, self.options.from_ref)
+        held = _holding(layout, target, resolved.digest, self.options.platform or host_platform())
         if held is not None:
-            attachments = self.verify_held(held, resolved)
-            self.before_commit(held.descriptor)
-            unrecorded = any(held.descriptor.annotations.get(k) != v for k, v in self.notes.items())
-            if (held.tag != target.tag and target.tag) or attachments or unrecorded:
-                notes = {key: value for key, value in held.descriptor.annotations.items()
-                         if key in (ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM, ANNOTATION_PULLED_BY)}
-                notes.update(self.notes)
-                layout.commit_image(held.descriptor, repository=target.name, tag=target.tag or held.tag,
-                                    source_digest=held.source_digest, annotations=notes or None,
-                                    attachments=attachments)
-            return self.result(STATUS_UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
-                               None, stored_digest=held.descriptor.digest, to_digest=resolved.digest,
-                               full_size=_stored_full_size(layout, held, resolved))
+            return self.up_to_date(held, resolved)
+        try:
+            return self._update(resolved, base)
+        except _Held as race:  # another process installed the target meanwhile
+            self.trust, self.keep, self.notes = None, [], {}
+            return self.up_to_date(race.image, resolved)
+
+    def up_to_date(self, held: ImageEntry, resolved: Descriptor) -> PullResult:
+        """The layout holds the target: (re)verify, write the files, record a new tag or signatures."""
+        target, layout = self.options.target, self.layout
+        attachments = self.verify_held(held, resolved)
+        unrecorded = any(held.descriptor.annotations.get(k) != v for k, v in self.notes.items())
+        if (held.tag != target.tag and target.tag) or attachments or unrecorded:
+            notes = {key: value for key, value in held.descriptor.annotations.items()
+                     if key in (ANNOTATION_SOURCE_INDEX, ANNOTATION_SOURCE_PLATFORM, ANNOTATION_PULLED_BY)}
+            notes.update(self.notes)
+            with layout.install(timeout=self.options.lock_timeout_s) as install:
+                install.commit(held.descriptor, before_commit=self.before_commit, repository=target.name,
+                               tag=target.tag or held.tag, source_digest=held.source_digest,
+                               annotations=notes or None, attachments=attachments)
+        elif self.options.output_dir is not None:
+            with layout.lock(timeout=self.options.lock_timeout_s):  # the image's blobs stay while its files are written
+                self.before_commit(held.descriptor)
+        return self.result(Status.UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
+                           None, from_digest=None, stored_digest=held.descriptor.digest, to_digest=resolved.digest,
+                           full_size=_stored_full_size(layout, held, resolved))
+
+    def _update(self, resolved: Descriptor, base: ImageEntry | None) -> PullResult:
+        target, layout, registry = self.options.target, self.layout, self.registry
+        self.resolved = resolved
         self.verify(resolved.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
         tgt = _Target(target, registry.fetch_parsed(target, expected=resolved))
         self.go_forward(tgt.body, resolved.digest, None)  # a rollback or stale target: refused, nothing fetched
@@ -550,22 +392,25 @@ class _PullRun:
         if tgt.descriptor.media_type in INDEX_MEDIA_TYPES:
             return self.full(tgt, ReasonCode.INDEX_TARGET, "the target is an image index; Doras deltas are "
                              "for single-manifest artifacts", base=base)
-        check_max_size(tgt.full_size, self.max_size, what=str(target))
-        if base_ref is not None and base is None:
-            raise ImageNotFoundError(f"--from {base_ref}: no such image in {layout.root}")
+        check_max_size(tgt.full_size, self.options.max_size, what=str(target))
+        if self.options.from_ref is not None and base is None:
+            raise BaseNotFoundError(f"from_ref {self.options.from_ref}: no such image in {layout.root}",
+                                    base=str(self.options.from_ref))
         if base is None:
             return self.full(tgt, ReasonCode.NO_BASE, f"no image of {target.name} in the layout to patch",
                              base=None)
-        if self.doras_url is None and self.edge_client is None:
+        if self.options.doras_url is None and self.options.edge_client is None:
             return self.full(tgt, ReasonCode.NO_SERVER, "no Doras server given", base=base)
         try:
             return self.delta(tgt, base)
         except _Pending as pending:
-            return self.result(STATUS_PENDING, pending.code, pending.reason, tgt, from_digest=base.source_digest)
+            return self.result(Status.PENDING, pending.code, pending.reason, tgt, from_digest=base.source_digest)
         except _Fallback as fallback:
             log.warning("falling back to a full pull: %s", fallback.reason)
             result = self.full(tgt, fallback.code, fallback.reason, base=base, fix=fallback.fix)
-        if self._forget_if_lost(base):
+        with layout.lock(timeout=self.options.lock_timeout_s):
+            lost = self._forget_if_lost(base)
+        if lost:
             result = replace(result, reason=result.reason + f"; the damaged image {base.tag or base.source_digest} "
                              "(its layer was lost) was dropped from the layout's index")
         return result
@@ -573,7 +418,7 @@ class _PullRun:
     def resolve_target(self) -> Descriptor:
         """The target's descriptor; a 404 says the reference is not found, a 401/403 after credentials
         were given says the registry refused that user (not that credentials are missing)."""
-        target = self.target
+        target = self.options.target
         try:
             return self.registry.resolve(target)
         except RegistryAuthError as exc:
@@ -593,23 +438,23 @@ class _PullRun:
 
         A transport error while reading signatures propagates too: the pull fails, it never falls back.
         """
-        if self.verification is None:
+        if self.options.verification is None:
             return
-        from .signatures import verify_in_registry  # cryptography loads only for a verified pull
+        from ..signatures import verify_in_registry  # cryptography loads only for a verified pull
 
-        self.trust = verify_in_registry(self.registry, self.target.with_digest(digest), self.verification)
+        self.trust = verify_in_registry(self.registry, self.options.target.with_digest(digest), self.options.verification)
         self.verified = digest
 
     def go_forward(self, body: bytes, digest: str, held: ImageEntry | None) -> None:
         """With ``verify``: the target (``body``, the bytes of the signed ``digest``; or the layout's
         ``held`` image) must not be older than the installed image, nor stale (docs/trust.md)."""
-        if self.verification is None or self.trust is None:
+        if self.options.verification is None or self.trust is None:
             return
-        from .signatures import check_forward, standing_of, target_standing
+        from ..signatures import check_forward, standing_of, target_standing
 
         standing = standing_of(self.layout, held) if held is not None else target_standing(self.trust, body, digest)
-        self.trust, self.notes = check_forward(self.layout, self.target, self.trust, self.verification, standing,
-                                               allow_downgrade=self.allow_downgrade)
+        self.trust, self.notes = check_forward(self.layout, self.options.target, self.trust, self.options.verification, standing,
+                                               allow_downgrade=self.options.allow_downgrade)
 
     def verify_held(self, held: ImageEntry, resolved: Descriptor) -> list[Attachment]:
         """Up to date, with ``verify``: the stored copy of the signature is checked again (no request).
@@ -618,15 +463,15 @@ class _PullRun:
         verification was asked for, or the keys changed), the registry's is
         checked and returned, to be kept beside the image.
         """
-        if self.verification is None:
+        if self.options.verification is None:
             return []
-        from .signatures import (  # cryptography loads only for a verified pull
+        from ..signatures import (  # cryptography loads only for a verified pull
             attachments_of,
             verify_in_layout,
         )
 
         try:
-            self.trust = verify_in_layout(self.layout, self.target.with_digest(resolved.digest), self.verification)
+            self.trust = verify_in_layout(self.layout, self.options.target.with_digest(resolved.digest), self.options.verification)
             self.verified = resolved.digest
             self.go_forward(b"", resolved.digest, held)
             return []
@@ -638,17 +483,17 @@ class _PullRun:
         assert self.trust is not None
         self.go_forward(b"", resolved.digest, held)
         signed = None if resolved.digest == held.descriptor.digest else (
-            self.registry.fetch_parsed(self.target, expected=resolved).body)  # an index, a rewritten original
+            self.registry.fetch_parsed(self.options.target, expected=resolved).body)  # an index, a rewritten original
         return attachments_of(self.trust, signed)
 
     def attachments(self, tgt: _Target) -> list[Attachment]:
         """The verified signature manifests to commit beside ``tgt``; ``tgt`` must be the verified digest."""
-        if self.verification is None or self.trust is None:
+        if self.options.verification is None or self.trust is None:
             return []
         if tgt.descriptor.digest != self.verified:
             raise VerificationError(f"{tgt.ref}: about to install {tgt.descriptor.digest}, but "
                                     f"{self.verified} is the digest that was verified")
-        from .signatures import attachments_of
+        from ..signatures import attachments_of
 
         return attachments_of(self.trust, tgt.body)
 
@@ -665,7 +510,7 @@ class _PullRun:
     def full(self, tgt: _Target, code: ReasonCode, reason: str, *, base: ImageEntry | None,
              fix: Fix | None = None) -> PullResult:
         """A verified full pull of the target."""
-        check_max_size(tgt.full_size, self.max_size, what=str(tgt.ref))
+        check_max_size(tgt.full_size, self.options.max_size, what=str(tgt.ref))
         if self.ledger is not None:
             self.ledger.check(tgt.full_size, what=f"a full pull of {tgt.ref}")
         if "config" in tgt.document:
@@ -673,10 +518,10 @@ class _PullRun:
                        if not self.layout.blob_present(blob)]
             self.check_space(tgt, [(self.layout.root, blob.size) for blob in missing],
                              what=f"a full pull of {tgt.ref}")
-        pulled = pull_full(self.registry, tgt.ref, self.layout, parsed=tgt.parsed, platform=self.platform,
-                           progress=self.progress, attachments=self.keep, before_commit=self.before_commit,
-                           annotations=self.notes)
-        return self.result(STATUS_FULL, code, reason, tgt, from_digest=base.source_digest if base else None,
+        pulled = pull_full(self.registry, tgt.ref, self.layout, parsed=tgt.parsed, platform=self.options.platform,
+                           progress=self.options.progress, attachments=self.keep, before_commit=self.install_check,
+                           annotations=self.notes, lock_timeout_s=self.options.lock_timeout_s)
+        return self.result(Status.FULL, code, reason, tgt, from_digest=base.source_digest if base else None,
                            stored_digest=pulled.manifest.digest, blobs_fetched=pulled.blobs_fetched,
                            blobs_reused=pulled.blobs_reused, fix=fix)
 
@@ -684,7 +529,7 @@ class _PullRun:
         """Patch ``base`` into the target; :class:`_Fallback` when a delta cannot be used."""
         base_layer, target_layer = self._single_layers(tgt, base)
         planned = _plan.choose_accepted(base_is_registry_blob=not base.rewritten, target_layer=target_layer,
-                                        allow_unverified=self.allow_unverified, requested=self.requested)
+                                        allow_unverified=self.options.allow_unverified, requested=self.options.accepted_algorithms)
         if planned.mode is _plan.Mode.FULL:
             raise _Fallback(planned.code, planned.reason)
         from_image = tgt.ref.with_digest(base.source_digest)
@@ -707,7 +552,7 @@ class _PullRun:
         reason = "patched the stored image with a delta from the Doras server"
         if not verified:
             reason += " (tar-diff result NOT verified: the target layer has no content digest)"
-        return self.result(STATUS_DELTA, ReasonCode.PATCHED, reason, tgt, from_digest=base.source_digest,
+        return self.result(Status.DELTA, ReasonCode.PATCHED, reason, tgt, from_digest=base.source_digest,
                            algorithm=delta.algorithm.value, stored_digest=image.descriptor.digest,
                            verified=verified, delta_size=delta.layer.size)
 
@@ -733,23 +578,24 @@ class _PullRun:
         saves hashing the whole base on every pull. With ``allow_unverified``
         the base is hashed first.
         """
-        if self.allow_unverified:
+        if self.options.allow_unverified:
             return self.layout.has_blob(layer)
         return self.layout.blob_present(layer)
 
     def _ask(self, from_image: Reference, to_image: Reference, planned: _plan.DeltaPlan) -> Delta:
         """The Doras conversation: the checked delta, or :class:`_Pending` / :class:`_Fallback`."""
-        client = self.edge_client or edge_client_for(self.registry, self.doras_url or "", to_image.registry)
+        client = self.options.edge_client or EdgeClient.for_registry(self.registry, self.options.doras_url or "",
+                                                                         to_image.registry)
         before = client.bytes_received
         try:
-            delta = client.fetch_delta(from_image, to_image, planned.accepted, self.registry, wait=self.wait,
-                                       deadline_s=self.timeout_s, on_wait=self.on_wait)
+            delta = client.fetch_delta(from_image, to_image, planned.accepted, self.registry, wait=self.options.wait,
+                                       deadline_s=self.options.timeout_s, on_wait=self.options.on_wait)
             if delta is None:
                 raise _Pending(ReasonCode.BUILDING, "the Doras server is building the delta; ask again later")
             return delta
         except BackoffExhausted as exc:
             reason = f"the delta was not ready in time: {_detail(exc)}"
-            if self.on_timeout == STATUS_PENDING:
+            if self.options.on_timeout == Status.PENDING:
                 raise _Pending(ReasonCode.DELTA_TIMEOUT, reason) from exc
             raise _Fallback(ReasonCode.DELTA_TIMEOUT, reason) from exc
         except ImagesIdenticalError as exc:
@@ -767,15 +613,16 @@ class _PullRun:
             raise _Fallback(ReasonCode.BAD_DELTA, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
         finally:
             self.edge_received += client.bytes_received - before
-            if self.edge_client is None:
+            if self.options.edge_client is None:
                 client.close()
 
     def _apply_and_commit(self, tgt: _Target, base_layer: Descriptor, target_layer: Descriptor,
                           delta: Delta, expected: _plan.Expected) -> ImageEntry:
-        """Download the delta (resumable), apply it into a blob writer (verified), store, commit."""
+        """Download the delta (resumable) and the config, then in the install transaction: apply the
+        delta to the base into a blob writer (verified), store, commit."""
         layout, registry = self.layout, self.registry
         keep_partial = False
-        with layout.partial_writer(delta.layer, what="delta") as download:
+        with layout.partial_writer(delta.layer, what="delta") as download, contextlib.ExitStack() as stack:
             try:
                 try:
                     registry.download(delta.manifest_ref, delta.layer, download,
@@ -783,51 +630,59 @@ class _PullRun:
                 except (TransportError, KeyboardInterrupt):
                     keep_partial = True  # a dropped or stalled link, Ctrl-C, SIGTERM: the next run resumes it
                     raise
-                with layout.temp_writer(digest=expected.digest, size=expected.size, what="delta output") as out, \
-                        download.path.open("rb") as patch, \
-                        layout.blob_path(base_layer.digest).open("rb") as base:
-                    apply_delta(delta.algorithm, base, patch, out, expected_size=expected.size,
-                                scratch=layout.scratch_file)
-                    stored = layout.store(out)  # the digest was computed while writing: no second pass
             except TransportError as exc:
                 raise _Fallback(ReasonCode.DELTA_DOWNLOAD_FAILED, f"the delta could not be applied: {_detail(exc)}",
                                 _fix(exc)) from exc
             except (CodecError, VerificationError, OSError) as exc:
-                if not layout.has_blob(base_layer):
-                    raise _Fallback(ReasonCode.BASE_CORRUPT,
-                                    f"the stored base layer {base_layer.digest} is missing or corrupt "
-                                    f"(the delta did not give the target: {_detail(exc)})") from exc
-                raise _Fallback(ReasonCode.DELTA_FAILED, f"the delta could not be applied: {_detail(exc)}") from exc
+                raise self._unusable(exc, base_layer) from exc
             finally:
-                if not keep_partial:  # the delta is used or refused: its download is of no further use
-                    download.discard()
-        if self.progress is not None:
-            self.progress("apply", stored.size, stored.size)
-        registry.fetch_into(tgt.ref, tgt.config, layout)
-        attachments = self.keep
-        if expected.is_registry_blob:
-            layout.ingest_bytes(tgt.descriptor, tgt.body)
-            manifest = tgt.descriptor
-        else:  # the tar as gzip: what the oras CLI unpacks (the tar itself goes once committed)
-            placed = layout.store_gzip(stored)
-            layer = _plan.rewritten_layer(target_layer, placed.digest, placed.size)
-            manifest = layout.store_rewritten(tgt.body, 0, layer, source_digest=tgt.descriptor.digest)
-        try:
-            self.before_commit(manifest)
-            return layout.commit_image(manifest, repository=tgt.ref.name, tag=tgt.ref.tag,
-                                       source_digest=tgt.descriptor.digest,
+                if not keep_partial and download.digest_written is None:
+                    download.discard()  # refused: of no further use
+            config = None
+            stack.callback(download.discard)  # used or not, the delta is of no further use after this
+            if not layout.has_blob(tgt.config):
+                config = stack.enter_context(layout.partial_writer(tgt.config))
+                stack.callback(config.discard)  # stored by the install, or of no use: nothing of it stays
+                registry.download(tgt.ref, tgt.config, config)
+            with layout.install(timeout=self.options.lock_timeout_s) as install:
+                try:
+                    with layout.temp_writer(digest=expected.digest, size=expected.size, what="delta output") as out, \
+                            download.path.open("rb") as patch, \
+                            layout.blob_path(base_layer.digest).open("rb") as base:
+                        apply_delta(delta.algorithm, base, patch, out, expected_size=expected.size,
+                                    scratch=layout.scratch_file)
+                        stored = install.store(out)  # the digest was computed while writing: no second pass
+                except (CodecError, VerificationError, OSError) as exc:
+                    raise self._unusable(exc, base_layer) from exc
+                if self.options.progress is not None:
+                    self.options.progress("apply", stored.size, stored.size)
+                if config is not None:
+                    install.store(config)
+                if expected.is_registry_blob:
+                    install.put(tgt.descriptor, tgt.body)
+                    manifest = tgt.descriptor
+                else:  # the tar as gzip: what the oras CLI unpacks (the tar itself goes once committed)
+                    placed = install.store_gzip(stored)
+                    layer = _plan.rewritten_layer(target_layer, placed.digest, placed.size)
+                    manifest = install.put_rewritten(tgt.body, layer, source_digest=tgt.descriptor.digest)
+                image = install.commit(manifest, before_commit=self.install_check, repository=tgt.ref.name,
+                                       tag=tgt.ref.tag, source_digest=tgt.descriptor.digest,
                                        annotations={ANNOTATION_PULLED_BY: f"delta {delta.algorithm.value}",
                                                     **self.notes},
-                                       attachments=attachments)
-        except BaseException:  # files not written or the commit failed: nothing of this pull stays in blobs/
-            layout.discard_unreferenced([manifest.digest, stored.digest, tgt.config.digest])
-            raise
-        finally:
-            if not expected.is_registry_blob:
-                layout.discard_unreferenced([stored.digest, placed.digest])
+                                       attachments=self.keep)
+                if not expected.is_registry_blob:
+                    layout.discard_unreferenced([stored.digest])
+                return image
+
+    def _unusable(self, exc: BaseException, base_layer: Descriptor) -> _Fallback:
+        """The fallback for a delta that did not give the target: a corrupt base, or the delta's fault."""
+        if not self.layout.has_blob(base_layer):
+            return _Fallback(ReasonCode.BASE_CORRUPT, f"the stored base layer {base_layer.digest} is missing or "
+                             f"corrupt (the delta did not give the target: {_detail(exc)})")
+        return _Fallback(ReasonCode.DELTA_FAILED, f"the delta could not be applied: {_detail(exc)}")
 
     def _reporter(self, phase: str, total: int) -> Callable[[int], None] | None:
-        progress = self.progress
+        progress = self.options.progress
         if progress is None:
             return None
         return lambda done: progress(phase, done, total)
