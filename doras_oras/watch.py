@@ -11,6 +11,8 @@ its kept-alive connections, can serve the whole life of the process.
 - **Schedule** (:class:`Schedule`): after a poll the next one of that target
   is due in ``interval ± jitter`` (uniform, from an injectable random source),
   so a fleet started together drifts apart instead of polling in lockstep.
+- **Failures**: a poll that raises is reported and retried, except for
+  :data:`FATAL` errors (a setting is wrong: no retry helps), which leave the loop.
 - **Backoff**: after the ``n``-th failure in a row the wait is
   :func:`doras_oras.backoff.next_delay` (the project's one formula) with the
   interval as its base, ``interval * 2**(n-1)`` ±50 %, capped at
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backoff import next_delay
-from .errors import DorasOrasError, InvalidArgumentError
+from .errors import DorasOrasError, InvalidArgumentError, NotALayoutError, TrustConfigError
 from .pull import PullResult
 from .reference import Reference
 from .sdnotify import Notifier
@@ -52,6 +54,10 @@ DEFAULT_MAX_BACKOFF_S = 3600.0
 """The longest wait after failures in a row, unless the interval is longer."""
 
 HOOK_SHELL = "/bin/sh"
+
+FATAL: tuple[type[DorasOrasError], ...] = (InvalidArgumentError, NotALayoutError, TrustConfigError)
+"""Failures no retry can fix (a bad argument, a layout path holding something else, an unusable key or
+policy): they leave the loop. Every other :class:`DorasOrasError` of a poll is reported and retried."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,8 @@ class Watcher:
         self.polls += 1
         try:
             result = self.poll(target, self.ping)
+        except FATAL:
+            raise
         except DorasOrasError as exc:
             spent = time.process_time() - cpu
             self.failures += 1

@@ -26,12 +26,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "_writeback", "stream", "schemas"),
     ("codecs",),
     ("layout", "budget", "trust"),
-    ("transport", "auth"),
+    ("transport", "auth", "sdnotify"),
     ("registry_client", "extract", "signatures"),
     ("edgeapi",),
     ("full",),
     ("pull",),
-    ("registry",),
+    ("watch", "registry"),
     ("cli", "__init__", "__main__"),
 )
 
