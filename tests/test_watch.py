@@ -255,3 +255,29 @@ def test_a_layout_path_holding_something_else_ends_the_agent_as_a_usage_error(
     assert code == 2, agent.stderr
     assert agent.seen[-1]["error"] == "NotALayoutError" and agent.seen[-1]["exit_code"] == 2
     assert (other / "notes.txt").read_text() == "mine" and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_the_systemd_unit_of_the_docs_is_valid_and_its_command_parses(tmp_path: Path) -> None:
+    """docs/fleet.md's unit: ``systemd-analyze verify`` accepts it, and its ExecStart is a valid watch."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from doras_oras.cli.main import build_parser
+    from tests.test_docs_commands import blocks
+
+    [unit] = blocks(Path(__file__).resolve().parents[1] / "docs" / "fleet.md", "ini")
+    line = unit.split("ExecStart=", 1)[1].split("\n#", 1)[0].split("\nTimeout", 1)[0]
+    words = shlex.split(line.replace("\\\n", " "))
+    assert words[0] == "/usr/local/bin/doras-oras"
+    args = build_parser().parse_args(words[1:])
+    assert (args.command, args.interval, args.jitter) == ("watch", 900.0, 300.0)
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    exe = shutil.which("doras-oras")
+    assert exe is not None
+    path = tmp_path / "doras-oras-watch.service"
+    path.write_text(unit.replace("/usr/local/bin/doras-oras", exe))
+    proc = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "doras-oras-watch.service" not in proc.stderr, proc.stderr
