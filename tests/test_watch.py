@@ -281,3 +281,46 @@ def test_the_systemd_unit_of_the_docs_is_valid_and_its_command_parses(tmp_path: 
     path.write_text(unit.replace("/usr/local/bin/doras-oras", exe))
     proc = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "doras-oras-watch.service" not in proc.stderr, proc.stderr
+
+
+def test_two_refs_share_one_agent_and_an_output_template(oci_registry: RegistryServer, tmp_path: Path) -> None:
+    """Each REF is polled and its files land in the directory the template names for it."""
+    repos = [unique("watch-a"), unique("watch-b")]
+    for n, repo in enumerate(repos):
+        oras_push_file(oci_registry.host, f"{repo}:v1", tmp_path / f"p{n}", "fw.bin", payload(3000, 50 + n))
+    layout, out = tmp_path / "L", tmp_path / "out"
+    refs = [f"{oci_registry.host}/{repo}:v1" for repo in repos]
+    with Agent(*refs, "--oci-layout", str(layout), "--plain-http", "--interval", INTERVAL,
+               "--output", str(out / "{name}-{tag}")) as agent:
+        first = {agent.next(_is("poll", "full"))["reference"] for _ in range(2)}
+        again = {agent.next(_is("poll", "up-to-date"))["reference"] for _ in range(4)}
+        assert agent.stop() == 0
+    assert first == again == set(refs)
+    for n, repo in enumerate(repos):
+        assert (out / f"{repo.rsplit('/', 1)[1]}-v1" / "fw.bin").read_bytes() == payload(3000, 50 + n)
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--output", "a", "--output", "b", "--output", "c"], "once per REF"),
+    (["--output", "same"], "same --output directory"),
+    (["--interval", "1", "--jitter", "2"], "--jitter must not be longer than --interval"),
+    (["--output", "{nope}"], "not a template"),
+])
+def test_contradicting_watch_flags_are_usage_errors(tmp_path: Path, flags: list[str], words: str) -> None:
+    """Refused before anything is sent (the registry named does not exist)."""
+    args = ["watch", "127.0.0.1:9/a:v1", "127.0.0.1:9/b:v1", "--oci-layout", str(tmp_path / "L"), "--json"]
+    proc = cli(*args, *(flags if "--interval" in flags else ["--interval", "1", *flags]))
+    assert proc.returncode == 2, proc.stderr
+    assert words in json.loads(proc.stdout)["message"]
+    assert not (tmp_path / "L").exists()
+
+
+def test_sigint_stops_as_sigterm_does(published: tuple[str, Path, bytes]) -> None:
+    import signal
+
+    repo, layout, _v2 = published
+    with Agent(f"{repo}:stable", "--oci-layout", str(layout), "--plain-http", "--interval", INTERVAL) as agent:
+        agent.next(_is("poll", "up-to-date"))
+        code = agent.stop(signal.SIGINT)
+    assert code == 0, agent.stderr
+    assert (agent.seen[-1]["event"], agent.seen[-1]["signal"]) == ("stopped", "SIGINT")
