@@ -7,7 +7,8 @@ datagrams of ``KEY=VALUE`` lines to the ``AF_UNIX`` socket named in
 microseconds when ``WatchdogSec=`` is set, ``STATUS=...`` (shown by
 ``systemctl status``) and ``STOPPING=1`` on the way out. Without
 ``$NOTIFY_SOCKET`` (not run by systemd) every call does nothing. A lost
-datagram is not an error: systemd's own client ignores failures too.
+datagram is not an error: systemd's own client ignores failures too; the
+socket does not block (a full queue at the receiver drops the message).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self.socket_name is not None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.setblocking(False)  # a receiver that does not read must never stall the service
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Notifier:

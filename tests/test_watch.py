@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import statistics
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,63 @@ def test_sigint_stops_as_sigterm_does(published: tuple[str, Path, bytes]) -> Non
         code = agent.stop(signal.SIGINT)
     assert code == 0, agent.stderr
     assert (agent.seen[-1]["event"], agent.seen[-1]["signal"]) == ("stopped", "SIGINT")
+
+
+def test_a_failing_target_backs_off_alone_and_ready_waits_for_every_target(tmp_path: Path) -> None:
+    """In process, the loop with an injected pull: one REF always fails, the other is up to date."""
+    from doras_oras.errors import TransportError
+    from doras_oras.pull import PullResult
+    from doras_oras.reference import Reference
+    from doras_oras.watch import Target, Watcher, WatchEvent
+
+    server = NotifySocket(tmp_path / "notify")
+    good, bad = Target(Reference.parse("127.0.0.1:9/good:v1")), Target(Reference.parse("127.0.0.1:9/bad:v1"))
+    seen: list[tuple[str, str, int, float]] = []  # (target, kind, failures in a row, next poll in)
+    watcher: Watcher
+
+    def poll(target: Target, ping: Any) -> PullResult:
+        if target is bad:
+            raise TransportError("connection refused")
+        return PullResult(status="up-to-date", reference=str(target.reference), reason="held", from_digest=None,
+                          to_digest="sha256:" + "a" * 64, algorithm=None, bytes_received=0, full_size=0,
+                          duration_s=0.0)
+
+    def on_event(event: WatchEvent) -> None:
+        name = "bad" if event.target is bad else "good"
+        seen.append((name, event.kind, event.target.failures, event.next_poll_s or 0.0))
+        if sum(s[0] == "bad" for s in seen) == 4:
+            watcher.stop.set()
+
+    watcher = Watcher([bad, good], poll, Schedule(0.01, 0.0, max_backoff_s=1.0), tmp_path, on_event,
+                      notifier=Notifier(str(server.path)), random=random.Random(7))
+    try:
+        watcher.run()
+        messages = server.receive("STOPPING=1")
+    finally:
+        watcher.notifier.close()
+        server.close()
+    failed = [s for s in seen if s[0] == "bad"]
+    assert [(kind, n) for _, kind, n, _ in failed] == [("error", 1), ("error", 2), ("error", 3), ("error", 4)]
+    assert all(0.01 * 2 ** (n - 1) / 2 <= wait <= 1.0 for _, _, n, wait in failed)
+    assert {(kind, n, wait) for name, kind, n, wait in seen if name == "good"} == {("poll", 0, 0.01)}
+    assert sum(s[0] == "good" for s in seen) > 4  # the good one kept its interval meanwhile
+    assert [m.split("\n")[0] for m in messages].count("READY=1") == 1
+    assert messages.index(next(m for m in messages if m.startswith("READY=1"))) >= 1  # after both first polls
+
+
+def test_sd_notify_never_blocks_on_a_receiver_that_does_not_read(tmp_path: Path) -> None:
+    """A full datagram queue drops the message (False) instead of stalling the agent."""
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    silent.bind(str(tmp_path / "notify"))
+    notifier = Notifier(str(tmp_path / "notify"))
+    sent: list[bool] = []
+    sender = threading.Thread(target=lambda: sent.extend(notifier.status(f"poll {n}") for n in range(2000)),
+                              daemon=True)  # far more than any queue holds
+    sender.start()
+    sender.join(30)
+    blocked = sender.is_alive()
+    if not blocked:
+        notifier.close()
+    silent.close()  # (also wakes a sender that blocked)
+    assert not blocked, "sd_notify blocked on a full queue"
+    assert sent[0] and not all(sent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -85,23 +86,46 @@ class Agent:
 
 
 class NotifySocket:
-    """A real ``AF_UNIX`` datagram socket standing in for systemd's ``$NOTIFY_SOCKET``."""
+    """A real ``AF_UNIX`` datagram socket standing in for systemd's ``$NOTIFY_SOCKET``.
+
+    A thread reads every datagram as it comes (as systemd does: the sender's socket does not block,
+    so a receiver that fell behind would lose messages).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.settimeout(30)
+        self.messages: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def receive(self, wanted: str, limit: int = 200) -> list[str]:
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self.messages.put(data.decode())
+
+    def receive(self, wanted: str, limit: int = 10000, timeout_s: float = 30.0) -> list[str]:
         """Datagrams until one holds the line ``wanted`` (bounded in count and time); all of them."""
         got: list[str] = []
+        deadline = time.monotonic() + timeout_s
         for _ in range(limit):
-            text = self.sock.recv(4096).decode()
+            try:
+                text = self.messages.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                break
             got.append(text)
             if wanted in text.splitlines():
                 return got
-        raise AssertionError(f"no {wanted} in {got}")
+        raise AssertionError(f"no {wanted} in {got[-20:]}")
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        self._reader.join(5)
