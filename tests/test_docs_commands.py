@@ -74,7 +74,7 @@ def test_synopses_name_only_real_flags_and_every_flag_is_documented() -> None:
         assert _flags(synopsis) <= known, (name, _flags(synopsis) - known)
     assert seen == set(commands), seen
     for name, parser in commands.items():
-        documented = text[name] + text.get("pull", "") * (name == "delta")
+        documented = text[name] + text.get("pull", "") * (name in ("delta", "watch"))
         for action in parser._actions:
             if not action.option_strings or "-h" in action.option_strings or action.dest.endswith("_after"):
                 continue

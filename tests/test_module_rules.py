@@ -27,12 +27,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "_writeback", "stream", "schemas"),
     ("codecs",),
     ("layout", "budget", "trust"),
-    ("transport", "auth"),
+    ("transport", "auth", "sdnotify"),
     ("registry_client", "extract", "signatures"),
     ("edgeapi", "stored_deltas"),
     ("full", "publish"),
     ("pull",),
-    ("registry",),
+    ("watch", "registry"),
     ("cli", "__init__", "__main__"),
 )
 

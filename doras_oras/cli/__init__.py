@@ -4,7 +4,7 @@ Modules: :mod:`.main` (parser, command list, error boundary), :mod:`.options`
 (the flags ``pull`` and ``delta`` share), :mod:`.output` (results, errors, JSON,
 the fixes in flags), :mod:`.progress` (the bar and the spinner on a terminal),
 :mod:`.exits` (exit codes), one module per command: :mod:`.pull`,
-:mod:`.delta`, :mod:`.apply`, :mod:`.gc`, :mod:`.fsck`, :mod:`.verify`, :mod:`.listing` (``list``).
+:mod:`.watch` (the update agent), :mod:`.delta`, :mod:`.apply`, :mod:`.gc`, :mod:`.fsck`, :mod:`.verify`, :mod:`.listing` (``list``).
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import DorasOrasError
-from . import apply, delta, fsck, gc, listing, publish, pull, verify
+from . import apply, delta, fsck, gc, listing, publish, pull, verify, watch
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, exit_code_for
 from .output import report_error
 
-COMMANDS: tuple[ModuleType, ...] = (pull, delta, apply, publish, gc, fsck, verify, listing)
+COMMANDS: tuple[ModuleType, ...] = (pull, watch, delta, apply, publish, gc, fsck, verify, listing)
 """The subcommands, in the order ``--help`` lists them."""
 
 EPILOG = ("exit codes: 0 success, 1 error, 2 usage error, 3 up to date, 4 pending, "

@@ -11,13 +11,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import schemas
 from ..edgeapi import EdgeClient
 from ..errors import BaseNotFoundError, InvalidArgumentError
 from ..pull import PullResult, Status, check_base_ref, pull_delta
 from ..reference import Reference, names_registry
+from ..registry_client import RegistryClient
 from .exits import EXIT_OK, EXIT_PENDING, EXIT_UP_TO_DATE
 from .options import SERVER_ONLY as OPTIONS_SERVER_ONLY
 from .options import (
@@ -33,6 +34,12 @@ from .options import (
 )
 from .output import emit, hint, human_size
 from .progress import Display
+
+if TYPE_CHECKING:
+    from ..edgeapi import EdgeClient
+    from ..full import Progress
+    from ..pull import Waiting
+    from ..trust import Verification
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +79,23 @@ SERVER_ONLY = (*OPTIONS_SERVER_ONLY, ("from_ref", "--from"), ("on_timeout", "--o
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", metavar="REF", help="registry/repository[:tag][@digest]")
-    parser.add_argument("--oci-layout", required=True, metavar="DIR",
-                        help="the OCI image layout to pull into (created when missing or empty)")
-    add_server_options(parser, required=False)
+    add_pull_options(parser)
     parser.add_argument("--from", dest="from_ref", metavar="REF",
                         help="the image of the layout to patch: a tag (v1), a digest (sha256:...) or a "
                              "reference of the same repository (default: its newest)")
+    parser.add_argument("--output", "-o", metavar="DIR",
+                        help="also write the artifact's files to DIR (as oras pull -o), before the layout "
+                             "records the image")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar or spinner (they are drawn only when stderr is a terminal)")
+
+
+def add_pull_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of a pull that ``pull`` and ``watch`` share (all but REF, ``--from``, ``--output``)."""
+    parser.add_argument("--oci-layout", required=True, metavar="DIR",
+                        help="the OCI image layout to pull into (created when missing or empty)")
+    add_server_options(parser, required=False)
     parser.add_argument("--on-timeout", choices=("full", "pending"), default=None,
                         help="when the delta is not ready in time: full pull (default) or exit 4")
     parser.add_argument("--allow-unverified", action="store_true",
@@ -89,29 +107,47 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(a deliberate downgrade; refused otherwise, exit 5)")
     parser.add_argument("--budget", type=_budget, metavar="BYTES/PERIOD",
                         help="download budget counted across runs in the layout, e.g. 100M/1d")
-    parser.add_argument("--output", "-o", metavar="DIR",
-                        help="also write the artifact's files to DIR (as oras pull -o), before the layout "
-                             "records the image")
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to choose from an image index")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar or spinner (they are drawn only when stderr is a terminal)")
     parser.add_argument("--lock-timeout", type=seconds_or_zero, default=300.0, metavar="S",
                         help="seconds to wait while another process writes the layout (default 300; 0: do not wait)")
     add_connection_options(parser)
     add_trust_options(parser)
 
 
-def _check_paths(args: argparse.Namespace) -> None:
+def check_paths(layout: str, output: str | None) -> None:
     """``--oci-layout`` and ``--output`` must be directories (or not exist yet): usage errors else."""
-    for flag, value in (("--oci-layout", args.oci_layout), ("--output", args.output)):
+    for flag, value in (("--oci-layout", layout), ("--output", output)):
         if value is not None and Path(value).exists() and not Path(value).is_dir():
             raise InvalidArgumentError(f"{flag} {value}: not a directory")
-    if args.output is not None and Path(args.output).resolve() == Path(args.oci_layout).resolve():
+    if output is not None and Path(output).resolve() == Path(layout).resolve():
         raise InvalidArgumentError("--output and --oci-layout must be different directories")
 
 
-def _understood(text: str, ref: Reference) -> None:
+def check_pull_args(args: argparse.Namespace) -> Verification | None:
+    """The checks of :func:`add_pull_options` flags before anything is sent; the verification they ask for."""
+    check_server_only(args, SERVER_ONLY)
+    verification = verification_from_args(args)  # keys and policy loaded before anything is sent
+    if args.allow_downgrade and verification is None:
+        raise InvalidArgumentError("--allow-downgrade needs --verify-key or --trust-policy (without verification "
+                                   "nothing is ordered)")
+    return verification
+
+
+def call_pull(args: argparse.Namespace, registry: RegistryClient, edge: EdgeClient | None, ref: Reference, *,
+              verification: Verification | None, from_ref: Reference | None = None, output: str | None = None,
+              progress: Progress | None = None, on_wait: Waiting | None = None) -> PullResult:
+    """One pull of ``ref`` into ``--oci-layout`` with the :func:`add_pull_options` flags (``pull`` and ``watch``)."""
+    return pull_delta(
+        registry, ref, args.oci_layout, doras_url=args.server, edge_client=edge, from_ref=from_ref,
+        accepted_algorithms=args.accept, wait=not args.async_, timeout_s=args.delta_timeout,
+        on_timeout=args.on_timeout or "full", allow_unverified=args.allow_unverified,
+        progress=progress, on_wait=on_wait, max_size=args.max_size, budget=args.budget,
+        lock_timeout_s=args.lock_timeout, platform=args.platform, verify=verification, output_dir=output,
+        allow_downgrade=args.allow_downgrade,
+    )
+
+
+def understood(text: str, ref: Reference) -> None:
     """Say what a reference without a registry host means (docker.io), before anything is sent."""
     if not names_registry(text):
         log.warning("%s names no registry host: understood as %s (write HOST[:PORT]/REPOSITORY[:TAG] "
@@ -125,26 +161,17 @@ def run(args: argparse.Namespace) -> int:
     from_ref = Reference.parse_relative(args.from_ref, ref) if args.from_ref else None
     if from_ref is not None:
         check_base_ref(ref, from_ref, name="--from")
-    _check_paths(args)
-    verification = verification_from_args(args)  # keys and policy loaded before anything is sent
-    if args.allow_downgrade and verification is None:
-        raise InvalidArgumentError("--allow-downgrade needs --verify-key or --trust-policy (without verification "
-                                   "nothing is ordered)")
+    check_paths(args.oci_layout, args.output)
+    verification = check_pull_args(args)
     credentials = credentials_from_args(args)
     registry = registry_from_args(args, credentials)
-    _understood(args.reference, ref)
+    understood(args.reference, ref)
     edge = EdgeClient.for_registry(registry, args.server, ref.registry) if args.server else None
     display = None if args.no_progress or args.json or not sys.stderr.isatty() else Display(sys.stderr)
     try:
-        result = pull_delta(
-            registry, ref, args.oci_layout, doras_url=args.server, edge_client=edge, from_ref=from_ref,
-            accepted_algorithms=args.accept, wait=not args.async_, timeout_s=args.delta_timeout,
-            on_timeout=args.on_timeout or "full", allow_unverified=args.allow_unverified,
-            progress=display.progress if display else None, on_wait=display.waiting if display else None,
-            max_size=args.max_size, budget=args.budget, lock_timeout_s=args.lock_timeout,
-            platform=args.platform, verify=verification, output_dir=args.output,
-            allow_downgrade=args.allow_downgrade,
-        )
+        result = call_pull(args, registry, edge, ref, verification=verification, from_ref=from_ref,
+                           output=args.output, progress=display.progress if display else None,
+                           on_wait=display.waiting if display else None)
     except BaseNotFoundError as exc:  # the library names its parameter; the command names its flag
         raise BaseNotFoundError(f"--from {exc.base}: no such image in {args.oci_layout}", base=exc.base) from exc
     finally:
