@@ -30,30 +30,7 @@ from doras_oras.errors import (
     SizeMismatchError,
 )
 from doras_oras.layout import OCILayout, gc, rebuild_index, verify_layout
-from tests.layout_support import layout_problems, sha256
-
-REPO = "registry.example:5000/team/app"
-
-
-def blob(data: bytes, media_type: str = OCI_LAYER_TAR) -> Descriptor:
-    return Descriptor(media_type, sha256(data), len(data))
-
-
-def store_image(layout: OCILayout, payload: bytes, tag: str | None, *, repo: str = REPO) -> Descriptor:
-    """Ingest a config, one layer and a manifest; commit; return the manifest descriptor."""
-    config = blob(b"{}", "application/vnd.oci.empty.v1+json")
-    layer = blob(payload)
-    body = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": config.to_json(), "layers": [layer.to_json()],
-    }).encode()
-    manifest = blob(body, OCI_MANIFEST)
-    with layout.lock():
-        layout.ingest_bytes(config, b"{}")
-        layout.ingest_bytes(layer, payload)
-        layout.ingest_bytes(manifest, body)
-        layout.commit_image(manifest, repository=repo, tag=tag)
-    return manifest
+from tests.layout_support import REPO, blob, layout_problems, sha256, store_image
 
 
 def all_files(root: Path) -> set[str]:

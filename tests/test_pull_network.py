@@ -17,8 +17,7 @@ from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.server import DorasServer
 from doras_oras.testing.vectors import doras_vectors, push_recorded
 from tests.layout_support import error_json
-from tests.pull_support import check_layout, snapshot, unique
-from tests.test_pull_modes import behind
+from tests.pull_support import behind, check_layout, snapshot, unique
 
 
 def test_auth_registry_credentials_reach_the_server(oci_registry_auth: RegistryServer,
