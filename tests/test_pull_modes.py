@@ -150,10 +150,8 @@ def test_timeout_while_the_server_builds(oci_registry: RegistryServer, doras_ser
     layout = tmp_path / "L"
     pull(oci_registry.host, repo, "v1", layout, server.url)
     before = snapshot(layout)
-    started = time.monotonic()
     result = pull(oci_registry.host, repo, "v2", layout, server.url, timeout_s=0.8, on_timeout=on_timeout)
-    took = time.monotonic() - started
-    assert took < 4.0
+    assert server.builds == 0  # it stopped waiting while the server still built (5 s)
     assert result.status == on_timeout
     assert result.reason_code == "delta-timeout"
     if on_timeout == "full":
