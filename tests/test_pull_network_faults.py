@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from transport_helpers import quick_policy
+from transport_helpers import Sleeps, quick_policy
 
 from doras_oras.descriptor import Descriptor
 from doras_oras.edgeapi import EdgeClient
@@ -160,21 +160,28 @@ def test_429_and_503_storms_are_waited_out_with_retry_after(oci_registry: Regist
         proxy.add("status", manifest_path, status=429, retry_after="1", times=2)
         proxy.add("status", blob_path, status=503, retry_after="1", times=2)
         client = DeltaRegistry(insecure=True, policy=quick_policy(retry_after_max_s=5.0, max_attempts=3))
+        sleeps = Sleeps()
+        client.transport._sleep = sleeps  # the waits, recorded instead of slept
         layout = OCILayout.open(tmp_path / "L")
-        started = time.monotonic()
         result = client.pull_full(f"{proxy.host}/net/storm:v1", layout)
-        elapsed = time.monotonic() - started
         assert [r.status for r in proxy.requests(manifest_path)] == [429, 429, 200]
         assert [r.status for r in proxy.requests(blob_path)] == [503, 503, 200]
-        assert 4.0 <= elapsed < 15  # four Retry-After: 1 honoured
+        assert sleeps == [1.0] * 4  # four Retry-After: 1 honoured
         assert result.bytes_received == manifest_size + len(payload)  # error bodies are not content
         assert layout_problems(tmp_path / "L") == []
 
-        # a storm that does not end: a clear error after max_attempts, nothing written
-        proxy.add("status", "/v2/net/storm/manifests/", status=503, retry_after="0")
+
+@pytest.mark.timeout(60)
+def test_a_storm_that_does_not_end_is_a_clear_error_after_max_attempts_and_writes_nothing(
+    oci_registry: RegistryServer, tmp_path: Path
+) -> None:
+    pushed(oci_registry, "net/storm-endless:v1", tmp_path, os.urandom(MiB))
+    with FaultProxy(oci_registry.url) as proxy:
+        proxy.add("status", "/v2/net/storm-endless/manifests/", status=503, retry_after="0")
+        client = DeltaRegistry(insecure=True, policy=quick_policy(retry_after_max_s=5.0, max_attempts=3))
         other = OCILayout.open(tmp_path / "M")
         with pytest.raises(RegistryError, match=r"503.*gave up after 3 attempts") as info:
-            client.pull_full(f"{proxy.host}/net/storm:v1", other)
+            client.pull_full(f"{proxy.host}/net/storm-endless:v1", other)
         assert info.value.status == 503
         assert other.images() == [] and only_lock(tmp_path / "M") == ["lock"]
 
@@ -190,15 +197,13 @@ def test_stall_is_a_quick_clear_timeout_and_the_next_pull_resumes(
     blob_path, _ = pushed(oci_registry, "net/stall:v1", tmp_path, payload)
     layout_dir = tmp_path / "L"
     with FaultProxy(oci_registry.url) as proxy:
-        proxy.add("stall", blob_path, after_bytes=MiB, stall_s=5, times=1)
-        proxy.add("stall", blob_path, after_bytes=0, stall_s=5)
+        # stalls that outlast the test (300 s): only the client's timeouts can end the pull
+        proxy.add("stall", blob_path, after_bytes=MiB, times=1)
+        proxy.add("stall", blob_path, after_bytes=0)
         args = ["pull", f"{proxy.host}/net/stall:v1", "--oci-layout", str(layout_dir), "--plain-http", "--json"]
-        started = time.monotonic()
         proc = cli(*args, "--read-timeout", "1", "--deadline", "4", timeout=60)
-        elapsed = time.monotonic() - started
         assert proc.returncode == 1 and error_json(proc)["error"] == "TransferTimeoutError"
         assert "deadline" in proc.stderr or "timed out" in proc.stderr, proc.stderr
-        assert elapsed < 12
         assert layout_problems(layout_dir) == [] and OCILayout.open(layout_dir).images() == []
         partial = layout_dir / "ingest" / f"sha256-{sha256(payload).split(':')[1]}.partial"
         assert partial.stat().st_size == MiB
@@ -220,13 +225,14 @@ def test_library_stall_raises_transfer_timeout(oci_registry: RegistryServer, tmp
     payload = os.urandom(MiB)
     blob_path, _ = pushed(oci_registry, "net/stall-lib:v1", tmp_path, payload)
     with FaultProxy(oci_registry.url) as proxy:
-        proxy.add("stall", blob_path, after_bytes=1000, stall_s=5)
+        proxy.add("stall", blob_path, after_bytes=1000)  # outlasts the test: only the read timeout ends it
         client = DeltaRegistry(insecure=True, policy=quick_policy(read_timeout_s=0.5, max_attempts=2))
+        sleeps = Sleeps()
+        client.transport._sleep = sleeps
         layout = OCILayout.open(tmp_path / "L")
-        started = time.monotonic()
         with pytest.raises(TransferTimeoutError, match="timed out"):
             client.pull_full(f"{proxy.host}/net/stall-lib:v1", layout)
-        assert time.monotonic() - started < 5
+        assert len(sleeps) == 1 and len(proxy.requests(blob_path)) == 2  # two attempts, one short wait
         assert layout.images() == []
 
 
