@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -63,37 +65,57 @@ def only_lock(layout_dir: Path) -> list[str]:
 # --- drops ---------------------------------------------------------------------
 
 
-@pytest.mark.timeout(120)
-def test_full_pull_survives_drops_mid_blob(oci_registry: RegistryServer, tmp_path: Path) -> None:
+@dataclass
+class Dropping:
+    """An 8 MiB one-file artifact pushed with the oras CLI, behind a fault proxy."""
+
+    payload: bytes
+    blob_path: str
+    manifest_size: int
+    proxy: FaultProxy
+
+
+@pytest.fixture
+def dropping(oci_registry: RegistryServer, tmp_path: Path) -> Iterator[Dropping]:
     payload = os.urandom(8 * MiB)
     blob_path, manifest_size = pushed(oci_registry, "net/drop:v1", tmp_path, payload)
     with FaultProxy(oci_registry.url) as proxy:
-        proxy.add("drop", blob_path, after_bytes=1 * MiB, times=3)
-        client = DeltaRegistry(insecure=True, policy=quick_policy())
-        layout = OCILayout.open(tmp_path / "L")
-        result = client.pull_full(f"{proxy.host}/net/drop:v1", layout)
-        proxy.wait_idle()
-        assert layout_problems(tmp_path / "L") == []
-        assert layout.blob_path(sha256(payload)).read_bytes() == payload
-        drops = 3
-        assert len(payload) + manifest_size <= result.bytes_received <= len(payload) + manifest_size + drops * CHUNK
-        assert ranges(proxy, blob_path) == [None, f"bytes={MiB}-", f"bytes={2 * MiB}-", f"bytes={3 * MiB}-"]
-        assert proxy.bytes_sent(blob_path) == len(payload)  # nothing sent twice
-        assert only_lock(tmp_path / "L") == ["lock"]
+        yield Dropping(payload, blob_path, manifest_size, proxy)
 
-        # the CLI, through the same kind of link
-        proxy.reset_counters()
-        proxy.add("drop", blob_path, after_bytes=3 * MiB, times=2)
-        proc = cli("pull", f"{proxy.host}/net/drop:v1", "--oci-layout", str(tmp_path / "C"), "--plain-http",
-                   "--json", timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        summary = json.loads(proc.stdout)
-        proxy.wait_idle()
-        # what the client counted is what crossed the wire (the CLI may read the manifest twice)
-        assert summary["bytes_received"] == proxy.bytes_sent()
-        assert proxy.bytes_sent(blob_path) == len(payload) <= summary["bytes_received"] - manifest_size
-        assert ranges(proxy, blob_path) == [None, f"bytes={3 * MiB}-", f"bytes={6 * MiB}-"]
-        assert layout_problems(tmp_path / "C") == []
+
+@pytest.mark.timeout(120)
+def test_full_pull_survives_drops_mid_blob(dropping: Dropping, tmp_path: Path) -> None:
+    payload, blob_path, manifest_size, proxy = (dropping.payload, dropping.blob_path, dropping.manifest_size,
+                                                dropping.proxy)
+    proxy.add("drop", blob_path, after_bytes=1 * MiB, times=3)
+    client = DeltaRegistry(insecure=True, policy=quick_policy())
+    layout = OCILayout.open(tmp_path / "L")
+    result = client.pull_full(f"{proxy.host}/net/drop:v1", layout)
+    proxy.wait_idle()
+    assert layout_problems(tmp_path / "L") == []
+    assert layout.blob_path(sha256(payload)).read_bytes() == payload
+    drops = 3
+    assert len(payload) + manifest_size <= result.bytes_received <= len(payload) + manifest_size + drops * CHUNK
+    assert ranges(proxy, blob_path) == [None, f"bytes={MiB}-", f"bytes={2 * MiB}-", f"bytes={3 * MiB}-"]
+    assert proxy.bytes_sent(blob_path) == len(payload)  # nothing sent twice
+    assert only_lock(tmp_path / "L") == ["lock"]
+
+
+@pytest.mark.timeout(120)
+def test_cli_pull_survives_drops_mid_blob(dropping: Dropping, tmp_path: Path) -> None:
+    payload, blob_path, manifest_size, proxy = (dropping.payload, dropping.blob_path, dropping.manifest_size,
+                                                dropping.proxy)
+    proxy.add("drop", blob_path, after_bytes=3 * MiB, times=2)
+    proc = cli("pull", f"{proxy.host}/net/drop:v1", "--oci-layout", str(tmp_path / "C"), "--plain-http",
+               "--json", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    proxy.wait_idle()
+    # what the client counted is what crossed the wire (the CLI may read the manifest twice)
+    assert summary["bytes_received"] == proxy.bytes_sent()
+    assert proxy.bytes_sent(blob_path) == len(payload) <= summary["bytes_received"] - manifest_size
+    assert ranges(proxy, blob_path) == [None, f"bytes={3 * MiB}-", f"bytes={6 * MiB}-"]
+    assert layout_problems(tmp_path / "C") == []
 
 
 # --- kill -9 and resume -------------------------------------------------------------
