@@ -145,8 +145,16 @@ def test_blob_redirected_to_storage_host_never_sees_credentials(
         assert json.loads(proc.stdout)["stored_digest"].startswith("sha256:")
     assert layout_problems(tmp_path / "L") == []
 
-    # without the config (and no -u) the registry refuses: a clear error, nothing written
-    proc = cli("pull", f"{oci_registry_auth.host}/net/redir:v1", "--oci-layout", str(tmp_path / "N"),
+
+@pytest.mark.timeout(60)
+def test_cli_pull_from_an_auth_registry_without_credentials_is_refused_and_writes_nothing(
+    oci_registry_auth: RegistryServer, tmp_path: Path
+) -> None:
+    (tmp_path / "data.bin").write_bytes(os.urandom(64 * 1024))
+    run(find_tool("oras"), "push", "--plain-http", "-u", REGISTRY_USER, "-p", REGISTRY_PASSWORD,
+        f"{oci_registry_auth.host}/net/redir-nocreds:v1", "data.bin", cwd=tmp_path)
+    # without a config (and no -u) the registry refuses: a clear error, nothing written
+    proc = cli("pull", f"{oci_registry_auth.host}/net/redir-nocreds:v1", "--oci-layout", str(tmp_path / "N"),
                "--plain-http", timeout=60)
     assert proc.returncode == 1 and "401" in proc.stderr
     assert not (tmp_path / "N").exists()  # nothing written: no empty layout left behind either
@@ -195,11 +203,18 @@ def push_with_token(registry: TokenRegistry, repo: str, tag: str, layer: bytes) 
     return sha256(manifest)
 
 
-@pytest.mark.timeout(90)
-def test_token_auth_registry_library_and_cli(token_registry: TokenRegistry, tmp_path: Path) -> None:
+@pytest.fixture
+def token_artifact(token_registry: TokenRegistry) -> tuple[str, str, bytes]:
+    """A 3 MiB one-layer artifact in the token-auth registry: (reference, manifest digest, layer)."""
     layer = os.urandom(3 * MiB)
     digest = push_with_token(token_registry, "net/token", "v1", layer)
-    ref = f"{token_registry.host}/net/token:v1"
+    return f"{token_registry.host}/net/token:v1", digest, layer
+
+
+@pytest.mark.timeout(90)
+def test_token_auth_registry_library(token_registry: TokenRegistry, token_artifact: tuple[str, str, bytes],
+                                     tmp_path: Path) -> None:
+    ref, digest, layer = token_artifact
     issuer = token_registry.issuer
     before = len(issuer.requests)
     client = DeltaRegistry(insecure=True, allow_insecure_auth=True, policy=quick_policy(),
@@ -216,18 +231,35 @@ def test_token_auth_registry_library_and_cli(token_registry: TokenRegistry, tmp_
     assert all("scope=repository%3Anet%2Ftoken%3Apull" in path for path, _auth in asked)
     assert len(asked) == 1  # one token serves the whole pull
 
-    # the CLI: --password-stdin, and the refusal of credentials over plain HTTP without the flag
-    base = ["pull", ref, "--oci-layout", str(tmp_path / "C"), "--plain-http", "-u", "alice", "--password-stdin",
+
+def token_cli_args(ref: str, layout: Path) -> list[str]:
+    """The CLI's pull of the token registry: --password-stdin, the token server's host allowed."""
+    return ["pull", ref, "--oci-layout", str(layout), "--plain-http", "-u", "alice", "--password-stdin",
             "--allow-realm-host", "127.0.0.1", "--json"]
-    proc = cli(*base, input_text="wonderland\n", timeout=60)
+
+
+@pytest.mark.timeout(90)
+def test_token_auth_cli_refuses_credentials_over_plain_http_without_the_flag(
+        token_artifact: tuple[str, str, bytes], tmp_path: Path) -> None:
+    proc = cli(*token_cli_args(token_artifact[0], tmp_path / "C"), input_text="wonderland\n", timeout=60)
     assert proc.returncode == 1 and "plain HTTP" in proc.stderr
-    proc = cli(*base, "--allow-insecure-auth", input_text="wonderland\n", timeout=60)
+
+
+@pytest.mark.timeout(90)
+def test_token_auth_cli_with_password_stdin(token_artifact: tuple[str, str, bytes], tmp_path: Path) -> None:
+    ref, digest, _layer = token_artifact
+    proc = cli(*token_cli_args(ref, tmp_path / "C"), "--allow-insecure-auth", input_text="wonderland\n", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["stored_digest"] == digest
+    assert layout_problems(tmp_path / "C") == []
+
+
+@pytest.mark.timeout(90)
+def test_token_auth_cli_wrong_password_is_refused(token_artifact: tuple[str, str, bytes], tmp_path: Path) -> None:
+    ref = token_artifact[0]
     proc = cli("pull", ref, "--oci-layout", str(tmp_path / "W"), "--plain-http", "--allow-insecure-auth",
                "--allow-realm-host", "127.0.0.1", "-u", "alice", "--password-stdin", input_text="wrong\n", timeout=60)
     assert proc.returncode == 1 and "refused the credentials" in proc.stderr
-    assert layout_problems(tmp_path / "C") == []
 
 
 @pytest.mark.timeout(90)
