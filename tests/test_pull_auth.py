@@ -160,23 +160,42 @@ def test_cli_pull_from_an_auth_registry_without_credentials_is_refused_and_write
     assert not (tmp_path / "N").exists()  # nothing written: no empty layout left behind either
 
 
-@pytest.mark.timeout(60)
-def test_cli_tls_flags_are_checked(oci_registry_tls: RegistryServer, tmp_path: Path) -> None:
+@pytest.fixture
+def tls_ref(oci_registry_tls: RegistryServer, tmp_path: Path) -> str:
+    """A one-file artifact pushed with the oras CLI to the TLS registry (trusting its CA)."""
     assert oci_registry_tls.ca_file is not None
     (tmp_path / "f.txt").write_text("tls flags\n")
     run(find_tool("oras"), "push", "--ca-file", str(oci_registry_tls.ca_file),
         f"{oci_registry_tls.host}/net/tls:v1", "f.txt", cwd=tmp_path)
-    ref = f"{oci_registry_tls.host}/net/tls:v1"
-    proc = cli("pull", ref, "--oci-layout", str(tmp_path / "L"), "--ca-file", str(tmp_path / "missing.crt"))
-    assert proc.returncode == 2 and "missing.crt" in proc.stderr
-    proc = cli("pull", ref, "--oci-layout", str(tmp_path / "L"), "--insecure", "--ca-file",
-               str(oci_registry_tls.ca_file))
-    assert proc.returncode == 2 and "contradict" in proc.stderr
-    proc = cli("pull", ref, "--oci-layout", str(tmp_path / "L"), "--deadline", "0")
-    assert proc.returncode == 2 and "positive" in proc.stderr
-    proc = cli("pull", ref, "--oci-layout", str(tmp_path / "L"))
+    return f"{oci_registry_tls.host}/net/tls:v1"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("case", "text"), [("missing-ca", "missing.crt"), ("insecure-and-ca", "contradict"),
+                                            ("deadline-0", "positive")])
+def test_cli_tls_flags_are_checked(oci_registry_tls: RegistryServer, tls_ref: str, tmp_path: Path,
+                                   case: str, text: str) -> None:
+    assert oci_registry_tls.ca_file is not None
+    flags = {
+        "missing-ca": ["--ca-file", str(tmp_path / "missing.crt")],
+        "insecure-and-ca": ["--insecure", "--ca-file", str(oci_registry_tls.ca_file)],
+        "deadline-0": ["--deadline", "0"],
+    }[case]
+    proc = cli("pull", tls_ref, "--oci-layout", str(tmp_path / "L"), *flags)
+    assert proc.returncode == 2 and text in proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_cli_pull_of_a_tls_registry_without_its_ca_is_a_tls_error(tls_ref: str, tmp_path: Path) -> None:
+    proc = cli("pull", tls_ref, "--oci-layout", str(tmp_path / "L"))
     assert proc.returncode == 1 and "TLS" in proc.stderr
-    proc = cli("pull", ref, "--oci-layout", str(tmp_path / "L"), "--ca-file", str(oci_registry_tls.ca_file),
+
+
+@pytest.mark.timeout(60)
+def test_cli_pull_of_a_tls_registry_with_its_ca_file_and_timeouts(oci_registry_tls: RegistryServer, tls_ref: str,
+                                                                  tmp_path: Path) -> None:
+    assert oci_registry_tls.ca_file is not None
+    proc = cli("pull", tls_ref, "--oci-layout", str(tmp_path / "L"), "--ca-file", str(oci_registry_tls.ca_file),
                "--connect-timeout", "5", "--read-timeout", "5", "--deadline", "60", "--json")
     assert proc.returncode == 0, proc.stderr
     assert layout_problems(tmp_path / "L") == []
