@@ -13,6 +13,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from doras_oras.descriptor import OCI_LAYER_TAR, OCI_MANIFEST, Descriptor
+from doras_oras.layout import OCILayout
 from doras_oras.testing.registry import find_tool
 from doras_oras.testing.vectors import vectors_dir as vectors_dir
 
@@ -171,3 +173,27 @@ def layout_problems(path: Path) -> list[str]:
         elif desc["mediaType"].endswith("index.v1+json"):
             todo += json.loads(data)["manifests"]
     return problems
+
+
+REPO = "registry.example:5000/team/app"
+
+
+def blob(data: bytes, media_type: str = OCI_LAYER_TAR) -> Descriptor:
+    return Descriptor(media_type, sha256(data), len(data))
+
+
+def store_image(layout: OCILayout, payload: bytes, tag: str | None, *, repo: str = REPO) -> Descriptor:
+    """Ingest a config, one layer and a manifest; commit; return the manifest descriptor."""
+    config = blob(b"{}", "application/vnd.oci.empty.v1+json")
+    layer = blob(payload)
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": config.to_json(), "layers": [layer.to_json()],
+    }).encode()
+    manifest = blob(body, OCI_MANIFEST)
+    with layout.lock():
+        layout.ingest_bytes(config, b"{}")
+        layout.ingest_bytes(layer, payload)
+        layout.ingest_bytes(manifest, body)
+        layout.commit_image(manifest, repository=repo, tag=tag)
+    return manifest

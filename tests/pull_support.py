@@ -6,11 +6,15 @@ import json
 import random
 import uuid
 from pathlib import Path
+from typing import Any
 
 import requests
 
+from doras_oras import DeltaRegistry, PullResult
 from doras_oras.layout import OCILayout, verify_layout
+from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.registry import RegistryServer, find_tool
+from doras_oras.testing.server import DorasServer
 from tests.layout_support import layout_problems, name_of, run
 
 ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
@@ -114,3 +118,17 @@ def stored_layer(layout_dir: Path, tag: str) -> tuple[dict[str, object], bytes]:
     layer = json.loads(raw)["layers"][0]
     data = (layout_dir / "blobs" / "sha256" / str(layer["digest"]).split(":")[1]).read_bytes()
     return layer, data
+
+
+def pull(registry: RegistryServer, repo: str, tag: str, layout: Path, server: DorasServer | None,
+         **options: Any) -> PullResult:
+    client = DeltaRegistry(insecure=True)
+    return client.pull_delta(f"{registry.host}/{repo}:{tag}", layout,
+                             doras_url=server.url if server else None, **options)
+
+
+def behind(server: DorasServer, registry_proxy: FaultProxy) -> DorasServer:
+    """Let ``server`` accept references that name the registry by the proxy's host."""
+    own = server._is_our_registry
+    server._is_our_registry = lambda host: host == registry_proxy.host or own(host)  # type: ignore[method-assign]
+    return server

@@ -7,46 +7,18 @@ The terminal is a pseudo-terminal (``pty``); the peers are the real registry and
 from __future__ import annotations
 
 import json
-import os
-import pty
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
-from tests.layout_support import REPO_ROOT, cli
+from tests.cli_support import on_terminal
+from tests.layout_support import cli
 from tests.pull_support import edit, oras_push_file, payload, unique
 
 BAR = "] "  # "  pulling [#####-----]  1.2 MiB / 4.0 MiB"
 SPINNER = "the Doras server is building the delta"
-
-
-def on_terminal(*args: str, stdout_tty: bool = False, stderr_tty: bool = True) -> tuple[int, str, str]:
-    """Run the command with stderr (and/or stdout) on a pty; return (code, stdout, stderr) as text."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "doras_oras", *args], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-        stdout=slave if stdout_tty else subprocess.PIPE, stderr=slave if stderr_tty else subprocess.PIPE,
-    )
-    os.close(slave)
-    seen = bytearray()
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: every writer of the terminal is gone
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(master)
-    out, err = proc.communicate(timeout=120)
-    tty = seen.decode("utf-8", "replace")
-    stdout = tty if stdout_tty else out.decode()
-    stderr = tty if stderr_tty else err.decode()
-    return proc.returncode, stdout, stderr
 
 
 @pytest.fixture
@@ -65,13 +37,21 @@ def test_a_full_pull_draws_a_bar_on_the_terminal_only(repo: str, tmp_path: Path)
     assert "pulling [" in stderr and BAR in stderr and "MiB / 3.0 MiB" in stderr, stderr
     assert stdout.count("\n") == 1 and "\r" not in stdout and "[#" not in stdout, stdout
 
-    for extra in (["--json"], ["--no-progress"]):
-        code, stdout, stderr = on_terminal("pull", f"{repo}:v1", "--oci-layout", str(tmp_path / extra[0]),
-                                           "--plain-http", *extra)
-        assert code == 0, stderr
-        assert "[#" not in stderr and "pulling" not in stderr, (extra, stderr)
+
+@pytest.mark.parametrize("extra", [["--json"], ["--no-progress"]])
+def test_no_bar_on_the_terminal_with_json_or_no_progress(repo: str, tmp_path: Path, extra: list[str]) -> None:
+    code, _stdout, stderr = on_terminal("pull", f"{repo}:v1", "--oci-layout", str(tmp_path / extra[0]),
+                                       "--plain-http", *extra)
+    assert code == 0, stderr
+    assert "[#" not in stderr and "pulling" not in stderr, (extra, stderr)
+
+
+def test_nothing_on_stderr_into_a_pipe(repo: str, tmp_path: Path) -> None:
     piped = cli("pull", f"{repo}:v1", "--oci-layout", str(tmp_path / "piped"), "--plain-http")
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+def test_no_bar_when_only_stdout_is_a_terminal(repo: str, tmp_path: Path) -> None:
     # stdout on a terminal, stderr a pipe: no bar anywhere
     code, stdout, stderr = on_terminal("pull", f"{repo}:v1", "--oci-layout", str(tmp_path / "B"), "--plain-http",
                                        stdout_tty=True, stderr_tty=False)
@@ -91,6 +71,9 @@ def test_a_spinner_while_the_server_builds(repo: str, tmp_path: Path,
     assert len(frames) > 1, frames  # it moves between the server's answers
     assert "by delta bsdiff+zstd" in stdout and SPINNER not in stdout and "\r" not in stdout
 
+
+def test_no_spinner_with_json_while_the_server_builds(repo: str, tmp_path: Path,
+                                                      doras_server_factory: DorasServerFactory) -> None:
     server2 = doras_server_factory(build_delay_s=1.0)
     other = str(tmp_path / "M")
     assert cli("pull", f"{repo}:v1", "--oci-layout", other, "--plain-http").returncode == 0
@@ -98,4 +81,5 @@ def test_a_spinner_while_the_server_builds(repo: str, tmp_path: Path,
                                        "--server", server2.url, "--json")
     assert code == 0 and SPINNER not in stderr and "[#" not in stderr, stderr
     result = json.loads(stdout)
-    assert result["status"] == "delta" and result["duration_s"] >= 1.0  # it did wait for the server
+    assert result["status"] == "delta"
+    assert server2.delta_requests >= 2  # it did wait for the server: a 202, then the answer

@@ -1,5 +1,6 @@
-"""What a cron script acts on (issue #15): exit codes that tell the truth, one JSON shape, the bytes
-counted, ``--output`` all or nothing with the layout, and layouts of oras and skopeo as bases.
+"""``doras-oras pull`` as a user and a cron script run it (issue #15): exit codes that tell the truth, one
+JSON shape, logs on stderr, the bytes counted, ``--output`` all or nothing with the layout, usage errors,
+limits, and layouts of oras and skopeo as bases.
 
 Against the real registry, the test Doras server, the oras CLI and skopeo.
 """
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,12 +20,23 @@ import pytest
 from doras_oras.layout import OCILayout, verify_layout
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer, find_tool
-from tests.layout_support import REPO_ROOT, cli, layout_problems, name_of, one_json, run, sha256
+from tests.layout_support import (
+    REPO_ROOT,
+    cli,
+    error_json,
+    layout_problems,
+    name_of,
+    one_json,
+    run,
+    sha256,
+)
 from tests.pull_support import (
     check_layout,
     edit,
     layer_of,
     manifest_of,
+    oras_pull,
+    oras_push_dir,
     oras_push_file,
     payload,
     snapshot,
@@ -322,3 +335,224 @@ def test_gc_keep_0_needs_force(oci_registry: RegistryServer, versions: tuple[str
     assert snapshot(layout) == before  # nothing removed
     forced = cli("gc", "--oci-layout", str(layout), "--keep", "0", "--force", "--json")
     assert forced.returncode == 0 and len(one_json(forced)["removed_images"]) == 1
+
+# ``doras-oras pull ... --server`` as a user runs it: one JSON object, exit codes, logs on stderr.
+
+@dataclass
+class CliBed:
+    """A directory pushed as v1 and v2 with the oras CLI, a Doras server that builds for 0.5 s, a layout."""
+
+    registry: RegistryServer
+    host: str
+    repo: str
+    server_url: str
+    layout: Path
+    common: list[str]
+    tmp_path: Path
+
+    def pull(self, tag: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return cli("pull", f"{self.host}/{self.repo}:{tag}", *self.common, *args)
+
+
+@pytest.fixture
+def cli_bed(oci_registry: RegistryServer, doras_server_factory: DorasServerFactory, tmp_path: Path) -> CliBed:
+    host = oci_registry.host
+    repo = unique("cli")
+    files = {"a.txt": b"alpha\n" * 200, "deep/b.bin": payload(30000, 3)}
+    oras_push_dir(host, f"{repo}:v1", tmp_path / "p1", "tree", files)
+    files["deep/b.bin"] = edit(files["deep/b.bin"], 4, 4)
+    oras_push_dir(host, f"{repo}:v2", tmp_path / "p2", "tree", files)
+    server = doras_server_factory(build_delay_s=0.5)
+    layout = tmp_path / "L"
+    common = ["--oci-layout", str(layout), "--server", server.url, "--plain-http", "--json"]
+    return CliBed(oci_registry, host, repo, server.url, layout, common, tmp_path)
+
+
+@pytest.fixture
+def cli_bed_at_v1(cli_bed: CliBed) -> CliBed:
+    """``cli_bed`` with v1 pulled into the layout."""
+    first = cli_bed.pull("v1")
+    assert first.returncode == 0, first.stderr
+    return cli_bed
+
+
+@pytest.fixture
+def cli_bed_at_v2(cli_bed_at_v1: CliBed) -> CliBed:
+    """``cli_bed`` with v1, then v2 (a delta) pulled into the layout."""
+    second = cli_bed_at_v1.pull("v2")
+    assert second.returncode == 0, second.stderr
+    return cli_bed_at_v1
+
+
+def test_cli_first_pull_is_full_with_one_json_summary_and_logs_on_stderr(cli_bed: CliBed) -> None:
+    first = cli("-v", "pull", f"{cli_bed.host}/{cli_bed.repo}:v1", *cli_bed.common)
+    assert first.returncode == 0, first.stderr
+    summary = one_json(first)
+    assert summary["status"] == "full" and summary["layout"] == str(cli_bed.layout)
+    assert "doras-oras: info:" in first.stderr  # -v logs go to stderr only
+
+
+def test_cli_async_pull_while_the_delta_builds_is_pending_exit_4_and_changes_nothing(cli_bed_at_v1: CliBed) -> None:
+    # v2: the server builds for 0.5 s; --async reports pending (exit 4) and changes nothing
+    before = snapshot(cli_bed_at_v1.layout)
+    pending = cli_bed_at_v1.pull("v2", "--async")
+    assert pending.returncode == 4, pending.stderr
+    assert one_json(pending)["status"] == "pending"
+    assert snapshot(cli_bed_at_v1.layout) == before
+
+
+def test_cli_delta_pull_with_output_is_verified_and_writes_what_oras_pull_writes(cli_bed_at_v1: CliBed) -> None:
+    bed = cli_bed_at_v1
+    out = bed.tmp_path / "out"
+    done = cli("-v", "pull", f"{bed.host}/{bed.repo}:v2", *bed.common, "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    summary = one_json(done)
+    assert (summary["status"], summary["algorithm"], summary["verified"]) == ("delta", "tardiff", True)
+    assert summary["to_digest"] == manifest_of(bed.registry, bed.repo, "v2")[1]
+    assert summary["bytes_received"] < summary["full_size"]
+    assert summary["output"]
+    oras_pull(bed.host, f"{bed.repo}:v2", bed.tmp_path / "oras-out")
+    assert tree(out) == tree(bed.tmp_path / "oras-out") != {}
+    check_layout(bed.layout, "v2")
+
+
+def test_cli_pull_of_the_image_the_layout_holds_is_up_to_date_exit_3(cli_bed_at_v2: CliBed) -> None:
+    again = cli_bed_at_v2.pull("v2")
+    assert again.returncode == 3, again.stderr
+    assert one_json(again)["status"] == "up-to-date"
+
+
+def test_cli_pull_without_json_prints_one_line_for_people(cli_bed_at_v2: CliBed) -> None:
+    bed = cli_bed_at_v2
+    plain = cli("pull", f"{bed.host}/{bed.repo}:v2", "--oci-layout", str(bed.layout), "--server", bed.server_url,
+                "--plain-http")
+    assert plain.returncode == 3 and plain.stdout.count("\n") == 1 and "up to date" in plain.stdout
+
+
+@dataclass
+class ErrBed:
+    """Two unrelated versions of a file pushed with the oras CLI, v1 pulled into a layout."""
+
+    host: str
+    repo: str
+    server_url: str
+    layout: Path
+    common: list[str]
+    before: tuple[bytes, list[str]]
+
+
+@pytest.fixture
+def err_bed(oci_registry: RegistryServer, doras_server_factory: DorasServerFactory, tmp_path: Path) -> ErrBed:
+    host = oci_registry.host
+    repo = unique("cli-err")
+    oras_push_file(host, f"{repo}:v1", tmp_path / "p1", "x.bin", payload(5000, 1))
+    oras_push_file(host, f"{repo}:v2", tmp_path / "p2", "x.bin", payload(5000, 2))
+    server = doras_server_factory()
+    layout = tmp_path / "L"
+    common = ["--oci-layout", str(layout), "--server", server.url, "--plain-http", "--json"]
+    assert cli("pull", f"{host}/{repo}:v1", *common).returncode == 0
+    return ErrBed(host, repo, server.url, layout, common, snapshot(layout))
+
+
+def test_cli_pull_of_a_missing_tag_exits_1_with_the_registry_error(err_bed: ErrBed) -> None:
+    missing = cli("pull", f"{err_bed.host}/{err_bed.repo}:nope", *err_bed.common)
+    assert missing.returncode == 1
+    assert "doras-oras: error:" in missing.stderr and "404" in missing.stderr
+    assert error_json(missing)["error"] == "RegistryError"
+    assert snapshot(err_bed.layout) == err_bed.before
+
+
+def test_cli_pull_over_max_size_is_refused_before_the_from_image_is_looked_up(err_bed: ErrBed) -> None:
+    host, repo = err_bed.host, err_bed.repo
+    # --from an image the layout does not hold: before that, the limit
+    too_big = cli("pull", f"{host}/{repo}:v2", *err_bed.common, "--max-size", "1K", "--from", f"{host}/{repo}:v0")
+    assert too_big.returncode == 1 and "more than the limit of 1024 bytes" in too_big.stderr
+    assert snapshot(err_bed.layout) == err_bed.before
+
+
+def test_cli_pull_from_an_image_the_layout_does_not_hold_is_a_clear_error(err_bed: ErrBed) -> None:
+    host, repo = err_bed.host, err_bed.repo
+    no_base = cli("pull", f"{host}/{repo}:v2", *err_bed.common, "--from", f"{host}/{repo}:v0")
+    assert no_base.returncode == 1 and f"--from {host}/{repo}:v0: no such image" in no_base.stderr
+    assert snapshot(err_bed.layout) == err_bed.before
+
+
+@pytest.mark.parametrize(("case", "text"), [
+    ("reference", "invalid"),
+    ("no-layout", "--oci-layout"),
+    ("accept", "invalid choice"),
+    ("from-other-repository", "not in the repository"),
+    ("from-bad", "doras-oras: error:"),
+    ("budget", "invalid budget"),
+])
+def test_cli_pull_usage_errors_exit_2_and_change_nothing(err_bed: ErrBed, case: str, text: str) -> None:
+    host, repo, common = err_bed.host, err_bed.repo, err_bed.common
+    args = {
+        "reference": ["pull", "no/such reference", *common],
+        "no-layout": ["pull", f"{host}/{repo}:v1", "--server", err_bed.server_url],
+        "accept": ["pull", f"{host}/{repo}:v1", *common, "--accept", "xdelta"],
+        "from-other-repository": ["pull", f"{host}/{repo}:v1", *common, "--from", f"{host}/other:v1"],
+        "from-bad": ["pull", f"{host}/{repo}:v1", *common, "--from", "@@bad"],
+        "budget": ["pull", f"{host}/{repo}:v1", *common, "--budget", "lots"],
+    }[case]
+    proc = cli(*args)
+    assert proc.returncode == 2, (args, proc.stderr)
+    assert text in proc.stderr
+    # flags argparse refuses print nothing on stdout; arguments refused later, one JSON error
+    assert proc.stdout == "" or error_json(proc)["exit_code"] == 2
+    assert "Traceback" not in proc.stderr
+    assert snapshot(err_bed.layout) == err_bed.before
+
+
+@pytest.fixture
+def limits_bed(oci_registry: RegistryServer, tmp_path: Path) -> tuple[str, list[str], Path]:
+    """A file v1, v2 pushed; v1 pulled under a budget of 60K/1d; returns (v2's reference, flags, layout)."""
+    host = oci_registry.host
+    repo = unique("cli-limits")
+    data = payload(40000, 5)
+    oras_push_file(host, f"{repo}:v1", tmp_path / "p1", "x.bin", data)
+    oras_push_file(host, f"{repo}:v2", tmp_path / "p2", "x.bin", edit(data, 3, 6))
+    layout = tmp_path / "L"
+    common = ["--oci-layout", str(layout), "--plain-http", "--json"]
+    assert cli("pull", f"{host}/{repo}:v1", *common, "--budget", "60K/1d").returncode == 0
+    return f"{host}/{repo}:v2", common, layout
+
+
+def test_cli_pull_over_budget_exits_1_and_changes_nothing(limits_bed: tuple[str, list[str], Path]) -> None:
+    v2, common, layout = limits_bed
+    before = snapshot(layout)
+    over = cli("pull", v2, *common, "--budget", "60K/1d")
+    assert over.returncode == 1 and error_json(over)["error"] == "BudgetExceededError"
+    assert "budget of 61440 bytes per 86400 s" in over.stderr
+    assert snapshot(layout) == before
+
+
+def test_cli_pull_over_max_size_exits_1_and_changes_nothing(limits_bed: tuple[str, list[str], Path]) -> None:
+    v2, common, layout = limits_bed
+    before = snapshot(layout)
+    big = cli("pull", v2, *common, "--max-size", "10K")
+    assert big.returncode == 1 and "more than the limit of 10240 bytes" in big.stderr
+    assert snapshot(layout) == before
+
+
+def test_two_cli_pulls_at_once_one_delta_one_up_to_date(oci_registry: RegistryServer,
+                                                        doras_server_factory: DorasServerFactory,
+                                                        tmp_path: Path) -> None:
+    host = oci_registry.host
+    repo = unique("cli-twice")
+    data = payload(50000, 8)
+    oras_push_file(host, f"{repo}:v1", tmp_path / "p1", "x.bin", data)
+    oras_push_file(host, f"{repo}:v2", tmp_path / "p2", "x.bin", edit(data, 5, 9))
+    server = doras_server_factory(build_delay_s=0.3)
+    layout = tmp_path / "L"
+    common = ["--oci-layout", str(layout), "--server", server.url, "--plain-http", "--json"]
+    assert cli("pull", f"{host}/{repo}:v1", *common).returncode == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "doras_oras", "pull", f"{host}/{repo}:v2", *common],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    statuses = sorted(json.loads(out)["status"] for out, _err in outputs)
+    assert (codes, statuses) == ([0, 3], ["delta", "up-to-date"]), outputs
+    check_layout(layout, "v2", manifest=manifest_of(oci_registry, repo, "v2")[0])
+    assert server.builds == 1

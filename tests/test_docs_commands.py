@@ -28,16 +28,11 @@ import pytest
 from doras_oras.cli.main import build_parser
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
+from tests.docs_support import blocks
 from tests.layout_support import REPO_ROOT
 from tests.pull_support import edit, oras_push_file, payload
 
 DOCS = REPO_ROOT / "docs"
-
-
-def blocks(path: Path, language: str | None = None) -> list[str]:
-    """The fenced code blocks of a Markdown file (of ``language``, when given)."""
-    found = re.findall(r"```(\w*)\n(.*?)```", path.read_text(), re.S)
-    return [body for lang, body in found if language is None or lang == language]
 
 
 def sections(path: Path) -> dict[str, str]:

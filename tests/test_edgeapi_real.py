@@ -8,7 +8,7 @@ import hashlib
 import json
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +20,20 @@ from doras_oras.descriptor import digest_of
 from doras_oras.edgeapi import BasicAuth, BearerAuth, EdgeClient
 from doras_oras.errors import (
     BackoffExhausted,
+    ConnectError,
     DorasServerError,
     ImagesIdenticalError,
+    InsecureTransportError,
     InvalidReferenceError,
     NotFoundError,
     UnauthorizedError,
 )
 from doras_oras.reference import Reference
+from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER, DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.server import DorasServer
+from doras_oras.transport import TransferPolicy
 from tests.edgeapi_helpers import RequestsFetcher
 
 
@@ -293,3 +297,102 @@ def test_the_three_go_calls_from_url_allow_http_and_auth_alone(
     # the registry requires basic auth (htpasswd): the client's own read of the delta manifest
     # and blob could only succeed with the credentials it was made with
     edge.close()
+
+
+# EdgeClient through the transport: the Doras-compatible server behind the fault proxy.
+
+DELTA = "/api/v1/delta/"
+
+
+@dataclass
+class Proxied:
+    pushed: Pushed
+    server: DorasServer
+    proxy: FaultProxy
+    edge: EdgeClient
+
+
+@pytest.fixture
+def proxied(doras_server_factory: DorasServerFactory, oci_registry: RegistryServer, oras_cli: str,
+            tmp_path: Path) -> Iterator[Proxied]:
+    """Two versions pushed with the oras CLI; a client of the test server through a fault proxy."""
+    pushed = push_two_versions(oci_registry, oras_cli, tmp_path)
+    server = doras_server_factory()
+    with FaultProxy(server.url) as proxy:
+        edge = EdgeClient(proxy.url, allow_http=True, timeout_s=10, backoff=client_for(server).backoff)
+        yield Proxied(pushed, server, proxy, edge)
+
+
+@pytest.mark.timeout(60)
+def test_429_and_503_from_the_server_are_retried_with_retry_after(proxied: Proxied) -> None:
+    pushed, proxy, edge = proxied.pushed, proxied.proxy, proxied.edge
+    proxy.add("status", DELTA, status=429, retry_after="1", times=1)
+    proxy.add("status", DELTA, status=503, retry_after="1", times=1)
+    waits: list[float] = []
+    edge.transport._sleep = waits.append  # the transport's waits, counted instead of slept
+    response = edge.read_delta(pushed.from_ref, pushed.to_tag, ["bsdiff"], deadline_s=30)
+    assert waits == [1.0, 1.0]  # both Retry-After: 1 honoured
+    assert response.target_image.digest == pushed.to_digest
+    statuses = [r.status for r in proxy.requests(DELTA)]
+    assert statuses[:2] == [429, 503] and statuses[-1] == 200
+
+
+@pytest.mark.timeout(60)
+def test_a_503_storm_that_does_not_end_raises_the_last_answer_after_three_attempts(proxied: Proxied) -> None:
+    pushed, proxy, edge = proxied.pushed, proxied.proxy, proxied.edge
+    # the last answer, as the Doras client maps it
+    proxy.add("status", DELTA, status=503, retry_after="0",
+              body=b'{"error":{"code":503,"message":"overloaded"}}')
+    with pytest.raises(DorasServerError, match="overloaded") as info:
+        edge.read_delta_async(pushed.from_ref, pushed.to_tag, ["bsdiff"])
+    assert info.value.status == 503
+    assert len(proxy.requests(DELTA)) == 3  # the client's three attempts
+
+
+@pytest.mark.timeout(60)
+def test_a_500_from_the_server_is_its_final_word_and_not_retried(proxied: Proxied) -> None:
+    pushed, proxy, edge = proxied.pushed, proxied.proxy, proxied.edge
+    # 500 is the server's final word (e.g. incompatible artifacts)
+    proxy.add("status", DELTA, status=500, body=b'{"error":{"code":500,"message":"boom"}}')
+    with pytest.raises(DorasServerError, match="boom"):
+        edge.read_delta_async(pushed.from_ref, pushed.to_tag, ["bsdiff"])
+    assert len(proxy.requests(DELTA)) == 1
+
+
+@pytest.mark.timeout(60)
+def test_drops_are_retried(proxied: Proxied) -> None:
+    pushed, proxy, edge = proxied.pushed, proxied.proxy, proxied.edge
+    proxy.add("reset", DELTA, times=2)
+    response = edge.read_delta(pushed.from_ref, pushed.to_tag, ["bsdiff"], deadline_s=30)
+    assert response.target_image.digest == pushed.to_digest
+    assert [r.fault for r in proxy.requests(DELTA)][:2] == ["reset", "reset"]
+
+
+@pytest.mark.timeout(60)
+def test_drops_that_do_not_end_give_up_after_three_attempts(proxied: Proxied) -> None:
+    proxied.proxy.add("reset", DELTA)
+    with pytest.raises(ConnectError, match="gave up after 3 attempts"):
+        proxied.edge.read_delta_async(proxied.pushed.from_ref, proxied.pushed.to_tag, ["bsdiff"])
+
+
+@pytest.mark.timeout(60)
+def test_cross_host_redirects_are_refused(proxied: Proxied) -> None:
+    pushed, proxy, edge = proxied.pushed, proxied.proxy, proxied.edge
+    with FaultProxy(proxied.server.url) as other:
+        proxy.add("redirect", DELTA, location=other.url)
+        with pytest.raises(InsecureTransportError, match="another host"):
+            edge.read_delta_async(pushed.from_ref, pushed.to_tag, ["bsdiff"])
+        assert other.requests() == []  # the server's credentials never left for another host
+
+
+@pytest.mark.timeout(60)
+def test_a_callers_policy_sets_the_attempts_and_the_clients_safety_rules_stay(proxied: Proxied) -> None:
+    pushed, proxy = proxied.pushed, proxied.proxy
+    proxy.add("status", DELTA, status=503, retry_after="0")
+    policy = TransferPolicy(max_attempts=2, wait_initial_s=0.01, allow_http=False, cross_host_redirects=True)
+    strict = EdgeClient(proxy.url, allow_http=True, policy=policy)
+    assert strict.policy.allow_http and not strict.policy.cross_host_redirects
+    with pytest.raises(DorasServerError):
+        strict.read_delta_async(pushed.from_ref, pushed.to_tag, ["bsdiff"])
+    assert len(proxy.requests(DELTA)) == 2
+

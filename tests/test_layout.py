@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,30 +31,9 @@ from doras_oras.errors import (
     SizeMismatchError,
 )
 from doras_oras.layout import OCILayout, gc, rebuild_index, verify_layout
-from tests.layout_support import layout_problems, sha256
-
-REPO = "registry.example:5000/team/app"
-
-
-def blob(data: bytes, media_type: str = OCI_LAYER_TAR) -> Descriptor:
-    return Descriptor(media_type, sha256(data), len(data))
-
-
-def store_image(layout: OCILayout, payload: bytes, tag: str | None, *, repo: str = REPO) -> Descriptor:
-    """Ingest a config, one layer and a manifest; commit; return the manifest descriptor."""
-    config = blob(b"{}", "application/vnd.oci.empty.v1+json")
-    layer = blob(payload)
-    body = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": config.to_json(), "layers": [layer.to_json()],
-    }).encode()
-    manifest = blob(body, OCI_MANIFEST)
-    with layout.lock():
-        layout.ingest_bytes(config, b"{}")
-        layout.ingest_bytes(layer, payload)
-        layout.ingest_bytes(manifest, body)
-        layout.commit_image(manifest, repository=repo, tag=tag)
-    return manifest
+from doras_oras.layout import lock as lock_module
+from doras_oras.layout.lock import LOCK_FILE, LayoutLock
+from tests.layout_support import REPO, blob, layout_problems, sha256, store_image
 
 
 def all_files(root: Path) -> set[str]:
@@ -240,28 +220,72 @@ def test_leftovers_cleaned_when_the_lock_is_taken(tmp_path: Path) -> None:
     )
 
 
-def test_lock_excludes_another_process(tmp_path: Path) -> None:
+class FakeClock:
+    """The lock's clock and sleep: every sleep advances the clock by exactly what was asked, at once."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+@pytest.fixture
+def held_layout(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A layout whose lock another process holds until it reads a line on its stdin."""
     OCILayout.open(tmp_path / "L")
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys,time; from doras_oras.layout import OCILayout\n"
+         "import sys; from doras_oras.layout import OCILayout\n"
          f"L=OCILayout.open({str(tmp_path / 'L')!r})\n"
-         "with L.lock():\n print('held', flush=True); time.sleep(3)\n"],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+         "with L.lock():\n print('held', flush=True); sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        layout = OCILayout.open(tmp_path / "L")
-        start = time.monotonic()
-        with pytest.raises(LayoutLockedError, match="locked"), layout.lock(timeout=0.5):
-            pass
-        assert 0.4 < time.monotonic() - start < 2
-        with layout.lock(timeout=20):  # granted once the holder lets go, about 3 s after it took it
-            assert time.monotonic() - start > 1.5
-        assert holder.wait(timeout=10) == 0
+        yield tmp_path / "L" / "ingest" / LOCK_FILE, holder
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_lock_held_by_another_process_waits_its_timeout_then_refuses(
+        held_layout: tuple[Path, subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _holder = held_layout
+    clock = FakeClock()
+    monkeypatch.setattr(lock_module, "time", clock)
+    lock = LayoutLock(path, what="L", sleep=clock.sleep)
+    with pytest.raises(LayoutLockedError, match="locked"):
+        lock.acquire(timeout=0.5)
+    assert sum(clock.sleeps) == pytest.approx(0.5)  # it waited its whole timeout, no more
+    assert len(clock.sleeps) > 1 and max(clock.sleeps) <= 0.2  # polling, not one long sleep
+
+
+def test_lock_held_by_another_process_is_granted_once_the_holder_lets_go(
+        held_layout: tuple[Path, subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, holder = held_layout
+    clock = FakeClock()
+    monkeypatch.setattr(lock_module, "time", clock)
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 3:  # the holder lets go after the waiter's third poll
+            assert holder.stdin is not None
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=10) == 0
+
+    lock = LayoutLock(path, what="L", sleep=sleep)
+    assert lock.acquire(timeout=20)
+    try:
+        assert len(clock.sleeps) == 3  # refused while held, granted at the first poll after
+    finally:
+        lock.release()
 
 
 def test_corrupt_index_reported_and_rebuilt(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from doras_oras.layout.index import parse_layout_name
 from doras_oras.reference import Reference
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer, find_tool
-from tests.layout_support import cli, one_json, run, sha256
+from tests.layout_support import REPO, cli, one_json, run, sha256, store_image
 from tests.pull_support import edit, oras_push_dir, oras_push_file, payload, tree, unique
 
 
@@ -73,8 +73,6 @@ def test_an_entry_of_an_earlier_version_keeps_its_bare_tag() -> None:
 
 
 def test_an_update_replaces_the_entry_of_an_earlier_version_and_no_other(tmp_path: Path) -> None:
-    from tests.test_layout import REPO, store_image
-
     other = "registry.example:5000/team/other"
     layout = OCILayout.open(tmp_path / "L")
     store_image(layout, b"app one", "v1")

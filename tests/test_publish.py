@@ -38,17 +38,9 @@ from doras_oras.testing.pytest_plugin import REGISTRY_PASSWORD, REGISTRY_USER, D
 from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.server import DorasServer
 from doras_oras.testing.vectors import doras_vectors, push_recorded
+from tests.cli_support import on_terminal
+from tests.publish_support import ALL, pushed
 from tests.pull_support import edit, unique
-
-ALL = ("bsdiff", "tardiff", "zstd", "gzip")
-
-
-def pushed(registry: RegistryServer, vector: str) -> tuple[Reference, Reference]:
-    """A recorded pair of the real tools pushed as v1/v2 of a fresh repository; digest references."""
-    repo = unique("pub")
-    digests = push_recorded(registry.url, doras_vectors() / vector, repo)
-    base = Reference(registry.host, repo)
-    return base.with_digest(digests["from_digest"]), base.with_digest(digests["to_digest"])
 
 
 def layer_of(client: RegistryClient, ref: Reference) -> Descriptor:
@@ -309,8 +301,6 @@ def test_a_tar_that_is_no_tar_is_a_clear_error() -> None:
 
 def test_progress_is_drawn_on_a_terminal_only(oci_registry: RegistryServer) -> None:
     """Bars for reading and pushing, the build spinner, on a terminal's stderr; nothing with --json."""
-    from tests.test_cli_progress import on_terminal
-
     from_ref, to_ref = pushed(oci_registry, "bsdiff")
     code, out, err = on_terminal("publish-delta", "--from", str(from_ref), "--to", str(to_ref), "--plain-http")
     assert code == 0 and out.startswith("published: bsdiff+zstd delta")

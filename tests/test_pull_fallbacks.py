@@ -19,8 +19,7 @@ from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.server import Algorithm, DorasServer, delta_tag, pack_manifest
 from doras_oras.testing.vectors import doras_vectors, push_recorded
 from tests.layout_support import layout_problems, name_of, run
-from tests.pull_support import check_layout, manifest_of, stored_layer, unique
-from tests.test_pull_vectors import pull
+from tests.pull_support import check_layout, manifest_of, pull, stored_layer, unique
 
 
 @dataclass

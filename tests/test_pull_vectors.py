@@ -6,22 +6,13 @@ import gzip
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from doras_oras import DeltaRegistry, PullResult
 from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.server import DorasServer
 from doras_oras.testing.vectors import doras_vectors, push_recorded
-from tests.pull_support import check_layout, manifest_of, snapshot, stored_layer, unique
-
-
-def pull(registry: RegistryServer, repo: str, tag: str, layout: Path, server: DorasServer | None,
-         **options: Any) -> PullResult:
-    client = DeltaRegistry(insecure=True)
-    return client.pull_delta(f"{registry.host}/{repo}:{tag}", layout,
-                             doras_url=server.url if server else None, **options)
+from tests.pull_support import check_layout, manifest_of, pull, snapshot, stored_layer, unique
 
 
 def case(name: str) -> Path:

@@ -17,7 +17,7 @@ from doras_oras.registry_client import RegistryClient
 from doras_oras.stored_deltas import candidate_algorithms, find_stored_delta
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
-from tests.test_publish import ALL, pushed
+from tests.publish_support import ALL, pushed
 
 
 def plant(client: RegistryClient, to_ref: Reference, tag: str, media_type: str, *, from_image: str,

@@ -24,7 +24,7 @@ from doras_oras.trust import (
     parse_policy,
     signature_tag,
 )
-from tests.test_trust_verifier import (
+from tests.trust_memory_support import (
     CONFIG,
     DIGEST,
     OCI_MANIFEST,

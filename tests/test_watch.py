@@ -265,7 +265,7 @@ def test_the_systemd_unit_of_the_docs_is_valid_and_its_command_parses(tmp_path: 
     import subprocess
 
     from doras_oras.cli.main import build_parser
-    from tests.test_docs_commands import blocks
+    from tests.docs_support import blocks
 
     [unit] = blocks(Path(__file__).resolve().parents[1] / "docs" / "fleet.md", "ini")
     line = unit.split("ExecStart=", 1)[1].split("\n#", 1)[0].split("\nTimeout", 1)[0]
