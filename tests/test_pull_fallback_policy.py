@@ -152,3 +152,11 @@ def test_the_text_result_says_a_full_download_happened_and_why(bed: Bed, capsys:
     out = capsys.readouterr().out
     assert "downloaded in full (1.0 MiB received" in out, out
     assert f"the Doras server at {url} is unreachable" in out, out
+
+
+def test_watch_takes_the_fallback_flags(bed: Bed, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agent checks them as pull does: never with nowhere to find a delta is refused before any poll."""
+    code = main(["watch", bed.target, "--interval", "1h", "--oci-layout", str(bed.layout), "--plain-http",
+                 "--fallback", "never", "--no-registry-deltas"])
+    assert code == 2 and "--fallback never" in capsys.readouterr().err
+    assert bed.proxy.requests() == []
