@@ -13,11 +13,14 @@ import pytest
 
 from doras_oras.cli.main import main
 from doras_oras.errors import FallbackRefusedError, InvalidArgumentError
+from doras_oras.layout import OCILayout
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.pytest_plugin import DorasServerFactory
 from doras_oras.testing.registry import RegistryServer
 from doras_oras.testing.server import DorasServer
 from tests.delta_bed import Bed, behind, free_port, make_bed
+from tests.layout_support import layout_problems
+from tests.pull_support import check_layout
 
 
 @pytest.fixture
@@ -160,3 +163,22 @@ def test_watch_takes_the_fallback_flags(bed: Bed, capsys: pytest.CaptureFixture[
                  "--fallback", "never", "--no-registry-deltas"])
     assert code == 2 and "--fallback never" in capsys.readouterr().err
     assert bed.proxy.requests() == []
+
+
+def test_never_refuses_to_repair_a_rotted_base_but_keeps_the_layout_valid(bed: Bed) -> None:
+    """The rot is found when the stored delta's result does not match: refused (no full download), and the
+    damaged image, whose corrupt layer is removed, leaves the index so that every reader finds it valid."""
+    bed.publish()
+    layer = json.loads(check_layout(bed.layout, "v1"))["layers"][0]
+    blob = bed.layout / "blobs" / "sha256" / layer["digest"].split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    with pytest.raises(FallbackRefusedError) as refused:
+        bed.pull(fallback="never")
+    assert refused.value.reason_code == "base-corrupt"
+    assert layout_problems(bed.layout) == []
+    assert OCILayout.open(bed.layout).images() == []
+    target_layer = json.loads(bed.v2_manifest)["layers"][0]["digest"]
+    assert [path for path in bed.blob_requests() if target_layer in path] == []  # no full download

@@ -414,10 +414,12 @@ class _PullRun:
             return self.result(Status.PENDING, pending.code, pending.reason, tgt, from_digest=base.source_digest)
         except _Fallback as fallback:
             refused = self._refusal(fallback)
+            if refused is not None and fallback.code is not ReasonCode.BASE_CORRUPT:
+                raise refused from fallback  # nothing to tidy: the layout is as it was
             if refused is None:
                 log.warning("falling back to a full pull: %s", fallback.reason)
                 result = self.full(tgt, fallback.code, fallback.reason, base=base, fix=fallback.fix)
-        with layout.lock(timeout=self.options.lock_timeout_s):
+        with layout.lock(timeout=self.options.lock_timeout_s):  # a base found corrupt loses its entry
             lost = self._forget_if_lost(base)
         if refused is not None:
             raise refused
