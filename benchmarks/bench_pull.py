@@ -22,7 +22,7 @@ delta pull (``doras-oras pull --server``; ``ours-delta`` without numpy, as the
 runtime dependencies install it, ``ours-delta+np`` with the test extra's
 numpy allowed, ``ours-delta+verify`` as ``ours-delta`` with ``--verify-key``:
 v2 carries a cosign signature made by the test bed's signer, legacy tag
-scheme), our full pull (no ``--server``),
+scheme), our full pull (no ``--server``, ``--no-registry-deltas``),
 oras-py ``Layout.pull_from_registry``, ``skopeo copy`` and ``oras copy
 --to-oci-layout``. Bytes are the response bodies counted by the proxies
 (registry + Doras server), requests are counted by the proxies too. Each
@@ -558,7 +558,8 @@ def tool_argv(tool: str, bed: Bed, case: Case, layout: Path) -> list[str]:
         return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), *bed.tls_args,
                 "--server", bed.doras_proxy.url, "--json", *verify]
     if tool == "ours-full":
-        return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http", "--json"]
+        return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http", "--json",
+                "--no-registry-deltas"]  # the delta planted for the server would be found in the registry
     if tool == "oras-py":
         return [py, str(Path(__file__).resolve()), "--child", "oras-py", bed.host, ref, str(layout), "v2"]
     if tool == "skopeo":
