@@ -182,3 +182,10 @@ def test_never_refuses_to_repair_a_rotted_base_but_keeps_the_layout_valid(bed: B
     assert OCILayout.open(bed.layout).images() == []
     target_layer = json.loads(bed.v2_manifest)["layers"][0]["digest"]
     assert [path for path in bed.blob_requests() if target_layer in path] == []  # no full download
+
+
+@pytest.mark.parametrize("options", [{"fallback": "sometimes"}, {"fallback": None}, {"registry_deltas": "no"}])
+def test_bad_settings_are_refused_before_anything_is_sent(bed: Bed, options: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgumentError):
+        bed.pull(**options)
+    assert bed.proxy.requests() == []

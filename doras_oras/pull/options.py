@@ -103,6 +103,8 @@ class PullOptions:
         if fallback not in (Fallback.FULL, Fallback.NEVER):
             raise InvalidArgumentError(f"fallback must be 'full' or 'never', not {fallback!r}")
         registry_deltas = options.get("registry_deltas", True)
+        if not isinstance(registry_deltas, bool):
+            raise InvalidArgumentError(f"registry_deltas must be True or False, not {registry_deltas!r}")
         if fallback == Fallback.NEVER and not registry_deltas and doras_url is None \
                 and options.get("edge_client") is None:
             raise InvalidArgumentError("fallback='never' with no Doras server and registry_deltas=False: no delta "
@@ -115,7 +117,7 @@ class PullOptions:
             on_wait=options.get("on_wait"), max_size=options.get("max_size"), budget=options.get("budget"),
             lock_timeout_s=lock_timeout_s, platform=platform, verification=verification,
             output_dir=Path(output_dir) if output_dir is not None else None,
-            allow_downgrade=options.get("allow_downgrade", False), registry_deltas=bool(registry_deltas),
+            allow_downgrade=options.get("allow_downgrade", False), registry_deltas=registry_deltas,
             fallback=Fallback(fallback),
         )
 
