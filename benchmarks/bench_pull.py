@@ -22,14 +22,16 @@ delta pull (``doras-oras pull --server``; ``ours-delta`` without numpy, as the
 runtime dependencies install it, ``ours-delta+np`` with the test extra's
 numpy allowed, ``ours-delta+verify`` as ``ours-delta`` with ``--verify-key``:
 v2 carries a cosign signature made by the test bed's signer, legacy tag
-scheme), our full pull (no ``--server``),
+scheme), our full pull (no ``--server``, ``--no-registry-deltas``),
 oras-py ``Layout.pull_from_registry``, ``skopeo copy`` and ``oras copy
 --to-oci-layout``. Bytes are the response bodies counted by the proxies
 (registry + Doras server), requests are counted by the proxies too. Each
 result is checked (the v2 layer is in the layout). The ``trust`` part of the
 report is what verification adds: ``ours-delta+verify`` minus ``ours-delta``
 in requests, bytes and wall time (medians, with their spreads, with ``--repeat``).
-``--quick`` runs small sizes (for CI).
+``--quick`` runs small sizes (for CI). ``probe_miss`` (text: a ``#`` line per case) is
+what looking for a delta stored in the registry costs when none is: requests, wire bytes
+(headers included) and wall time of the probe alone, on an open connection.
 
 ``--go-doras-cli PATH --go-doras-server PATH``: side by side with the real Go
 client and server (issue 24). The registry speaks TLS (the test bed's CA), the
@@ -497,6 +499,57 @@ def prepare_case(bed: Bed, case: Case, kind: str, size: int, edits: int, files: 
           f"prepared in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
 
+def _wire_bytes(response: Any) -> int:
+    """Bytes of one exchange as HTTP/1.1 puts them on the wire (request and response lines, headers,
+    bodies), rebuilt from what ``requests`` sent and received."""
+    request = response.request
+    up = len(f"{request.method} {request.path_url} HTTP/1.1\r\n") + 2 + len(request.body or b"")
+    up += sum(len(k) + len(v) + 4 for k, v in request.headers.items())
+    down = len(f"HTTP/1.1 {response.status_code} {response.reason}\r\n") + 2 + len(response.content or b"")
+    down += sum(len(k) + len(v) + 4 for k, v in response.headers.items())
+    return up + down
+
+
+def probe_miss(bed: Bed, case: Case, repeat: int) -> dict[str, Any]:
+    """What the pull's look for a stored delta costs when nothing is stored (issue 23): the pair
+    v2 -> v1 (never published), the algorithms the pull accepts for this case (a file: bsdiff with
+    zstd, gzip, none; a directory with a content digest: tar-diff too), on the connection the pull
+    has open (the target resolved first, as a pull does). Requests, wire bytes both ways, wall time."""
+    import requests
+
+    from doras_oras.descriptor import Descriptor
+    from doras_oras.plan import choose_accepted
+    from doras_oras.reference import Reference
+    from doras_oras.registry_client import RegistryClient
+    from doras_oras.stored_deltas import find_stored_delta
+
+    wire: list[int] = []
+    session = requests.Session()
+    session.hooks["response"].append(lambda r, *_a, **_k: wire.append(_wire_bytes(r)))
+    ref = Reference(bed.host, case.repo)
+    ca = bed.registry.ca_file
+    accepted = choose_accepted(base_is_registry_blob=True, target_layer=Descriptor.from_json(case.v2_layer),
+                               allow_unverified=False).accepted
+    walls: list[float] = []
+    heads: list[float] = []  # one HEAD of the target, for scale: the registry's latency on this machine
+    with RegistryClient(plain_http=ca is None, tls_verify=str(ca) if ca else True, session=session) as client:
+        client.resolve(ref.with_tag("v2"))
+        for _ in range(max(repeat, 5)):
+            started = time.perf_counter()
+            client.resolve(ref.with_tag("v2"))
+            heads.append(time.perf_counter() - started)
+            wire.clear()
+            started = time.perf_counter()
+            found = find_stored_delta(client, ref.with_digest(case.v2_digest), ref.with_digest(case.v1_digest),
+                                      accepted)
+            walls.append(time.perf_counter() - started)
+            if found is not None:
+                raise SystemExit(f"{case.name}: a delta v2 -> v1 is stored; the miss is not measured")
+    return {"case": case.name, "requests": len(wire), "wire_bytes": sum(wire), "body_bytes": client.bytes_received,
+            "wall_ms_best": round(min(walls) * 1000, 2), "wall_ms_median": round(statistics.median(walls) * 1000, 2),
+            "one_head_ms_median": round(statistics.median(heads) * 1000, 2)}
+
+
 def tool_argv(tool: str, bed: Bed, case: Case, layout: Path) -> list[str]:
     ref = f"{bed.host}/{case.repo}:v2"
     py = sys.executable
@@ -505,7 +558,8 @@ def tool_argv(tool: str, bed: Bed, case: Case, layout: Path) -> list[str]:
         return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), *bed.tls_args,
                 "--server", bed.doras_proxy.url, "--json", *verify]
     if tool == "ours-full":
-        return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http", "--json"]
+        return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http", "--json",
+                "--no-registry-deltas"]  # the delta planted for the server would be found in the registry
     if tool == "oras-py":
         return [py, str(Path(__file__).resolve()), "--child", "oras-py", bed.host, ref, str(layout), "v2"]
     if tool == "skopeo":
@@ -795,6 +849,7 @@ def main() -> None:
             kinds.append("tree")
         for case, kind in zip(cases, kinds, strict=True):
             prepare_case(bed, case, kind, case.size, edits, files)
+        misses = [probe_miss(bed, case, repeat) for case in cases]
         builds_before = bed.doras.builds
         rows: list[Row] = []
         for link, rate in links:
@@ -822,9 +877,15 @@ def main() -> None:
     if args.json:
         print(json.dumps({"rows": [asdict(r) for r in rows], "ratios": ratios(rows),
                           "trust": trust_overhead(rows), "go": side_by_side(rows), "cases": case_info,
+                          "probe_miss": misses,
                           "total_s": round(total, 1)}))
     else:
         print_table(rows, case_info)
+        for miss in misses:
+            print(f"# {miss['case']}: a registry-delta probe that misses: {miss['requests']} requests, "
+                  f"{miss['wire_bytes']} B on the wire ({miss['body_bytes']} B of bodies), "
+                  f"{miss['wall_ms_best']} ms best, {miss['wall_ms_median']} ms median "
+                  f"(one HEAD of the target: {miss['one_head_ms_median']} ms median)")
         print(f"# total {total:.0f} s")
 
 

@@ -46,6 +46,8 @@ refused, not found, not diffable)::
     │   └── IncompatibleArtifactsError "artifacts are not compatible" (any status; 406 too): pull in full
     ├── ImagesIdenticalError           204: from and to are the same image
     ├── BackoffExhausted               a polling loop ran out of attempts or time
+    ├── FallbackRefusedError           a delta was possible but not usable, and the settings refuse
+    │                                  the full download instead (.reason_code, .reason)
     ├── PublishError                   a delta cannot be published for these images (publish-delta)
     │   └── DeltaExistsError           a different delta is already stored under the tag
     └── TrustError                     signature verification refused the artifact (CLI exit 5)
@@ -350,6 +352,20 @@ class ImagesIdenticalError(DorasOrasError):
 
 class BackoffExhausted(DorasOrasError):
     """A polling loop ran out of attempts or time."""
+
+
+class FallbackRefusedError(DorasOrasError):
+    """A delta was possible but could not be used, and the pull was told not to download in full instead
+    (``fallback="never"``, or ``wait=False``): nothing but manifests was downloaded, the layout is unchanged.
+
+    ``reason_code`` is the fallback's :class:`~doras_oras.plan.ReasonCode` value (``server-unreachable``,
+    ``delta-failed``, ...), ``reason`` its words; ``fix`` that of the cause, if any.
+    """
+
+    def __init__(self, message: str, *, reason_code: str, reason: str, fix: Fix | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.reason_code = reason_code
+        self.reason = reason
 
 
 class PublishError(DorasOrasError):

@@ -42,6 +42,7 @@ __all__ = [
     "ReasonCode",
     "choose_accepted",
     "content_digest",
+    "delta_possible",
     "expected_result",
     "rewritten_layer",
 ]
@@ -77,6 +78,18 @@ class ReasonCode(enum.StrEnum):
     DELTA_FAILED = "delta-failed"
     DELTA_NO_SPACE = "delta-no-space"
     BASE_CORRUPT = "base-corrupt"
+
+
+_NO_DELTA_CAN_EXIST = frozenset({ReasonCode.NO_BASE, ReasonCode.INDEX_TARGET, ReasonCode.MULTI_LAYER,
+                                 ReasonCode.INCOMPATIBLE})
+
+
+def delta_possible(code: ReasonCode) -> bool:
+    """Whether a full pull for ``code`` replaces a delta that was possible in principle (and could not be
+    used), rather than one where no delta can exist: a first install (no base), an image index, artifacts
+    of more than one layer, or a pair the Doras server calls not diffable. ``fallback="never"`` refuses the
+    first kind and allows the second (docs/pull.md)."""
+    return code not in _NO_DELTA_CAN_EXIST
 
 
 class Mode(enum.Enum):

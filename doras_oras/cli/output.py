@@ -3,7 +3,8 @@
 Every error goes through :func:`report_error`: one line ``doras-oras: error: ...``
 on stderr and, with ``--json``, one object ``{"status": "error", "error": CLASS,
 "message": ..., "exit_code": N, "fix": CODE, "hint": ...}`` on stdout (plus the
-Doras server's fields for its errors, and ``reason`` for a trust failure), so that a script always gets one JSON object.
+Doras server's fields for its errors, ``reason`` for a trust failure, ``reason_code``
+and ``reason`` for a refused full download), so that a script always gets one JSON object.
 
 The library words the fix of an error (:class:`~doras_oras.errors.Fix`) in
 Python API terms; the command says it in its own flags: :data:`CLI_HINTS`
@@ -18,7 +19,7 @@ import json
 import sys
 from typing import Any
 
-from ..errors import DorasOrasError, DorasServerError, Fix, TrustError
+from ..errors import DorasOrasError, DorasServerError, FallbackRefusedError, Fix, TrustError
 from ..reference import Reference
 
 PREFIX = "doras-oras: error: "
@@ -125,6 +126,8 @@ def error_object(error: BaseException | str, code: int, args: argparse.Namespace
         obj.update(http_status=error.status, server_message=error.message, context=error.context)
     if isinstance(error, TrustError):
         obj["reason"] = error.reason  # exit 5's reason code: not-found, bad-signature, rollback, stale, ...
+    if isinstance(error, FallbackRefusedError):  # a refused full download: why no delta was used
+        obj.update(reason_code=error.reason_code, reason=error.reason)
     return obj
 
 

@@ -98,6 +98,13 @@ def add_pull_options(parser: argparse.ArgumentParser) -> None:
     add_server_options(parser, required=False)
     parser.add_argument("--on-timeout", choices=("full", "pending"), default=None,
                         help="when the delta is not ready in time: full pull (default) or exit 4")
+    parser.add_argument("--fallback", choices=("full", "never"), default="full",
+                        help="when a delta was possible but cannot be used (server down or failing, bad delta, "
+                             "timeout): a verified full pull (default), or never: exit 1 with the reason, having "
+                             "downloaded nothing but manifests (a first install still pulls in full)")
+    parser.add_argument("--no-registry-deltas", dest="registry_deltas", action="store_false",
+                        help="do not look for a delta stored in the registry (publish-delta, a Doras server) "
+                             "before asking the server or when none is given")
     parser.add_argument("--allow-unverified", action="store_true",
                         help="accept a tar-diff result that cannot be verified (no content digest)")
     parser.add_argument("--max-size", type=_size, metavar="BYTES",
@@ -126,6 +133,9 @@ def check_paths(layout: str, output: str | None) -> None:
 def check_pull_args(args: argparse.Namespace) -> Verification | None:
     """The checks of :func:`add_pull_options` flags before anything is sent; the verification they ask for."""
     check_server_only(args, SERVER_ONLY)
+    if args.fallback == "never" and not args.server and not args.registry_deltas:
+        raise InvalidArgumentError("--fallback never needs --server or registry deltas (without "
+                                   "--no-registry-deltas): else no delta could ever be found")
     verification = verification_from_args(args)  # keys and policy loaded before anything is sent
     if args.allow_downgrade and verification is None:
         raise InvalidArgumentError("--allow-downgrade needs --verify-key or --trust-policy (without verification "
@@ -143,7 +153,7 @@ def call_pull(args: argparse.Namespace, registry: RegistryClient, edge: EdgeClie
         on_timeout=args.on_timeout or "full", allow_unverified=args.allow_unverified,
         progress=progress, on_wait=on_wait, max_size=args.max_size, budget=args.budget,
         lock_timeout_s=args.lock_timeout, platform=args.platform, verify=verification, output_dir=output,
-        allow_downgrade=args.allow_downgrade,
+        allow_downgrade=args.allow_downgrade, registry_deltas=args.registry_deltas, fallback=args.fallback,
     )
 
 
@@ -210,6 +220,9 @@ def _describe(result: PullResult, args: argparse.Namespace) -> str:
     words = hint(result.fix, args)
     if words:
         reason += f"; {words}"
-    how = f"delta {result.algorithm}" if result.status == Status.DELTA else f"full pull ({reason})"
-    return (f"{result.reference}: updated to {result.to_digest} by {how}: "
-            f"{human_size(result.bytes_received)} received{saved} in {result.duration_s:.2f} s{files}")
+    if result.status == Status.DELTA:
+        source = " stored in the registry" if result.delta_source == "registry" else " from the Doras server"
+        return (f"{result.reference}: updated to {result.to_digest} by delta {result.algorithm}{source}: "
+                f"{human_size(result.bytes_received)} received{saved} in {result.duration_s:.2f} s{files}")
+    return (f"{result.reference}: updated to {result.to_digest}, downloaded in full "
+            f"({human_size(result.bytes_received)} received{saved} in {result.duration_s:.2f} s): {reason}{files}")

@@ -35,18 +35,25 @@ The base may be an entry that another tool wrote (``oras copy --to-oci-layout``,
 ``skopeo copy ... oci:DIR:TAG``): it is recognised by its ``ref.name``
 (:meth:`~doras_oras.layout.ImageEntry.belongs_to`).
 
+Before the server is asked (and when none is given), a delta already stored in
+the registry for the pair is looked for (:func:`~doras_oras.stored_deltas.find_stored_delta`,
+``registry_deltas``); one found is used as a server-named one is.
+
 Anything that makes the delta unusable (server down, 4xx/5xx, timeout,
 corrupt or unverifiable delta, a delta of a kind that was not asked for)
-falls back to a verified full pull, and the result says why.
+falls back to a verified full pull, and the result says why; with
+``fallback="never"`` (and with ``wait=False``) a full download that would
+replace a delta is refused instead (:class:`~doras_oras.errors.FallbackRefusedError`).
 """
 
 from ..full import Progress
 from ..plan import ReasonCode
-from .options import PullKeywords, PullOptions, Waiting, check_base_ref
+from .options import Fallback, PullKeywords, PullOptions, Waiting, check_base_ref
 from .result import PullResult, Status
 from .run import find_base, pull_delta
 
 __all__ = [
+    "Fallback",
     "Progress",
     "PullKeywords",
     "PullOptions",

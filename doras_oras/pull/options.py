@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -21,10 +22,19 @@ if TYPE_CHECKING:
     from ..edgeapi import EdgeClient
     from ..trust import Requirement, TrustPolicy, Verification
 
-__all__ = ["PullKeywords", "PullOptions", "Waiting", "check_base_ref"]
+__all__ = ["Fallback", "PullKeywords", "PullOptions", "Waiting", "check_base_ref"]
 
 Waiting = Callable[[int, float], None]
 """``on_wait(requests_sent, seconds_waited)``: called while the server builds the delta."""
+
+
+class Fallback(enum.StrEnum):
+    """What a pull does when a delta was possible but cannot be used (docs/pull.md)."""
+
+    FULL = "full"
+    """A verified full pull, the reason in the result (the default)."""
+    NEVER = "never"
+    """:class:`~doras_oras.errors.FallbackRefusedError`: nothing but manifests downloaded, nothing changed."""
 
 
 def check_base_ref(target: Reference, base: Reference, *, name: str = "from_ref") -> None:
@@ -59,6 +69,10 @@ class PullOptions:
     """``verify`` in its one shape, bound to the tag being pulled (``{tag}`` in required annotations)."""
     output_dir: Path | None
     allow_downgrade: bool
+    registry_deltas: bool
+    """Look for a delta stored in the registry (one ``HEAD`` per usable kind) before asking the server."""
+    fallback: Fallback
+    """``never``: refuse a full download that would replace a delta (``wait=False`` refuses it too)."""
 
     @classmethod
     def of(cls, target: str | Reference, *, doras_url: str | None, **options: Unpack[PullKeywords]) -> PullOptions:
@@ -85,6 +99,16 @@ class PullOptions:
 
             verification = dataclasses.replace(Verification.of(verify), tag=ref.tag)
         output_dir = options.get("output_dir")
+        fallback = options.get("fallback", Fallback.FULL)
+        if fallback not in (Fallback.FULL, Fallback.NEVER):
+            raise InvalidArgumentError(f"fallback must be 'full' or 'never', not {fallback!r}")
+        registry_deltas = options.get("registry_deltas", True)
+        if not isinstance(registry_deltas, bool):
+            raise InvalidArgumentError(f"registry_deltas must be True or False, not {registry_deltas!r}")
+        if fallback == Fallback.NEVER and not registry_deltas and doras_url is None \
+                and options.get("edge_client") is None:
+            raise InvalidArgumentError("fallback='never' with no Doras server and registry_deltas=False: no delta "
+                                       "could ever be found, so every update would be refused")
         return cls(
             target=ref, doras_url=doras_url, edge_client=options.get("edge_client"), from_ref=base,
             accepted_algorithms=check_algorithm_names(accepted) if accepted is not None else None,
@@ -93,7 +117,8 @@ class PullOptions:
             on_wait=options.get("on_wait"), max_size=options.get("max_size"), budget=options.get("budget"),
             lock_timeout_s=lock_timeout_s, platform=platform, verification=verification,
             output_dir=Path(output_dir) if output_dir is not None else None,
-            allow_downgrade=options.get("allow_downgrade", False),
+            allow_downgrade=options.get("allow_downgrade", False), registry_deltas=registry_deltas,
+            fallback=Fallback(fallback),
         )
 
 
@@ -117,3 +142,5 @@ class PullKeywords(TypedDict, total=False):
     verify: Verification | Requirement | TrustPolicy | None
     output_dir: str | os.PathLike[str] | None
     allow_downgrade: bool
+    registry_deltas: bool
+    fallback: str

@@ -61,6 +61,9 @@ class PullResult:
     was found, ``origin`` registry or layout), as in :class:`~doras_oras.full.FullPullResult`; ``None`` without."""
     output: list[str] | None = None
     """With ``output_dir``: the files and directories written there (None without)."""
+    delta_source: str | None = None
+    """Where the delta applied came from: ``"registry"`` (stored under its Doras tag, found with no server
+    asked) or ``"server"`` (named by the Doras server); None when no delta was applied."""
     fix: Fix | None = None
     """For a fallback that a setting would have avoided (a TLS or credentials problem with the
     Doras server, ...): the :class:`~doras_oras.errors.Fix`; ``fix.hint`` words it. Its value in JSON."""

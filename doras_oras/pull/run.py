@@ -28,6 +28,7 @@ from ..errors import (
     DocumentError,
     DorasOrasError,
     DorasServerError,
+    FallbackRefusedError,
     Fix,
     ImagesIdenticalError,
     IncompatibleArtifactsError,
@@ -54,13 +55,17 @@ from ..platforms import host_platform, platform_matches
 from ..reference import Reference
 from ..registry_client import RegistryClient, SupportsRegistryClient, registry_client_of
 from ..schemas import ParsedManifest
-from .options import PullKeywords, PullOptions, check_base_ref
+from ..stored_deltas import find_stored_delta
+from .options import Fallback, PullKeywords, PullOptions, check_base_ref
 from .result import PullResult, Status
 
 if TYPE_CHECKING:
     from ..trust import TrustResult
 
 log = logging.getLogger(__name__)
+
+_REGISTRY, _SERVER = "registry", "server"
+"""Where a delta came from (``PullResult.delta_source``)."""
 
 class _Fallback(Exception):
     """Internal: the delta path cannot continue; do a full pull for ``reason`` (``fix`` would avoid it)."""
@@ -299,6 +304,7 @@ class _PullRun:
 
     def result(self, status: Status, code: ReasonCode, reason: str, tgt: _Target | None, *,
                from_digest: str | None, to_digest: str | None = None, algorithm: str | None = None,
+               delta_source: str | None = None,
                stored_digest: str | None = None, verified: bool = True, delta_size: int | None = None,
                blobs_fetched: int | None = None, blobs_reused: int | None = None, fix: Fix | None = None,
                full_size: int | None = None) -> PullResult:
@@ -311,7 +317,7 @@ class _PullRun:
             algorithm=algorithm, bytes_received=self.received, full_size=tgt.full_size if tgt else full_size,
             duration_s=round(time.monotonic() - self.started, 3), stored_digest=stored_digest, verified=verified,
             delta_size=delta_size, blobs_fetched=blobs_fetched, blobs_reused=blobs_reused, trust=self.trust,
-            output=self.written, fix=fix,
+            output=self.written, fix=fix, delta_source=delta_source,
         )
 
     def install_check(self, manifest: Descriptor) -> None:
@@ -399,21 +405,49 @@ class _PullRun:
         if base is None:
             return self.full(tgt, ReasonCode.NO_BASE, f"no image of {target.name} in the layout to patch",
                              base=None)
-        if self.options.doras_url is None and self.options.edge_client is None:
+        if not self._has_server() and not self.options.registry_deltas:
             return self.full(tgt, ReasonCode.NO_SERVER, "no Doras server given", base=base)
+        refused: FallbackRefusedError | None = None
         try:
             return self.delta(tgt, base)
         except _Pending as pending:
             return self.result(Status.PENDING, pending.code, pending.reason, tgt, from_digest=base.source_digest)
         except _Fallback as fallback:
-            log.warning("falling back to a full pull: %s", fallback.reason)
-            result = self.full(tgt, fallback.code, fallback.reason, base=base, fix=fallback.fix)
-        with layout.lock(timeout=self.options.lock_timeout_s):
+            refused = self._refusal(fallback)
+            if refused is not None and fallback.code is not ReasonCode.BASE_CORRUPT:
+                raise refused from fallback  # nothing to tidy: the layout is as it was
+            if refused is None:
+                log.warning("falling back to a full pull: %s", fallback.reason)
+                result = self.full(tgt, fallback.code, fallback.reason, base=base, fix=fallback.fix)
+        with layout.lock(timeout=self.options.lock_timeout_s):  # a base found corrupt loses its entry
             lost = self._forget_if_lost(base)
+        if refused is not None:
+            raise refused
         if lost:
             result = replace(result, reason=result.reason + f"; the damaged image {base.tag or base.source_digest} "
                              "(its layer was lost) was dropped from the layout's index")
         return result
+
+    def _has_server(self) -> bool:
+        return self.options.doras_url is not None or self.options.edge_client is not None
+
+    def _refusal(self, fallback: _Fallback) -> FallbackRefusedError | None:
+        """The error that replaces a full pull for ``fallback`` when the settings refuse it, else None.
+
+        ``fallback="never"`` and ``wait=False`` (a pull that never blocks) refuse a full download that
+        replaces a delta which was possible in principle (:func:`~doras_oras.plan.delta_possible`); a
+        first install, an image index, a multi-layer or non-diffable pair still pull in full.
+        """
+        if not _plan.delta_possible(fallback.code):
+            return None
+        if self.options.fallback == Fallback.NEVER:
+            why = "full downloads instead of a delta are refused"
+        elif not self.options.wait:
+            why = "a pull that does not wait never downloads in full instead of a delta"
+        else:
+            return None
+        return FallbackRefusedError(f"{self.options.target}: not downloaded ({why}): {fallback.reason}",
+                                    reason_code=fallback.code.value, reason=fallback.reason, fix=fallback.fix)
 
     def resolve_target(self) -> Descriptor:
         """The target's descriptor; a 404 says the reference is not found, a 401/403 after credentials
@@ -534,7 +568,7 @@ class _PullRun:
             raise _Fallback(planned.code, planned.reason)
         from_image = tgt.ref.with_digest(base.source_digest)
         to_image = tgt.ref.with_digest(tgt.descriptor.digest)
-        delta = self._ask(from_image, to_image, planned)
+        delta, source = self._find(from_image, to_image, planned)
         if not delta.algorithm.accepted_by(planned.accepted):
             raise _Fallback(ReasonCode.UNEXPECTED_ALGORITHM,
                             f"the server sent a {delta.algorithm.value} delta, which was not asked for "
@@ -547,14 +581,20 @@ class _PullRun:
                              what=f"the delta for {tgt.ref}")
         except DiskSpaceError as exc:
             raise _Fallback(ReasonCode.DELTA_NO_SPACE, f"no room for the delta: {_detail(exc)}", _fix(exc)) from exc
-        image = self._apply_and_commit(tgt, base_layer, target_layer, delta, expected)
+        try:
+            image = self._apply_and_commit(tgt, base_layer, target_layer, delta, expected)
+        except _Fallback as fallback:
+            if source == _REGISTRY:
+                fallback.reason += f" (the delta stored in the registry as {delta.manifest_ref.digest})"
+            raise
         verified = expected.digest is not None
-        reason = "patched the stored image with a delta from the Doras server"
+        reason = ("patched the stored image with a delta stored in the registry" if source == _REGISTRY
+                  else "patched the stored image with a delta from the Doras server")
         if not verified:
             reason += " (tar-diff result NOT verified: the target layer has no content digest)"
         return self.result(Status.DELTA, ReasonCode.PATCHED, reason, tgt, from_digest=base.source_digest,
                            algorithm=delta.algorithm.value, stored_digest=image.descriptor.digest,
-                           verified=verified, delta_size=delta.layer.size)
+                           verified=verified, delta_size=delta.layer.size, delta_source=source)
 
     def _single_layers(self, tgt: _Target, base: ImageEntry) -> tuple[Descriptor, Descriptor]:
         stored: dict[str, Any] = json.loads(self.layout.read_blob(base.descriptor))
@@ -582,6 +622,28 @@ class _PullRun:
             return self.layout.has_blob(layer)
         return self.layout.blob_present(layer)
 
+    def _find(self, from_image: Reference, to_image: Reference, planned: _plan.DeltaPlan) -> tuple[Delta, str]:
+        """The delta and where it came from: first one stored in the registry (unless ``registry_deltas``
+        is off: a hit means no Doras conversation at all), then the server's; :class:`_Fallback` when there
+        is no server to ask."""
+        if self.options.registry_deltas:
+            stored = self._stored(from_image, to_image, planned.accepted)
+            if stored is not None:
+                return stored, _REGISTRY
+        if not self._has_server():
+            raise _Fallback(ReasonCode.NO_SERVER, "no Doras server given and no delta stored in the registry "
+                            "for this pair")
+        return self._ask(from_image, to_image, planned), _SERVER
+
+    def _stored(self, from_image: Reference, to_image: Reference, accepted: tuple[str, ...]) -> Delta | None:
+        """A delta stored in the registry for the pair (one ``HEAD`` per usable kind); a registry that fails
+        the lookup is logged and counts as a miss (the server, or the fallback, comes next)."""
+        try:
+            return find_stored_delta(self.registry, from_image, to_image, accepted)
+        except (TransportError, LimitExceededError, DocumentError, VerificationError) as exc:
+            log.warning("looking for a delta stored in the registry failed: %s", _detail(exc))
+            return None
+
     def _ask(self, from_image: Reference, to_image: Reference, planned: _plan.DeltaPlan) -> Delta:
         """The Doras conversation: the checked delta, or :class:`_Pending` / :class:`_Fallback`."""
         client = self.options.edge_client or EdgeClient.for_registry(self.registry, self.options.doras_url or "",
@@ -606,7 +668,8 @@ class _PullRun:
         except DorasServerError as exc:
             raise _Fallback(ReasonCode.SERVER_ERROR, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
         except TransportError as exc:
-            raise _Fallback(ReasonCode.SERVER_UNREACHABLE, f"delta unavailable: {_detail(exc)}", _fix(exc)) from exc
+            raise _Fallback(ReasonCode.SERVER_UNREACHABLE, f"the Doras server at {client.server_url} is unreachable: "
+                            f"{_detail(exc)}", _fix(exc)) from exc
         except LimitExceededError as exc:
             raise _Fallback(ReasonCode.ANSWER_TOO_LARGE, f"delta unavailable: {_detail(exc)}") from exc
         except (DocumentError, VerificationError, CodecError) as exc:
