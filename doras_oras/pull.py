@@ -11,13 +11,15 @@ reported in :class:`PullResult`, as a sentence (``reason``) and as a code
 The steps (DESIGN.md §1), one forward walk
 ``pull → (registry fetch | edge conversation) → codecs → layout``:
 
-1. resolve the target (a ``HEAD``); an image of the layout that stands for it
-   means up to date;
+1. fetch the target manifest in one ``GET``, conditional on the digest the layout's
+   image of it stands for (``If-None-Match``: a ``304`` without a body means up to date;
+   :meth:`RegistryClient.fetch_if_changed`); an image of the layout that stands for the
+   digest received means up to date too;
    with ``verify``: the resolved digest's signature must verify now, before
    anything else is asked for (docs/trust.md); every later step works on
    that digest, the fallbacks too;
-2. fetch the target manifest (verified, schema-checked), check the limits
-   (``max_size``, download budget) before downloading;
+2. the manifest received is verified and schema-checked; its own digest is the one
+   verified and installed; check the limits (``max_size``, download budget) before downloading;
 3. find the base: the newest image of the same repository in the layout, or
    the one ``from_ref`` names; none → full pull;
 4. check the stored base layer (a missing base means a full pull);
@@ -279,6 +281,23 @@ def _holding(layout: OCILayout, target: Reference, digest: str, platform: str) -
     return None
 
 
+def _installed(layout: OCILayout, target: Reference, platform: str) -> str | None:
+    """The registry digest ``target`` named when the layout's image of it was pulled (None: none held).
+
+    The newest image of the repository with the target's tag (else the newest of the repository):
+    the index it was chosen from when that was for ``platform``, else its manifest. What the
+    conditional GET sends; :func:`_holding` finds that image by it.
+    """
+    if target.digest:
+        return target.digest if _holding(layout, target, target.digest, platform) is not None else None
+    images = layout.images_of(target.name)
+    image = ([i for i in images if i.tag == target.tag] or images or [None])[-1]
+    if image is None:
+        return None
+    index = image.source_index
+    return index if index is not None and _serves(image, index, platform) else image.source_digest
+
+
 def find_base(layout: OCILayout, target: Reference, from_ref: Reference | None) -> ImageEntry | None:
     """The layout's image to patch: ``from_ref`` if given, else the newest of the repository.
 
@@ -342,7 +361,6 @@ def pull_delta(
     from the blobs first (:meth:`OCILayout.recover_index`: the old file is kept as
     ``index.json.corrupt``, the recovered images are tagged ``recovered-<hex12>``).
     """
-    schemas.warm_up()  # compile the validators while the first requests travel
     client = registry_client_of(registry)
     if on_timeout not in (STATUS_FULL, STATUS_PENDING):
         raise InvalidArgumentError("on_timeout must be 'full' or 'pending'")
@@ -507,12 +525,17 @@ class _PullRun:
 
     def _execute(self, base_ref: Reference | None) -> PullResult:
         target, layout, registry = self.target, self.layout, self.registry
-        # A HEAD first: a device polling for updates pays no manifest body when up to date.
-        resolved = registry.resolve(target)
+        platform = self.platform or host_platform()
+        # One GET, conditional on what the layout holds: a device polling for updates gets a 304, no body.
+        installed = _installed(layout, target, platform)
+        if installed is None:  # a first pull: a manifest will come; an up-to-date poll needs no validator
+            schemas.warm_up()  # compile the validators while the request travels
+        fetched = registry.fetch_if_changed(target, installed)  # None: the target is still `installed`
+        digest = fetched.descriptor.digest if fetched is not None else installed
         base = find_base(layout, target, base_ref)
-        held = _holding(layout, target, resolved.digest, self.platform or host_platform())
-        if held is not None:
-            attachments = self.verify_held(held, resolved)
+        held = _holding(layout, target, digest, platform) if digest is not None else None
+        if held is not None and digest is not None:
+            attachments = self.verify_held(held, digest, fetched)
             self.before_commit(held.descriptor)
             unrecorded = any(held.descriptor.annotations.get(k) != v for k, v in self.notes.items())
             if (held.tag != target.tag and target.tag) or attachments or unrecorded:
@@ -524,10 +547,12 @@ class _PullRun:
                                     attachments=attachments)
             return self.result(STATUS_UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
                                None, from_digest=held.source_digest, stored_digest=held.descriptor.digest,
-                               to_digest=resolved.digest)
-        self.verify(resolved.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
-        tgt = _Target(target, registry.fetch_parsed(target, expected=resolved))
-        self.go_forward(tgt.body, resolved.digest, None)  # a rollback or stale target: refused, nothing fetched
+                               to_digest=digest)
+        if fetched is None:  # not reached: `installed` names an image of the layout
+            fetched = registry.fetch_parsed(target)
+        tgt = _Target(target, fetched)  # the body's own digest is what is verified and installed
+        self.verify(tgt.descriptor.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
+        self.go_forward(tgt.body, tgt.descriptor.digest, None)  # a rollback or stale target: refused
         self.keep = self.attachments(tgt)  # the verified signatures, committed with the target
         if tgt.descriptor.media_type in INDEX_MEDIA_TYPES:
             return self.full(tgt, ReasonCode.INDEX_TARGET, "the target is an image index; Doras deltas are "
@@ -575,7 +600,7 @@ class _PullRun:
         self.trust, self.notes = check_forward(self.layout, self.target, self.trust, self.verification, standing,
                                                allow_downgrade=self.allow_downgrade)
 
-    def verify_held(self, held: ImageEntry, resolved: Descriptor) -> list[Attachment]:
+    def verify_held(self, held: ImageEntry, digest: str, fetched: ParsedManifest | None) -> list[Attachment]:
         """Up to date, with ``verify``: the stored copy of the signature is checked again (no request).
 
         When the layout keeps none that passes (the image was stored before
@@ -590,19 +615,19 @@ class _PullRun:
         )
 
         try:
-            self.trust = verify_in_layout(self.layout, self.target.with_digest(resolved.digest), self.verification)
-            self.verified = resolved.digest
-            self.go_forward(b"", resolved.digest, held)
+            self.trust = verify_in_layout(self.layout, self.target.with_digest(digest), self.verification)
+            self.verified = digest
+            self.go_forward(b"", digest, held)
             return []
         except TrustError as exc:
             if self.trust is not None:  # the signature passed; the order or freshness did not
                 raise
             log.info("the layout's copy of the signature does not pass (%s); checking the registry's", exc)
-        self.verify(resolved.digest)
+        self.verify(digest)
         assert self.trust is not None
-        self.go_forward(b"", resolved.digest, held)
-        signed = None if resolved.digest == held.descriptor.digest else (
-            self.registry.fetch_parsed(self.target, expected=resolved).body)  # an index, a rewritten original
+        self.go_forward(b"", digest, held)
+        signed = None if digest == held.descriptor.digest else (  # an index, a rewritten original
+            fetched or self.registry.fetch_parsed(self.target.with_digest(digest))).body
         return attachments_of(self.trust, signed)
 
     def attachments(self, tgt: _Target) -> list[Attachment]:

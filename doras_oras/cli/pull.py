@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import schemas
 from ..errors import InvalidArgumentError
 from ..pull import (
     STATUS_DELTA,
@@ -125,7 +124,6 @@ def _understood(text: str, ref: Reference) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    schemas.warm_up()  # the validators compile while the arguments are checked and the first request travels
     ref = Reference.parse(args.reference)
     check_server_only(args, SERVER_ONLY)
     from_ref = Reference.parse_relative(args.from_ref, ref) if args.from_ref else None
