@@ -16,6 +16,7 @@ from doras_oras import schemas
 from doras_oras.errors import SchemaValidationError
 
 H64 = "a" * 64
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 ENTRY = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + H64, "size": 583,
          "annotations": {"org.opencontainers.image.ref.name": "v1"}, "artifactType": "application/vnd.x+type",
          "platform": {"architecture": "amd64", "os": "linux"}}
@@ -56,6 +57,22 @@ def mutations(draw: st.DrawFn) -> Any:
     return document
 
 
+media_types = st.sampled_from(["application/vnd.oci.image.manifest.v1+json", "a/b", "a/b+c", "x", "a/b c", "/b"])
+digests = st.sampled_from(["sha256:" + H64, "sha256:" + H64, "sha512:" + "b" * 128, "sha256:" + H64 + "\n", "sha256:ab", "md5:00"])
+sizes = st.sampled_from([0, 583, 583, 583, 9223372036854775807, 9223372036854775808, -1, 2.0, True, "3"])
+strings = st.dictionaries(st.sampled_from(["a", "b.c", ""]), st.sampled_from(["", "v1"]) | scalars, max_size=2)
+platforms = st.fixed_dictionaries({}, optional={
+    "architecture": st.sampled_from(["amd64", "", 1]), "os": st.sampled_from(["linux", "", None]),
+    "variant": st.sampled_from(["v7", ""]), "os.version": st.just("10"), "features": st.just(["x"])})
+entries = st.fixed_dictionaries({"mediaType": media_types, "digest": digests, "size": sizes}, optional={
+    "annotations": strings,
+    "artifactType": media_types, "platform": platforms, "urls": st.just(["http://x"]), "data": st.just("AA==")})
+indexes = st.fixed_dictionaries({"schemaVersion": st.sampled_from([2, 2, 2, 1, 2.0, True, "2"]),
+                                 "manifests": st.lists(entries, max_size=2)}, optional={
+    "mediaType": st.sampled_from(["application/vnd.oci.image.index.v1+json", MANIFEST_TYPE, ""]),
+    "annotations": strings, "layers": st.just([])})
+
+
 def schema_accepts(document: Any) -> bool:
     try:
         schemas._validator("index").validate(document)
@@ -65,7 +82,7 @@ def schema_accepts(document: Any) -> bool:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.composite(mutations)() | documents)
+@given(st.composite(mutations)() | documents | indexes)
 def test_the_plain_check_accepts_only_what_the_schema_accepts(document: Any) -> None:
     if schemas._plain_index(document):
         assert schema_accepts(document), document
