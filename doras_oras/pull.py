@@ -56,9 +56,7 @@ from . import plan as _plan
 from . import schemas
 from .algorithms import Compression, check_algorithm_names
 from .budget import DownloadBudget, check_free_space, check_max_size
-from .codecs import apply_delta
 from .descriptor import INDEX_MEDIA_TYPES, OCI_LAYER_TAR, Descriptor
-from .edgeapi import BasicAuth, Delta, EdgeClient
 from .errors import (
     BackoffExhausted,
     CodecError,
@@ -77,7 +75,6 @@ from .errors import (
     TrustError,
     VerificationError,
 )
-from .extract import extract_image, output_needs
 from .full import Progress, pull_full
 from .layout import (
     ANNOTATION_PULLED_BY,
@@ -94,7 +91,9 @@ from .registry_client import RegistryClient, SupportsRegistryClient, registry_cl
 from .schemas import ParsedManifest
 from .urls import safe_url
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the codecs, the edge API and extraction load when a pull needs them (an up-to-date
+    # poll needs none of them: tests/test_startup.py)
+    from .edgeapi import Delta, EdgeClient
     from .trust import Requirement, TrustPolicy, TrustResult, Verification
 
 log = logging.getLogger(__name__)
@@ -259,6 +258,8 @@ def edge_client_for(registry: RegistryClient | SupportsRegistryClient, doras_url
     ``http://`` only when the registry allows insecure auth; its TLS settings
     (``tls_verify`` False or a CA bundle) and transfer policy apply.
     """
+    from .edgeapi import BasicAuth, EdgeClient
+
     client = registry_client_of(registry)
     credentials = client.credentials_for(registry_host)
     auth = BasicAuth(*credentials) if credentials is not None else None
@@ -291,9 +292,10 @@ def _installed(layout: OCILayout, target: Reference, platform: str) -> str | Non
     if target.digest:
         return target.digest if _holding(layout, target, target.digest, platform) is not None else None
     images = layout.images_of(target.name)
-    image = ([i for i in images if i.tag == target.tag] or images or [None])[-1]
-    if image is None:
+    tagged = [image for image in images if image.tag == target.tag] or images
+    if not tagged:
         return None
+    image = tagged[-1]
     index = image.source_index
     return index if index is not None and _serves(image, index, platform) else image.source_digest
 
@@ -504,6 +506,8 @@ class _PullRun:
     def before_commit(self, manifest: Descriptor) -> None:
         """Write the files of the stored ``manifest`` to ``output_dir`` (all or nothing), if asked."""
         if self.output_dir is not None:
+            from .extract import extract_image
+
             self.written = [str(path) for path in extract_image(self.layout, manifest, self.output_dir,
                                                                 max_bytes=self.max_size)]
 
@@ -512,6 +516,8 @@ class _PullRun:
         files for ``output_dir`` do not fit (an index target's files are not known yet)."""
         needs = list(layout_needs)
         if self.output_dir is not None and "config" in tgt.document:
+            from .extract import output_needs
+
             needs += output_needs(tgt.layers, self.output_dir)
         check_free_space(needs, what=what)
 
@@ -762,6 +768,8 @@ class _PullRun:
     def _apply_and_commit(self, tgt: _Target, base_layer: Descriptor, target_layer: Descriptor,
                           delta: Delta, expected: _plan.Expected) -> ImageEntry:
         """Download the delta (resumable), apply it into a blob writer (verified), store, commit."""
+        from .codecs import apply_delta
+
         layout, registry = self.layout, self.registry
         keep_partial = False
         with layout.partial_writer(delta.layer, what="delta") as download:

@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import requests
 
@@ -56,12 +56,15 @@ from .errors import (
     SizeMismatchError,
     VerificationError,
 )
-from .layout import BlobWriter, OCILayout
+from .layout import OCILayout
 from .reference import Reference
 from .stream import verifying_stream
 from .transport import ByteCounter, RetryBudget, TransferPolicy, Transport
 from .transport.failures import NETWORK_ERRORS, REGISTRY_PEER, translate
 from .urls import origin, safe_url
+
+if TYPE_CHECKING:
+    from .layout import BlobWriter
 
 log = logging.getLogger(__name__)
 
@@ -453,6 +456,8 @@ class RegistryClient:
         stall or kill leaves them for the next call to resume; a digest or size
         mismatch removes them.
         """
+        from .layout import BlobWriter
+
         path_partial = Path(path_partial)
         with BlobWriter.partial(path_partial, digest=descriptor.digest, size=descriptor.size) as writer:
             self.download(ref, descriptor, writer, on_progress=on_progress)

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 from ..algorithms import ALGORITHM_NAMES
 from ..auth import DockerConfigAuth, default_docker_config
-from ..edgeapi import AuthArg, BasicAuth, BearerAuth
 from ..errors import InvalidArgumentError
 from ..registry_client import RegistryClient
 from ..transport import TransferPolicy
 
 if TYPE_CHECKING:
+    from ..edgeapi import AuthArg
     from ..trust import Verification
 
 
@@ -216,6 +216,8 @@ def registry_from_args(args: argparse.Namespace, credentials: tuple[str, str] | 
 def edge_auth_from_args(args: argparse.Namespace, credentials: tuple[str, str] | None,
                         token: str | None) -> AuthArg:
     """What the Doras server is given: a bearer token, the basic credentials, or the docker config."""
+    from ..edgeapi import BasicAuth, BearerAuth
+
     if token is not None:
         return BearerAuth(token)
     if credentials is not None:

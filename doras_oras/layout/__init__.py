@@ -13,8 +13,18 @@ Modules, one job each:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .attachments import ANNOTATION_SUBJECT, Attachment
-from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, atomic_write, disk_error, fsync_dir
+from .files import (
+    INGEST_DIR,
+    META_SUFFIX,
+    PARTIAL_SUFFIX,
+    TEMP_SUFFIX,
+    atomic_write,
+    disk_error,
+    fsync_dir,
+)
 from .index import (
     ANNOTATION_PULLED,
     ANNOTATION_PULLED_BY,
@@ -27,7 +37,18 @@ from .index import (
 from .lock import LOCK_FILE
 from .maintenance import STALE_PARTIAL_SECONDS, GCResult
 from .store import LAYOUT_VERSION, OCILayout
-from .writer import META_SUFFIX, BlobWriter
+
+if TYPE_CHECKING:
+    from .writer import BlobWriter
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`BlobWriter`, imported on first use (an up-to-date poll writes nothing)."""
+    if name == "BlobWriter":
+        from .writer import BlobWriter
+
+        return BlobWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ANNOTATION_PULLED",

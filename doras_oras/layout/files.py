@@ -21,6 +21,8 @@ INGEST_DIR = "ingest"
 """The layout's own directory: lock file, temp files, partial downloads."""
 PARTIAL_SUFFIX = ".partial"
 """Suffix of a partial download in ``ingest/`` (``<alg>-<hex>.partial``)."""
+META_SUFFIX = ".meta"
+"""Sidecar of a partial download: which digest and size its bytes belong to."""
 
 
 def fsync_dir(path: Path) -> None:

@@ -39,9 +39,8 @@ from ..errors import (
     LayoutError,
     VerificationError,
 )
-from .files import INGEST_DIR, PARTIAL_SUFFIX, TEMP_SUFFIX, disk_error, fsync_dir
+from .files import INGEST_DIR, META_SUFFIX, PARTIAL_SUFFIX, TEMP_SUFFIX, disk_error, fsync_dir
 from .index import ImageEntry
-from .writer import META_SUFFIX
 
 if TYPE_CHECKING:
     from .store import OCILayout

@@ -35,12 +35,9 @@ from typing import Any
 from .._writeback import WriteBehind
 from ..descriptor import validate_digest
 from ..errors import DigestMismatchError, InvalidArgumentError, SizeMismatchError
-from .files import TEMP_SUFFIX, atomic_write, disk_error, fsync_dir
+from .files import META_SUFFIX, TEMP_SUFFIX, atomic_write, disk_error, fsync_dir
 
 log = logging.getLogger(__name__)
-
-META_SUFFIX = ".meta"
-"""Sidecar of a partial download: which digest and size its bytes belong to."""
 
 _REHASH_CHUNK = 1 << 20
 
