@@ -86,10 +86,10 @@ def _add_log_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         default=False if top else argparse.SUPPRESS, help="only errors on stderr")
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser of the command line (abbreviated long flags are not accepted).
 
-    ``only``: configure that subcommand alone (the others are listed by name, their modules
+    ``only``: configure these subcommands alone (the others are listed by name, their modules
     not imported); default: all of them.
     """
     parser = _Parser(prog="doras-oras", description="Delta-aware pulls of OCI artifacts through a Doras delta "
@@ -98,7 +98,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_log_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        if only is not None and name != only:
+        if only is not None and name not in only:
             sub.add_parser(name, allow_abbrev=False)
             continue
         module = command(name)
@@ -159,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
     named = _named(words)
-    parser = build_parser(named) if named is not None and "--help" not in words and "-h" not in words else (
-        build_parser())
+    helping = "-h" in words or "--help" in words  # the top-level help lists every command's
+    parser = build_parser(None if helping else [named] if named else [])
     try:
         args, extra = parser.parse_known_args(words)
         if extra:
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     _logging(args)
     if not args.command:
-        parser.print_help(sys.stderr)
+        build_parser().print_help(sys.stderr)
         return EXIT_USAGE
     runner = command(args.command).run
     handles_signals = threading.current_thread() is threading.main_thread()
