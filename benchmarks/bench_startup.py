@@ -16,7 +16,7 @@ once in turn (so that a busy moment hits all of them alike):
 
 Every run is a fresh interpreter started the way the console script starts
 (``from doras_oras.cli import run; run()``), with the checkout first on
-``PYTHONPATH`` and its bytecode compiled beforehand (as ``pip install`` does,
+``PYTHONPATH`` (run in a scratch directory, not in a checkout) and its bytecode compiled beforehand (as ``pip install`` does,
 whatever ``PYTHONDONTWRITEBYTECODE`` says). Wall time from the parent
 (``time.perf_counter`` around ``subprocess.run``). Best and median per row, and
 each row over the floor and over the baseline's same row.
@@ -41,9 +41,11 @@ from doras_oras.testing.registry import RegistryServer, find_tool  # noqa: E402
 RUN = "from doras_oras.cli import run; run()"
 
 
-def timed(argv: list[str], env: dict[str, str], expect: int) -> float:
+def timed(argv: list[str], env: dict[str, str], expect: int, cwd: Path) -> float:
+    """Wall seconds of ``argv``, run in ``cwd`` (not a checkout: ``python -c`` puts it first on sys.path)."""
     started = time.perf_counter()
-    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120)
+    proc = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
     wall = time.perf_counter() - started
     if proc.returncode != expect:
         raise RuntimeError(f"{' '.join(argv[:6])} ... exited {proc.returncode}: {proc.stderr[-2000:]}")
@@ -75,14 +77,14 @@ def main() -> None:
         for name, tree in trees.items():
             env = {**base_env, "PYTHONPATH": str(tree)}
             layout = work / f"L-{name}"
-            timed([py, "-c", RUN, "pull", ref, "--oci-layout", str(layout), "--plain-http"], env, 0)
+            timed([py, "-c", RUN, "pull", ref, "--oci-layout", str(layout), "--plain-http"], env, 0, work)
             rows[f"{name}: up-to-date poll"] = (
                 [py, "-c", RUN, "pull", ref, "--oci-layout", str(layout), "--plain-http"], env, 3)
             rows[f"{name}: --version"] = ([py, "-c", RUN, "--version"], env, 0)
         times: dict[str, list[float]] = {row: [] for row in rows}
         for _ in range(args.repeat):
             for row, (argv, env, expect) in rows.items():
-                times[row].append(timed(argv, env, expect))
+                times[row].append(timed(argv, env, expect, work))
     floor = min(times["python -c 'import requests'"])
     report = []
     for row, values in times.items():
