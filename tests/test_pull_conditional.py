@@ -6,16 +6,20 @@ client asks it with a HEAD first. Against the real registry, through a counting 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from doras_oras import DeltaRegistry, RegistryClient
+from doras_oras.errors import DigestMismatchError
 from doras_oras.layout import OCILayout
 from doras_oras.pull import PullResult, pull_delta
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.registry import RegistryServer
+from doras_oras.transport import TransferPolicy
 from tests.pull_support import manifest_of, oras_push_file, unique
 
 
@@ -133,3 +137,32 @@ def test_the_facade_polls_with_the_conditional_get(oci_registry: RegistryServer,
     assert again.status == "up-to-date"
     assert manifest_requests(proxy, repo) == [("GET", 304)]
     assert json.loads((layout / "index.json").read_text())["manifests"][0]["digest"] == again.to_digest
+
+
+class _Contradicting(BaseHTTPRequestHandler):
+    """Answers every manifest GET ``304`` while naming another digest: no real registry does this."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(304)
+        self.send_header("Docker-Content-Digest", "sha256:" + "b" * 64)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_304_that_names_another_digest_is_refused() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Contradicting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = RegistryClient(plain_http=True, policy=TransferPolicy(deadline_s=10))
+        with pytest.raises(DigestMismatchError, match=r"not modified from sha256:a+, but the registry says sha256:b+"):
+            client.fetch_if_changed(f"127.0.0.1:{server.server_port}/app:v1", "sha256:" + "a" * 64)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
