@@ -26,7 +26,8 @@ from tests.pull_support import oras_push_file, unique
 HEAVY = ("jsonschema", "referencing", "rpds", "attrs", "doras_oras.codecs", "doras_oras.layout.writer",
          "doras_oras._writeback", "doras_oras.extract", "doras_oras.edgeapi", "doras_oras.trust",
          "doras_oras.signatures", "doras_oras.cli.apply", "doras_oras.cli.delta", "doras_oras.cli.gc",
-         "doras_oras.cli.fsck", "doras_oras.cli.verify", "doras_oras.cli.listing", "cryptography", "oras",
+         "doras_oras.cli.fsck", "doras_oras.cli.verify", "doras_oras.cli.listing", "doras_oras.cli.watch",
+         "doras_oras.cli.publish", "doras_oras.watch", "doras_oras.publish", "doras_oras.sdnotify", "cryptography", "oras",
          "numpy", "zstandard", "tarfile")
 
 _RUN = """
