@@ -31,7 +31,6 @@ from .layout import (
     ANNOTATION_SOURCE_INDEX,
     ANNOTATION_SOURCE_PLATFORM,
     Attachment,
-    BlobWriter,
     ImageEntry,
     OCILayout,
 )
@@ -40,6 +39,7 @@ from .reference import Reference
 from .registry_client import RegistryClient, SupportsRegistryClient, registry_client_of
 
 if TYPE_CHECKING:
+    from .layout import BlobWriter
     from .trust import Requirement, TrustPolicy, TrustResult, Verification
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,8 @@
 """``RegistryClient``: verified, resilient reads from OCI registries (distribution API v2).
 
 - :meth:`RegistryClient.resolve`: reference -> manifest descriptor (a ``HEAD``);
+- :meth:`RegistryClient.fetch_if_changed`: the manifest unless it is still the digest the
+  caller has (one conditional ``GET``: a ``304`` carries no body), what a pull asks first;
 - :meth:`RegistryClient.fetch_parsed` / :meth:`RegistryClient.fetch_manifest`:
   the manifest bytes and media type, capped at 4 MiB, verified against the
   digest of the reference, schema-checked;
@@ -29,7 +31,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import requests
 
@@ -54,12 +56,15 @@ from .errors import (
     SizeMismatchError,
     VerificationError,
 )
-from .layout import BlobWriter, OCILayout
+from .layout import OCILayout
 from .reference import DOCKER_HUB_AUTH, Reference, api_host, is_docker_hub
 from .stream import verifying_stream
 from .transport import ByteCounter, RetryBudget, TransferPolicy, Transport
 from .transport.failures import NETWORK_ERRORS, REGISTRY_PEER, translate
 from .urls import origin, safe_url
+
+if TYPE_CHECKING:
+    from .layout import BlobWriter
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +166,8 @@ class RegistryClient:
         self.bytes_received = 0
         """Body bytes of manifests and blobs received so far (exact; retries and restarts included)."""
         self._deadline: float | None = None
+        self.unconditional: set[str] = set()
+        """Registry hosts seen ignoring ``If-None-Match``: :meth:`fetch_if_changed` asks them with a ``HEAD``."""
 
     @property
     def prefix(self) -> str:
@@ -280,21 +287,66 @@ class RegistryClient:
 
         ``budget``: the retry budget of the chain this read belongs to (default: its own).
         """
+        parsed = self._get_manifest(ref, expected=expected, budget=budget)
+        if parsed is None:  # a 304 is an error unless the GET was conditional: not reached
+            raise RegistryError(f"manifest {ref}: 304 Not Modified to an unconditional GET", status=304)
+        return parsed
+
+    def fetch_if_changed(self, ref: Reference | str, held: str | None) -> schemas.ParsedManifest | None:
+        """The manifest or index ``ref`` names, in one request; ``None`` when it still names ``held``.
+
+        With ``held`` (the registry digest the caller has) the GET is conditional:
+        ``If-None-Match: "<held>"``, the ``ETag`` distribution gives a manifest, whose
+        ``304 Not Modified`` answer (no body) means that ``ref`` names ``held``. Without
+        ``held``, a plain GET. The body is checked as :meth:`fetch_parsed` checks it and its
+        own digest is what it is: a tag that moves meanwhile cannot mix versions.
+
+        A registry that ignores the condition (a 200 with ``held``'s bytes) is remembered
+        (:attr:`unconditional`): later calls for its host ask with a ``HEAD`` first
+        (:meth:`resolve`) and fetch the body only when it changed.
+        """
+        ref = Reference.parse(ref) if isinstance(ref, str) else ref
+        if held is None:
+            return self._get_manifest(ref)
+        validate_digest(held)
+        if ref.registry in self.unconditional:
+            resolved = self.resolve(ref)
+            return None if resolved.digest == held else self.fetch_parsed(ref, expected=resolved)
+        parsed = self._get_manifest(ref, if_none_match=held)
+        if parsed is not None and parsed.descriptor.digest == held:
+            log.debug("%s ignores If-None-Match: asking with HEAD from now on", ref.registry)
+            self.unconditional.add(ref.registry)
+            return None
+        return parsed
+
+    def _get_manifest(self, ref: Reference | str, *, expected: Descriptor | None = None,
+                      budget: RetryBudget | None = None,
+                      if_none_match: str | None = None) -> schemas.ParsedManifest | None:
+        """The GET of :meth:`fetch_parsed`; with ``if_none_match`` (a digest) conditional: None on a 304."""
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         self._prepare(ref)
         target = expected.digest if expected is not None else ref.reference
         url = self._url(ref, "manifests", target)
+        headers = {"Accept": ACCEPT_MANIFESTS}
+        if if_none_match is not None:
+            headers["If-None-Match"] = f'"{if_none_match}"'
         body, response = self.transport.get_bytes(
-            url, max_bytes=schemas.MAX_MANIFEST_BYTES, headers=self._headers({"Accept": ACCEPT_MANIFESTS}),
+            url, max_bytes=schemas.MAX_MANIFEST_BYTES, headers=self._headers(headers),
             budget=budget if budget is not None else self.transport.budget(self._deadline),
+            not_modified=if_none_match is not None,
         )
         self.bytes_received += len(body)
+        header = response.headers.get("Docker-Content-Digest")
+        if response.status_code == 304:
+            if header and header != if_none_match:
+                raise DigestMismatchError(f"manifest {ref}: not modified from {if_none_match}, "
+                                          f"but the registry says {header}")
+            return None
         content_type = response.headers.get("Content-Type", "")
         if expected is None and ref.digest:
             media_type = content_type.split(";", 1)[0].strip()
             expected = Descriptor(media_type=media_type, digest=ref.digest, size=len(body))
         parsed = schemas.parse_manifest(body, content_type, expected=expected, what=f"manifest {ref}")
-        header = response.headers.get("Docker-Content-Digest")
         if expected is None and header and header.startswith("sha256:") and header != parsed.descriptor.digest:
             raise DigestMismatchError(
                 f"manifest {ref}: body hashes to {parsed.descriptor.digest}, registry says {header}"
@@ -423,6 +475,8 @@ class RegistryClient:
         stall or kill leaves them for the next call to resume; a digest or size
         mismatch removes them.
         """
+        from .layout import BlobWriter
+
         path_partial = Path(path_partial)
         with BlobWriter.partial(path_partial, digest=descriptor.digest, size=descriptor.size) as writer:
             self.download(ref, descriptor, writer, on_progress=on_progress)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -174,11 +175,76 @@ def _deepest(error: Any) -> Any:
 #: Documents so common that they are checked by equality, without the validator.
 _KNOWN_VALID = {"oci-layout": ({"imageLayoutVersion": "1.0.0"},)}
 
+_PLAIN_INDEX_KEYS = frozenset({"schemaVersion", "mediaType", "manifests", "annotations"})
+_PLAIN_ENTRY_KEYS = frozenset({"mediaType", "digest", "size", "annotations", "artifactType", "platform"})
+_PLAIN_PLATFORM_KEYS = frozenset({"architecture", "os", "variant", "os.version"})
+_MAX_SIZE = 9223372036854775807
+
+
+@lru_cache(maxsize=1)
+def _plain_rules() -> tuple[re.Pattern[str], re.Pattern[str], frozenset[str]]:
+    """The media type and digest patterns and the index media types, read from the schema files."""
+    directory = schema_dir()
+    defs = json.loads((directory / KINDS["descriptor"]).read_text(encoding="utf-8"))["$defs"]
+    index = json.loads((directory / KINDS["index"]).read_text(encoding="utf-8"))
+    return (re.compile(defs["mediaType"]["pattern"]), re.compile(defs["digest"]["pattern"]),
+            frozenset(index["properties"]["mediaType"]["enum"]))
+
+
+def _strings(value: Any) -> bool:
+    return type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items())
+
+
+def _plain_index(document: Any) -> bool:
+    """Whether ``document`` is an index of the plain shape an ``index.json`` has, checked without jsonschema.
+
+    It accepts only documents the ``index`` schema accepts (a subset of them, with the schema's
+    own patterns; anything else goes to the validator), so that an up-to-date poll reads
+    ``index.json`` without importing jsonschema (~70 ms on a small device).
+    """
+    media_type, digest, index_types = _plain_rules()
+    if type(document) is not dict or not document.keys() <= _PLAIN_INDEX_KEYS:
+        return False
+    if type(document.get("schemaVersion")) is not int or document["schemaVersion"] != 2:
+        return False
+    if "mediaType" in document and (type(document["mediaType"]) is not str
+                                    or document["mediaType"] not in index_types):
+        return False
+    if "annotations" in document and not _strings(document["annotations"]):
+        return False
+    manifests = document.get("manifests")
+    if type(manifests) is not list:
+        return False
+    for entry in manifests:
+        if type(entry) is not dict or not entry.keys() <= _PLAIN_ENTRY_KEYS:
+            return False
+        kind, hexdigest, size = entry.get("mediaType"), entry.get("digest"), entry.get("size")
+        if type(kind) is not str or not media_type.search(kind):
+            return False
+        if type(hexdigest) is not str or not digest.search(hexdigest):
+            return False
+        if type(size) is not int or not 0 <= size <= _MAX_SIZE:
+            return False
+        if "annotations" in entry and not _strings(entry["annotations"]):
+            return False
+        artifact = entry.get("artifactType", "")
+        if "artifactType" in entry and (type(artifact) is not str or not media_type.search(artifact)):
+            return False
+        if "platform" in entry:
+            platform = entry["platform"]
+            if not _strings(platform) or not platform.keys() <= _PLAIN_PLATFORM_KEYS:
+                return False
+            if not platform.get("architecture") or not platform.get("os"):
+                return False
+    return True
+
 
 def validate(document: Any, kind: str) -> None:
     """Raise :class:`SchemaValidationError` (naming the field) unless ``document`` is a valid ``kind``."""
     if document in _KNOWN_VALID.get(kind, ()):
         return  # the one valid oci-layout file: no need to load the validator to say so
+    if kind == "index" and _plain_index(document):
+        return  # an index.json as doras-oras and the oras CLI write it: valid without the validator
     validator = _validator(kind)
     errors = sorted(validator.iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if not errors:

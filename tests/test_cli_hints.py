@@ -175,7 +175,7 @@ def test_unreachable_peers_keep_their_cause(tmp_path: Path) -> None:
     refused = cli("pull", "127.0.0.1:9/app:v1", "--oci-layout", str(tmp_path / "L"), "--plain-http",
                   "--deadline", "1.5", "--json")
     obj = failed(refused)
-    assert "HEAD http://127.0.0.1:9/v2/app/manifests/v1: connection refused" in refused.stderr, refused.stderr
+    assert "GET http://127.0.0.1:9/v2/app/manifests/v1: connection refused" in refused.stderr, refused.stderr
     assert "Max retries" not in refused.stderr and obj["fix"] is None
     unknown = cli("pull", "nosuchhost.invalid/app:v1", "--oci-layout", str(tmp_path / "L"), "--plain-http",
                   "--deadline", "1.5", "--json")

@@ -49,3 +49,18 @@ def test_an_up_to_date_poll_of_another_repository_runs_while_a_pull_waits_for_th
     assert poll.returncode == EXIT_UP_TO_DATE, poll.stderr
     assert json.loads(poll.stdout)["status"] == "up-to-date"
     assert proc.returncode == EXIT_INTERRUPTED
+
+
+def test_an_up_to_date_poll_takes_no_lock(oci_registry: RegistryServer, tmp_path: Path) -> None:
+    """An up-to-date poll writes nothing, so it reads the layout without its lock: answered up to date
+    (one conditional GET) while another process holds the lock, with ``--lock-timeout 0``."""
+    from doras_oras.layout import OCILayout
+
+    name = unique("lock-held")
+    oras_push_file(oci_registry.host, f"{name}:v1", tmp_path / "p", "x.bin", payload(20_000, 31))
+    layout = tmp_path / "L"
+    ref = f"{oci_registry.host}/{name}:v1"
+    assert cli("pull", ref, "--oci-layout", str(layout), "--plain-http").returncode == 0
+    with OCILayout.open(layout).lock(timeout=5):
+        poll = cli("pull", ref, "--oci-layout", str(layout), "--plain-http", "--lock-timeout", "0", "--json")
+    assert poll.returncode == EXIT_UP_TO_DATE, poll.stderr

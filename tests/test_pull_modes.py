@@ -102,7 +102,7 @@ def test_full_pull_fetches_the_manifest_once(oci_registry: RegistryServer, regis
     check_layout(layout, "v2", manifest=v2_manifest)
 
 
-def test_up_to_date_costs_one_head(oci_registry: RegistryServer, doras_server: DorasServer,
+def test_up_to_date_costs_one_get_answered_304(oci_registry: RegistryServer, doras_server: DorasServer,
                                    registry_proxy: FaultProxy, tmp_path: Path) -> None:
     repo, _ = two_versions(oci_registry, tmp_path)
     layout = tmp_path / "L"
@@ -115,7 +115,7 @@ def test_up_to_date_costs_one_head(oci_registry: RegistryServer, doras_server: D
     assert again.status == "up-to-date"
     assert (again.from_digest, again.to_digest, again.stored_digest) == (None, first.to_digest, first.to_digest)
     assert again.bytes_received == 0 and registry_proxy.bytes_sent() == 0
-    assert [r.method for r in registry_proxy.requests()] == ["HEAD"]
+    assert [(r.method, r.status) for r in registry_proxy.requests()] == [("GET", 304)]
     assert snapshot(layout) == before
     assert doras_server.builds == 0
 
@@ -269,7 +269,7 @@ def test_image_index_target_is_a_full_pull(oci_registry: RegistryServer, doras_s
 
 def test_going_back_to_a_version_the_layout_holds(oci_registry: RegistryServer, doras_server: DorasServer,
                                                   tmp_path: Path) -> None:
-    """A rollback to v1 (by tag, by digest, or a tag moved back) costs a HEAD, no delta."""
+    """A rollback to v1 (by tag, by digest, or a tag moved back) costs a manifest GET, no delta."""
     from doras_oras.testing.vectors import doras_vectors, push_manifest_bytes, push_recorded
 
     vec = doras_vectors() / "bsdiff+zstd"

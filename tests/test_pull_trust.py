@@ -352,7 +352,7 @@ def test_up_to_date_is_checked_against_the_stored_signature_without_a_request(be
     result = one_json(again)
     assert result["status"] == "up-to-date" and result["trust"]["origin"] == "layout"
     assert result["trust"]["signature"]["key"]["name"] == "cosign.pub"
-    assert [f"{r.method} {r.path}" for r in bed.proxy.requests()] == [f"HEAD /v2/{repo}/manifests/v1"]
+    assert [f"{r.method} {r.path} {r.status}" for r in bed.proxy.requests()] == [f"GET /v2/{repo}/manifests/v1 304"]
     # another key now: the stored signature does not pass, the registry's is asked and refused
     before = layout_state(layout)
     other = bed.pull_cli(f"{bed.host}/{repo}:v1", layout, "--verify-key", str(bed.other.public_path))

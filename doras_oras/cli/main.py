@@ -1,7 +1,9 @@
 """The ``doras-oras`` command: the parser, the command list, the one error boundary.
 
 The commands are listed in :data:`COMMANDS` (each a module with ``NAME``,
-``HELP``, ``configure(parser)`` and ``run(args) -> exit code``). :func:`main`
+``HELP``, ``configure(parser)`` and ``run(args) -> exit code``), imported
+only when named: ``doras-oras pull`` loads neither the codecs (``apply``) nor
+the other commands (``doras-oras --help`` loads them all). :func:`main`
 parses, sets up logging to stderr, runs the command and turns every failure
 into one message (``doras-oras: error: ...``, and a JSON object with
 ``--json``) and an exit code (:mod:`.exits`). The command package is the only
@@ -25,17 +27,34 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from importlib import import_module
 from types import ModuleType
 from typing import NoReturn
 
 from .. import __version__
 from ..errors import DorasOrasError
-from . import apply, delta, fsck, gc, listing, publish, pull, verify, watch
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, exit_code_for
 from .output import report_error
 
-COMMANDS: tuple[ModuleType, ...] = (pull, watch, delta, apply, publish, gc, fsck, verify, listing)
-"""The subcommands, in the order ``--help`` lists them."""
+COMMANDS: dict[str, str] = {"pull": "pull", "watch": "watch", "delta": "delta", "apply": "apply",
+                            "publish-delta": "publish", "gc": "gc", "fsck": "fsck", "verify": "verify",
+                            "list": "listing"}
+"""The subcommands (name: module of this package), in the order ``--help`` lists them."""
+
+
+def command(name: str) -> ModuleType:
+    """The module of subcommand ``name`` (imported now)."""
+    return import_module(f".{COMMANDS[name]}", __package__)
+
+
+def _named(words: Sequence[str]) -> str | None:
+    """The subcommand ``words`` name: the first word that is not a flag (the top level has no flag values)."""
+    for word in words:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 EPILOG = ("exit codes: 0 success, 1 error, 2 usage error, 3 up to date, 4 pending, "
           "5 trust failure, 130 interrupted (Ctrl-C; the layout is unchanged), 143 terminated (SIGTERM); "
@@ -68,18 +87,25 @@ def _add_log_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         default=False if top else argparse.SUPPRESS, help="only errors on stderr")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of the command line (abbreviated long flags are not accepted)."""
+def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of the command line (abbreviated long flags are not accepted).
+
+    ``only``: configure these subcommands alone (the others are listed by name, their modules
+    not imported); default: all of them.
+    """
     parser = _Parser(prog="doras-oras", description="Delta-aware pulls of OCI artifacts through a Doras delta "
                      "server.", epilog=EPILOG, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"doras-oras {__version__}")
     _add_log_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for command in COMMANDS:
-        child = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP, epilog=EPILOG,
-                               allow_abbrev=False)
+    for name in COMMANDS:
+        if only is not None and name not in only:
+            sub.add_parser(name, allow_abbrev=False)
+            continue
+        module = command(name)
+        child = sub.add_parser(name, help=module.HELP, description=module.HELP, epilog=EPILOG, allow_abbrev=False)
         _add_log_flags(child, top=False)
-        command.configure(child)
+        module.configure(child)
     return parser
 
 
@@ -133,7 +159,9 @@ def _wants_json(argv: Sequence[str]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    named = _named(words)
+    helping = "-h" in words or "--help" in words  # the top-level help lists every command's
+    parser = build_parser(None if helping else [named] if named else [])
     try:
         args, extra = parser.parse_known_args(words)
         if extra:
@@ -145,9 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     _logging(args)
     if not args.command:
-        parser.print_help(sys.stderr)
+        build_parser().print_help(sys.stderr)
         return EXIT_USAGE
-    runner = {command.NAME: command for command in COMMANDS}[args.command].run
+    runner = command(args.command).run
     handles_signals = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if handles_signals else None
     try:

@@ -26,12 +26,12 @@ import urllib3
 
 from ..algorithms import ALGORITHM_NAMES
 from ..auth import IDENTITY_TOKEN_USER, DockerConfigAuth, default_docker_config
-from ..edgeapi import AuthArg, BasicAuth, BearerAuth
 from ..errors import InvalidArgumentError
 from ..registry_client import RegistryClient
 from ..transport import TransferPolicy
 
 if TYPE_CHECKING:
+    from ..edgeapi import AuthArg
     from ..trust import Verification
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,8 @@ def registry_from_args(args: argparse.Namespace, credentials: tuple[str, str] | 
 def edge_auth_from_args(args: argparse.Namespace, credentials: tuple[str, str] | None,
                         token: str | None) -> AuthArg:
     """What the Doras server is given: a bearer token, the basic credentials, or the docker config."""
+    from ..edgeapi import BasicAuth, BearerAuth
+
     if token is not None:
         return BearerAuth(token)
     if credentials is not None:

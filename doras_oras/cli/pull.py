@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import schemas
-from ..edgeapi import EdgeClient
 from ..errors import BaseNotFoundError, InvalidArgumentError
 from ..pull import PullResult, Status, check_base_ref, pull_delta
 from ..reference import Reference, names_registry
@@ -165,7 +163,6 @@ def understood(text: str, ref: Reference) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    schemas.warm_up()  # the validators compile while the arguments are checked and the first request travels
     ref = Reference.parse(args.reference)
     check_server_only(args, SERVER_ONLY)
     from_ref = Reference.parse_relative(args.from_ref, ref) if args.from_ref else None
@@ -176,7 +173,11 @@ def run(args: argparse.Namespace) -> int:
     credentials = credentials_from_args(args)
     registry = registry_from_args(args, credentials)
     understood(args.reference, ref)
-    edge = EdgeClient.for_registry(registry, args.server, ref.registry) if args.server else None
+    edge = None
+    if args.server:
+        from ..edgeapi import EdgeClient  # the Doras client loads only when a server is given
+
+        edge = EdgeClient.for_registry(registry, args.server, ref.registry)
     display = None if args.no_progress or args.json or not sys.stderr.isatty() else Display(sys.stderr)
     try:
         result = call_pull(args, registry, edge, ref, verification=verification, from_ref=from_ref,

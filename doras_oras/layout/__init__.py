@@ -13,6 +13,8 @@ Modules, one job each:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .attachments import ANNOTATION_SUBJECT, Attachment
 from .files import (
     INGEST_DIR,
@@ -37,7 +39,18 @@ from .index import (
 from .lock import LOCK_FILE
 from .maintenance import FsckResult, GCResult, fsck, gc, rebuild_index, recover_index, verify_layout
 from .store import LAYOUT_VERSION, Install, OCILayout
-from .writer import BlobWriter
+
+if TYPE_CHECKING:
+    from .writer import BlobWriter
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`BlobWriter`, imported on first use (an up-to-date poll writes nothing)."""
+    if name == "BlobWriter":
+        from .writer import BlobWriter
+
+        return BlobWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ANNOTATION_PULLED",

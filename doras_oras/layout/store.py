@@ -31,7 +31,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from .. import schemas
 from ..descriptor import (
@@ -76,7 +76,9 @@ from .index import (
     read_index,
 )
 from .lock import LOCK_FILE, LayoutLock
-from .writer import BlobWriter
+
+if TYPE_CHECKING:  # the writer loads when something is written (an up-to-date poll writes nothing)
+    from .writer import BlobWriter
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +301,8 @@ class OCILayout:
         for the next run, :meth:`BlobWriter.discard` removes it. While another writer
         holds the partial file, a temp file is written instead (:meth:`BlobWriter.partial`).
         """
+        from .writer import BlobWriter
+
         return BlobWriter.partial(self.partial_path(descriptor), digest=descriptor.digest,
                                   size=descriptor.size, what=what)
 
@@ -308,6 +312,8 @@ class OCILayout:
 
         ``digest``/``size``, when known, are checked by :meth:`BlobWriter.finish`.
         """
+        from .writer import BlobWriter
+
         return BlobWriter.temporary(self.root / INGEST_DIR, digest=digest, size=size, what=what)
 
     def scratch_file(self) -> IO[bytes]:

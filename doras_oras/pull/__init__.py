@@ -12,13 +12,14 @@ reported in :class:`PullResult`, as a sentence (``reason``) and as a code
 The steps (DESIGN.md §1), one forward walk
 ``pull → (registry fetch | edge conversation) → codecs → layout``:
 
-1. resolve the target (a ``HEAD``); an image of the layout that stands for it
-   means up to date;
-   with ``verify``: the resolved digest's signature must verify now, before
-   anything else is asked for (docs/trust.md); every later step works on
-   that digest, the fallbacks too;
-2. fetch the target manifest (verified, schema-checked), check the limits
-   (``max_size``, download budget) before downloading;
+1. fetch the target manifest in one ``GET``, conditional on the digest the layout's
+   image of it stands for (``If-None-Match``: a ``304`` without a body means up to date;
+   :meth:`RegistryClient.fetch_if_changed`); an image of the layout that stands for the
+   digest received means up to date too;
+   with ``verify``: that digest's signature must verify now, before anything else
+   is asked for (docs/trust.md); every later step works on that digest, the fallbacks too;
+2. the manifest received is verified and schema-checked (its own digest is the one
+   verified and installed); check the limits (``max_size``, download budget) before downloading;
 3. find the base: the newest image of the same repository in the layout, or
    the one ``from_ref`` names; none → full pull;
 4. check the stored base layer (a missing base means a full pull);

@@ -16,9 +16,7 @@ from .. import schemas
 from ..algorithms import Compression
 from ..auth import IDENTITY_TOKEN_USER
 from ..budget import DownloadBudget, check_free_space, check_max_size
-from ..codecs import apply_delta
 from ..descriptor import INDEX_MEDIA_TYPES, OCI_LAYER_TAR, Descriptor
-from ..edgeapi import Delta, EdgeClient
 from ..errors import (
     BackoffExhausted,
     BaseNotFoundError,
@@ -39,7 +37,6 @@ from ..errors import (
     TrustError,
     VerificationError,
 )
-from ..extract import extract_image, output_needs
 from ..full import pull_full
 from ..layout import (
     ANNOTATION_PULLED_BY,
@@ -59,7 +56,9 @@ from ..stored_deltas import find_stored_delta
 from .options import Fallback, PullKeywords, PullOptions, check_base_ref
 from .result import PullResult, Status
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the codecs, the edge API and extraction load when a pull needs them (an up-to-date
+    # poll needs none of them: tests/test_startup.py)
+    from ..edgeapi import Delta
     from ..trust import TrustResult
 
 log = logging.getLogger(__name__)
@@ -158,10 +157,28 @@ def _holding(layout: OCILayout, target: Reference, digest: str, platform: str) -
     return None
 
 
-def _stored_full_size(layout: OCILayout, held: ImageEntry, resolved: Descriptor) -> int | None:
-    """What a full pull of ``resolved`` costs, read from the layout's copy (no request); None when the
+def _installed(layout: OCILayout, target: Reference, platform: str) -> str | None:
+    """The registry digest ``target`` named when the layout's image of it was pulled (None: none held).
+
+    The newest image of the repository with the target's tag (else the newest of the repository):
+    the index it was chosen from when that was for ``platform``, else its manifest. What the
+    conditional GET sends; :func:`_holding` finds that image by it.
+    """
+    if target.digest:
+        return target.digest if _holding(layout, target, target.digest, platform) is not None else None
+    images = layout.images_of(target.name)
+    tagged = [image for image in images if image.tag == target.tag] or images
+    if not tagged:
+        return None
+    image = tagged[-1]
+    index = image.source_index
+    return index if index is not None and _serves(image, index, platform) else image.source_digest
+
+
+def _stored_full_size(layout: OCILayout, held: ImageEntry, digest: str) -> int | None:
+    """What a full pull of ``digest`` costs, read from the layout's copy (no request); None when the
     layout stores another manifest (a tar-diff result as its uncompressed tar, a platform of an index)."""
-    if held.descriptor.digest != resolved.digest:
+    if held.descriptor.digest != digest:
         return None
     document = json.loads(layout.read_blob(held.descriptor))
     if not isinstance(document, dict):
@@ -217,7 +234,6 @@ def pull_delta(
     from the blobs first (:meth:`OCILayout.recover_index`: the old file is kept as
     ``index.json.corrupt``, the recovered images are tagged ``recovered-<hex12>``).
     """
-    schemas.warm_up()  # compile the validators while the first requests travel
     client = registry_client_of(registry)
     settings = PullOptions.of(target, doras_url=doras_url, **options)
     # A layout this call creates (None: one that exists, or the caller's object) is removed
@@ -332,6 +348,8 @@ class _PullRun:
     def before_commit(self, manifest: Descriptor) -> None:
         """Write the files of the stored ``manifest`` to ``output_dir`` (all or nothing), if asked."""
         if self.options.output_dir is not None:
+            from ..extract import extract_image
+
             self.written = [str(path) for path in extract_image(self.layout, manifest, self.options.output_dir,
                                                                 max_bytes=self.options.max_size)]
 
@@ -340,6 +358,8 @@ class _PullRun:
         files for ``output_dir`` do not fit (an index target's files are not known yet)."""
         needs = list(layout_needs)
         if self.options.output_dir is not None and "config" in tgt.document:
+            from ..extract import output_needs
+
             needs += output_needs(tgt.layers, self.options.output_dir)
         check_free_space(needs, what=what)
 
@@ -356,22 +376,31 @@ class _PullRun:
 
     def _execute(self) -> PullResult:
         target, layout = self.options.target, self.layout
-        # A HEAD first: a device polling for updates pays no manifest body when up to date.
-        resolved = self.resolve_target()
+        platform = self.options.platform or host_platform()
+        # One GET, conditional on what the layout holds: a device polling for updates gets a 304, no body.
+        installed = _installed(layout, target, platform)
+        if installed is None:  # a first pull: a manifest will come; an up-to-date poll needs no validator
+            schemas.warm_up()  # compile the validators while the request travels
+        fetched = self.resolve_target(installed)  # None: the target still names `installed`
+        digest = fetched.descriptor.digest if fetched is not None else installed
         base = find_base(layout, target, self.options.from_ref)
-        held = _holding(layout, target, resolved.digest, self.options.platform or host_platform())
-        if held is not None:
-            return self.up_to_date(held, resolved)
+        held = _holding(layout, target, digest, platform) if digest is not None else None
+        if held is not None and digest is not None:
+            return self.up_to_date(held, digest, fetched)
+        if fetched is None:  # the image `installed` named left the layout meanwhile (a gc): ask again
+            fetched = self.resolve_target(None)
+            assert fetched is not None  # an unconditional GET answers with the manifest
         try:
-            return self._update(resolved, base)
+            return self._update(fetched, base)
         except _Held as race:  # another process installed the target meanwhile
             self.trust, self.keep, self.notes = None, [], {}
-            return self.up_to_date(race.image, resolved)
+            return self.up_to_date(race.image, fetched.descriptor.digest, fetched)
 
-    def up_to_date(self, held: ImageEntry, resolved: Descriptor) -> PullResult:
-        """The layout holds the target: (re)verify, write the files, record a new tag or signatures."""
+    def up_to_date(self, held: ImageEntry, digest: str, fetched: ParsedManifest | None) -> PullResult:
+        """The layout holds the target (the registry ``digest``; ``fetched``: its manifest, when it was
+        sent): (re)verify, write the files, record a new tag or signatures."""
         target, layout = self.options.target, self.layout
-        attachments = self.verify_held(held, resolved)
+        attachments = self.verify_held(held, digest, fetched)
         unrecorded = any(held.descriptor.annotations.get(k) != v for k, v in self.notes.items())
         if (held.tag != target.tag and target.tag) or attachments or unrecorded:
             notes = {key: value for key, value in held.descriptor.annotations.items()
@@ -385,15 +414,15 @@ class _PullRun:
             with layout.lock(timeout=self.options.lock_timeout_s):  # the image's blobs stay while its files are written
                 self.before_commit(held.descriptor)
         return self.result(Status.UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
-                           None, from_digest=None, stored_digest=held.descriptor.digest, to_digest=resolved.digest,
-                           full_size=_stored_full_size(layout, held, resolved))
+                           None, from_digest=None, stored_digest=held.descriptor.digest, to_digest=digest,
+                           full_size=_stored_full_size(layout, held, digest))
 
-    def _update(self, resolved: Descriptor, base: ImageEntry | None) -> PullResult:
-        target, layout, registry = self.options.target, self.layout, self.registry
-        self.resolved = resolved
-        self.verify(resolved.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
-        tgt = _Target(target, registry.fetch_parsed(target, expected=resolved))
-        self.go_forward(tgt.body, resolved.digest, None)  # a rollback or stale target: refused, nothing fetched
+    def _update(self, fetched: ParsedManifest, base: ImageEntry | None) -> PullResult:
+        target, layout = self.options.target, self.layout
+        tgt = _Target(target, fetched)  # the body's own digest is what is verified and installed
+        self.resolved = tgt.descriptor
+        self.verify(tgt.descriptor.digest)  # a TrustError here: no delta asked, no blob fetched, nothing written
+        self.go_forward(tgt.body, tgt.descriptor.digest, None)  # a rollback or stale target: refused, nothing fetched
         self.keep = self.attachments(tgt)  # the verified signatures, committed with the target
         if tgt.descriptor.media_type in INDEX_MEDIA_TYPES:
             return self.full(tgt, ReasonCode.INDEX_TARGET, "the target is an image index; Doras deltas are "
@@ -449,12 +478,14 @@ class _PullRun:
         return FallbackRefusedError(f"{self.options.target}: not downloaded ({why}): {fallback.reason}",
                                     reason_code=fallback.code.value, reason=fallback.reason, fix=fallback.fix)
 
-    def resolve_target(self) -> Descriptor:
-        """The target's descriptor; a 404 says the reference is not found, a 401/403 after credentials
-        were given says the registry refused that user (not that credentials are missing)."""
+    def resolve_target(self, installed: str | None) -> ParsedManifest | None:
+        """The target's manifest, in one GET conditional on ``installed`` (None: it still names
+        ``installed``; :meth:`RegistryClient.fetch_if_changed`); a 404 says the reference is not
+        found, a 401/403 after credentials were given says the registry refused that user (not that
+        credentials are missing)."""
         target = self.options.target
         try:
-            return self.registry.resolve(target)
+            return self.registry.fetch_if_changed(target, installed)
         except RegistryAuthError as exc:
             given = self.registry.credentials_for(target.registry)
             if given is None:
@@ -490,7 +521,7 @@ class _PullRun:
         self.trust, self.notes = check_forward(self.layout, self.options.target, self.trust, self.options.verification, standing,
                                                allow_downgrade=self.options.allow_downgrade)
 
-    def verify_held(self, held: ImageEntry, resolved: Descriptor) -> list[Attachment]:
+    def verify_held(self, held: ImageEntry, digest: str, fetched: ParsedManifest | None) -> list[Attachment]:
         """Up to date, with ``verify``: the stored copy of the signature is checked again (no request).
 
         When the layout keeps none that passes (the image was stored before
@@ -505,19 +536,19 @@ class _PullRun:
         )
 
         try:
-            self.trust = verify_in_layout(self.layout, self.options.target.with_digest(resolved.digest), self.options.verification)
-            self.verified = resolved.digest
-            self.go_forward(b"", resolved.digest, held)
+            self.trust = verify_in_layout(self.layout, self.options.target.with_digest(digest), self.options.verification)
+            self.verified = digest
+            self.go_forward(b"", digest, held)
             return []
         except TrustError as exc:
             if self.trust is not None:  # the signature passed; the order or freshness did not
                 raise
             log.info("the layout's copy of the signature does not pass (%s); checking the registry's", exc)
-        self.verify(resolved.digest)
+        self.verify(digest)
         assert self.trust is not None
-        self.go_forward(b"", resolved.digest, held)
-        signed = None if resolved.digest == held.descriptor.digest else (
-            self.registry.fetch_parsed(self.options.target, expected=resolved).body)  # an index, a rewritten original
+        self.go_forward(b"", digest, held)
+        signed = None if digest == held.descriptor.digest else (  # an index, a rewritten original
+            fetched or self.registry.fetch_parsed(self.options.target.with_digest(digest))).body
         return attachments_of(self.trust, signed)
 
     def attachments(self, tgt: _Target) -> list[Attachment]:
@@ -646,6 +677,8 @@ class _PullRun:
 
     def _ask(self, from_image: Reference, to_image: Reference, planned: _plan.DeltaPlan) -> Delta:
         """The Doras conversation: the checked delta, or :class:`_Pending` / :class:`_Fallback`."""
+        from ..edgeapi import EdgeClient  # the Doras client loads only when a delta is asked for
+
         client = self.options.edge_client or EdgeClient.for_registry(self.registry, self.options.doras_url or "",
                                                                          to_image.registry)
         before = client.bytes_received
@@ -683,6 +716,8 @@ class _PullRun:
                           delta: Delta, expected: _plan.Expected) -> ImageEntry:
         """Download the delta (resumable) and the config, then in the install transaction: apply the
         delta to the base into a blob writer (verified), store, commit."""
+        from ..codecs import apply_delta
+
         layout, registry = self.layout, self.registry
         keep_partial = False
         with layout.partial_writer(delta.layer, what="delta") as download, contextlib.ExitStack() as stack:

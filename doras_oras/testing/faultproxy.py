@@ -13,6 +13,7 @@ matching requests (``None``: all). Kinds:
 - ``trickle``: send the body one byte every ``interval_s``;
 - ``status``: answer ``status`` (429, 500, 503, ...) with ``retry_after`` and ``body`` if set;
 - ``ignore_range``: forward without ``Range`` (the client gets 200 and the whole body);
+- ``ignore_conditions``: forward without ``If-None-Match`` (a registry that never answers 304);
 - ``shift_range``: forward the range starting ``shift`` bytes earlier
   (an honest ``Content-Range`` that does not start where asked);
 - ``wrong_total``: rewrite the ``Content-Range`` total to ``total``;
@@ -50,7 +51,7 @@ _HOP_BY_HOP = frozenset({
     "trailers", "transfer-encoding", "upgrade", "host",
 })
 FAULT_KINDS = frozenset({
-    "drop", "reset", "stall", "trickle", "status", "ignore_range", "shift_range",
+    "drop", "reset", "stall", "trickle", "status", "ignore_range", "ignore_conditions", "shift_range",
     "wrong_total", "lie_length", "redirect", "rate",
 })
 
@@ -311,6 +312,8 @@ class FaultProxy:
         forward["Connection"] = "close"
         if fault is not None and fault.kind == "ignore_range":
             forward = {k: v for k, v in forward.items() if k.lower() != "range"}
+        if fault is not None and fault.kind == "ignore_conditions":
+            forward = {k: v for k, v in forward.items() if k.lower() != "if-none-match"}
         if fault is not None and fault.kind == "shift_range":
             wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", headers.get("Range", ""))
             if wanted:

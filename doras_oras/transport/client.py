@@ -235,12 +235,18 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         authenticate: bool = True,
         budget: RetryBudget | None = None,
+        not_modified: bool = False,
     ) -> tuple[bytes, requests.Response]:
-        """GET ``url`` and return its body, refusing one over ``max_bytes`` (:class:`BodyTooLargeError`)."""
+        """GET ``url`` and return its body, refusing one over ``max_bytes`` (:class:`BodyTooLargeError`).
+
+        ``not_modified``: a 304 (the answer to a conditional GET) is returned as a 2xx is, with its
+        empty body; the caller reads ``response.status_code``.
+        """
         chain = budget if budget is not None else self.budget()
 
         def attempt() -> tuple[bytes, requests.Response]:
-            response = self._attempt(url, headers or {}, chain, authenticate=authenticate)
+            response = self._attempt(url, headers or {}, chain, authenticate=authenticate,
+                                     not_modified=not_modified)
             try:
                 return self._read_capped(response, max_bytes, url, chain), response
             except Stalled:
@@ -315,8 +321,10 @@ class Transport:
         authenticate: bool,
         method: str = "GET",
         raise_for_status: bool = True,
+        not_modified: bool = False,
     ) -> requests.Response:
-        """One attempt: the request plus its redirects and at most one auth round."""
+        """One attempt: the request plus its redirects and at most one auth round (``not_modified``:
+        a 304 is an answer, as a 2xx)."""
         start = url
         current = url
         redirects = 0
@@ -379,7 +387,7 @@ class Transport:
                 if retry:
                     release(response)
                     continue
-            if 200 <= status < 300:
+            if 200 <= status < 300 or (status == 304 and not_modified):
                 return response
             if not raise_for_status:
                 if status in self.policy.retry_statuses:
