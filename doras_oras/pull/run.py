@@ -52,7 +52,6 @@ from ..platforms import host_platform, platform_matches
 from ..reference import Reference
 from ..registry_client import RegistryClient, SupportsRegistryClient, registry_client_of
 from ..schemas import ParsedManifest
-from ..stored_deltas import find_stored_delta
 from .options import Fallback, PullKeywords, PullOptions, check_base_ref
 from .result import PullResult, Status
 
@@ -669,6 +668,8 @@ class _PullRun:
     def _stored(self, from_image: Reference, to_image: Reference, accepted: tuple[str, ...]) -> Delta | None:
         """A delta stored in the registry for the pair (one ``HEAD`` per usable kind); a registry that fails
         the lookup is logged and counts as a miss (the server, or the fallback, comes next)."""
+        from ..stored_deltas import find_stored_delta  # loads the edge API: only when needed
+
         try:
             return find_stored_delta(self.registry, from_image, to_image, accepted)
         except (TransportError, LimitExceededError, DocumentError, VerificationError) as exc:
