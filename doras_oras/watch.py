@@ -97,6 +97,8 @@ class Target:
     failures: int = 0
     """Failed polls in a row."""
     polled: bool = False
+    current: bool = False
+    """A poll succeeded: the layout (and ``output``) hold the image; later up-to-date polls rewrite nothing."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ class Watcher:
             target.failures = 0
             wait = self.schedule.after_poll(self.random.random())
             target.due = self.clock() + wait
-            target.polled = True
+            target.polled = target.current = True
             self.notifier.status(f"{target.reference}: {result.status} ({result.to_digest})")
             self.on_event(WatchEvent("poll", target, result=result, next_poll_s=wait, cpu_s=spent))
             if result.updated:

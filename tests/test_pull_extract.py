@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from doras_oras.descriptor import Descriptor
 from doras_oras.extract import ExtractError, extract_image
 from doras_oras.layout import OCILayout
+from doras_oras.pull import pull_delta
+from doras_oras.registry_client import RegistryClient
 from doras_oras.testing.registry import RegistryServer, find_tool
 from tests.layout_support import cli, error_json, run, sha256
+from tests.pull_support import oras_push_file, payload, unique
 
 EMPTY = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2}
 
@@ -306,3 +309,19 @@ def test_the_command_refuses_a_dot_title_and_keeps_the_output_directory(oci_regi
     assert proc.returncode == 1, proc.stderr
     assert "refusing to write layer title '.'" in error_json(proc)["message"]
     assert contents(out) == {"unrelated.txt": b"the user's\n"}
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_an_up_to_date_pull_rewrites_the_output_unless_told_not_to(oci_registry: RegistryServer, tmp_path: Path,
+                                                                   refresh: bool) -> None:
+    """``refresh_output`` (default True) writes the files of an image the layout already holds again;
+    False leaves the directory alone until the image changes (what ``watch`` passes after its first poll)."""
+    repo = unique("extract/refresh")
+    oras_push_file(oci_registry.host, f"{repo}:v1", tmp_path / "p", "fw.bin", payload(2000, 7))
+    client, ref, layout, out = RegistryClient(plain_http=True), f"{oci_registry.host}/{repo}:v1", tmp_path / "L", tmp_path / "out"
+    assert pull_delta(client, ref, layout, doras_url=None, output_dir=out).status == "full"
+    (out / "fw.bin").unlink()
+    result = pull_delta(client, ref, layout, doras_url=None, output_dir=out, refresh_output=refresh)
+    assert result.status == "up-to-date"
+    assert (out / "fw.bin").exists() is refresh
+    assert (result.output is not None) is refresh

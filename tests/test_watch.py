@@ -301,6 +301,22 @@ def test_two_refs_share_one_agent_and_an_output_template(oci_registry: RegistryS
         assert (out / f"{repo.rsplit('/', 1)[1]}-v1" / "fw.bin").read_bytes() == payload(3000, 50 + n)
 
 
+def test_up_to_date_polls_do_not_rewrite_the_output(oci_registry: RegistryServer, tmp_path: Path) -> None:
+    """The files are written at the first poll and then only by an update: a file removed by hand after the
+    first poll stays removed through the up-to-date polls (``pull --output`` would put it back each time)."""
+    repo = unique("watch-quiet")
+    oras_push_file(oci_registry.host, f"{repo}:v1", tmp_path / "p", "fw.bin", payload(3000, 61))
+    layout, out = tmp_path / "L", tmp_path / "out"
+    with Agent(f"{oci_registry.host}/{repo}:v1", "--oci-layout", str(layout), "--plain-http", "--interval", INTERVAL,
+               "--output", str(out)) as agent:
+        agent.next(_is("poll", "full"))
+        (out / "fw.bin").unlink()
+        for _ in range(3):
+            assert agent.next(_is("poll", "up-to-date"))["output"] is None
+        assert agent.stop() == 0
+    assert not (out / "fw.bin").exists()
+
+
 @pytest.mark.parametrize("flags,words", [
     (["--output", "a", "--output", "b", "--output", "c"], "once per REF"),
     (["--output", "same"], "same --output directory"),

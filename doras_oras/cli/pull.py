@@ -143,7 +143,8 @@ def check_pull_args(args: argparse.Namespace) -> Verification | None:
 
 def call_pull(args: argparse.Namespace, registry: RegistryClient, edge: EdgeClient | None, ref: Reference, *,
               verification: Verification | None, from_ref: Reference | None = None, output: str | None = None,
-              progress: Progress | None = None, on_wait: Waiting | None = None) -> PullResult:
+              progress: Progress | None = None, on_wait: Waiting | None = None,
+              refresh_output: bool = True) -> PullResult:
     """One pull of ``ref`` into ``--oci-layout`` with the :func:`add_pull_options` flags (``pull`` and ``watch``)."""
     return pull_delta(
         registry, ref, args.oci_layout, doras_url=args.server, edge_client=edge, from_ref=from_ref,
@@ -151,6 +152,7 @@ def call_pull(args: argparse.Namespace, registry: RegistryClient, edge: EdgeClie
         on_timeout=args.on_timeout or "full", allow_unverified=args.allow_unverified,
         progress=progress, on_wait=on_wait, max_size=args.max_size, budget=args.budget,
         lock_timeout_s=args.lock_timeout, platform=args.platform, verify=verification, output_dir=output,
+        refresh_output=refresh_output,
         allow_downgrade=args.allow_downgrade, registry_deltas=args.registry_deltas, fallback=args.fallback,
     )
 

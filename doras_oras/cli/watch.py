@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     def poll(target: Target, ping: Callable[[], None]) -> PullResult:
         return call_pull(args, registry, edges.get(target.reference.registry), target.reference,
                          verification=verification, output=target.output,
-                         progress=lambda *_: ping(), on_wait=lambda *_: ping())
+                         progress=lambda *_: ping(), on_wait=lambda *_: ping(),
+                         refresh_output=not target.current)  # files written once are rewritten only by updates
 
     watcher = Watcher([Target(ref, output) for ref, output in zip(refs, outputs, strict=True)], poll, schedule,
                       args.oci_layout, _reporter(args), hook=args.hook, notifier=notifier)

@@ -68,6 +68,9 @@ class PullOptions:
     verification: Verification | None
     """``verify`` in its one shape, bound to the tag being pulled (``{tag}`` in required annotations)."""
     output_dir: Path | None
+    refresh_output: bool
+    """With ``output_dir``: also write the files when the layout already holds the target (False: only
+    when it changes; an update agent that wrote them once does not rewrite them at every poll)."""
     allow_downgrade: bool
     registry_deltas: bool
     """Look for a delta stored in the registry (one ``HEAD`` per usable kind) before asking the server."""
@@ -117,6 +120,7 @@ class PullOptions:
             on_wait=options.get("on_wait"), max_size=options.get("max_size"), budget=options.get("budget"),
             lock_timeout_s=lock_timeout_s, platform=platform, verification=verification,
             output_dir=Path(output_dir) if output_dir is not None else None,
+            refresh_output=bool(options.get("refresh_output", True)),
             allow_downgrade=options.get("allow_downgrade", False), registry_deltas=registry_deltas,
             fallback=Fallback(fallback),
         )
@@ -141,6 +145,7 @@ class PullKeywords(TypedDict, total=False):
     platform: str | None
     verify: Verification | Requirement | TrustPolicy | None
     output_dir: str | os.PathLike[str] | None
+    refresh_output: bool
     allow_downgrade: bool
     registry_deltas: bool
     fallback: str

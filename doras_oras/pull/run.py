@@ -220,8 +220,8 @@ def pull_delta(
     ``on_timeout`` is what to do when ``timeout_s`` runs out while the server builds:
     ``"full"`` or ``"pending"``. ``from_ref``: a tag (``v1``), a digest (``sha256:...``) or a
     reference of the target's repository. ``output_dir``: also write the image's files there,
-    as ``oras pull -o`` does, before ``index.json`` is committed (also when up to date;
-    not when pending). Bad arguments raise :class:`InvalidArgumentError` before anything
+    as ``oras pull -o`` does, before ``index.json`` is committed (also when up to date, unless
+    ``refresh_output=False``; not when pending). Bad arguments raise :class:`InvalidArgumentError` before anything
     is sent. ``verify`` (a :class:`~doras_oras.trust.Verification`, or keys as a
     :class:`~doras_oras.trust.Requirement`, or a :class:`~doras_oras.trust.TrustPolicy`):
     refuse the target with a :class:`~doras_oras.errors.TrustError` unless its signature
@@ -230,7 +230,7 @@ def pull_delta(
     ``allow_downgrade``), and so is one older than ``Verification.max_age_s``. A layout this
     call created is removed again when the pull fails and leaves nothing in it (no partial
     download to resume, no budget record). A missing or corrupt ``index.json`` is rebuilt
-    from the blobs first (:meth:`OCILayout.recover_index`: the old file is kept as
+    from the blobs first (:func:`~doras_oras.layout.recover_index`: the old file is kept as
     ``index.json.corrupt``, the recovered images are tagged ``recovered-<hex12>``).
     """
     client = registry_client_of(registry)
@@ -409,7 +409,7 @@ class _PullRun:
                 install.commit(held.descriptor, before_commit=self.before_commit, repository=target.name,
                                tag=target.tag or held.tag, source_digest=held.source_digest,
                                annotations=notes or None, attachments=attachments)
-        elif self.options.output_dir is not None:
+        elif self.options.output_dir is not None and self.options.refresh_output:
             with layout.lock(timeout=self.options.lock_timeout_s):  # the image's blobs stay while its files are written
                 self.before_commit(held.descriptor)
         return self.result(Status.UP_TO_DATE, ReasonCode.UP_TO_DATE, "the layout already holds this image",
