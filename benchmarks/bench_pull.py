@@ -44,6 +44,9 @@ and those connections are recognised by their owner (its PID, via
 (``--ca-file``) and ``go-delta`` (``doras-cli pull`` into copies of its output
 and state directories holding v1), interleaved; the report gives ours / Go from
 the same run: wall (best and median), bytes, requests, peak RSS, CPU time.
+``--before DIR`` adds ``ours-before``: ``ours-delta`` run from another checkout (a ``git
+worktree`` of the code before a change), interleaved with the rest; the report then also
+gives this checkout over that one (wall, CPU) from the same run.
 """
 
 from __future__ import annotations
@@ -303,6 +306,8 @@ class Bed:
     work: Path
     key: SigningKey
     go: GoPeer | None = None
+    before: Path | None = None
+    """``--before``: the other checkout ``ours-before`` runs from."""
 
     @property
     def tls_args(self) -> list[str]:
@@ -553,9 +558,10 @@ def probe_miss(bed: Bed, case: Case, repeat: int) -> dict[str, Any]:
 def tool_argv(tool: str, bed: Bed, case: Case, layout: Path) -> list[str]:
     ref = f"{bed.host}/{case.repo}:v2"
     py = sys.executable
-    if tool in ("ours-delta", "ours-delta+np", "ours-delta+verify"):
+    if tool in ("ours-delta", "ours-delta+np", "ours-delta+verify", "ours-before"):
         verify = ["--verify-key", str(bed.key.public_path)] if tool == "ours-delta+verify" else []
-        return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), *bed.tls_args,
+        # -P: the package comes from PYTHONPATH (this checkout, or --before's), not the working directory
+        return [py, "-P", "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), *bed.tls_args,
                 "--server", bed.doras_proxy.url, "--json", *verify]
     if tool == "ours-full":
         return [py, "-m", "doras_oras", "pull", ref, "--oci-layout", str(layout), "--plain-http", "--json",
@@ -647,6 +653,8 @@ def run_tool(bed: Bed, case: Case, tool: str, link: str, timeout_s: float) -> Ro
     env.pop("DORAS_ORAS_NO_NUMPY", None)
     if tool != "ours-delta+np":  # ours-delta+verify runs as ours-delta does, plus the verification
         env["DORAS_ORAS_NO_NUMPY"] = "1"
+    if tool == "ours-before":
+        env["PYTHONPATH"] = str(bed.before)
     bed.reset()
     wall, rss, cpu = run_child_usage(tool_argv(tool, bed, case, layout), output=output, env=env,
                                      timeout_s=timeout_s)
@@ -736,12 +744,26 @@ def side_by_side(rows: list[Row]) -> list[dict[str, Any]]:
             "ours_cpu_median_s": round(statistics.median(ours.cpus), 3) if ours.cpus else None,
             "go_cpu_median_s": round(statistics.median(go.cpus), 3) if go.cpus else None,
             "wall_target_x": target,
+            **before_figures(rows, ours),
             "wall_target_met": None if target is None else ours.wall_s / go.wall_s <= target,
             "bytes_target_met": ours.bytes_received <= go.bytes_received,
             "rss_target_met": ours.peak_rss <= RSS_TARGET,
         }
         out.append(entry)
     return out
+
+
+def before_figures(rows: list[Row], ours: Row) -> dict[str, Any]:
+    """With ``--before``: this checkout's delta pull over the other's (``ours-before``), same run."""
+    before = next((r for r in rows if (r.case, r.link, r.tool) == (ours.case, ours.link, "ours-before")), None)
+    if before is None:
+        return {}
+    best = min(before.walls or [before.wall_s])
+    cpu = round(statistics.median(before.cpus), 3) if before.cpus else None
+    return {"before_best_s": best, "before_median_s": before.wall_s, "before_cpu_median_s": cpu,
+            "after_over_before_best_x": round(min(ours.walls or [ours.wall_s]) / best, 2),
+            "after_over_before_median_x": round(ours.wall_s / before.wall_s, 2),
+            "after_over_before_cpu_x": round(statistics.median(ours.cpus) / cpu, 2) if cpu and ours.cpus else None}
 
 
 def print_table(rows: list[Row], cases: list[dict[str, Any]]) -> None:
@@ -774,6 +796,11 @@ def print_table(rows: list[Row], cases: list[dict[str, Any]]) -> None:
               f"peak RSS {g['ours_rss_mib']} / {g['go_rss_mib']} MiB = {g['rss_x']}x "
               f"(target ours <= {RSS_TARGET // MiB} MiB: {g['rss_target_met']}); "
               f"CPU (user + system) median {g['ours_cpu_median_s']} / {g['go_cpu_median_s']} s")
+        if "before_best_s" in g:
+            print(f"# this checkout / --before, {g['case']}: wall best {g['ours_best_s']:.2f} / "
+                  f"{g['before_best_s']:.2f} s = {g['after_over_before_best_x']}x, median {g['ours_median_s']:.2f} / "
+                  f"{g['before_median_s']:.2f} s = {g['after_over_before_median_x']}x; CPU median "
+                  f"{g['ours_cpu_median_s']} / {g['before_cpu_median_s']} s = {g['after_over_before_cpu_x']}x")
 
 
 def main() -> None:
@@ -797,6 +824,9 @@ def main() -> None:
     parser.add_argument("--go-doras-server", type=Path, metavar="PATH", help="the Go doras-server")
     parser.add_argument("--slow-full-max-mib", type=float, default=1e9,
                         help="on the slow link, run the full pulls only for layers up to this size")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="with the Go peers: also run our delta pull from the checkout DIR (ours-before), "
+                             "interleaved")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
     parser.add_argument("--table-from", type=Path, metavar="JSON",
                         help="print the table of a saved --json result, run nothing")
@@ -826,6 +856,10 @@ def main() -> None:
             raise SystemExit("with the Go peers: the binary cases and our delta pulls (no full pulls, "
                              "no tree, no --verify-key: v2 is not signed there)")
         tools.append("go-delta")
+        if args.before is not None:
+            tools.insert(0, "ours-before")
+    elif args.before is not None:
+        raise SystemExit("--before goes with the Go peers")
     repeat = args.repeat or (5 if go else 1)
     rate_mbit = args.rate_mbit if args.rate_mbit is not None else (0 if go else 10.0)
     edits = 200 if args.quick else 2000
@@ -838,10 +872,12 @@ def main() -> None:
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     # As installed by pip (which compiles bytecode), whatever PYTHONDONTWRITEBYTECODE says:
     # a child that compiles the package from source on every run pays ~0.15 s more.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "doras_oras")], check=True,
-                   capture_output=True)
+    for checkout in (ROOT, *([args.before.resolve()] if args.before else [])):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(checkout / "doras_oras")], check=True,
+                       capture_output=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-pull-") as tmp, test_bed(Path(tmp), go) as bed:
+        bed.before = args.before.resolve() if args.before else None
         cases = [Case(f"bin{s}", f"bench/bin{s}", s * MiB) for s in sizes]
         kinds = ["bin"] * len(cases)
         if files:

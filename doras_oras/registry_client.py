@@ -282,15 +282,32 @@ class RegistryClient:
         return self.fetch_parsed(ref, budget=chain).descriptor
 
     def fetch_parsed(self, ref: Reference | str, *, expected: Descriptor | None = None,
-                     budget: RetryBudget | None = None) -> schemas.ParsedManifest:
+                     budget: RetryBudget | None = None, accept: str = ACCEPT_MANIFESTS) -> schemas.ParsedManifest:
         """GET a manifest or index (at most 4 MiB), checked by :func:`doras_oras.schemas.parse_manifest`.
 
         ``budget``: the retry budget of the chain this read belongs to (default: its own).
+        ``accept``: the media types asked for (a shorter list makes a cheaper request).
         """
-        parsed = self._get_manifest(ref, expected=expected, budget=budget)
+        parsed = self._get_manifest(ref, expected=expected, budget=budget, accept=accept)
         if parsed is None:  # a 304 is an error unless the GET was conditional: not reached
             raise RegistryError(f"manifest {ref}: 304 Not Modified to an unconditional GET", status=304)
         return parsed
+
+    def fetch_optional(self, ref: Reference, *, accept: str = ACCEPT_MANIFESTS) -> schemas.ParsedManifest | None:
+        """:meth:`fetch_parsed` of a manifest that may not be there: ``None`` when the registry answers 404.
+
+        One ``GET`` either way: where the manifest is usually there, this saves the round trip
+        of a ``HEAD`` first (a miss costs the registry's short error body instead). Any other
+        failure raises as :meth:`fetch_parsed` does.
+        """
+        try:
+            return self.fetch_parsed(ref, accept=accept)
+        except RegistryAuthError:
+            raise
+        except RegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def fetch_if_changed(self, ref: Reference | str, held: str | None) -> schemas.ParsedManifest | None:
         """The manifest or index ``ref`` names, in one request; ``None`` when it still names ``held``.
@@ -320,14 +337,14 @@ class RegistryClient:
         return parsed
 
     def _get_manifest(self, ref: Reference | str, *, expected: Descriptor | None = None,
-                      budget: RetryBudget | None = None,
-                      if_none_match: str | None = None) -> schemas.ParsedManifest | None:
+                      budget: RetryBudget | None = None, if_none_match: str | None = None,
+                      accept: str = ACCEPT_MANIFESTS) -> schemas.ParsedManifest | None:
         """The GET of :meth:`fetch_parsed`; with ``if_none_match`` (a digest) conditional: None on a 304."""
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         self._prepare(ref)
         target = expected.digest if expected is not None else ref.reference
         url = self._url(ref, "manifests", target)
-        headers = {"Accept": ACCEPT_MANIFESTS}
+        headers = {"Accept": accept}
         if if_none_match is not None:
             headers["If-None-Match"] = f'"{if_none_match}"'
         body, response = self.transport.get_bytes(

@@ -16,7 +16,6 @@ descriptor, ``mediaType`` against Content-Type, schema, manifest XOR index.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -74,11 +73,10 @@ def schema_dir() -> Path:
 
 _compiled: dict[str, Any] = {}
 _compile_lock = threading.Lock()
-_warming = False
 
 
 def _jsonschema() -> Any:
-    """``jsonschema``, imported on first use (~70 ms on a small device: not paid before the first request)."""
+    """``jsonschema``, imported on first use (~70 ms on a small device): only for a document no plain check accepts."""
     import jsonschema
 
     return jsonschema
@@ -94,29 +92,6 @@ def _registry() -> Any:
         contents = json.loads((directory / name).read_text(encoding="utf-8"))
         resources.append((_BASE_URI + name, Resource.from_contents(contents)))
     return Registry().with_resources(resources)
-
-
-def warm_up(kinds: Iterable[str] = ("index", "manifest")) -> None:
-    """Import jsonschema and compile the validators of ``kinds`` in a background thread.
-
-    A pull calls this before its first request: the work then overlaps the wait
-    for the network (the import and the compilation happen once per process; a
-    validation that comes first simply waits for them).
-    """
-    global _warming
-    with _compile_lock:
-        if _warming:
-            return
-        _warming = True
-
-    def compile_them() -> None:
-        with contextlib.suppress(Exception):  # any failure shows again, in the caller's thread
-            for kind in kinds:
-                _validator(kind)
-
-    threading.Thread(target=compile_them, name="doras-oras-schemas", daemon=True).start()
-
-
 
 
 def _validator(kind: str) -> Any:
@@ -176,23 +151,81 @@ def _deepest(error: Any) -> Any:
 _KNOWN_VALID = {"oci-layout": ({"imageLayoutVersion": "1.0.0"},)}
 
 _PLAIN_INDEX_KEYS = frozenset({"schemaVersion", "mediaType", "manifests", "annotations"})
-_PLAIN_ENTRY_KEYS = frozenset({"mediaType", "digest", "size", "annotations", "artifactType", "platform"})
+_PLAIN_MANIFEST_KEYS = frozenset({"schemaVersion", "mediaType", "artifactType", "config", "layers", "subject",
+                                  "annotations"})
+_PLAIN_DESCRIPTOR_KEYS = frozenset({"mediaType", "digest", "size", "annotations", "artifactType", "platform",
+                                    "data"})
 _PLAIN_PLATFORM_KEYS = frozenset({"architecture", "os", "variant", "os.version"})
 _MAX_SIZE = 9223372036854775807
 
 
+@dataclass(frozen=True)
+class _PlainRules:
+    """The patterns and enumerations of the schema files that the plain checks apply."""
+
+    media_type: re.Pattern[str]
+    digest: re.Pattern[str]
+    base64: re.Pattern[str]
+    index_types: frozenset[str]
+    manifest_types: frozenset[str]
+
+
 @lru_cache(maxsize=1)
-def _plain_rules() -> tuple[re.Pattern[str], re.Pattern[str], frozenset[str]]:
-    """The media type and digest patterns and the index media types, read from the schema files."""
+def _plain_rules() -> _PlainRules:
+    """The rules of the plain checks, read from the schema files (one source of truth)."""
     directory = schema_dir()
-    defs = json.loads((directory / KINDS["descriptor"]).read_text(encoding="utf-8"))["$defs"]
-    index = json.loads((directory / KINDS["index"]).read_text(encoding="utf-8"))
-    return (re.compile(defs["mediaType"]["pattern"]), re.compile(defs["digest"]["pattern"]),
-            frozenset(index["properties"]["mediaType"]["enum"]))
+
+    def load(kind: str) -> Any:
+        return json.loads((directory / KINDS[kind]).read_text(encoding="utf-8"))
+
+    defs = load("descriptor")["$defs"]
+    return _PlainRules(re.compile(defs["mediaType"]["pattern"]), re.compile(defs["digest"]["pattern"]),
+                       re.compile(defs["base64"]["pattern"]),
+                       frozenset(load("index")["properties"]["mediaType"]["enum"]),
+                       frozenset(load("manifest")["properties"]["mediaType"]["enum"]))
 
 
 def _strings(value: Any) -> bool:
     return type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items())
+
+
+def _plain_descriptor(entry: Any, rules: _PlainRules) -> bool:
+    """Whether ``entry`` is a descriptor of the plain shape (a subset of what ``descriptor.json`` accepts)."""
+    if type(entry) is not dict or not entry.keys() <= _PLAIN_DESCRIPTOR_KEYS:
+        return False
+    kind, hexdigest, size = entry.get("mediaType"), entry.get("digest"), entry.get("size")
+    if type(kind) is not str or not rules.media_type.search(kind):
+        return False
+    if type(hexdigest) is not str or not rules.digest.search(hexdigest):
+        return False
+    if type(size) is not int or not 0 <= size <= _MAX_SIZE:
+        return False
+    if "annotations" in entry and not _strings(entry["annotations"]):
+        return False
+    if "artifactType" in entry and (type(entry["artifactType"]) is not str
+                                    or not rules.media_type.search(entry["artifactType"])):
+        return False
+    if "data" in entry and (type(entry["data"]) is not str or not rules.base64.search(entry["data"])):
+        return False
+    if "platform" in entry:
+        platform = entry["platform"]
+        if not _strings(platform) or not platform.keys() <= _PLAIN_PLATFORM_KEYS:
+            return False
+        if not platform.get("architecture") or not platform.get("os"):
+            return False
+    return True
+
+
+def _plain_top(document: Any, keys: frozenset[str], media_types: frozenset[str]) -> bool:
+    """The fields an index and a manifest share: the keys allowed, ``schemaVersion``, ``mediaType``, ``annotations``."""
+    if type(document) is not dict or not document.keys() <= keys:
+        return False
+    if type(document.get("schemaVersion")) is not int or document["schemaVersion"] != 2:
+        return False
+    if "mediaType" in document and (type(document["mediaType"]) is not str
+                                    or document["mediaType"] not in media_types):
+        return False
+    return "annotations" not in document or _strings(document["annotations"])
 
 
 def _plain_index(document: Any) -> bool:
@@ -202,49 +235,45 @@ def _plain_index(document: Any) -> bool:
     own patterns; anything else goes to the validator), so that an up-to-date poll reads
     ``index.json`` without importing jsonschema (~70 ms on a small device).
     """
-    media_type, digest, index_types = _plain_rules()
-    if type(document) is not dict or not document.keys() <= _PLAIN_INDEX_KEYS:
-        return False
-    if type(document.get("schemaVersion")) is not int or document["schemaVersion"] != 2:
-        return False
-    if "mediaType" in document and (type(document["mediaType"]) is not str
-                                    or document["mediaType"] not in index_types):
-        return False
-    if "annotations" in document and not _strings(document["annotations"]):
+    rules = _plain_rules()
+    if not _plain_top(document, _PLAIN_INDEX_KEYS, rules.index_types):
         return False
     manifests = document.get("manifests")
-    if type(manifests) is not list:
+    return type(manifests) is list and all(_plain_descriptor(entry, rules) for entry in manifests)
+
+
+def _plain_manifest(document: Any) -> bool:
+    """Whether ``document`` is an image manifest of the plain shape, checked without jsonschema.
+
+    The shape registries serve and Doras servers store (``config``, ``layers``, optional
+    ``artifactType``, ``subject``, ``annotations``): a subset of what the ``manifest`` schema
+    accepts, with the schema's own patterns; anything else goes to the validator. A delta pull
+    then validates every manifest it reads without importing jsonschema (issue #24).
+    """
+    rules = _plain_rules()
+    if not _plain_top(document, _PLAIN_MANIFEST_KEYS, rules.manifest_types):
         return False
-    for entry in manifests:
-        if type(entry) is not dict or not entry.keys() <= _PLAIN_ENTRY_KEYS:
-            return False
-        kind, hexdigest, size = entry.get("mediaType"), entry.get("digest"), entry.get("size")
-        if type(kind) is not str or not media_type.search(kind):
-            return False
-        if type(hexdigest) is not str or not digest.search(hexdigest):
-            return False
-        if type(size) is not int or not 0 <= size <= _MAX_SIZE:
-            return False
-        if "annotations" in entry and not _strings(entry["annotations"]):
-            return False
-        artifact = entry.get("artifactType", "")
-        if "artifactType" in entry and (type(artifact) is not str or not media_type.search(artifact)):
-            return False
-        if "platform" in entry:
-            platform = entry["platform"]
-            if not _strings(platform) or not platform.keys() <= _PLAIN_PLATFORM_KEYS:
-                return False
-            if not platform.get("architecture") or not platform.get("os"):
-                return False
-    return True
+    if "artifactType" in document and (type(document["artifactType"]) is not str
+                                       or not rules.media_type.search(document["artifactType"])):
+        return False
+    if "subject" in document and not _plain_descriptor(document["subject"], rules):
+        return False
+    layers = document.get("layers")
+    return (_plain_descriptor(document.get("config"), rules) and type(layers) is list
+            and all(_plain_descriptor(layer, rules) for layer in layers))
+
+
+#: The kinds with a plain check: what it accepts, the schema accepts (the property tests).
+_PLAIN = {"index": _plain_index, "manifest": _plain_manifest}
 
 
 def validate(document: Any, kind: str) -> None:
     """Raise :class:`SchemaValidationError` (naming the field) unless ``document`` is a valid ``kind``."""
     if document in _KNOWN_VALID.get(kind, ()):
         return  # the one valid oci-layout file: no need to load the validator to say so
-    if kind == "index" and _plain_index(document):
-        return  # an index.json as doras-oras and the oras CLI write it: valid without the validator
+    plain = _PLAIN.get(kind)
+    if plain is not None and plain(document):
+        return  # an index.json or a manifest of the usual shape: valid without the validator
     validator = _validator(kind)
     errors = sorted(validator.iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if not errors:

@@ -2,8 +2,9 @@
 
 An up-to-date poll (``doras-oras pull`` of the image the layout holds) is where most runs
 of a device end; it needs the HTTP stack, the layout's index and the pull's decision, and
-none of: jsonschema (its validators compile only when a manifest arrives), the codecs, the
-blob writer, extraction, the other commands, cryptography, oras-py. What the poll loads is
+none of: jsonschema (its validators compile only for a document no plain check accepts), the
+codecs, the blob writer, extraction, the other commands, cryptography, oras-py. A delta pull adds
+the codecs and the blob writer, and still no validator (its manifests pass the plain check). What the poll loads is
 read from ``sys.modules`` of a real run against the real registry, so a heavy import that
 creeps back into the path fails here. docs/benchmarks.md has the figures.
 """
@@ -19,6 +20,7 @@ import pytest
 
 from doras_oras.cli.main import COMMANDS, command
 from doras_oras.testing.registry import RegistryServer
+from tests.delta_bed import make_bed
 from tests.layout_support import REPO_ROOT, cli
 from tests.pull_support import oras_push_file, unique
 
@@ -83,6 +85,24 @@ def test_an_up_to_date_poll_with_a_server_loads_only_the_edge_client_more(held: 
                               "--server", "http://127.0.0.1:9")
     assert code == 3
     assert heavy(modules, allowed=("doras_oras.edgeapi",)) == []
+
+
+#: What a delta pull of a file loads beyond a poll: the codecs (bsdiff, zstd), the blob writer, the
+#: stored-delta lookup and the delta manifest's checks. Not the validators: its manifests pass the
+#: plain check (``schemas._plain_manifest``), as the poll's ``index.json`` does.
+DELTA_PATH = ("doras_oras.codecs", "doras_oras.layout.writer", "doras_oras._writeback", "doras_oras.edgeapi",
+              "zstandard")
+
+
+def test_a_delta_pull_loads_no_validator_and_nothing_of_another_path(oci_registry: RegistryServer,
+                                                                    tmp_path: Path) -> None:
+    with make_bed(oci_registry, tmp_path) as bed:
+        bed.publish()  # the delta stored in the registry: what the pull finds first
+        code, modules = loaded_by(tmp_path, "pull", bed.target, "--oci-layout", str(bed.layout),
+                                  "--plain-http", "--json")
+    assert code == 0
+    assert "doras_oras.codecs.bsdiff" in modules  # it did apply a delta
+    assert heavy(modules, allowed=DELTA_PATH) == []
 
 
 def test_the_version_loads_no_command_and_no_http(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .. import schemas
 from ..edgeapi import EdgeClient
 from ..errors import InvalidArgumentError
 from ..pull import PullResult
@@ -153,7 +152,6 @@ def _reporter(args: argparse.Namespace) -> Callable[[WatchEvent], None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    schemas.warm_up()
     refs = [Reference.parse(text) for text in args.references]
     outputs = _outputs(list(args.output), refs)
     for output in outputs:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from .. import plan as _plan
-from .. import schemas
 from ..algorithms import Compression
 from ..auth import IDENTITY_TOKEN_USER
 from ..budget import DownloadBudget, check_free_space, check_max_size
@@ -378,8 +377,6 @@ class _PullRun:
         platform = self.options.platform or host_platform()
         # One GET, conditional on what the layout holds: a device polling for updates gets a 304, no body.
         installed = _installed(layout, target, platform)
-        if installed is None:  # a first pull: a manifest will come; an up-to-date poll needs no validator
-            schemas.warm_up()  # compile the validators while the request travels
         fetched = self.resolve_target(installed)  # None: the target still names `installed`
         digest = fetched.descriptor.digest if fetched is not None else installed
         base = find_base(layout, target, self.options.from_ref)
