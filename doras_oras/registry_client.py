@@ -293,22 +293,6 @@ class RegistryClient:
             raise RegistryError(f"manifest {ref}: 304 Not Modified to an unconditional GET", status=304)
         return parsed
 
-    def fetch_optional(self, ref: Reference, *, accept: str = ACCEPT_MANIFESTS) -> schemas.ParsedManifest | None:
-        """:meth:`fetch_parsed` of a manifest that may not be there: ``None`` when the registry answers 404.
-
-        One ``GET`` either way: where the manifest is usually there, this saves the round trip
-        of a ``HEAD`` first (a miss costs the registry's short error body instead). Any other
-        failure raises as :meth:`fetch_parsed` does.
-        """
-        try:
-            return self.fetch_parsed(ref, accept=accept)
-        except RegistryAuthError:
-            raise
-        except RegistryError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     def fetch_if_changed(self, ref: Reference | str, held: str | None) -> schemas.ParsedManifest | None:
         """The manifest or index ``ref`` names, in one request; ``None`` when it still names ``held``.
 

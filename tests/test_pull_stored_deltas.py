@@ -71,20 +71,20 @@ def test_a_planted_delta_that_does_not_give_the_target_falls_back_and_says_why(b
     assert check_layout(bed.layout, "v1") == v1_before
 
 
-def test_the_probe_sends_one_get_per_usable_kind(bed: Bed) -> None:
+def test_the_probe_sends_one_head_per_usable_kind(bed: Bed) -> None:
     """Nothing stored, no server: a file base accepts bsdiff with zstd, gzip or none (no tar-diff: the target
-    has no content digest), so three GETs, then the full pull for the reason no-server."""
+    has no content digest), so three HEADs (no body), then the full pull for the reason no-server."""
     result = bed.pull()
     assert (result.status, result.reason_code) == ("full", "no-server"), result
-    assert bed.delta_tag_requests() == [("GET", 404)] * 3
+    assert bed.delta_tag_requests() == [("HEAD", 404)] * 3
 
 
-def test_a_stored_delta_is_found_with_one_request(bed: Bed) -> None:
-    """The first kind tried is there: its manifest comes with the one GET of its tag (no HEAD first)."""
+def test_a_stored_delta_is_found_with_a_head_and_one_get(bed: Bed) -> None:
+    """The first kind tried is there: its HEAD answers 200, then one GET reads the manifest; no other tag is asked."""
     bed.publish()
     result = bed.pull()
     assert (result.status, result.delta_source) == ("delta", "registry"), result
-    assert bed.delta_tag_requests() == [("GET", 200)]
+    assert bed.delta_tag_requests() == [("HEAD", 200), ("GET", 200)]
 
 
 def test_no_registry_deltas_asks_the_server_without_a_request_for_a_delta_tag(

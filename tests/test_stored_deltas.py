@@ -41,7 +41,7 @@ def test_candidates_are_what_the_pull_accepts_in_order_of_preference(accepted: l
     assert list(found) == [a for a in order if a.accepted_by(accepted)]
 
 
-def test_nothing_stored_costs_one_get_per_candidate_and_counts_no_manifest(oci_registry: RegistryServer) -> None:
+def test_nothing_stored_costs_one_head_per_candidate_and_no_body(oci_registry: RegistryServer) -> None:
     from_ref, to_ref = pushed(oci_registry, "bsdiff")
     seen: list[tuple[str, int]] = []
     session = requests.Session()
@@ -49,7 +49,7 @@ def test_nothing_stored_costs_one_get_per_candidate_and_counts_no_manifest(oci_r
     with RegistryClient(plain_http=True, session=session) as client:
         assert find_stored_delta(client, from_ref, to_ref, ALL) is None
         assert client.bytes_received == 0
-    assert seen == [("GET", 404)] * 4
+    assert seen == [("HEAD", 404)] * 4
 
 
 def test_a_placeholder_of_a_building_server_is_skipped(oci_registry: RegistryServer,
