@@ -215,3 +215,14 @@ def test_a_share_of_some_bytes_is_never_shown_as_zero(part: int, extra: int) -> 
     from doras_oras.cli.pull import share_text
 
     assert float(share_text(part, part + extra).rstrip("%")) > 0
+
+
+def test_publish_delta_takes_sizes_as_pull_does(tmp_path: Path) -> None:
+    """``--max-size`` has one syntax in every command: ``1K`` passes parsing (the registry named does not exist,
+    so the command then fails at the network, exit 1), ``10X`` is a usage error."""
+    args = ["publish-delta", "--to", "127.0.0.1:9/a:v2", "--from", "v1", "--plain-http", "--json",
+            "--connect-timeout", "1", "--deadline", "5"]
+    usage(cli(*args, "--max-size", "10X"), "--max-size")
+    proc = cli(*args, "--max-size", "1K")
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["error"] != "InvalidArgumentError"

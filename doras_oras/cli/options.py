@@ -75,6 +75,21 @@ def seconds_or_zero(text: str) -> float:
     return value
 
 
+def size(text: str) -> int:
+    """argparse type: ``123``, ``64K``, ``10M``, ``2G`` (binary units) as bytes, >= 0."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = int(float(number) * factor)  # nan and inf raise here
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use BYTES with K/M/G/T suffixes") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a size must be >= 0")
+    return value
+
+
 def count(text: str) -> int:
     """argparse type: an integer >= 0."""
     try:

@@ -18,22 +18,12 @@ from ..publish import DEFAULT_MAX_BLOB_BYTES, PublishedDelta, publish_delta, pub
 from ..publish.deltas import Progress
 from ..reference import Reference
 from .exits import EXIT_ERROR, EXIT_OK
-from .options import add_connection_options, count, credentials_from_args, registry_from_args
+from .options import add_connection_options, count, credentials_from_args, registry_from_args, size
 from .output import describe, emit, human_size
 from .progress import Display
 
 NAME = "publish-delta"
 HELP = "build a delta between two images here and store it in the registry as a Doras server would"
-
-
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="around a bsdiff patch (default zstd); a tardiff is never compressed")
     parser.add_argument("--force", action="store_true",
                         help="replace a different delta already stored under the tag")
-    parser.add_argument("--max-size", dest="max_size", type=_size, default=DEFAULT_MAX_BLOB_BYTES, metavar="BYTES",
+    parser.add_argument("--max-size", dest="max_size", type=size, default=DEFAULT_MAX_BLOB_BYTES, metavar="BYTES",
                         help=f"refuse layers larger than this (building holds them in memory; "
                              f"default {DEFAULT_MAX_BLOB_BYTES})")
     parser.add_argument("--no-progress", action="store_true", help="no progress display on a terminal")

@@ -28,6 +28,7 @@ from .options import (
     duration,
     registry_from_args,
     seconds_or_zero,
+    size,
     verification_from_args,
 )
 from .output import emit, hint, human_size
@@ -45,26 +46,11 @@ NAME = "pull"
 HELP = "update an OCI image layout to an image: by delta through a Doras server, else a verified full pull"
 
 
-def _size(text: str) -> int:
-    """``123``, ``64K``, ``10M``, ``2G`` (binary units) as bytes."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    factor = units.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in units else text
-    try:
-        value = int(float(number) * factor)  # nan and inf raise here
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use BYTES with K/M/G/T suffixes") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("a size must be >= 0")
-    return value
-
-
 def _budget(text: str) -> tuple[int, float]:
     """``BYTES/SECONDS``, e.g. ``100M/86400`` or ``1G/30d`` (s, m, h, d suffixes)."""
     try:
         amount, period = text.split("/", 1)
-        return _size(amount), duration(period)
+        return size(amount), duration(period)
     except (ValueError, IndexError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"invalid budget {text!r}: use BYTES/PERIOD with a positive period, "
                                          "e.g. 100M/1d") from None
@@ -105,7 +91,7 @@ def add_pull_options(parser: argparse.ArgumentParser) -> None:
                              "before asking the server or when none is given")
     parser.add_argument("--allow-unverified", action="store_true",
                         help="accept a tar-diff result that cannot be verified (no content digest)")
-    parser.add_argument("--max-size", type=_size, metavar="BYTES",
+    parser.add_argument("--max-size", type=size, metavar="BYTES",
                         help="refuse artifacts declaring more bytes (K/M/G suffixes)")
     parser.add_argument("--allow-downgrade", action="store_true",
                         help="with signature verification: install a target older than the installed image "
