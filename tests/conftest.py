@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from token_registry import JWTIssuer, TokenRegistry
 
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.registry import RegistryServer, make_tls
+from tests.pull_support import edit, oras_push_file, payload, unique
 
 
 @pytest.fixture
@@ -30,3 +32,14 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenRe
     finally:
         issuer.server.shutdown()
         issuer.server.server_close()
+
+
+@pytest.fixture
+def versions(oci_registry: RegistryServer, tmp_path: Path) -> tuple[str, bytes, bytes]:
+    """A repository with v1 and v2 of one file (``x.bin``: 60,000 bytes, 6 edits), pushed with the oras CLI."""
+    repo = unique("versions")
+    v1 = payload(60000, 11)
+    v2 = edit(v1, 6, 12)
+    oras_push_file(oci_registry.host, f"{repo}:v1", tmp_path / "p1", "x.bin", v1)
+    oras_push_file(oci_registry.host, f"{repo}:v2", tmp_path / "p2", "x.bin", v2)
+    return repo, v1, v2

@@ -45,17 +45,6 @@ from tests.pull_support import (
 )
 
 
-@pytest.fixture
-def versions(oci_registry: RegistryServer, tmp_path: Path) -> tuple[str, bytes, bytes]:
-    """A repository with v1 and v2 of one file (``x.bin``), pushed with the oras CLI."""
-    repo = unique("outcomes")
-    v1 = payload(60000, 11)
-    v2 = edit(v1, 6, 12)
-    oras_push_file(oci_registry.host, f"{repo}:v1", tmp_path / "p1", "x.bin", v1)
-    oras_push_file(oci_registry.host, f"{repo}:v2", tmp_path / "p2", "x.bin", v2)
-    return repo, v1, v2
-
-
 def test_extraction_failure_rolls_the_commit_back(oci_registry: RegistryServer, versions: tuple[str, bytes, bytes],
                                                   doras_server_factory: DorasServerFactory, tmp_path: Path) -> None:
     """``-o`` that cannot be written: exit 1 and the layout unchanged, so the next run updates (exit 0)."""

@@ -21,18 +21,7 @@ from doras_oras.layout import OCILayout, fsck
 from doras_oras.testing.faultproxy import FaultProxy
 from doras_oras.testing.registry import RegistryServer
 from tests.layout_support import REPO_ROOT, cli, name_of, one_json, run
-from tests.pull_support import check_layout, edit, oras_push_file, payload, snapshot, unique
-
-
-@pytest.fixture
-def versions(oci_registry: RegistryServer, tmp_path: Path) -> tuple[str, bytes, bytes]:
-    """A repository with v1 and v2 of one file (``x.bin``), pushed with the oras CLI."""
-    repo = unique("fleet")
-    v1 = payload(60000, 21)
-    v2 = edit(v1, 6, 22)
-    oras_push_file(oci_registry.host, f"{repo}:v1", tmp_path / "p1", "x.bin", v1)
-    oras_push_file(oci_registry.host, f"{repo}:v2", tmp_path / "p2", "x.bin", v2)
-    return repo, v1, v2
+from tests.pull_support import check_layout, snapshot
 
 
 def _partials(layout: Path) -> list[Path]:

@@ -116,14 +116,8 @@ class RegistryWriter:
             raise InsecureTransportError(f"the registry sent the upload to another origin: {safe_url(upload)}")
         parts = urlsplit(upload)
         query = parts.query + ("&" if parts.query else "") + urlencode({"digest": descriptor.digest})
-        response = self._send("PUT", urlunsplit(parts._replace(query=query)), data=data,
-                              headers={"Content-Type": "application/octet-stream",
-                                       "Content-Length": str(len(data))})
-        release(response)
-        self.bytes_sent += len(data)
-        stored = response.headers.get("Docker-Content-Digest")
-        if stored and stored != descriptor.digest:
-            raise DigestMismatchError(f"blob upload: the registry stored {stored}, expected {descriptor.digest}")
+        self._put(urlunsplit(parts._replace(query=query)), data, "application/octet-stream", descriptor,
+                  what="blob upload")
         return descriptor
 
     def push_manifest(self, ref: Reference, tag: str, body: bytes, media_type: str = OCI_MANIFEST) -> Descriptor:
@@ -132,11 +126,15 @@ class RegistryWriter:
         descriptor = Descriptor(media_type=media_type, digest="sha256:" + hashlib.sha256(body).hexdigest(),
                                 size=len(body))
         url = self._url(ref, f"manifests/{tag}")
-        response = self._send("PUT", url, data=body, headers={"Content-Type": media_type,
-                                                              "Content-Length": str(len(body))})
+        self._put(url, body, media_type, descriptor, what=f"manifest {tag}")
+        return descriptor
+
+    def _put(self, url: str, data: bytes, content_type: str, descriptor: Descriptor, *, what: str) -> None:
+        """PUT ``data``; the digest the registry says it stored must be ``descriptor``'s."""
+        response = self._send("PUT", url, data=data, headers={"Content-Type": content_type,
+                                                              "Content-Length": str(len(data))})
         release(response)
-        self.bytes_sent += len(body)
+        self.bytes_sent += len(data)
         stored = response.headers.get("Docker-Content-Digest")
         if stored and stored != descriptor.digest:
-            raise DigestMismatchError(f"manifest {tag}: the registry stored {stored}, expected {descriptor.digest}")
-        return descriptor
+            raise DigestMismatchError(f"{what}: the registry stored {stored}, expected {descriptor.digest}")
